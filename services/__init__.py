@@ -1,0 +1,1 @@
+"""sparring.services: the CLI (and, later, the REST API and dashboard)."""

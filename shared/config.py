@@ -1,0 +1,203 @@
+"""The one typed configuration tree of a run (`RunConfig`), loadable from YAML.
+
+Every section forbids unknown keys, so a typo fails at startup with its dotted path
+(`trainer.learning_rat: extra inputs are not permitted`). Cross-field rules live here as validators and
+raise; they never warn and continue. Environment variables for infrastructure (REDIS_URL, RAY_ADDRESS)
+are read by `Settings`, not here.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+ARENA_MODEL = "arena"  # `policy.path: arena` = the built-in arena base policy (built once per seed, cached)
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with every offending dotted path in the message."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    path: str = Field(
+        description="Hugging Face model id, local checkpoint directory, or `arena` for the built-in arena policy"
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="weights dtype; auto = float32 on CPU, bfloat16 on GPU"
+    )
+
+    @model_validator(mode="after")
+    def _local_dir_exists(self) -> ModelConfig:
+        if looks_local(self.path) and not Path(self.path).expanduser().is_dir():
+            raise ValueError(f"model directory {self.path!r} does not exist")
+        return self
+
+
+def looks_local(path: str) -> bool:
+    """A path that can only mean a local directory (never a Hugging Face id)."""
+    return path.startswith(("/", "./", "../", "~")) or os.sep + os.sep in path
+
+
+class GenerationConfig(Section):
+    backend: Literal["vllm", "transformers"] = Field("vllm", description="sampling engine")
+    num_generators: int = Field(1, ge=1, description="generator actors (one engine each)")
+    samples_per_prompt: int = Field(4, ge=2, description="K: responses sampled per prompt, all from one version")
+    temperature: float = Field(1.0, gt=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(48, ge=1)
+    prompts_per_request: int = Field(64, ge=1, description="prompts a generator takes from the stream at once")
+    cpus_per_generator: float = Field(0.5, gt=0.0, description="Ray logical CPUs per generator actor")
+    kv_cache_memory_mb: int = Field(128, ge=16, description="vLLM KV cache size (CPU backend)")
+    max_model_len: int = Field(256, ge=16)
+
+
+class JudgeConfig(Section):
+    kind: Literal["arena_oracle"] = Field("arena_oracle", description="judge family")
+    num_judges: int = Field(1, ge=1)
+    timeout_s: float = Field(60.0, gt=0.0, description="a group not judged in this time goes to the dead stream")
+
+
+class AlgorithmConfig(Section):
+    objective: Literal["dpo"] = Field("dpo", description="loss over per-sequence log-probs")
+    beta: float = Field(0.1, gt=0.0, description="DPO beta (inverse KL strength)")
+    pairs: Literal["best_vs_worst", "all_pairs"] = Field(
+        "best_vs_worst", description="how a judged group of K becomes training pairs"
+    )
+    reference: Literal["iteration_start", "initial"] = Field(
+        "iteration_start", description="reference policy: pi_t (iterative DPO/SPPO) or the fixed initial policy"
+    )
+
+
+class TrainerConfig(Section):
+    learning_rate: float = Field(5e-7, gt=0.0)
+    epochs: int = Field(1, ge=1, description="passes over an iteration's pairs")
+    batch_size: int = Field(8, ge=1, description="pairs per optimizer step (before accumulation)")
+    grad_accumulation: int = Field(1, ge=1)
+    optimizer: Literal["adamw", "rmsprop", "sgd"] = "adamw"
+    weight_decay: float = Field(0.0, ge=0.0)
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    scheduler: Literal["constant", "linear", "cosine"] = "linear"
+    warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
+    max_grad_norm: float | None = Field(1.0, gt=0.0)
+    torch_threads: int = Field(1, ge=1, description="intra-op threads of the trainer process")
+    cpus: float = Field(1.0, gt=0.0, description="Ray logical CPUs for the trainer actor")
+
+
+class ScheduleConfig(Section):
+    iterations: int = Field(3, ge=1)
+    prompts_per_iteration: int = Field(512, ge=1)
+    mode: Literal["sync", "async"] = Field("sync", description="sync: iteration t trains only on version t")
+    max_staleness: int = Field(0, ge=0, description="async mode: versions a group may lag the trainer")
+
+    @model_validator(mode="after")
+    def _staleness(self) -> ScheduleConfig:
+        if self.mode == "sync" and self.max_staleness != 0:
+            raise ValueError("max_staleness must be 0 in sync mode")
+        if self.mode == "async":
+            raise ValueError("async mode is not implemented yet; use mode: sync")
+        return self
+
+
+class PromptsConfig(Section):
+    source: Literal["arena", "jsonl"] = "arena"
+    path: str | None = Field(None, description="JSONL file with {'id'?, 'prompt'} lines when source=jsonl")
+
+    @model_validator(mode="after")
+    def _path(self) -> PromptsConfig:
+        if self.source == "jsonl":
+            if not self.path:
+                raise ValueError("source=jsonl needs a path")
+            if not Path(self.path).expanduser().is_file():
+                raise ValueError(f"prompt file {self.path!r} does not exist")
+        return self
+
+
+class EvalConfig(Section):
+    gold_win_rate: bool = Field(True, description="arena only: gold win rate of each iteration vs iteration 0")
+    num_prompts: int = Field(256, ge=16, description="held-out prompts, one temperature-1 sample per policy")
+
+
+class StorageConfig(Section):
+    run_dir: str = Field("runs", description="directory holding one sub-directory per run")
+    redis_url: str | None = Field(None, description="overrides REDIS_URL; unset = private redis-server")
+    stream_maxlen: int = Field(100_000, ge=100, description="approximate cap on each stream's length")
+    weight_transport: Literal["object_store", "safetensors_dir"] = Field(
+        "object_store", description="how new weights reach generators"
+    )
+    claim_idle_ms: int = Field(30_000, ge=100, description="pending entries idle this long are re-claimed")
+
+
+class RunConfig(Section):
+    """A complete, validated description of one run."""
+
+    name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$", description="run name (used in the run id)")
+    seed: int = 0
+    policy: ModelConfig = Field(default_factory=lambda: ModelConfig(path=ARENA_MODEL))
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    prompts: PromptsConfig = Field(default_factory=PromptsConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> RunConfig:
+        if self.judge.kind == "arena_oracle" and self.prompts.source != "arena":
+            raise ValueError("judge.kind=arena_oracle needs prompts.source=arena (it knows the arena's gold)")
+        return self
+
+
+def format_validation_error(err: ValidationError, source: str = "config") -> str:
+    lines = [f"{source}: {err.error_count()} problem(s)"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (not a field of this section)"
+        value = e.get("input")
+        shown = "" if isinstance(value, dict) or e["type"] == "missing" else f" (got {value!r})"
+        lines.append(f"  {loc}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict[str, Any], source: str = "config") -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, source)) from None
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read a YAML run config; `overrides` are dotted keys (`trainer.epochs: 2`) applied on top."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    for dotted, value in (overrides or {}).items():
+        set_dotted(data, dotted, value)
+    return parse_config(data, str(path))
+
+
+def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    node = data
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{dotted}: {key} is not a section")
+    node[leaf] = value

@@ -1,0 +1,243 @@
+"""Every record that crosses Ray, Redis or HTTP, as versioned pydantic models, and their msgpack codec.
+
+A record knows its own deterministic id (`record_id`), built from what it *is* (prompt id, policy version,
+sample indices) and never from when it was made, so a redelivered stream entry can always be recognised
+as a duplicate. Records are encoded with msgpack (`encode`/`decode`); pickle is never used on the wire.
+
+This module knows nothing about Redis, Ray or torch.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, TypeVar
+
+import msgpack
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SCHEMA_VERSION = 1
+
+
+class Record(BaseModel):
+    """Base of all wire records: frozen, strict about unknown fields, carrying a schema version."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def record_id(self) -> str:  # pragma: no cover - every concrete record overrides it
+        raise NotImplementedError
+
+
+R = TypeVar("R", bound=Record)
+
+
+def encode(record: Record) -> bytes:
+    """msgpack bytes of a record (field names kept, so old readers can report what they do not know)."""
+    return msgpack.packb(record.model_dump(mode="python"), use_bin_type=True)
+
+
+def decode(cls: type[R], data: bytes) -> R:
+    """Validate msgpack bytes as `cls`; raises `pydantic.ValidationError` naming the bad field."""
+    return cls.model_validate(msgpack.unpackb(data, raw=False))
+
+
+def group_id(prompt_id: str, policy_version: int) -> str:
+    """Id of the K-sample group for one prompt under one policy version."""
+    return f"{prompt_id}@v{policy_version}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Stage 1: prompts -> generators
+
+
+class PromptTask(Record):
+    """One prompt to sample K responses for, under exactly `policy_version` (stream `run:{id}:prompts`)."""
+
+    run_id: str
+    iteration: int = Field(ge=0)
+    policy_version: int = Field(ge=0, description="weights that must produce all K samples")
+    prompt_id: str = Field(min_length=1)
+    prompt: str = Field(min_length=1, description="user message, before the chat template")
+    num_samples: int = Field(ge=1, description="K")
+    seed: int = Field(description="sampling seed for this group; fixed by the controller")
+
+    @property
+    def record_id(self) -> str:
+        return group_id(self.prompt_id, self.policy_version)
+
+
+# --------------------------------------------------------------------------------------------------
+# Stage 2: generators -> judges
+
+
+class Completion(Record):
+    """One sampled response, with the log-prob the sampler gave each of its tokens."""
+
+    index: int = Field(ge=0, description="sample index within its group")
+    text: str
+    token_ids: list[int]
+    logprobs: list[float] = Field(description="behaviour log-prob of each sampled token")
+    finish_reason: str = ""
+
+    @model_validator(mode="after")
+    def _lengths_match(self) -> Completion:
+        if len(self.logprobs) != len(self.token_ids):
+            raise ValueError(
+                f"logprobs has {len(self.logprobs)} entries but token_ids has {len(self.token_ids)}"
+            )
+        return self
+
+
+class GenerationGroup(Record):
+    """K samples for one prompt, all from one engine and one policy version (`run:{id}:generations`)."""
+
+    run_id: str
+    iteration: int = Field(ge=0)
+    policy_version: int = Field(ge=0)
+    prompt_id: str
+    prompt: str
+    prompt_token_ids: list[int]
+    completions: list[Completion] = Field(min_length=1)
+    engine_id: str
+    seed: int
+    latency_s: float = Field(ge=0)
+
+    @property
+    def record_id(self) -> str:
+        return group_id(self.prompt_id, self.policy_version)
+
+
+# --------------------------------------------------------------------------------------------------
+# Stage 3: judges -> trainer
+
+
+class Judgement(Record):
+    """What a judge says about one group of K responses.
+
+    A judge fills `scores` (one scalar per response, higher is better), `win_matrix`
+    (P[i][j] = P(response i beats response j), with P[i][i] = 0.5), or both. `confidence[i][j]`
+    in [0, 1] says how sure the judge is about comparison (i, j); None means "fully confident".
+    """
+
+    judge: str
+    scores: list[float] | None = None
+    win_matrix: list[list[float]] | None = None
+    confidence: list[list[float]] | None = None
+    latency_s: float = 0.0
+
+    @model_validator(mode="after")
+    def _shape(self) -> Judgement:
+        if self.scores is None and self.win_matrix is None:
+            raise ValueError("a judgement needs scores, a win_matrix, or both")
+        k = len(self.scores) if self.scores is not None else len(self.win_matrix or [])
+        for name in ("win_matrix", "confidence"):
+            m = getattr(self, name)
+            if m is not None and (len(m) != k or any(len(row) != k for row in m)):
+                raise ValueError(f"{name} must be {k}x{k}")
+        values = list(self.scores or []) + [v for row in (self.win_matrix or []) for v in row]
+        if any(not math.isfinite(v) for v in values):
+            raise ValueError("judge returned a non-finite value")
+        return self
+
+    @property
+    def num_responses(self) -> int:
+        return len(self.scores) if self.scores is not None else len(self.win_matrix or [])
+
+
+class PreferencePair(Record):
+    """A training pair built by the recipe from one judged group (`run:{id}:pairs`).
+
+    Both responses come from the same group, hence from the same policy version.
+    """
+
+    run_id: str
+    iteration: int = Field(ge=0)
+    policy_version: int = Field(ge=0, description="weights that produced both responses")
+    prompt_id: str
+    prompt: str
+    prompt_token_ids: list[int] = Field(min_length=1)
+    chosen: Completion
+    rejected: Completion
+    chosen_score: float
+    rejected_score: float
+    win_prob: float = Field(ge=0.0, le=1.0, description="P(chosen beats rejected) by the judge")
+    judge: str
+
+    @field_validator("chosen_score", "rejected_score")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError("score must be finite")
+        return v
+
+    @model_validator(mode="after")
+    def _distinct(self) -> PreferencePair:
+        if self.chosen.index == self.rejected.index:
+            raise ValueError("chosen and rejected are the same sample")
+        if self.chosen.token_ids == self.rejected.token_ids:
+            raise ValueError("chosen and rejected have identical tokens")
+        if not self.chosen.token_ids or not self.rejected.token_ids:
+            raise ValueError("empty completion")
+        return self
+
+    @property
+    def record_id(self) -> str:
+        return f"{group_id(self.prompt_id, self.policy_version)}:{self.chosen.index}>{self.rejected.index}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Failures and iteration bookkeeping
+
+
+class DeadLetter(Record):
+    """An entry a stage gave up on (`run:{id}:dead`), with the reason, so nothing disappears silently."""
+
+    stage: str
+    item_id: str = Field(description="record id of the entry that failed")
+    reason: str
+    attempts: int = 1
+    payload: bytes = b""
+
+    @property
+    def record_id(self) -> str:
+        return f"{self.stage}:{self.item_id}"
+
+
+class WinRate(Record):
+    """Gold win rate of one policy against another on held-out prompts, with a 95% interval."""
+
+    win_rate: float
+    ci_low: float
+    ci_high: float
+    num_prompts: int
+    mean_gold_a: float
+    mean_gold_b: float
+
+
+class IterationRecord(Record):
+    """Everything measured in one iteration, written to Redis when the iteration completes."""
+
+    run_id: str
+    iteration: int = Field(ge=1)
+    policy_version_in: int
+    policy_version_out: int
+    num_prompts: int
+    num_groups: int
+    num_pairs: int
+    num_dead: int
+    metrics: dict[str, float] = Field(default_factory=dict, description="loss/*, rewards/*, gen/*, ...")
+    stage_seconds: dict[str, float] = Field(default_factory=dict)
+    gold_win_rate_vs_iter0: WinRate | None = None
+    checkpoint: str = ""
+    started_at: float
+    finished_at: float
+
+    @property
+    def record_id(self) -> str:
+        return f"{self.run_id}:iter{self.iteration}"
+
+
+def as_dict(record: Record) -> dict[str, Any]:
+    return record.model_dump(mode="json")

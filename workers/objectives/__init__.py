@@ -1,0 +1,1 @@
+"""Objectives: losses over per-sequence log-probs, registered by name."""
