@@ -1,0 +1,269 @@
+"""Builds the arena base policy: a tiny Llama pretrained on the arena corpus, cached once per seed.
+
+`build_arena_model(seed)` returns an ordinary Hugging Face checkpoint directory (config.json,
+model.safetensors, tokenizer with its chat template) that `sparring.shared.models.load_causal_lm` /
+`load_tokenizer` and vLLM load like any other model. The first call for a seed trains it (about two
+minutes on a 2-core CPU); later calls return the cached directory.
+
+Training examples are exactly what the samplers and the trainer will see: the prompt rendered by
+`sparring.shared.models.prompt_token_ids` (chat template with generation prompt), then the response
+tokens, then the eos token `<|end|>`. The loss covers only the response tokens and eos: prompts are
+given at sampling time, and modelling them would spend the tiny model's capacity on nothing.
+
+Cache layout: `{cache_dir}/arena/seed{seed}-{settings hash}/`. The hash covers the build settings and the
+source of this module, `arena.py` and `tiny.py`, so changing any of them builds a fresh model. A build
+writes into a temporary sibling directory and renames it into place, so a killed build never leaves a
+half-written cache; an fcntl lock serialises two processes building the same seed.
+
+This module knows the arena corpus and how to pretrain on it; it knows nothing about Ray, Redis, vLLM or
+the preference loop.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sparring.shared import arena, tiny
+from sparring.shared.models import prompt_token_ids
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+CACHE_ENV = "SPARRING_CACHE_DIR"
+
+
+@dataclass(frozen=True)
+class ArenaBuildSettings:
+    """Everything that decides the built weights besides the seed (all of it goes into the cache key)."""
+
+    vocab_size: int = 1024  # BPE target; the corpus has fewer distinct words, so the real vocab is smaller
+    responses_per_prompt: int = 48  # pretraining corpus = every train prompt x this many responses
+    steps: int = 1200
+    batch_size: int = 64
+    learning_rate: float = 3e-3
+    min_lr_ratio: float = 0.1  # cosine decay ends at learning_rate * this
+    warmup_steps: int = 50
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    log_every: int = 100
+
+
+DEFAULT_SETTINGS = ArenaBuildSettings()
+
+
+def default_cache_dir() -> Path:
+    """`$SPARRING_CACHE_DIR`, or `~/.cache/sparring`."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "sparring"
+
+
+def settings_hash(settings: ArenaBuildSettings) -> str:
+    """Short hash of the settings and of the code that builds the model (a code change invalidates it)."""
+    h = hashlib.sha256(json.dumps(asdict(settings), sort_keys=True).encode())
+    for module_file in (__file__, arena.__file__, tiny.__file__):
+        h.update(Path(str(module_file)).read_bytes())
+    return h.hexdigest()[:12]
+
+
+def arena_model_dir(seed: int = 0, cache_dir: str | Path | None = None, **overrides: int | float) -> Path:
+    """Where `build_arena_model` keeps (or will keep) the model for `seed` and these settings."""
+    settings = replace(DEFAULT_SETTINGS, **overrides)  # type: ignore[arg-type]
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    return root / "arena" / f"seed{seed}-{settings_hash(settings)}"
+
+
+def build_arena_model(
+    seed: int = 0,
+    cache_dir: str | Path | None = None,
+    progress: Callable[[str], None] | None = None,
+    **overrides: int | float,
+) -> Path:
+    """The arena base policy for `seed`: built on first use, then returned from the cache.
+
+    `overrides` replace fields of `ArenaBuildSettings` (e.g. `steps=50` for a quick test model); they
+    are part of the cache key, so they never return a model built with other settings.
+    """
+    settings = replace(DEFAULT_SETTINGS, **overrides)  # type: ignore[arg-type]
+    final = arena_model_dir(seed, cache_dir, **overrides)
+    if _is_complete(final):
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with _file_lock(final.with_name(final.name + ".lock")):
+        if _is_complete(final):  # another process built it while we waited
+            return final
+        for stale in final.parent.glob(f".tmp-{final.name}-*"):  # left by a killed build
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+        try:
+            _build(tmp, seed, settings, progress or (lambda msg: log.info("%s", msg)))
+            os.rename(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _is_complete(path: Path) -> bool:
+    return (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    with open(path, "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+# --------------------------------------------------------------------------------------------------
+# The build itself
+
+
+@dataclass(frozen=True)
+class _Example:
+    prompt_ids: list[int]
+    response_ids: list[int]  # response tokens + eos
+
+
+def _corpus(seed: int, settings: ArenaBuildSettings) -> list[tuple[arena.ArenaPrompt, str]]:
+    """Every train prompt with `responses_per_prompt` corpus responses (held-out prompts are never seen)."""
+    rng = random.Random(f"arena-corpus-{seed}")
+    return [
+        (p, arena.corpus_response(p.topic, rng))
+        for p in arena.arena_prompts("train")
+        for _ in range(settings.responses_per_prompt)
+    ]
+
+
+def _tokenize(
+    tok: PreTrainedTokenizerBase, corpus: list[tuple[arena.ArenaPrompt, str]]
+) -> list[_Example]:
+    prompt_ids = {p.prompt: prompt_token_ids(tok, p.prompt) for p, _ in corpus}
+    check_prompt_boundary(tok, next(iter(prompt_ids)))
+    encoded = tok([r for _, r in corpus], add_special_tokens=False)["input_ids"]
+    eos = int(tok.eos_token_id)
+    return [_Example(prompt_ids[p.prompt], [*map(int, ids), eos]) for (p, _), ids in zip(corpus, encoded)]
+
+
+def check_prompt_boundary(tok: PreTrainedTokenizerBase, prompt: str, response: str = "glad you asked.") -> None:
+    """Raise unless prompt_token_ids + response tokens + eos is exactly the chat template's full rendering.
+
+    This is the contract the sampler relies on: the ids it generates after `prompt_token_ids` are the
+    ids the policy was trained to produce there.
+    """
+    ids: object = tok.apply_chat_template(
+        [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}], tokenize=True
+    )
+    if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+        ids = ids["input_ids"]  # type: ignore[index]
+    full = [int(i) for i in ids]  # type: ignore[attr-defined]
+    ours = [
+        *prompt_token_ids(tok, prompt),
+        *tok(response, add_special_tokens=False)["input_ids"],
+        int(tok.eos_token_id),
+    ]
+    if full[: len(ours)] != ours:
+        raise RuntimeError(f"arena tokenizer boundary mismatch for {prompt!r}: {ours} vs chat template {full}")
+
+
+def _batch(examples: list[_Example], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded (input_ids, attention_mask, labels); labels are -100 on prompt and padding."""
+    import torch
+
+    width = max(len(e.prompt_ids) + len(e.response_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    labels = torch.full((len(examples), width), -100, dtype=torch.long)
+    for row, e in enumerate(examples):
+        seq = e.prompt_ids + e.response_ids
+        ids[row, : len(seq)] = torch.tensor(seq)
+        mask[row, : len(seq)] = 1
+        labels[row, len(e.prompt_ids) : len(seq)] = torch.tensor(e.response_ids)
+    return ids, mask, labels
+
+
+def _lr_at(step: int, s: ArenaBuildSettings) -> float:
+    import math
+
+    if step < s.warmup_steps:
+        return s.learning_rate * (step + 1) / s.warmup_steps
+    frac = (step - s.warmup_steps) / max(1, s.steps - s.warmup_steps)
+    return s.learning_rate * (s.min_lr_ratio + (1 - s.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def _build(out: Path, seed: int, s: ArenaBuildSettings, progress: Callable[[str], None]) -> None:
+    import torch
+    from transformers import AutoTokenizer, GenerationConfig, LlamaForCausalLM
+
+    t0 = time.monotonic()
+    corpus = _corpus(seed, s)
+    tok_texts = [f" {p.prompt}\n" for p in arena.arena_prompts("train")] + [r for _, r in corpus]
+    tiny.train_tokenizer(tok_texts, s.vocab_size, out)
+    tok = AutoTokenizer.from_pretrained(str(out))
+    examples = _tokenize(tok, corpus)
+    progress(
+        f"arena seed {seed}: corpus of {len(examples)} examples, vocab {len(tok)}, "
+        f"{time.monotonic() - t0:.1f}s; training {s.steps} steps"
+    )
+
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+    try:
+        torch.manual_seed(seed)
+        cfg = tiny.tiny_llama_config(len(tok), int(tok.pad_token_id), int(tok.eos_token_id))
+        model = LlamaForCausalLM(cfg)
+        model.train()
+        decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+        no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": s.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=s.learning_rate,
+        )
+        order = random.Random(f"arena-order-{seed}")
+        pad_id = int(tok.pad_token_id)
+        loss_sum, loss_n = 0.0, 0
+        for step in range(s.steps):
+            for group in opt.param_groups:
+                group["lr"] = _lr_at(step, s)
+            ids, mask, labels = _batch(order.sample(examples, s.batch_size), pad_id)
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), s.max_grad_norm)
+            opt.step()
+            loss_sum, loss_n = loss_sum + loss.item(), loss_n + 1
+            if (step + 1) % s.log_every == 0 or step + 1 == s.steps:
+                progress(
+                    f"arena seed {seed}: step {step + 1}/{s.steps} loss {loss_sum / loss_n:.4f} "
+                    f"lr {_lr_at(step, s):.2e} elapsed {time.monotonic() - t0:.1f}s"
+                )
+                loss_sum, loss_n = 0.0, 0
+    finally:
+        torch.set_num_threads(threads_before)
+
+    model.eval()
+    model.generation_config = GenerationConfig(
+        eos_token_id=int(tok.eos_token_id), pad_token_id=pad_id, bos_token_id=None
+    )
+    model.save_pretrained(out)
+    (out / "arena_build.json").write_text(
+        json.dumps({"seed": seed, "settings": asdict(s), "build_seconds": time.monotonic() - t0}, indent=2)
+    )
+    progress(f"arena seed {seed}: built in {time.monotonic() - t0:.1f}s")

@@ -1,0 +1,455 @@
+"""The per-run work queue: Redis Streams with consumer groups, idempotent by record id, with a dead-letter stream.
+
+Knows: the stream key layout of a run (`run:{run_id}:{stage}` plus a per-stage seen-set
+`run:{run_id}:seen:{stage}`), the entry layout (fields `id` = record id, `data` = msgpack of the record),
+at-least-once delivery (`XREADGROUP`/`XACK`/`XAUTOCLAIM`/`XCLAIM`), and how to make it effectively-once:
+every write of a record is deduplicated by its deterministic `record_id` in the same Lua script that
+writes it, and `complete()` writes a stage's outputs and acknowledges its input in one script.
+Does not know: what a stage does with a record, Ray, staleness rules, or run state (see `store.py`).
+
+Operational notes:
+- Streams are trimmed with `MAXLEN ~ maxlen`. Trimming can drop entries nobody has read yet, so producers
+  must call `wait_for_room` (backpressure) to keep the outstanding work of a group well below `maxlen`.
+  An entry trimmed while still pending is dead-lettered when it is next read or claimed.
+- Seen-sets grow with the number of distinct records of a run; `delete_run` removes them with the streams.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, Literal
+
+import redis
+
+from .records import DeadLetter, R, Record, decode, encode
+
+logger = logging.getLogger(__name__)
+
+Stage = Literal["prompts", "generations", "pairs", "dead", "events"]
+STAGES: tuple[str, ...] = ("prompts", "generations", "pairs", "dead", "events")
+DEAD = "dead"
+DEFAULT_MAXLEN = 100_000
+# Blocking reads are capped so they always return well inside the client's socket timeout.
+MAX_BLOCK_MS = 10_000
+
+# KEYS: seen-set, stream. ARGV: record id, data, maxlen. Returns the new entry id, or nil for a duplicate.
+_PUT_LUA = """
+if redis.call('SADD', KEYS[1], ARGV[1]) == 0 then
+  return false
+end
+return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'id', ARGV[1], 'data', ARGV[2])
+"""
+
+# KEYS: input stream[, output seen-set, output stream]. ARGV: group, input entry id, maxlen, then
+# (record id, data) pairs. Writes the new outputs, then acks the input. Returns how many outputs were new.
+_COMPLETE_LUA = """
+local n = 0
+if #KEYS >= 3 then
+  for i = 4, #ARGV, 2 do
+    if redis.call('SADD', KEYS[2], ARGV[i]) == 1 then
+      redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'id', ARGV[i], 'data', ARGV[i + 1])
+      n = n + 1
+    end
+  end
+end
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+return n
+"""
+
+
+def stream_name(run_id: str, stage: str) -> str:
+    """Key of a stage's stream: `run:{run_id}:{stage}`."""
+    return f"run:{run_id}:{stage}"
+
+
+def seen_name(run_id: str, stage: str) -> str:
+    """Key of the set of record ids ever written to a stage: `run:{run_id}:seen:{stage}`."""
+    return f"run:{run_id}:seen:{stage}"
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+@dataclass(frozen=True)
+class Entry(Generic[R]):
+    """One delivered stream entry: its stream id, the decoded record, and how often it has been delivered."""
+
+    entry_id: str
+    record: R
+    deliveries: int
+
+
+class StreamQueue:
+    """The streams of one run. Thread-safe as far as the underlying client is (redis-py pools connections)."""
+
+    def __init__(self, client: redis.Redis, run_id: str, maxlen: int = DEFAULT_MAXLEN) -> None:
+        if not run_id:
+            raise ValueError("run_id must be non-empty")
+        if maxlen < 1:
+            raise ValueError(f"maxlen must be >= 1, got {maxlen}")
+        self.client = client
+        self.run_id = run_id
+        self.maxlen = maxlen
+        self._put_script = client.register_script(_PUT_LUA)
+        self._complete_script = client.register_script(_COMPLETE_LUA)
+
+    # ------------------------------------------------------------------------------------------------
+    # keys
+
+    def stream(self, stage: str) -> str:
+        self._check_stage(stage)
+        return stream_name(self.run_id, stage)
+
+    def _seen(self, stage: str) -> str:
+        self._check_stage(stage)
+        return seen_name(self.run_id, stage)
+
+    @staticmethod
+    def _check_stage(stage: str) -> None:
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+
+    # ------------------------------------------------------------------------------------------------
+    # writing
+
+    def ensure_group(self, stage: str, group: str) -> None:
+        """Create consumer group `group` on the stage's stream (and the stream), reading from the start."""
+        try:
+            self.client.xgroup_create(self.stream(stage), group, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def put(self, stage: str, record: Record) -> str | None:
+        """Append `record` unless a record with its `record_id` was ever written to this stage.
+
+        Returns the new entry id, or None for a duplicate.
+        """
+        result = self._put_script(
+            keys=[self._seen(stage), self.stream(stage)],
+            args=[record.record_id, encode(record), self.maxlen],
+        )
+        return None if result is None else _s(result)
+
+    def complete(
+        self,
+        stage: str,
+        group: str,
+        entry_id: str,
+        out_stage: str | None,
+        out_records: Sequence[Record] = (),
+    ) -> int:
+        """Atomically write the new ones of `out_records` to `out_stage`, then ack `entry_id` on `stage`.
+
+        Outputs are deduplicated by record id, so completing a redelivered entry again writes nothing
+        twice. Returns how many outputs were new.
+        """
+        keys = [self.stream(stage)]
+        args: list[Any] = [group, entry_id, self.maxlen]
+        if out_records:
+            if out_stage is None:
+                raise ValueError("out_records given without an out_stage")
+            keys += [self._seen(out_stage), self.stream(out_stage)]
+            for rec in out_records:
+                args += [rec.record_id, encode(rec)]
+        return int(self._complete_script(keys=keys, args=args))
+
+    def dead_letter(
+        self, stage_of_failure: str, record_id: str, reason: str, payload: bytes = b"", attempts: int = 1
+    ) -> str | None:
+        """Record a give-up on the dead stream (deduplicated by the dead letter's record id)."""
+        letter = DeadLetter(
+            stage=stage_of_failure, item_id=record_id, reason=reason, attempts=attempts, payload=payload
+        )
+        logger.warning("dead-lettering %s at %s after %d attempt(s): %s", record_id, stage_of_failure, attempts, reason)
+        return self.put(DEAD, letter)
+
+    def fail(
+        self, stage: str, group: str, entry: Entry[Any], failing_stage: str, reason: str, max_attempts: int = 3
+    ) -> bool:
+        """Report that processing `entry` failed.
+
+        After `max_attempts` deliveries the entry is dead-lettered and acked in one script (returns True);
+        before that it stays pending, so the consumer's next `read` (or a claim) delivers it again (False).
+        """
+        if entry.deliveries < max_attempts:
+            logger.info(
+                "entry %s on %s failed (delivery %d of %d): %s",
+                entry.entry_id, self.stream(stage), entry.deliveries, max_attempts, reason,
+            )  # fmt: skip
+            return False
+        letter = DeadLetter(
+            stage=failing_stage,
+            item_id=entry.record.record_id,
+            reason=reason,
+            attempts=entry.deliveries,
+            payload=encode(entry.record),
+        )
+        logger.warning(
+            "dead-lettering %s at %s after %d attempt(s): %s",
+            letter.item_id, failing_stage, entry.deliveries, reason,
+        )  # fmt: skip
+        self.complete(stage, group, entry.entry_id, DEAD, [letter])
+        return True
+
+    # ------------------------------------------------------------------------------------------------
+    # reading
+
+    def read(
+        self,
+        stage: str,
+        group: str,
+        consumer: str,
+        cls: type[R],
+        count: int = 16,
+        block_ms: int | None = None,
+    ) -> list[Entry[R]]:
+        """Up to `count` entries for `consumer`: its own pending entries first, then new ones.
+
+        Re-reading pending entries first means a restarted consumer with the same name resumes its
+        in-flight work (and that an entry left pending by `fail` is retried). `block_ms` (capped at
+        `MAX_BLOCK_MS`) waits for new entries only when there is nothing pending. Undecodable entries
+        are dead-lettered and acked, never returned.
+        """
+        if count < 1:
+            raise ValueError(f"count must be >= 1, got {count}")
+        key = self.stream(stage)
+        pending = self._xreadgroup(group, consumer, key, "0", count, None)
+        entries = self._decode_delivered(stage, group, consumer, cls, pending, fresh=False)
+        if pending:
+            # Pending entries (possibly all undecodable) were found: don't block behind them.
+            if len(pending) >= count:
+                return entries
+            block_ms = None
+        block = None if block_ms is None or block_ms <= 0 else min(int(block_ms), MAX_BLOCK_MS)
+        fresh = self._xreadgroup(group, consumer, key, ">", count - len(pending), block)
+        entries += self._decode_delivered(stage, group, consumer, cls, fresh, fresh=True)
+        return entries
+
+    def _xreadgroup(
+        self, group: str, consumer: str, key: str, start: str, count: int, block: int | None
+    ) -> list[tuple[str, dict[bytes, bytes] | None]]:
+        resp = self.client.xreadgroup(group, consumer, {key: start}, count=count, block=block)
+        if not resp:
+            return []
+        # RESP2: [[stream, [(id, fields), ...]]]; RESP3: {stream: [[(id, fields), ...]]}
+        if isinstance(resp, dict):
+            items = next(iter(resp.values()))
+            items = items[0] if items and isinstance(items[0], list) else items
+        else:
+            items = resp[0][1]
+        return [(_s(eid), fields or None) for eid, fields in items]
+
+    def _deliveries(self, key: str, group: str, consumer: str, ids: Sequence[str]) -> dict[str, int]:
+        if not ids:
+            return {}
+        pipe = self.client.pipeline(transaction=False)
+        for eid in ids:
+            pipe.xpending_range(key, group, min=eid, max=eid, count=1, consumername=consumer)
+        out: dict[str, int] = {}
+        for eid, rows in zip(ids, pipe.execute(), strict=True):
+            out[eid] = int(rows[0]["times_delivered"]) if rows else 1
+        return out
+
+    def _decode_delivered(
+        self,
+        stage: str,
+        group: str,
+        consumer: str,
+        cls: type[R],
+        items: Sequence[tuple[str, dict[bytes, bytes] | None]],
+        fresh: bool,
+    ) -> list[Entry[R]]:
+        if not items:
+            return []
+        key = self.stream(stage)
+        counts = {eid: 1 for eid, _ in items} if fresh else self._deliveries(key, group, consumer, [e for e, _ in items])
+        out: list[Entry[R]] = []
+        for eid, fields in items:
+            entry = self._decode_or_dead_letter(stage, group, cls, eid, fields, counts.get(eid, 1))
+            if entry is not None:
+                out.append(entry)
+        return out
+
+    def _decode_or_dead_letter(
+        self,
+        stage: str,
+        group: str,
+        cls: type[R],
+        entry_id: str,
+        fields: dict[bytes, bytes] | None,
+        deliveries: int,
+    ) -> Entry[R] | None:
+        if fields is None:
+            self._dead_letter_and_ack(
+                stage, group, entry_id, entry_id,
+                f"entry {entry_id} was trimmed from {self.stream(stage)} (MAXLEN) before it was processed",
+                b"", deliveries,
+            )  # fmt: skip
+            return None
+        data = fields.get(b"data")
+        item_id = _s(fields.get(b"id", entry_id.encode()))
+        try:
+            if data is None:
+                raise ValueError("entry has no 'data' field")
+            record = decode(cls, data)
+        except Exception as exc:  # noqa: BLE001 - any undecodable payload is dead-lettered, never raised
+            self._dead_letter_and_ack(
+                stage, group, entry_id, item_id,
+                f"cannot decode entry {entry_id} of {self.stream(stage)} as {cls.__name__}: {exc}",
+                data or b"", deliveries,
+            )  # fmt: skip
+            return None
+        return Entry(entry_id=entry_id, record=record, deliveries=deliveries)
+
+    def _dead_letter_and_ack(
+        self, stage: str, group: str, entry_id: str, item_id: str, reason: str, payload: bytes, attempts: int
+    ) -> None:
+        logger.error("%s", reason)
+        letter = DeadLetter(stage=stage, item_id=item_id, reason=reason, attempts=attempts, payload=payload)
+        self.complete(stage, group, entry_id, DEAD, [letter])
+
+    def claim_stale(
+        self,
+        stage: str,
+        group: str,
+        consumer: str,
+        min_idle_ms: int,
+        count: int = 100,
+        *,
+        cls: type[R],
+    ) -> list[Entry[R]]:
+        """Move up to `count` entries pending longer than `min_idle_ms` (any consumer) to `consumer` (XAUTOCLAIM)."""
+        key = self.stream(stage)
+        claimed: list[tuple[str, dict[bytes, bytes] | None]] = []
+        cursor = "0-0"
+        while len(claimed) < count:
+            resp = self.client.xautoclaim(key, group, consumer, min_idle_ms, start_id=cursor, count=count - len(claimed))
+            cursor = _s(resp[0])
+            claimed += [(_s(eid), fields or None) for eid, fields in resp[1]]
+            deleted = resp[2] if len(resp) > 2 else []
+            for eid in deleted:  # already removed from the PEL by Redis; record the loss
+                eid_s = _s(eid)
+                self.dead_letter(
+                    stage, eid_s, f"entry {eid_s} was trimmed from {key} (MAXLEN) before it was processed"
+                )
+            if cursor == "0-0":
+                break
+        if claimed:
+            logger.info("%s claimed %d stale entries on %s", consumer, len(claimed), key)
+        return self._decode_delivered(stage, group, consumer, cls, claimed, fresh=False)
+
+    def reassign(self, stage: str, group: str, from_consumer: str, to_consumer: str, cls: type[R]) -> list[Entry[R]]:
+        """Move every entry pending for `from_consumer` (known dead) to `to_consumer` now (XCLAIM, min idle 0)."""
+        key = self.stream(stage)
+        claimed: list[tuple[str, dict[bytes, bytes] | None]] = []
+        while True:
+            rows = self.client.xpending_range(key, group, min="-", max="+", count=500, consumername=from_consumer)
+            if not rows:
+                break
+            ids = [_s(r["message_id"]) for r in rows]
+            got = self.client.xclaim(key, group, to_consumer, 0, ids)
+            got_ids = set()
+            for eid, fields in got:
+                got_ids.add(_s(eid))
+                claimed.append((_s(eid), fields or None))
+            missing = [i for i in ids if i not in got_ids]
+            for eid in missing:  # trimmed entries: XCLAIM drops them from the PEL without returning them
+                self.dead_letter(stage, eid, f"entry {eid} was trimmed from {key} (MAXLEN) before it was processed")
+            if len(rows) < 500:
+                break
+        if claimed:
+            logger.info("reassigned %d entries on %s from %s to %s", len(claimed), key, from_consumer, to_consumer)
+        return self._decode_delivered(stage, group, to_consumer, cls, claimed, fresh=False)
+
+    # ------------------------------------------------------------------------------------------------
+    # inspection and backpressure
+
+    def length(self, stage: str) -> int:
+        return int(self.client.xlen(self.stream(stage)))
+
+    def pending_count(self, stage: str, group: str) -> int:
+        """Entries delivered to `group` and not yet acked (0 if the group or stream does not exist)."""
+        try:
+            info = self.client.xpending(self.stream(stage), group)
+        except redis.ResponseError:
+            return 0
+        return int(info["pending"])
+
+    def _group_info(self, stage: str, group: str) -> dict[str, Any] | None:
+        try:
+            groups = self.client.xinfo_groups(self.stream(stage))
+        except redis.ResponseError:
+            return None
+        for g in groups:
+            if _s(g["name"]) == group:
+                return g
+        return None
+
+    def lag(self, stage: str, group: str) -> int:
+        """Entries in the stream not yet delivered to `group` (the whole stream if the group does not exist)."""
+        info = self._group_info(stage, group)
+        if info is None:
+            return self.length(stage)
+        lag = info.get("lag")
+        if lag is not None:
+            return int(lag)
+        # Redis cannot compute lag after deletions/trims in some cases: count entries past last-delivered.
+        last = _s(info["last-delivered-id"])
+        n, start = 0, f"({last}"
+        key = self.stream(stage)
+        while True:
+            batch = self.client.xrange(key, min=start, max="+", count=1000)
+            n += len(batch)
+            if len(batch) < 1000:
+                return n
+            start = f"({_s(batch[-1][0])}"
+
+    def outstanding(self, stage: str, group: str) -> int:
+        """Pending + lag: work a consumer group has not finished."""
+        return self.pending_count(stage, group) + self.lag(stage, group)
+
+    def wait_for_room(
+        self, stage: str, group: str, max_outstanding: int, timeout_s: float, poll_s: float = 0.05
+    ) -> None:
+        """Block while `group`'s outstanding work on the stage is >= `max_outstanding`; TimeoutError if it stays full."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            n = self.outstanding(stage, group)
+            if n < max_outstanding:
+                return
+            if time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"{self.stream(stage)}: consumer group {group!r} still has {n} outstanding entries "
+                    f"(limit {max_outstanding}) after {timeout_s:g}s"
+                )
+            time.sleep(poll_s)
+
+    def read_all(self, stage: str, cls: type[R]) -> list[tuple[str, R]]:
+        """Every (entry id, record) still in the stream, oldest first; undecodable entries are skipped (logged)."""
+        key = self.stream(stage)
+        out: list[tuple[str, R]] = []
+        start = "-"
+        while True:
+            batch = self.client.xrange(key, min=start, max="+", count=1000)
+            for eid, fields in batch:
+                eid_s = _s(eid)
+                try:
+                    out.append((eid_s, decode(cls, fields[b"data"])))
+                except Exception as exc:  # noqa: BLE001
+                    logger.warning("skipping undecodable entry %s of %s: %s", eid_s, key, exc)
+            if len(batch) < 1000:
+                return out
+            start = f"({_s(batch[-1][0])}"
+
+    def dead_letters(self) -> list[DeadLetter]:
+        return [rec for _, rec in self.read_all(DEAD, DeadLetter)]
+
+    def delete_run(self) -> int:
+        """Delete every stream and seen-set of this run; returns the number of keys removed."""
+        keys = [stream_name(self.run_id, s) for s in STAGES] + [seen_name(self.run_id, s) for s in STAGES]
+        return int(self.client.delete(*keys))

@@ -1,0 +1,309 @@
+"""Getting a Redis connection: connect to a URL (failing fast), or run a private `redis-server` for a run.
+
+Knows: how to build and probe a `redis.Redis` client, how to start/stop a loopback-only `redis-server`
+with append-only-file persistence in a data directory, and the `REDIS_URL` environment variable.
+Does not know: streams, records, runs or any key layout (see `queue.py` and `store.py`).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+logger = logging.getLogger(__name__)
+
+REDIS_URL_ENV = "REDIS_URL"
+# Socket timeout of clients returned by `connect`: long enough for any blocking read the queue issues
+# (the queue caps its blocking reads well below this), short enough that a half-open socket is noticed.
+DEFAULT_SOCKET_TIMEOUT_S = 30.0
+
+
+class RedisUnavailable(RuntimeError):
+    """Redis cannot be reached or started; the message says where and why."""
+
+
+def redact_url(url: str) -> str:
+    """`url` with any password replaced by `***` (safe for logs and error messages)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    netloc = f"{user}:***@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def connect(
+    url: str, timeout_s: float = 3.0, socket_timeout_s: float | None = DEFAULT_SOCKET_TIMEOUT_S
+) -> redis.Redis:
+    """A client for `url` (bytes responses), after a PING that must succeed within about `timeout_s`.
+
+    Raises `RedisUnavailable` naming the URL (password redacted) and the cause, without retries, so an
+    unreachable server is reported in seconds rather than after the client's retry/backoff schedule.
+    """
+    safe = redact_url(url)
+    try:
+        probe = redis.Redis.from_url(
+            url,
+            decode_responses=False,
+            socket_connect_timeout=timeout_s,
+            socket_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 0),
+        )
+    except (ValueError, redis.RedisError) as exc:
+        raise RedisUnavailable(f"cannot reach Redis at {safe}: {exc}") from exc
+    try:
+        probe.ping()
+    except (redis.RedisError, OSError) as exc:
+        raise RedisUnavailable(f"cannot reach Redis at {safe}: {exc}") from exc
+    finally:
+        probe.close()
+    client = redis.Redis.from_url(
+        url,
+        decode_responses=False,
+        socket_connect_timeout=timeout_s,
+        socket_timeout=socket_timeout_s,
+        socket_keepalive=True,
+        health_check_interval=30,
+    )
+    logger.debug("connected to Redis at %s", safe)
+    return client
+
+
+def _free_loopback_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "<no log>"
+    return "\n".join(text.splitlines()[-lines:]) or "<empty log>"
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: SIGTERM = clean shutdown (AOF flushed)
+    except Exception:  # noqa: BLE001 - best effort, non-Linux platforms simply skip it
+        pass
+
+
+class PrivateRedis:
+    """A `redis-server` owned by this process: loopback only, AOF persistence in `data_dir`.
+
+    Use as a context manager (`with PrivateRedis(dir) as r: r.url`) or call `start()`/`stop()`.
+    Starting again on the same `data_dir` reloads the previous data from the append-only file.
+    When started from the main thread the server gets SIGTERM (a clean shutdown) if this process dies.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path | str,
+        binary: str = "redis-server",
+        start_timeout_s: float = 15.0,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.binary = binary
+        self.start_timeout_s = start_timeout_s
+        self.extra_args = tuple(extra_args)
+        self.port: int | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log_path = self.data_dir / "redis.log"
+
+    @property
+    def url(self) -> str:
+        if self.port is None or self._proc is None:
+            raise RedisUnavailable("PrivateRedis is not running: call start() first")
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def log_path(self) -> Path:
+        return self._log_path
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self) -> PrivateRedis:
+        if self.running:
+            return self
+        exe = shutil.which(self.binary)
+        if exe is None:
+            raise RedisUnavailable(
+                "redis-server not found on PATH: install it (apt-get install redis-server) or set REDIS_URL"
+            )
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        last_error = ""
+        for _attempt in range(3):  # a picked port can be taken by someone else before the server binds it
+            port = _free_loopback_port()
+            try:
+                self._launch(exe, port)
+                return self
+            except RedisUnavailable as exc:
+                last_error = str(exc)
+                if "Address already in use" not in last_error:
+                    raise
+                logger.warning("port %d was taken before redis-server bound it; retrying", port)
+        raise RedisUnavailable(last_error)
+
+    def _launch(self, exe: str, port: int) -> None:
+        data_dir = self.data_dir.resolve()
+        log_path = data_dir / "redis.log"
+        self._log_path = log_path
+        args = [
+            exe,
+            "--port", str(port),
+            "--bind", "127.0.0.1",
+            "--dir", str(data_dir),
+            "--appendonly", "yes",
+            "--appendfsync", "everysec",
+            "--save", "",
+            "--daemonize", "no",
+            "--logfile", str(log_path),
+            *self.extra_args,
+        ]  # fmt: skip
+        log_start = log_path.stat().st_size if log_path.exists() else 0
+        in_main = threading.current_thread() is threading.main_thread()
+        with open(log_path, "ab") as log:  # early errors (bad args) go to stderr before the logfile opens
+            proc = subprocess.Popen(
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                cwd=data_dir,
+                preexec_fn=_die_with_parent if in_main else None,  # noqa: PLW1509
+            )
+        url = f"redis://127.0.0.1:{port}/0"
+        deadline = time.monotonic() + self.start_timeout_s
+        cause = ""
+        while True:
+            if proc.poll() is not None:
+                new_log = _read_from(log_path, log_start)
+                raise RedisUnavailable(
+                    f"redis-server exited with code {proc.returncode} while starting in {data_dir}:\n{new_log}"
+                )
+            try:
+                c = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5, retry=Retry(NoBackoff(), 0))
+                try:
+                    c.ping()
+                finally:
+                    c.close()
+                break
+            except (redis.BusyLoadingError, redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                cause = str(exc)
+            if time.monotonic() > deadline:
+                _stop_process(proc, None)
+                raise RedisUnavailable(
+                    f"redis-server on port {port} did not answer PING within {self.start_timeout_s:.0f}s "
+                    f"({cause}); log tail:\n{_tail(log_path)}"
+                )
+            time.sleep(0.02)
+        self._proc = proc
+        self.port = port
+        atexit.register(self.stop)
+        logger.info("started private redis-server pid %d at %s (data in %s)", proc.pid, url, data_dir)
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """SHUTDOWN (the AOF is flushed), falling back to SIGTERM and then SIGKILL. Idempotent."""
+        proc, self._proc = self._proc, None
+        with contextlib.suppress(Exception):
+            atexit.unregister(self.stop)
+        if proc is None:
+            return
+        url = f"redis://127.0.0.1:{self.port}/0"
+        _stop_process(proc, url, timeout_s)
+        logger.info("stopped private redis-server pid %d (exit code %s)", proc.pid, proc.returncode)
+
+    def __enter__(self) -> PrivateRedis:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def _read_from(path: Path, offset: int) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return "<no log>"
+    return "\n".join(text.splitlines()[-20:]) or "<empty log>"
+
+
+def _stop_process(proc: subprocess.Popen[bytes], url: str | None, timeout_s: float = 10.0) -> None:
+    if proc.poll() is not None:
+        return
+    if url is not None:
+        try:
+            c = redis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=timeout_s, retry=Retry(NoBackoff(), 0))
+            try:
+                c.shutdown()
+            finally:
+                c.close()
+        except (redis.RedisError, OSError) as exc:
+            logger.warning("SHUTDOWN of redis-server pid %d failed (%s); terminating it", proc.pid, exc)
+        try:
+            proc.wait(timeout=timeout_s)
+            return
+        except subprocess.TimeoutExpired:
+            logger.warning("redis-server pid %d did not exit after SHUTDOWN; terminating it", proc.pid)
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        logger.warning("redis-server pid %d ignored SIGTERM; killing it", proc.pid)
+        proc.kill()
+        proc.wait()
+
+
+@contextlib.contextmanager
+def open_redis(url: str | None, data_dir: Path) -> Iterator[tuple[redis.Redis, str]]:
+    """Yield `(client, url)`: `url`, else env `REDIS_URL`, else a private server in `data_dir/redis`.
+
+    A private server is shut down on exit; a client to an external server is only closed.
+    """
+    url = url or os.environ.get(REDIS_URL_ENV) or None
+    if url:
+        client = connect(url)
+        try:
+            yield client, url
+        finally:
+            client.close()
+        return
+    with PrivateRedis(Path(data_dir) / "redis") as server:
+        client = connect(server.url)
+        try:
+            yield client, server.url
+        finally:
+            client.close()

@@ -1,0 +1,41 @@
+"""Shared test helpers: a seed -> a tiny, ordinary HF checkpoint directory (tokenizer + random Llama).
+
+The checkpoint is built by the same `sparring.shared.tiny` functions the arena uses and loads through
+the same code path as a real model. It is deterministic for a given `seed` and takes well under 5 s.
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+from pathlib import Path
+
+from sparring.shared.tiny import save_tiny_llama, train_tokenizer
+
+_WORDS = (
+    "the a cat dog bird fish runs jumps sees eats likes red blue green small big quick slow "
+    "and or but then after before under over near far one two three four five six seven eight "
+    "nine ten hello world yes no maybe always never sometimes river tree stone cloud rain sun"
+).split()
+
+
+def tiny_corpus(num_lines: int = 400, seed: int = 0) -> list[str]:
+    """A small deterministic list of pseudo-sentences for training a throwaway BPE tokenizer."""
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(_WORDS) for _ in range(rng.randint(3, 12))) for _ in range(num_lines)]
+
+
+def make_tiny_checkpoint(
+    out_dir: str | Path, seed: int = 0, vocab_size: int = 512, **config_overrides: object
+) -> Path:
+    """Save a tiny random Llama (hidden 128, 2 layers, head_dim 64) with its BPE tokenizer to `out_dir`.
+
+    The tokenizer is trained on `tiny_corpus()` (always seed 0, so checkpoints with different `seed`s share
+    one tokenizer and vocabulary and their weights are interchangeable); `seed` sets the weights.
+    `config_overrides` go to `LlamaConfig` (e.g. `initializer_range`).
+    """
+    out = Path(out_dir)
+    with tempfile.TemporaryDirectory(prefix="tiny-tok-") as tok_dir:
+        train_tokenizer(tiny_corpus(), vocab_size=vocab_size, out_dir=tok_dir)
+        save_tiny_llama(out, tok_dir, seed=seed, **config_overrides)
+    return out

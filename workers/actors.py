@@ -1,0 +1,298 @@
+"""The three stage workers of a run, run as Ray actors by the controller.
+
+    GeneratorWorker: PromptTask        -> GenerationGroup   (stream prompts     -> stream generations)
+    JudgeWorker:     GenerationGroup   -> PreferencePair(s) (stream generations -> stream pairs)
+    TrainerWorker:   PreferencePair(s) -> weights v+1       (stream pairs       -> checkpoint + WeightUpdate)
+
+Each worker is a plain class (testable without Ray) that talks to Redis through `StreamQueue`: it reads
+entries of its consumer group, writes its outputs and acknowledges the inputs in one atomic step
+(`StreamQueue.complete`), so a worker killed at any point loses nothing and duplicates nothing; a
+replacement with the same consumer name resumes the dead worker's pending entries first.
+The workers know nothing about iterations beyond the version stamped on the records; the controller
+decides what is dispatched and when a stage is done.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sparring.shared.config import RunConfig
+from sparring.shared.events import emit
+from sparring.shared.models import load_tokenizer, prompt_token_ids
+from sparring.shared.queue import Entry, StreamQueue
+from sparring.shared.records import Completion, GenerationGroup, PreferencePair, PromptTask
+from sparring.shared.redis_server import connect
+
+log = logging.getLogger(__name__)
+
+GENERATORS_GROUP = "generators"
+JUDGES_GROUP = "judges"
+TRAINER_GROUP = "trainer"
+
+
+class VersionMismatch(RuntimeError):
+    """A task asks for a policy version this engine does not hold; the controller must sync it first."""
+
+
+def _queue(run_id: str, redis_url: str, cfg: RunConfig) -> StreamQueue:
+    return StreamQueue(connect(redis_url), run_id, cfg.storage.stream_maxlen)
+
+
+def _drain(
+    read: Callable[[], list[Entry[Any]]],
+    claim: Callable[[], list[Entry[Any]]],
+    process: Callable[[list[Entry[Any]]], None],
+    idle_rounds: int,
+) -> int:
+    """Process batches until the input is idle for `idle_rounds` reads; returns entries processed."""
+    done, idle = 0, 0
+    while idle < idle_rounds:
+        entries = read() or claim()
+        if not entries:
+            idle += 1
+            continue
+        idle = 0
+        process(entries)
+        done += len(entries)
+    return done
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+class GeneratorWorker:
+    """PromptTask -> GenerationGroup: K samples per prompt from one engine under one policy version."""
+
+    def __init__(
+        self,
+        run_id: str,
+        redis_url: str,
+        config_json: str,
+        model_path: str,
+        version: int,
+        consumer: str,
+        staging_root: str,
+    ) -> None:
+        from sparring.workers.generation import make_engine
+
+        self.cfg = RunConfig.model_validate_json(config_json)
+        self.run_id, self.consumer = run_id, consumer
+        self.base_model_path = model_path
+        self.staging_root = staging_root
+        self.queue = _queue(run_id, redis_url, self.cfg)
+        self.tokenizer = load_tokenizer(model_path)
+        self.engine = make_engine(self.cfg.generation.backend, model_path, self.cfg.generation, consumer, self.cfg.seed)
+        self.version = version
+        self.tokens_generated = 0
+        self.generate_seconds = 0.0
+
+    def info(self) -> dict[str, Any]:
+        return {"consumer": self.consumer, "version": self.version, "engine_id": self.engine.engine_id}
+
+    def drain(self, idle_rounds: int = 3) -> dict[str, float]:
+        """Generate for prompt tasks until the prompts stream is idle; returns counters of this call."""
+        g = self.cfg.generation
+        tokens0, secs0 = self.tokens_generated, self.generate_seconds
+        n = _drain(
+            lambda: self.queue.read("prompts", GENERATORS_GROUP, self.consumer, PromptTask, g.prompts_per_request, 100),
+            lambda: self.queue.claim_stale(
+                "prompts", GENERATORS_GROUP, self.consumer, PromptTask, self.cfg.storage.claim_idle_ms, g.prompts_per_request
+            ),
+            self._process,
+            idle_rounds,
+        )
+        return {
+            "groups": n,
+            "tokens": self.tokens_generated - tokens0,
+            "seconds": self.generate_seconds - secs0,
+        }
+
+    def _process(self, entries: list[Entry[PromptTask]]) -> None:
+        from sparring.workers.generation import SamplingSpec
+
+        g = self.cfg.generation
+        tasks = [e.record for e in entries]
+        stale = [t.record_id for t in tasks if t.policy_version != self.version]
+        if stale:
+            # Leave the entries pending (not acked): the controller syncs this engine and they are redelivered.
+            raise VersionMismatch(f"{self.consumer} holds version {self.version}; tasks need {stale[:3]}")
+        prompts = [prompt_token_ids(self.tokenizer, t.prompt) for t in tasks]
+        specs = [
+            SamplingSpec(n=t.num_samples, temperature=g.temperature, top_p=g.top_p, max_new_tokens=g.max_new_tokens, seed=t.seed)
+            for t in tasks
+        ]
+        t0 = time.perf_counter()
+        outputs = self.engine.generate(prompts, specs)
+        latency = time.perf_counter() - t0
+        self.generate_seconds += latency
+        for entry, task, ids, samples in zip(entries, tasks, prompts, outputs):
+            try:
+                group = GenerationGroup(
+                    run_id=task.run_id,
+                    iteration=task.iteration,
+                    policy_version=self.version,
+                    prompt_id=task.prompt_id,
+                    prompt=task.prompt,
+                    prompt_token_ids=ids,
+                    completions=[
+                        Completion(
+                            index=i, text=s.text, token_ids=s.token_ids, logprobs=s.logprobs, finish_reason=s.finish_reason
+                        )
+                        for i, s in enumerate(samples)
+                    ],
+                    engine_id=self.engine.engine_id,
+                    seed=task.seed,
+                    latency_s=latency / len(tasks),
+                )
+            except ValueError as err:
+                self.queue.fail("prompts", GENERATORS_GROUP, entry, "generate", f"invalid generation: {err}", max_attempts=1)
+                continue
+            self.tokens_generated += sum(len(c.token_ids) for c in group.completions)
+            self.queue.complete("prompts", GENERATORS_GROUP, entry.entry_id, "generations", [group])
+
+    def sample(self, prompts: list[str], seeds: list[int]) -> list[str]:
+        """One sample per prompt at the configured temperature (evaluation; bypasses the streams)."""
+        from sparring.workers.generation import SamplingSpec
+
+        g = self.cfg.generation
+        ids = [prompt_token_ids(self.tokenizer, p) for p in prompts]
+        specs = [SamplingSpec(n=1, temperature=1.0, top_p=1.0, max_new_tokens=g.max_new_tokens, seed=s) for s in seeds]
+        return [out[0].text for out in self.engine.generate(ids, specs)]
+
+    def greedy(self, prompts: list[str], max_new_tokens: int) -> list[list[int]]:
+        from sparring.workers.generation import SamplingSpec
+
+        ids = [prompt_token_ids(self.tokenizer, p) for p in prompts]
+        specs = [SamplingSpec(n=1, temperature=0.0, top_p=1.0, max_new_tokens=max_new_tokens, seed=0) for _ in prompts]
+        return [out[0].token_ids for out in self.engine.generate(ids, specs)]
+
+    def load_weights(self, update: Any) -> float:
+        """Apply one WeightUpdate (one control message per sync); the version changes only on success."""
+        from sparring.workers.weight_sync import apply_update
+
+        seconds = apply_update(self.engine, update, self.base_model_path, self.staging_root)
+        self.version = update.version
+        return seconds
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+class JudgeWorker:
+    """GenerationGroup -> PreferencePair(s): the judge scores the group, the recipe builds the pairs."""
+
+    def __init__(self, run_id: str, redis_url: str, config_json: str, consumer: str) -> None:
+        from sparring.workers.judges.registry import build_judge
+
+        self.cfg = RunConfig.model_validate_json(config_json)
+        self.run_id, self.consumer = run_id, consumer
+        self.queue = _queue(run_id, redis_url, self.cfg)
+        self.judge = build_judge(self.cfg.judge)
+        self.pairs_written = 0
+        self.judge_seconds = 0.0
+
+    def drain(self, idle_rounds: int = 3) -> dict[str, float]:
+        pairs0, secs0 = self.pairs_written, self.judge_seconds
+        n = _drain(
+            lambda: self.queue.read("generations", JUDGES_GROUP, self.consumer, GenerationGroup, 32, 100),
+            lambda: self.queue.claim_stale(
+                "generations", JUDGES_GROUP, self.consumer, GenerationGroup, self.cfg.storage.claim_idle_ms, 32
+            ),
+            self._process,
+            idle_rounds,
+        )
+        return {"groups": n, "pairs": self.pairs_written - pairs0, "seconds": self.judge_seconds - secs0}
+
+    def _process(self, entries: list[Entry[GenerationGroup]]) -> None:
+        from sparring.workers.recipes.pairs import build_pairs
+
+        t0 = time.perf_counter()
+        try:
+            judgements = self.judge.judge([e.record for e in entries])
+        except Exception as err:  # a judge failure must never stop the run: retry, then dead-letter
+            log.warning("judge %s failed on %d groups: %s", self.judge.name, len(entries), err)
+            for e in entries:
+                self.queue.fail("generations", JUDGES_GROUP, e, "judge", f"{type(err).__name__}: {err}")
+            return
+        self.judge_seconds += time.perf_counter() - t0
+        for entry, judgement in zip(entries, judgements):
+            try:
+                pairs = build_pairs(entry.record, judgement, self.cfg.algorithm.pairs)
+            except ValueError as err:
+                self.queue.fail("generations", JUDGES_GROUP, entry, "recipe", str(err), max_attempts=1)
+                continue
+            self.pairs_written += self.queue.complete("generations", JUDGES_GROUP, entry.entry_id, "pairs", pairs)
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+class TrainerWorker:
+    """PreferencePair(s) of version v -> weights v+1: trains one iteration, checkpoints, offers the weights."""
+
+    def __init__(self, run_id: str, redis_url: str, config_json: str, model_path: str, run_dir: str) -> None:
+        from sparring.workers.trainer import PolicyTrainer
+
+        self.cfg = RunConfig.model_validate_json(config_json)
+        self.run_id = run_id
+        self.client = connect(redis_url)
+        self.queue = StreamQueue(self.client, run_id, self.cfg.storage.stream_maxlen)
+        self.run_dir = Path(run_dir)
+        self.trainer = PolicyTrainer(model_path, self.cfg.trainer, self.cfg.algorithm, seed=self.cfg.seed)
+
+    def train(self, iteration: int, version: int) -> dict[str, Any]:
+        """Train on every pending pair of `version`; returns metrics, counts and the WeightUpdate for v+1."""
+        import ray
+
+        from sparring.workers.weight_sync import WeightUpdate, state_checksum
+
+        entries: list[Entry[PreferencePair]] = []
+        while batch := self.queue.read("pairs", TRAINER_GROUP, "trainer", PreferencePair, 4096, 0):
+            entries.extend(batch)
+            if len(batch) < 4096:
+                break
+        fresh: list[Entry[PreferencePair]] = []
+        for e in entries:
+            if e.record.policy_version == version:
+                fresh.append(e)
+            else:  # sync mode trains only on groups generated by the version being trained
+                self.queue.dead_letter(
+                    "train", e.record.record_id, f"stale: pair from version {e.record.policy_version}, training {version}"
+                )
+                self.queue.complete("pairs", TRAINER_GROUP, e.entry_id, None, [])
+
+        def progress(msg: str) -> None:
+            emit(self.client, self.run_id, "progress", stage="train", iteration=iteration, message=msg)
+
+        result = self.trainer.train_iteration([e.record for e in fresh], iteration, progress=progress)
+        for record_id, reason in result.rejected:
+            self.queue.dead_letter("train", record_id, reason)
+        new_version = version + 1
+        ckpt = self.trainer.save_checkpoint(self.run_dir / "checkpoints" / f"v{new_version}", new_version, iteration)
+        for e in fresh:  # acknowledged only once the checkpoint that consumed them exists
+            self.queue.complete("pairs", TRAINER_GROUP, e.entry_id, None, [])
+        state = self.trainer.state_dict_for_sync()
+        checksum = state_checksum(state)
+        transport = self.cfg.storage.weight_transport
+        update = WeightUpdate(
+            version=new_version,
+            transport=transport,
+            path=str(ckpt),
+            state_ref=ray.put(state) if transport == "object_store" else None,
+            checksum=checksum,
+        )
+        return {
+            "metrics": result.metrics,
+            "num_pairs": len(fresh),
+            "num_rejected": len(result.rejected),
+            "num_stale": len(entries) - len(fresh),
+            "checkpoint": str(ckpt),
+            "update": update,
+        }

@@ -1,0 +1,413 @@
+"""The run controller: one per run, drives iterations in sync mode.
+
+    iteration t, policy version v (= t - 1):
+      1. dispatch   draw prompts            -> stream prompts      (one PromptTask per prompt, version v)
+      2. generate   GeneratorWorker pool    -> stream generations  (K samples per prompt, all from version v)
+      3. judge      JudgeWorker pool        -> stream pairs        (judge + recipe)
+      4. train      TrainerWorker           -> checkpoint v+1      (reference log-probs, objective, optimizer)
+      5. sync       one WeightUpdate message per generator         (every engine now serves v+1)
+      6. evaluate   gold win rate of v+1 against version 0 (arena)
+      7. record     IterationRecord -> Redis, event -> run:{id}:events
+
+Stages 2 and 3 run concurrently. A generator or judge actor that dies is replaced by a new actor with the
+same consumer name, started on the current weights; it resumes the dead actor's pending entries first, so
+every prompt of the iteration yields its group exactly once. Ray and Redis plumbing live here; the math
+lives in the workers' modules.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sparring.shared.config import RunConfig
+from sparring.shared.events import emit
+from sparring.shared.prompts import load_prompt_pool
+from sparring.shared.queue import StreamQueue
+from sparring.shared.records import IterationRecord, PromptTask, WinRate
+from sparring.shared.redis_server import connect
+from sparring.shared.store import RunStore
+from sparring.workers.actors import (
+    GENERATORS_GROUP,
+    JUDGES_GROUP,
+    TRAINER_GROUP,
+    GeneratorWorker,
+    JudgeWorker,
+    TrainerWorker,
+    VersionMismatch,
+)
+
+log = logging.getLogger(__name__)
+
+WORKER_ENV = {
+    # vLLM is chatty at INFO; its warnings still reach the worker logs.
+    "VLLM_LOGGING_LEVEL": "WARNING",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def derive_seed(*parts: object) -> int:
+    """A 31-bit seed that depends only on `parts` (never on which engine serves the request)."""
+    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+class RunController:
+    """Drives one run from version 0 through `schedule.iterations` iterations."""
+
+    def __init__(self, run_id: str, config_json: str, redis_url: str, run_dir: str, model_path: str) -> None:
+        self.run_id = run_id
+        self.config_json = config_json
+        self.cfg = RunConfig.model_validate_json(config_json)
+        self.redis_url = redis_url
+        self.run_dir = Path(run_dir)
+        self.base_model_path = model_path
+        self.client = connect(redis_url)
+        self.queue = StreamQueue(self.client, run_id, self.cfg.storage.stream_maxlen)
+        self.store = RunStore(self.client)
+        self.version = 0
+        self.checkpoint = model_path  # weights of `self.version`
+        self.generators: dict[str, Any] = {}
+        self.judges: dict[str, Any] = {}
+        self.trainer: Any = None
+        self.incarnation = 0
+        self.baseline: list[str] | None = None
+        self.eval_prompts: list[Any] = []
+        self.restarts = 0
+        self.actor_names: dict[str, str] = {}  # role/consumer -> current Ray actor name
+
+    # ---------------------------------------------------------------------------------------- workers
+
+    def _actor_name(self, role: str) -> str:
+        self.incarnation += 1
+        name = f"{self.run_id}:{role}:{self.incarnation}"
+        self.actor_names[role] = name
+        return name
+
+    def _spawn_generator(self, consumer: str) -> Any:
+        import ray
+
+        g = self.cfg.generation
+        actor = (
+            ray.remote(GeneratorWorker)
+            .options(
+                name=self._actor_name(consumer),
+                num_cpus=g.cpus_per_generator,
+                max_restarts=0,
+                runtime_env={"env_vars": WORKER_ENV},
+            )
+            .remote(
+                self.run_id,
+                self.redis_url,
+                self.config_json,
+                self.checkpoint,
+                self.version,
+                consumer,
+                str(self.run_dir / "staging" / consumer),
+            )
+        )
+        self.generators[consumer] = actor
+        return actor
+
+    def _spawn_judge(self, consumer: str) -> Any:
+        import ray
+
+        actor = (
+            ray.remote(JudgeWorker)
+            .options(name=self._actor_name(consumer), num_cpus=0.25, max_restarts=0, runtime_env={"env_vars": WORKER_ENV})
+            .remote(self.run_id, self.redis_url, self.config_json, consumer)
+        )
+        self.judges[consumer] = actor
+        return actor
+
+    def start_workers(self) -> None:
+        import ray
+
+        for stage, group in (("prompts", GENERATORS_GROUP), ("generations", JUDGES_GROUP), ("pairs", TRAINER_GROUP)):
+            self.queue.ensure_group(stage, group)
+        self._emit("progress", stage="startup", message=f"starting {self.cfg.generation.num_generators} generator(s)")
+        t0 = time.perf_counter()
+        for i in range(self.cfg.generation.num_generators):
+            self._spawn_generator(f"gen-{i}")
+        for i in range(self.cfg.judge.num_judges):
+            self._spawn_judge(f"judge-{i}")
+        self.trainer = (
+            ray.remote(TrainerWorker)
+            .options(name=self._actor_name("trainer"), num_cpus=self.cfg.trainer.cpus, max_restarts=0)
+            .remote(self.run_id, self.redis_url, self.config_json, self.base_model_path, str(self.run_dir))
+        )
+        ray.get([a.info.remote() for a in self.generators.values()])
+        ray.get(self.trainer.__ray_ready__.remote())
+        self._emit("progress", stage="startup", message=f"workers ready in {time.perf_counter() - t0:.1f}s")
+
+    def stop_workers(self) -> None:
+        import ray
+
+        for actor in list(self.generators.values()) + list(self.judges.values()) + [self.trainer]:
+            if actor is not None:
+                try:
+                    ray.kill(actor)
+                except Exception:  # already dead is fine
+                    pass
+
+    def current_actor_names(self) -> dict[str, str]:
+        """role/consumer -> the Ray actor name now serving it (for operators and fault-injection tests)."""
+        return dict(self.actor_names)
+
+    # ---------------------------------------------------------------------------------------- the loop
+
+    def run(self) -> dict[str, Any]:
+        self.store.set_state(self.run_id, "running")
+        try:
+            self.start_workers()
+            self.evaluate_baseline()
+            for t in range(1, self.cfg.schedule.iterations + 1):
+                self.run_iteration(t)
+            summary = self.write_summary()
+            self.store.set_state(self.run_id, "completed")
+            self._emit("completed", summary=str(self.run_dir / "summary.json"))
+            return summary
+        except BaseException as err:
+            self.store.set_state(self.run_id, "failed", reason=f"{type(err).__name__}: {err}")
+            self._emit("failed", reason=f"{type(err).__name__}: {err}")
+            raise
+        finally:
+            self.stop_workers()
+
+    def run_iteration(self, t: int) -> IterationRecord:
+        started = time.time()
+        v = self.version
+        seconds: dict[str, float] = {}
+        self._emit("iteration_started", iteration=t, policy_version=v)
+
+        t0 = time.perf_counter()
+        n_prompts = self.dispatch(t, v)
+        gen_stats = self.generate_and_judge(t, n_prompts)
+        seconds["generate_judge"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        out = self.train(t, v)
+        seconds["train"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        sync_s = self.sync(out["update"])
+        seconds["sync"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        win = self.evaluate(t)
+        seconds["eval"] = time.perf_counter() - t0
+
+        metrics = dict(out["metrics"])
+        metrics.update(
+            {
+                "gen/tokens": gen_stats["tokens"],
+                "gen/tokens_per_s": gen_stats["tokens"] / max(gen_stats["gen_seconds"], 1e-9),
+                "judge/seconds": gen_stats["judge_seconds"],
+                "sync/max_engine_s": sync_s,
+                "workers/restarts": float(self.restarts),
+            }
+        )
+        record = IterationRecord(
+            run_id=self.run_id,
+            iteration=t,
+            policy_version_in=v,
+            policy_version_out=self.version,
+            num_prompts=n_prompts,
+            num_groups=int(gen_stats["groups"]),
+            num_pairs=out["num_pairs"],
+            num_dead=len(self.queue.dead_letters()),
+            metrics=metrics,
+            stage_seconds=seconds,
+            gold_win_rate_vs_iter0=win,
+            checkpoint=out["checkpoint"],
+            started_at=started,
+            finished_at=time.time(),
+        )
+        self.store.put_iteration(record)
+        self._emit("iteration", iteration=t, record=record.model_dump(mode="json"))
+        return record
+
+    # ---------------------------------------------------------------------------------------- stages
+
+    def dispatch(self, t: int, v: int) -> int:
+        pool = load_prompt_pool(self.cfg.prompts)
+        n = min(self.cfg.schedule.prompts_per_iteration, len(pool))
+        rng = np.random.default_rng([self.cfg.seed, t])
+        chosen = rng.choice(len(pool), size=n, replace=False)
+        for i in chosen:
+            pid, prompt = pool[int(i)]
+            self.queue.put(
+                "prompts",
+                PromptTask(
+                    run_id=self.run_id,
+                    iteration=t,
+                    policy_version=v,
+                    prompt_id=pid,
+                    prompt=prompt,
+                    num_samples=self.cfg.generation.samples_per_prompt,
+                    seed=derive_seed(self.cfg.seed, pid, v),
+                ),
+            )
+        return n
+
+    def _stage_open(self, stage: str, group: str) -> int:
+        """Entries of `stage` not yet acknowledged by `group` (undelivered + pending)."""
+        return self.queue.lag(stage, group) + self.queue.pending_count(stage, group)
+
+    def generate_and_judge(self, t: int, n_prompts: int) -> dict[str, float]:
+        """Run generators and judges until every dispatched prompt is generated and judged.
+
+        Workers drain their input stream and return when it is idle; one that returns while its stage
+        still has open entries is relaunched, one that died is replaced (same consumer name).
+        """
+        import ray
+
+        stats = {"groups": 0.0, "tokens": 0.0, "gen_seconds": 0.0, "pairs": 0.0, "judge_seconds": 0.0}
+        running: dict[Any, tuple[str, str]] = {}  # ObjectRef of a drain call -> (role, consumer)
+        last_emit = 0.0
+        while True:
+            gen_open = self._stage_open("prompts", GENERATORS_GROUP)
+            judge_open = self._stage_open("generations", JUDGES_GROUP)
+            if gen_open == 0 and judge_open == 0 and not running:
+                return stats
+            busy = set(running.values())
+            for role, pool, has_work in (
+                ("gen", self.generators, gen_open > 0),
+                ("judge", self.judges, judge_open > 0 or gen_open > 0),
+            ):
+                for consumer, actor in pool.items():
+                    if has_work and (role, consumer) not in busy:
+                        running[actor.drain.remote()] = (role, consumer)
+            if time.monotonic() - last_emit > 1.0:
+                last_emit = time.monotonic()
+                self._emit("progress", stage="generate", iteration=t, done=n_prompts - gen_open, total=n_prompts)
+            ready, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
+            for ref in ready:
+                role, consumer = running.pop(ref)
+                try:
+                    out = ray.get(ref)
+                except ray.exceptions.RayActorError as err:
+                    log.warning("%s died (%s); replacing it", consumer, err)
+                    self._emit("worker_died", consumer=consumer, iteration=t)
+                    self.restarts += 1
+                    (self._spawn_generator if role == "gen" else self._spawn_judge)(consumer)
+                    continue
+                except ray.exceptions.RayTaskError as err:
+                    if role == "gen" and isinstance(err.cause, VersionMismatch):
+                        log.warning("%s: %s; restarting it on version %d", consumer, err.cause, self.version)
+                        self._replace_generator(consumer)
+                        continue
+                    raise
+                if role == "gen":
+                    stats["groups"] += out["groups"]
+                    stats["tokens"] += out["tokens"]
+                    stats["gen_seconds"] += out["seconds"]
+                else:
+                    stats["pairs"] += out["pairs"]
+                    stats["judge_seconds"] += out["seconds"]
+
+    def _replace_generator(self, consumer: str) -> None:
+        import ray
+
+        try:
+            ray.kill(self.generators[consumer])
+        except Exception:
+            pass
+        self.restarts += 1
+        actor = self._spawn_generator(consumer)
+        ray.get(actor.info.remote())
+
+    def train(self, t: int, v: int) -> dict[str, Any]:
+        import ray
+
+        self._emit("progress", stage="train", iteration=t, message="training")
+        return ray.get(self.trainer.train.remote(t, v))
+
+    def sync(self, update: Any) -> float:
+        """Push `update` to every generator (one message each); a generator that fails is restarted on it."""
+        import ray
+
+        refs = {consumer: actor.load_weights.remote(update) for consumer, actor in self.generators.items()}
+        self.version, self.checkpoint = update.version, update.path
+        worst = 0.0
+        for consumer, ref in refs.items():
+            try:
+                worst = max(worst, ray.get(ref))
+            except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as err:
+                log.warning("%s failed to load version %d (%s); restarting it on the new checkpoint", consumer, update.version, err)
+                self._replace_generator(consumer)
+        return worst
+
+    # ---------------------------------------------------------------------------------------- evaluation
+
+    def _eval_setup(self) -> None:
+        from sparring.shared.arena import arena_prompts
+
+        self.eval_prompts = arena_prompts("heldout")[: self.cfg.eval.num_prompts]
+
+    def _sample_eval(self, version: int) -> list[str]:
+        import ray
+
+        gen = next(iter(self.generators.values()))
+        prompts = [p.prompt for p in self.eval_prompts]
+        seeds = [derive_seed(self.cfg.seed, "eval", p.prompt_id, version) for p in self.eval_prompts]
+        return ray.get(gen.sample.remote(prompts, seeds))
+
+    def evaluate_baseline(self) -> None:
+        if not (self.cfg.eval.gold_win_rate and self.cfg.prompts.source == "arena"):
+            return
+        self._eval_setup()
+        self.baseline = self._sample_eval(0)
+        self.store.set_value(self.run_id, "eval:baseline", json.dumps(self.baseline).encode())
+
+    def evaluate(self, t: int) -> WinRate | None:
+        if self.baseline is None:
+            return None
+        from sparring.shared.arena import gold_win_rate
+
+        samples = self._sample_eval(self.version)
+        return gold_win_rate([p.topic for p in self.eval_prompts], samples, self.baseline)
+
+    # ---------------------------------------------------------------------------------------- output
+
+    def write_summary(self) -> dict[str, Any]:
+        records = self.store.iterations(self.run_id)
+        summary = {
+            "run_id": self.run_id,
+            "config": json.loads(self.config_json),
+            "final_checkpoint": self.checkpoint,
+            "iterations": [
+                {
+                    "iteration": r.iteration,
+                    "policy_version": r.policy_version_out,
+                    "gold_win_rate_vs_iter0": r.gold_win_rate_vs_iter0.win_rate if r.gold_win_rate_vs_iter0 else None,
+                    "gold_win_rate_ci95": [r.gold_win_rate_vs_iter0.ci_low, r.gold_win_rate_vs_iter0.ci_high]
+                    if r.gold_win_rate_vs_iter0
+                    else None,
+                    "mean_gold": r.gold_win_rate_vs_iter0.mean_gold_b if r.gold_win_rate_vs_iter0 else None,
+                    "mean_gold_iter0": r.gold_win_rate_vs_iter0.mean_gold_a if r.gold_win_rate_vs_iter0 else None,
+                    "prompts": r.num_prompts,
+                    "groups": r.num_groups,
+                    "pairs": r.num_pairs,
+                    "dead_letters": r.num_dead,
+                    "loss": r.metrics.get("loss/mean"),
+                    "reward_accuracy": r.metrics.get("rewards/accuracy"),
+                    "reward_margin": r.metrics.get("rewards/margin"),
+                    "stage_seconds": r.stage_seconds,
+                    "checkpoint": r.checkpoint,
+                }
+                for r in records
+            ],
+        }
+        path = self.run_dir / "summary.json"
+        path.write_text(json.dumps(summary, indent=2))
+        return summary
+
+    def _emit(self, kind: str, **fields: Any) -> None:
+        emit(self.client, self.run_id, kind, **fields)

@@ -1,0 +1,98 @@
+"""The objective interface: per-pair loss inputs, the loss output, and the `Objective` protocol.
+
+An objective is a loss over *per-sequence* log-probs (the sum of completion-token log-probs, prompt and
+padding masked; algorithms.md §0). It never sees tokens, models or the trainer. It declares what it needs
+as class attributes, and the trainer fills exactly those fields of `LossInputs`; the trainer never
+branches on an objective's name (STYLE §7 item 9).
+
+Fields cover the loss registry of algorithms.md §5/§8:
+- `ref_*_logps`: the reference policy (DPO, cDPO, IPO, rDPO, BCO, RPO, NPO, SPPO, SPCE; INPO's fixed pi_ref);
+- `prev_*_logps`: the iteration-start policy pi_t when it differs from the reference (INPO);
+- `*_lengths`: completion-token counts (SimPO's mean log-prob, TRL IPO normalisation, RPO's token-mean NLL);
+- `win_prob`: P(chosen beats rejected) from the judge (SPPO `sppo_single`, OSP/SPCE strength);
+- `chosen_win_rate` / `rejected_win_rate`: P(y beats pi_t), row means of the K x K matrix (SPPO, §1.3).
+
+This module imports only torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar, Protocol, runtime_checkable
+
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class LossInputs:
+    """Per-pair inputs of a preference loss; every tensor is (B,) float32 on one device.
+
+    Only `policy_*` and the lengths are always present; the rest are None unless the objective's flags
+    ask for them. Log-probs are sums over completion tokens (log p(y|x)), lengths count those tokens.
+    """
+
+    policy_chosen_logps: Tensor  # (B,) trainable: carries the graph
+    policy_rejected_logps: Tensor  # (B,)
+    chosen_lengths: Tensor  # (B,) completion tokens of y_w (float32, > 0)
+    rejected_lengths: Tensor  # (B,)
+    ref_chosen_logps: Tensor | None = None  # (B,) constant (computed under no_grad)
+    ref_rejected_logps: Tensor | None = None
+    prev_chosen_logps: Tensor | None = None  # (B,) pi_t, constant (INPO)
+    prev_rejected_logps: Tensor | None = None
+    win_prob: Tensor | None = None  # (B,) P(y_w > y_l) in [0, 1]
+    chosen_win_rate: Tensor | None = None  # (B,) P(y_w > pi_t) in [0, 1] (SPPO)
+    rejected_win_rate: Tensor | None = None  # (B,) P(y_l > pi_t)
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.policy_chosen_logps.shape[0])
+
+
+@dataclass(frozen=True)
+class LossOutput:
+    """What an objective returns for a batch of B pairs.
+
+    `losses` keeps the graph; the trainer reduces it (a mean over the pairs of an optimizer step).
+    `chosen_rewards`/`rejected_rewards` are the implicit rewards, detached (DPO family:
+    beta * (logp_policy - logp_ref)). `metrics` holds extra *per-pair* detached (B,) values keyed by a
+    namespaced metric name (`rewards/sigmoid_neg_margin`); the trainer averages them over pairs.
+    """
+
+    losses: Tensor  # (B,)
+    chosen_rewards: Tensor  # (B,) detached
+    rejected_rewards: Tensor  # (B,) detached
+    metrics: dict[str, Tensor] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Objective(Protocol):
+    """A preference loss over per-sequence log-probs. Implementations do not inherit from this class.
+
+    Capability flags (class attributes) tell the trainer which `LossInputs` fields to compute:
+    - `needs_reference`: reference log-probs (False for reference-free losses such as SimPO);
+    - `needs_prev_policy`: log-probs of the iteration-start policy pi_t besides the reference (INPO);
+    - `needs_win_prob`: the judge's pairwise P(chosen beats rejected);
+    - `needs_win_rates`: per-response win rates against pi_t (SPPO);
+    - `needs_lengths`: the loss reads the completion lengths (they are always filled; the flag documents
+      that the loss is length-sensitive, e.g. for bucketing or length-normalised logging).
+    """
+
+    name: ClassVar[str]
+    needs_reference: ClassVar[bool]
+    needs_prev_policy: ClassVar[bool]
+    needs_win_prob: ClassVar[bool]
+    needs_win_rates: ClassVar[bool]
+    needs_lengths: ClassVar[bool]
+
+    def __call__(self, inputs: LossInputs) -> LossOutput: ...
+
+
+class MissingInputError(ValueError):
+    """An objective was called without an input its flags declare."""
+
+
+def require(value: Tensor | None, field_name: str, objective: str) -> Tensor:
+    """`value`, or a clear error naming the `LossInputs` field the objective needs but did not get."""
+    if value is None:
+        raise MissingInputError(f"objective {objective!r} needs LossInputs.{field_name}, which is None")
+    return value

@@ -1,0 +1,68 @@
+"""Pair construction: one judged group of K responses -> training pairs (pure functions).
+
+`best_vs_worst` (SPPO / INPO / iterative DPO): the highest- against the lowest-ranked response.
+`all_pairs`: every ordered pair the judge prefers strictly. Responses are ranked by their scalar score when
+the judge gives one, else by the row mean of the win matrix (their estimated win rate against the group).
+A group whose responses all tie yields no pair: there is nothing to learn from it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from sparring.shared.records import GenerationGroup, Judgement, PreferencePair
+
+PairMode = Literal["best_vs_worst", "all_pairs"]
+
+
+def ranking_scores(judgement: Judgement) -> list[float]:
+    if judgement.scores is not None:
+        return list(judgement.scores)
+    assert judgement.win_matrix is not None
+    return [sum(row) / len(row) for row in judgement.win_matrix]
+
+
+def win_prob(judgement: Judgement, i: int, j: int) -> float:
+    """P(response i beats response j) according to the judge."""
+    if judgement.win_matrix is not None:
+        return judgement.win_matrix[i][j]
+    s = ranking_scores(judgement)
+    return 1.0 / (1.0 + math.exp(s[j] - s[i]))
+
+
+def build_pairs(group: GenerationGroup, judgement: Judgement, mode: PairMode) -> list[PreferencePair]:
+    if judgement.num_responses != len(group.completions):
+        raise ValueError(
+            f"judge {judgement.judge} scored {judgement.num_responses} responses, group has {len(group.completions)}"
+        )
+    scores = ranking_scores(judgement)
+    k = len(scores)
+    if mode == "best_vs_worst":
+        best = max(range(k), key=lambda i: (scores[i], -i))  # ties: lowest index, deterministic
+        worst = min(range(k), key=lambda i: (scores[i], i))
+        candidates = [(best, worst)] if scores[best] > scores[worst] else []
+    else:
+        candidates = [(i, j) for i in range(k) for j in range(k) if scores[i] > scores[j]]
+    pairs = []
+    for i, j in candidates:
+        chosen, rejected = group.completions[i], group.completions[j]
+        if chosen.token_ids == rejected.token_ids or not chosen.token_ids or not rejected.token_ids:
+            continue  # identical or empty responses carry no preference signal
+        pairs.append(
+            PreferencePair(
+                run_id=group.run_id,
+                iteration=group.iteration,
+                policy_version=group.policy_version,
+                prompt_id=group.prompt_id,
+                prompt=group.prompt,
+                prompt_token_ids=group.prompt_token_ids,
+                chosen=chosen,
+                rejected=rejected,
+                chosen_score=scores[i],
+                rejected_score=scores[j],
+                win_prob=win_prob(judgement, i, j),
+                judge=judgement.judge,
+            )
+        )
+    return pairs

@@ -1,0 +1,700 @@
+"""PolicyTrainer: list[PreferencePair] -> new policy weights (one iteration of preference optimisation).
+
+The explicit training loop of a run (STYLE §7 item 5). No Ray and no Redis here: the run's trainer actor
+wraps this class. One iteration (`train_iteration`) does, in order:
+
+1. **Validate and tokenise.** Each pair becomes prompt ids + chosen ids + rejected ids. A completion
+   whose `finish_reason == "stop"` ended because the sampler drew EOS, which it does not return; the
+   tokenizer's EOS id is appended to it so the policy also learns *where to stop* (TRL and the
+   alignment-handbook train on the chat template's end-of-turn token the same way). Truncated completions
+   (`"length"`) get no EOS. Bad pairs (empty, identical, non-finite `win_prob`, too long for the model,
+   token ids outside the vocabulary, duplicate record ids) are skipped and returned with a reason.
+2. **Anchor log-probs once.** The reference (and, for objectives that need it, the iteration-start policy
+   pi_t) log-probs are computed once, before the first step, under `no_grad`, and cached per pair
+   (algorithms.md §0; trainer-performance.md "The reference model"). `algorithm.reference ==
+   "iteration_start"` makes the reference the policy as it is at the start of the iteration (SPPO, DRIFT,
+   iterative DPO); `"initial"` uses a frozen copy of the weights this trainer was constructed from.
+   Both go through the same `sequence_logps`.
+3. **A fresh optimizer and LR schedule per iteration**, as the SPPO / DRIFT / iterative-DPO scripts launch
+   a new training run per iteration (`run_sppo_*.sh`, alignment-handbook `run_dpo.py`): warmup and decay
+   span this iteration's steps only, and no Adam moments carry over between iterations.
+4. **`epochs` seeded passes.** Each epoch shuffles with a generator seeded from (seed, iteration, epoch);
+   an optimizer step covers `batch_size * grad_accumulation` pairs (`grad_accumulation` micro-batches of
+   `batch_size`), the loss of a step is the mean over its pairs, gradients are clipped to
+   `max_grad_norm`, and the schedule advances once per step.
+
+Log-probs (`sequence_logps`): chosen and rejected rows go through ONE forward (2B rows, right padded,
+attention mask), and each sequence's log-prob is the SUM of its completion tokens' log-probs in fp32
+(prompt and padding masked; algorithms.md §0). Only completion positions are projected through the LM
+head, and each target's log-prob is `logit[target] - logsumexp(logits)` in fp32, so the full
+[2B, T, vocab] log-softmax is never materialised.
+
+Dropout is disabled (the model stays in eval mode), as TRL's `disable_dropout=True` default does, so the
+policy's log-probs before the first step equal the reference's and the loss starts at log 2 for DPO.
+
+Deviation from TRL's DPOTrainer: prompts and completions are never truncated; a pair longer than the
+model's context is rejected instead (the sampler already bounds lengths by `max_model_len`).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from sparring.shared.config import AlgorithmConfig, TrainerConfig
+from sparring.shared.models import load_causal_lm, load_tokenizer
+from sparring.shared.records import PreferencePair
+from sparring.workers.objectives.base import LossInputs, LossOutput, Objective
+from sparring.workers.objectives.registry import build_objective
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+TRAINER_STATE_FILE = "trainer_state.pt"
+TRAINER_STATE_FORMAT = 1
+# Config attributes that change logits after the LM head; a model with any of them set takes the plain
+# full-logits path in `sequence_logps` instead of projecting hidden states itself.
+_LOGIT_POSTPROCESSING_ATTRS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier")
+
+
+# --------------------------------------------------------------------------------------------------
+# Batches and per-sequence log-probs
+
+
+@dataclass(frozen=True)
+class TokenizedPair:
+    """One validated pair as token ids; completions include the appended EOS where `finish_reason == stop`."""
+
+    record_id: str
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+    win_prob: float
+
+    @property
+    def num_tokens(self) -> int:
+        """prompt+chosen plus prompt+rejected: the token count of trainer-performance.md."""
+        return 2 * len(self.prompt_ids) + len(self.chosen_ids) + len(self.rejected_ids)
+
+
+@dataclass(frozen=True)
+class SequenceBatch:
+    """Right-padded rows for one forward: 2B rows for B pairs, the B chosen rows first.
+
+    `completion_mask[i, t]` is True where token t of row i is a completion token (its log-prob counts).
+    """
+
+    input_ids: Tensor  # (N, T) int64
+    attention_mask: Tensor  # (N, T) int64, 1 on real tokens
+    completion_mask: Tensor  # (N, T) bool
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def to(self, device: str | torch.device) -> SequenceBatch:
+        return SequenceBatch(
+            self.input_ids.to(device), self.attention_mask.to(device), self.completion_mask.to(device)
+        )
+
+
+def collate_sequences(
+    prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], pad_token_id: int
+) -> SequenceBatch:
+    """Rows `prompt + completion`, right padded to the longest row."""
+    lengths = [len(p) + len(c) for p, c in zip(prompts, completions, strict=True)]
+    width = max(lengths)
+    n = len(lengths)
+    input_ids = torch.full((n, width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((n, width), dtype=torch.long)
+    completion_mask = torch.zeros((n, width), dtype=torch.bool)
+    for i, (p, c) in enumerate(zip(prompts, completions, strict=True)):
+        row = list(p) + list(c)
+        input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        attention_mask[i, : len(row)] = 1
+        completion_mask[i, len(p) : len(row)] = True
+    return SequenceBatch(input_ids, attention_mask, completion_mask)
+
+
+def collate_pairs(pairs: Sequence[TokenizedPair], pad_token_id: int) -> SequenceBatch:
+    """2B rows: chosen of every pair, then rejected of every pair (same order)."""
+    prompts = [p.prompt_ids for p in pairs] * 2
+    completions = [p.chosen_ids for p in pairs] + [p.rejected_ids for p in pairs]
+    return collate_sequences(prompts, completions, pad_token_id)
+
+
+def _has_logit_postprocessing(model: PreTrainedModel) -> bool:
+    cfg = getattr(model, "config", None)
+    return any(getattr(cfg, attr, None) not in (None, 0, 1, 1.0) for attr in _LOGIT_POSTPROCESSING_ATTRS)
+
+
+def sequence_logps(model: PreTrainedModel, batch: SequenceBatch) -> tuple[Tensor, Tensor]:
+    """Per-row SUM of completion-token log-probs (fp32) and completion lengths, from one forward.
+
+    Token t is predicted by position t-1. Only positions that predict a completion token are projected
+    through the LM head, giving an (M, vocab) logits matrix for M completion tokens; each log-prob is
+    `logit[target] - logsumexp(logits)` in fp32. Models whose logits are post-processed after the head
+    (soft-capping, scaling) take the full-logits path, which computes the same quantity.
+    Returns (logps (N,), lengths (N,)), both float32 on the model's device.
+    """
+    device = next(model.parameters()).device
+    batch = batch.to(device)
+    target_mask = batch.completion_mask[:, 1:]  # (N, T-1) position t-1 predicts token t
+    targets = batch.input_ids[:, 1:][target_mask]  # (M,)
+    rows = target_mask.nonzero(as_tuple=True)[0]  # (M,) row of each target
+    if _has_logit_postprocessing(model):
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        selected = logits[:, :-1][target_mask].float()  # (M, V)
+    else:
+        hidden = model.base_model(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask
+        ).last_hidden_state  # (N, T, H)
+        head = model.get_output_embeddings()
+        selected = head(hidden[:, :-1][target_mask]).float()  # (M, V)
+    token_logps = selected.gather(1, targets.unsqueeze(1)).squeeze(1) - torch.logsumexp(selected, dim=-1)
+    n = batch.num_rows
+    logps = torch.zeros(n, dtype=torch.float32, device=device).index_add(0, rows, token_logps)  # (N,)
+    lengths = target_mask.sum(dim=1).to(torch.float32)  # (N,)
+    return logps, lengths
+
+
+def sequence_logps_reference(model: PreTrainedModel, batch: SequenceBatch) -> tuple[Tensor, Tensor]:
+    """Slow reference for `sequence_logps`: full fp32 log-softmax over every position (tests only)."""
+    device = next(model.parameters()).device
+    batch = batch.to(device)
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.float()
+    logprobs = torch.log_softmax(logits[:, :-1], dim=-1)  # (N, T-1, V)
+    token_logps = logprobs.gather(2, batch.input_ids[:, 1:].unsqueeze(2)).squeeze(2)  # (N, T-1)
+    mask = batch.completion_mask[:, 1:].to(torch.float32)
+    return (token_logps * mask).sum(dim=1), mask.sum(dim=1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Optimizer and schedule
+
+
+def build_optimizer(params: Sequence[torch.nn.Parameter], cfg: TrainerConfig) -> torch.optim.Optimizer:
+    """AdamW / RMSprop / SGD with the config's learning rate and weight decay (torch defaults otherwise)."""
+    factories: dict[str, Callable[[], torch.optim.Optimizer]] = {
+        "adamw": lambda: torch.optim.AdamW(
+            params, lr=cfg.learning_rate, betas=cfg.adam_betas, weight_decay=cfg.weight_decay
+        ),
+        "rmsprop": lambda: torch.optim.RMSprop(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay),
+        "sgd": lambda: torch.optim.SGD(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay),
+    }
+    return factories[cfg.optimizer]()
+
+
+class WarmupSchedule:
+    """LR multiplier at step s: linear warmup over `warmup_steps`, then constant / linear / cosine decay.
+
+    Same curves as transformers' `get_{constant,linear,cosine}_schedule_with_warmup`; warmup_steps =
+    ceil(warmup_ratio * total_steps) as in `TrainingArguments.get_warmup_steps`. A callable object (not a
+    closure) so `LambdaLR.state_dict()` saves it.
+    """
+
+    def __init__(self, kind: str, total_steps: int, warmup_steps: int) -> None:
+        self.kind = kind
+        self.total_steps = total_steps
+        self.warmup_steps = warmup_steps
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return step / max(1, self.warmup_steps)
+        progress = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
+        decays: dict[str, Callable[[float], float]] = {
+            "constant": lambda _p: 1.0,
+            "linear": lambda p: max(0.0, 1.0 - p),
+            "cosine": lambda p: max(0.0, 0.5 * (1.0 + math.cos(math.pi * p))),
+        }
+        return decays[self.kind](progress)
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainerConfig, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    warmup = math.ceil(cfg.warmup_ratio * total_steps)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupSchedule(cfg.scheduler, total_steps, warmup))
+
+
+def shuffle_seed(seed: int, iteration: int, epoch: int) -> int:
+    """A 63-bit seed that depends on all three numbers (stable across Python processes, unlike hash())."""
+    digest = hashlib.sha256(f"{seed}:{iteration}:{epoch}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+# --------------------------------------------------------------------------------------------------
+# The trainer
+
+
+@dataclass
+class IterationResult:
+    """Aggregated metrics of one `train_iteration`, the pairs it skipped, and the policy version after it."""
+
+    metrics: dict[str, float]
+    rejected: list[tuple[str, str]] = field(default_factory=list)  # (record_id, reason)
+    policy_version: int = 0
+
+
+@dataclass
+class _Anchors:
+    """Per-pair constant log-probs computed once per iteration, indexed like the iteration's pairs."""
+
+    ref_chosen: Tensor | None = None  # (P,)
+    ref_rejected: Tensor | None = None
+    prev_chosen: Tensor | None = None
+    prev_rejected: Tensor | None = None
+
+
+@dataclass
+class _Sums:
+    """Sums and counts of one iteration; metrics are divided only at the end (STYLE §7 item 26)."""
+
+    pairs: int = 0
+    loss: float = 0.0
+    last_epoch_pairs: int = 0
+    last_epoch_loss: float = 0.0
+    correct: float = 0.0
+    chosen_reward: float = 0.0
+    rejected_reward: float = 0.0
+    tokens: int = 0
+    steps: int = 0
+    skipped_steps: int = 0
+    grad_norm: float = 0.0
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def add(self, out: LossOutput, last_epoch: bool) -> None:
+        n = int(out.losses.shape[0])
+        loss_sum = float(out.losses.detach().sum())
+        self.pairs += n
+        self.loss += loss_sum
+        if last_epoch:
+            self.last_epoch_pairs += n
+            self.last_epoch_loss += loss_sum
+        self.correct += float((out.chosen_rewards > out.rejected_rewards).float().sum())
+        self.chosen_reward += float(out.chosen_rewards.sum())
+        self.rejected_reward += float(out.rejected_rewards.sum())
+        for name, values in out.metrics.items():
+            self.extra[name] = self.extra.get(name, 0.0) + float(values.detach().float().sum())
+
+
+class PolicyTrainer:
+    """Trains a causal LM on preference pairs, one iteration at a time; saves and restores checkpoints.
+
+    `model_path` is the initial policy (a local checkpoint dir or hub id); with
+    `algorithm.reference == "initial"` a frozen copy of exactly these weights is the reference for the
+    whole run, including after `load_checkpoint`.
+    """
+
+    def __init__(
+        self,
+        model_path: str,
+        trainer_cfg: TrainerConfig,
+        algo_cfg: AlgorithmConfig,
+        seed: int,
+        device: str = "cpu",
+        dtype: str = "auto",
+    ) -> None:
+        torch.set_num_threads(trainer_cfg.torch_threads)
+        torch.manual_seed(seed)
+        self.trainer_cfg = trainer_cfg
+        self.algo_cfg = algo_cfg
+        self.seed = seed
+        self.device = device
+        self.objective: Objective = build_objective(algo_cfg)
+        if self.objective.needs_win_rates:
+            raise NotImplementedError(
+                f"objective {self.objective.name!r} needs per-response win rates against pi_t, which "
+                "PreferencePair does not carry yet"
+            )
+        self.tokenizer: PreTrainedTokenizerBase = load_tokenizer(model_path)
+        self.model: PreTrainedModel = load_causal_lm(model_path, dtype=dtype, device=device)
+        self.model.eval()  # dropout off for good: see the module docstring
+        self.pad_token_id = int(self.tokenizer.pad_token_id)
+        eos = self.tokenizer.eos_token_id
+        self.eos_token_id: int | None = None if eos is None else int(eos)
+        self.vocab_size = int(self.model.get_input_embeddings().weight.shape[0])
+        self.max_positions = _max_positions(self.model)
+        self.initial_model: PreTrainedModel | None = None
+        if algo_cfg.reference == "initial" and self.objective.needs_reference:
+            self.initial_model = copy.deepcopy(self.model)
+            self.initial_model.requires_grad_(False)
+        self.policy_version = 0
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
+        self._scheduler_total_steps = 0
+        self._position: dict[str, int] = {"iteration": 0, "epoch": 0, "step": 0}
+
+    # ---------------------------------------------------------------------------------------------
+    # One iteration
+
+    def train_iteration(
+        self,
+        pairs: Sequence[PreferencePair],
+        iteration: int,
+        progress: Callable[[str], None] | None = None,
+    ) -> IterationResult:
+        """Train on `pairs` for `epochs` passes; return metrics, skipped pairs and the new policy version."""
+        started = time.perf_counter()
+        cfg = self.trainer_cfg
+        examples, rejected = self.tokenize_pairs(pairs)
+        for record_id, reason in rejected:
+            log.warning("iteration %d: skipping pair %s: %s", iteration, record_id, reason)
+        if not examples:
+            log.warning("iteration %d: no trainable pairs (%d rejected)", iteration, len(rejected))
+            return IterationResult(self._metrics(_Sums(), 0, 0.0, 0.0), rejected, self.policy_version)
+
+        anchors = self._anchor_logps(examples)
+        anchor_seconds = time.perf_counter() - started
+
+        pairs_per_step = cfg.batch_size * cfg.grad_accumulation
+        steps_per_epoch = math.ceil(len(examples) / pairs_per_step)
+        total_steps = steps_per_epoch * cfg.epochs
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(params, cfg)
+        self.scheduler = build_scheduler(self.optimizer, cfg, total_steps)
+        self._scheduler_total_steps = total_steps
+        max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else math.inf
+        report_every = max(1, total_steps // 10)
+
+        sums = _Sums()
+        for epoch in range(cfg.epochs):
+            last_epoch = epoch == cfg.epochs - 1
+            for step_indices in self._epoch_steps(len(examples), iteration, epoch, pairs_per_step):
+                self.optimizer.zero_grad(set_to_none=True)
+                for micro in step_indices.split(cfg.batch_size):
+                    out = self._loss(examples, micro, anchors)
+                    (out.losses.sum() / len(step_indices)).backward()
+                    sums.add(out, last_epoch)
+                    sums.tokens += sum(examples[i].num_tokens for i in micro.tolist())
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+                if math.isfinite(grad_norm):
+                    self.optimizer.step()
+                    sums.grad_norm += grad_norm
+                else:
+                    sums.skipped_steps += 1
+                    log.warning("iteration %d step %d: non-finite grad norm, step skipped", iteration, sums.steps)
+                self.scheduler.step()
+                sums.steps += 1
+                self._position = {"iteration": iteration, "epoch": epoch, "step": sums.steps}
+                if progress is not None and (sums.steps % report_every == 0 or sums.steps == total_steps):
+                    elapsed = time.perf_counter() - started
+                    progress(
+                        f"step {sums.steps}/{total_steps} loss {sums.loss / max(1, sums.pairs):.4f} "
+                        f"tokens/s {sums.tokens / max(elapsed, 1e-9):.0f}"
+                    )
+        self.optimizer.zero_grad(set_to_none=True)
+        if sums.steps > sums.skipped_steps:
+            self.policy_version += 1
+        self._position = {"iteration": iteration, "epoch": cfg.epochs, "step": sums.steps}
+        seconds = time.perf_counter() - started
+        metrics = self._metrics(sums, len(examples), seconds, anchor_seconds)
+        log.info(
+            "iteration %d: %d pairs (%d rejected), %d steps, loss %.4f, accuracy %.3f, %.0f tokens/s, v%d",
+            iteration, len(examples), len(rejected), sums.steps, metrics["loss/mean"],
+            metrics["rewards/accuracy"], metrics["train/tokens_per_s"], self.policy_version,
+        )  # fmt: skip
+        return IterationResult(metrics, rejected, self.policy_version)
+
+    def tokenize_pairs(self, pairs: Sequence[PreferencePair]) -> tuple[list[TokenizedPair], list[tuple[str, str]]]:
+        """Validated, tokenised pairs in input order, and (record_id, reason) for every pair skipped."""
+        examples: list[TokenizedPair] = []
+        rejected: list[tuple[str, str]] = []
+        seen: set[str] = set()
+        for position, pair in enumerate(pairs):
+            record_id = _safe_record_id(pair, position)
+            try:
+                example = self._tokenize(pair, record_id)
+            except (AttributeError, TypeError, ValueError) as err:  # a malformed record, not a bug here
+                rejected.append((record_id, f"malformed record: {err}"))
+                continue
+            reason = self._reject_reason(pair, example, seen)
+            if reason is not None:
+                rejected.append((record_id, reason))
+                continue
+            seen.add(record_id)
+            examples.append(example)
+        return examples, rejected
+
+    def _tokenize(self, pair: PreferencePair, record_id: str) -> TokenizedPair:
+        return TokenizedPair(
+            record_id=record_id,
+            prompt_ids=[int(t) for t in pair.prompt_token_ids],
+            chosen_ids=self._completion_ids(pair.chosen.token_ids, pair.chosen.finish_reason),
+            rejected_ids=self._completion_ids(pair.rejected.token_ids, pair.rejected.finish_reason),
+            win_prob=float(pair.win_prob),
+        )
+
+    def _completion_ids(self, token_ids: Sequence[int], finish_reason: str) -> list[int]:
+        """Completion ids, plus EOS when the sampler stopped on it (it does not return the EOS itself)."""
+        ids = [int(t) for t in token_ids]
+        if ids and finish_reason == "stop" and self.eos_token_id is not None and ids[-1] != self.eos_token_id:
+            ids.append(self.eos_token_id)
+        return ids
+
+    def _reject_reason(self, pair: PreferencePair, ex: TokenizedPair, seen: set[str]) -> str | None:
+        if ex.record_id in seen:
+            return "duplicate record id in this iteration"
+        if not ex.prompt_ids:
+            return "empty prompt"
+        if not pair.chosen.token_ids or not pair.rejected.token_ids:
+            return "empty completion"
+        if ex.chosen_ids == ex.rejected_ids:
+            return "chosen and rejected have identical tokens"
+        if not math.isfinite(ex.win_prob) or not 0.0 <= ex.win_prob <= 1.0:
+            return f"win_prob {ex.win_prob} is not a probability"
+        all_ids = ex.prompt_ids + ex.chosen_ids + ex.rejected_ids
+        if min(all_ids) < 0 or max(all_ids) >= self.vocab_size:
+            return f"token id outside the model's vocabulary [0, {self.vocab_size})"
+        longest = len(ex.prompt_ids) + max(len(ex.chosen_ids), len(ex.rejected_ids))
+        if self.max_positions is not None and longest > self.max_positions:
+            return f"sequence of {longest} tokens exceeds the model's {self.max_positions} positions"
+        return None
+
+    def _epoch_steps(self, num_pairs: int, iteration: int, epoch: int, pairs_per_step: int) -> Iterator[Tensor]:
+        """Pair indices of each optimizer step of one epoch, in a seeded shuffled order."""
+        generator = torch.Generator().manual_seed(shuffle_seed(self.seed, iteration, epoch))
+        order = torch.randperm(num_pairs, generator=generator)
+        yield from order.split(pairs_per_step)
+
+    @torch.no_grad()
+    def _anchor_logps(self, examples: Sequence[TokenizedPair]) -> _Anchors:
+        """Reference and pi_t log-probs for every pair, once per iteration, before the first step."""
+        anchors = _Anchors()
+        needs_ref = self.objective.needs_reference
+        needs_prev = self.objective.needs_prev_policy
+        if not (needs_ref or needs_prev):
+            return anchors
+        start_logps: tuple[Tensor, Tensor] | None = None
+        if needs_prev or (needs_ref and self.initial_model is None):
+            start_logps = self._all_logps(self.model, examples)  # the policy at the iteration start (pi_t)
+        if needs_prev and start_logps is not None:
+            anchors.prev_chosen, anchors.prev_rejected = start_logps
+        if needs_ref:
+            ref_logps = self._all_logps(self.initial_model, examples) if self.initial_model else start_logps
+            assert ref_logps is not None
+            anchors.ref_chosen, anchors.ref_rejected = ref_logps
+        return anchors
+
+    def _all_logps(self, model: PreTrainedModel, examples: Sequence[TokenizedPair]) -> tuple[Tensor, Tensor]:
+        """(chosen (P,), rejected (P,)) log-probs of every pair; sorted by length to cut padding."""
+        chosen = torch.zeros(len(examples), dtype=torch.float32)
+        rejected = torch.zeros(len(examples), dtype=torch.float32)
+        order = sorted(range(len(examples)), key=lambda i: examples[i].num_tokens)
+        chunk = 2 * self.trainer_cfg.batch_size  # no activations kept: larger batches are cheap
+        for start in range(0, len(order), chunk):
+            idx = order[start : start + chunk]
+            logps, _ = sequence_logps(model, collate_pairs([examples[i] for i in idx], self.pad_token_id))
+            logps = logps.float().cpu()
+            index = torch.tensor(idx)
+            chosen[index] = logps[: len(idx)]
+            rejected[index] = logps[len(idx) :]
+        return chosen, rejected
+
+    def _loss(self, examples: Sequence[TokenizedPair], indices: Tensor, anchors: _Anchors) -> LossOutput:
+        """The objective on one micro-batch: one policy forward over 2B rows, anchors from the cache."""
+        micro = [examples[i] for i in indices.tolist()]
+        logps, lengths = sequence_logps(self.model, collate_pairs(micro, self.pad_token_id))
+        b = len(micro)
+        device = logps.device
+
+        def pick(cache: Tensor | None) -> Tensor | None:
+            return None if cache is None else cache[indices].to(device)
+
+        win_prob = None
+        if self.objective.needs_win_prob:
+            win_prob = torch.tensor([e.win_prob for e in micro], dtype=torch.float32, device=device)
+        inputs = LossInputs(
+            policy_chosen_logps=logps[:b],
+            policy_rejected_logps=logps[b:],
+            chosen_lengths=lengths[:b],
+            rejected_lengths=lengths[b:],
+            ref_chosen_logps=pick(anchors.ref_chosen),
+            ref_rejected_logps=pick(anchors.ref_rejected),
+            prev_chosen_logps=pick(anchors.prev_chosen),
+            prev_rejected_logps=pick(anchors.prev_rejected),
+            win_prob=win_prob,
+        )
+        return self.objective(inputs)
+
+    def _metrics(self, s: _Sums, num_pairs: int, seconds: float, anchor_seconds: float) -> dict[str, float]:
+        def ratio(num: float, den: float) -> float:
+            return num / den if den else 0.0
+
+        metrics = {
+            "loss/mean": ratio(s.loss, s.pairs),
+            "loss/last_epoch": ratio(s.last_epoch_loss, s.last_epoch_pairs),
+            "rewards/accuracy": ratio(s.correct, s.pairs),
+            "rewards/chosen": ratio(s.chosen_reward, s.pairs),
+            "rewards/rejected": ratio(s.rejected_reward, s.pairs),
+            "rewards/margin": ratio(s.chosen_reward - s.rejected_reward, s.pairs),
+            "train/steps": float(s.steps),
+            "train/skipped_steps": float(s.skipped_steps),
+            "train/pairs": float(num_pairs),
+            "train/tokens": float(s.tokens),
+            "train/tokens_per_s": ratio(s.tokens, seconds),
+            "train/seconds": seconds,
+            "train/reference_seconds": anchor_seconds,
+            "train/grad_norm": ratio(s.grad_norm, s.steps - s.skipped_steps),
+        }
+        for name, total in s.extra.items():
+            metrics[name] = ratio(total, s.pairs)
+        return metrics
+
+    # ---------------------------------------------------------------------------------------------
+    # Weights out: checkpoints and sync
+
+    def state_dict_for_sync(self) -> dict[str, Tensor]:
+        """Policy weights by HF parameter name: contiguous CPU copies in the model's (saved) dtype."""
+        return {
+            name: tensor.detach().to("cpu", copy=True).contiguous() for name, tensor in self.model.state_dict().items()
+        }
+
+    def save_checkpoint(self, out_dir: Path, version: int, iteration: int) -> Path:
+        """Write an ordinary HF checkpoint dir at `out_dir` (+ `trainer_state.pt`), atomically.
+
+        Everything is written to a temporary sibling directory that is renamed to `out_dir` at the end,
+        so a save killed midway never leaves a half checkpoint under `out_dir`. An existing `out_dir` is
+        replaced. `trainer_state.pt` holds optimizer and scheduler state, torch/python/numpy RNG states,
+        the data position (iteration, epoch, step) and the policy version; it loads with
+        `torch.load(weights_only=True)`.
+        """
+        out_dir = Path(out_dir)
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+        try:
+            self.model.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+            torch.save(self._trainer_state(version, iteration), tmp / TRAINER_STATE_FILE)
+            _replace_dir(tmp, out_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self.policy_version = version
+        log.info("saved checkpoint v%d (iteration %d) to %s", version, iteration, out_dir)
+        return out_dir
+
+    def load_checkpoint(self, ckpt_dir: Path) -> tuple[int, int]:
+        """Restore weights, optimizer/scheduler, RNG states and position from `ckpt_dir`; (version, iteration)."""
+        ckpt_dir = Path(ckpt_dir)
+        state: dict[str, Any] = torch.load(ckpt_dir / TRAINER_STATE_FILE, weights_only=True)
+        if state.get("format") != TRAINER_STATE_FORMAT:
+            raise ValueError(f"{ckpt_dir}: unsupported trainer state format {state.get('format')!r}")
+        dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
+        loaded = load_causal_lm(str(ckpt_dir), dtype=dtype, device=self.device)
+        self.model.load_state_dict(loaded.state_dict())
+        del loaded
+        self.model.eval()
+        self.optimizer = None
+        self.scheduler = None
+        self._scheduler_total_steps = int(state["scheduler_total_steps"])
+        if state["optimizer"] is not None:
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            self.optimizer = build_optimizer(params, self.trainer_cfg)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler = build_scheduler(self.optimizer, self.trainer_cfg, self._scheduler_total_steps)
+            self.scheduler.load_state_dict(state["scheduler"])
+        _set_rng_states(state["rng"])
+        self._position = {k: int(v) for k, v in state["position"].items()}
+        self.policy_version = int(state["policy_version"])
+        return self.policy_version, int(state["iteration"])
+
+    def _trainer_state(self, version: int, iteration: int) -> dict[str, Any]:
+        return {
+            "format": TRAINER_STATE_FORMAT,
+            "policy_version": version,
+            "iteration": iteration,
+            "position": dict(self._position),
+            "seed": self.seed,
+            "objective": self.objective.name,
+            "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            "scheduler_total_steps": self._scheduler_total_steps,
+            "rng": _rng_states(),
+        }
+
+
+# --------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _max_positions(model: PreTrainedModel) -> int | None:
+    cfg = model.config
+    for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(cfg, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _safe_record_id(pair: PreferencePair, position: int) -> str:
+    try:
+        return str(pair.record_id)
+    except Exception:  # a malformed record: still name it in the rejected list
+        return f"<pair #{position}>"
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Rename `src` to `dst`; an existing `dst` is moved aside first and removed only after the rename."""
+    if not dst.exists():
+        os.replace(src, dst)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
+    os.replace(dst, old / dst.name)
+    os.replace(src, dst)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _rng_states() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        # numpy arrays are not allowed by torch.load(weights_only=True): store the key as a list
+        "numpy": (np_state[0], np_state[1].tolist(), *np_state[2:]),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, key, *rest = states["numpy"]
+    np.random.set_state((kind, np.asarray(key, dtype=np.uint32), *rest))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+__all__ = [
+    "IterationResult",
+    "PolicyTrainer",
+    "SequenceBatch",
+    "TokenizedPair",
+    "build_optimizer",
+    "build_scheduler",
+    "collate_pairs",
+    "collate_sequences",
+    "sequence_logps",
+    "sequence_logps_reference",
+    "shuffle_seed",
+]
