@@ -84,8 +84,7 @@ def print_table(summary: dict[str, Any]) -> None:
         )
 
 
-def _print_event(ev: dict[str, Any]) -> None:
-    kind = ev.get("kind")
+def _print_event(kind: str, ev: dict[str, Any]) -> None:
     if kind == "progress":
         if ev.get("stage") == "generate":
             print(f"  [iter {ev['iteration']}] generated {ev['done']}/{ev['total']} prompts", flush=True)
@@ -94,7 +93,7 @@ def _print_event(ev: dict[str, Any]) -> None:
             print(f"  {it}{ev.get('stage')}: {ev.get('message', '')}", flush=True)
     elif kind == "iteration_started":
         print(f"iteration {ev['iteration']} (policy version {ev['policy_version']})", flush=True)
-    elif kind == "iteration":
+    elif kind == "iteration_done":
         r = ev["record"]
         w = r.get("gold_win_rate_vs_iter0")
         win = f", gold win rate vs iter0 {w['win_rate']:.3f} [{w['ci_low']:.3f}, {w['ci_high']:.3f}]" if w else ""
@@ -109,7 +108,6 @@ def execute(cfg: RunConfig) -> Path:
     """Run `cfg` to completion; returns the path of summary.json."""
     import ray
 
-    from sparring.shared.events import read_events
     from sparring.shared.redis_server import open_redis
     from sparring.shared.store import RunStore
     from sparring.workers.controller import RunController
@@ -132,15 +130,13 @@ def execute(cfg: RunConfig) -> Path:
                 .remote(run_id, cfg.model_dump_json(), url, str(run_dir), model_path)
             )
             done = controller.run.remote()
-            last = "0"
+            last = "0-0"
             while True:
-                for last, ev in read_events(client, run_id, last, block_ms=500):
-                    _print_event(ev)
-                finished, _ = ray.wait([done], timeout=0)
+                finished, _ = ray.wait([done], timeout=0.5)
+                for last, kind, data in store.events(run_id, after=last):
+                    _print_event(kind, data)
                 if finished:
                     break
-            for last, ev in read_events(client, run_id, last):
-                _print_event(ev)
             summary = ray.get(done)
         finally:
             ray.shutdown()

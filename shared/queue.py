@@ -35,12 +35,16 @@ DEFAULT_MAXLEN = 100_000
 # Blocking reads are capped so they always return well inside the client's socket timeout.
 MAX_BLOCK_MS = 10_000
 
+# Scripts are not rolled back on error, so each writes the entry before marking its id seen: an id in a
+# seen-set always has its entry written (a failed XADD leaves the id unseen, so a retry writes it).
 # KEYS: seen-set, stream. ARGV: record id, data, maxlen. Returns the new entry id, or nil for a duplicate.
 _PUT_LUA = """
-if redis.call('SADD', KEYS[1], ARGV[1]) == 0 then
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then
   return false
 end
-return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'id', ARGV[1], 'data', ARGV[2])
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'id', ARGV[1], 'data', ARGV[2])
+redis.call('SADD', KEYS[1], ARGV[1])
+return id
 """
 
 # KEYS: input stream[, output seen-set, output stream]. ARGV: group, input entry id, maxlen, then
@@ -49,8 +53,9 @@ _COMPLETE_LUA = """
 local n = 0
 if #KEYS >= 3 then
   for i = 4, #ARGV, 2 do
-    if redis.call('SADD', KEYS[2], ARGV[i]) == 1 then
+    if redis.call('SISMEMBER', KEYS[2], ARGV[i]) == 0 then
       redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'id', ARGV[i], 'data', ARGV[i + 1])
+      redis.call('SADD', KEYS[2], ARGV[i])
       n = n + 1
     end
   end
@@ -165,11 +170,19 @@ class StreamQueue:
         letter = DeadLetter(
             stage=stage_of_failure, item_id=record_id, reason=reason, attempts=attempts, payload=payload
         )
-        logger.warning("dead-lettering %s at %s after %d attempt(s): %s", record_id, stage_of_failure, attempts, reason)
+        logger.warning(
+            "dead-lettering %s at %s after %d attempt(s): %s", record_id, stage_of_failure, attempts, reason
+        )
         return self.put(DEAD, letter)
 
     def fail(
-        self, stage: str, group: str, entry: Entry[Any], failing_stage: str, reason: str, max_attempts: int = 3
+        self,
+        stage: str,
+        group: str,
+        entry: Entry[Any],
+        failing_stage: str,
+        reason: str,
+        max_attempts: int = 3,
     ) -> bool:
         """Report that processing `entry` failed.
 
@@ -207,18 +220,22 @@ class StreamQueue:
         cls: type[R],
         count: int = 16,
         block_ms: int | None = None,
+        include_pending: bool = True,
     ) -> list[Entry[R]]:
         """Up to `count` entries for `consumer`: its own pending entries first, then new ones.
 
         Re-reading pending entries first means a restarted consumer with the same name resumes its
         in-flight work (and that an entry left pending by `fail` is retried). `block_ms` (capped at
         `MAX_BLOCK_MS`) waits for new entries only when there is nothing pending. Undecodable entries
-        are dead-lettered and acked, never returned.
+        are dead-lettered and acked, never returned. A missing group is created (reading from the start).
+
+        Pending entries are returned again on every call until completed; a consumer that gathers several
+        batches before completing any passes `include_pending=False` after its first call.
         """
         if count < 1:
             raise ValueError(f"count must be >= 1, got {count}")
         key = self.stream(stage)
-        pending = self._xreadgroup(group, consumer, key, "0", count, None)
+        pending = self._xreadgroup(group, consumer, key, "0", count, None) if include_pending else []
         entries = self._decode_delivered(stage, group, consumer, cls, pending, fresh=False)
         if pending:
             # Pending entries (possibly all undecodable) were found: don't block behind them.
@@ -233,7 +250,14 @@ class StreamQueue:
     def _xreadgroup(
         self, group: str, consumer: str, key: str, start: str, count: int, block: int | None
     ) -> list[tuple[str, dict[bytes, bytes] | None]]:
-        resp = self.client.xreadgroup(group, consumer, {key: start}, count=count, block=block)
+        try:
+            resp = self.client.xreadgroup(group, consumer, {key: start}, count=count, block=block)
+        except redis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            # The consumer started before anyone created its group: create it (from the start) and retry.
+            self.client.xgroup_create(key, group, id="0", mkstream=True)
+            resp = self.client.xreadgroup(group, consumer, {key: start}, count=count, block=block)
         if not resp:
             return []
         # RESP2: [[stream, [(id, fields), ...]]]; RESP3: {stream: [[(id, fields), ...]]}
@@ -267,7 +291,11 @@ class StreamQueue:
         if not items:
             return []
         key = self.stream(stage)
-        counts = {eid: 1 for eid, _ in items} if fresh else self._deliveries(key, group, consumer, [e for e, _ in items])
+        counts = (
+            {eid: 1 for eid, _ in items}
+            if fresh
+            else self._deliveries(key, group, consumer, [e for e, _ in items])
+        )
         out: list[Entry[R]] = []
         for eid, fields in items:
             entry = self._decode_or_dead_letter(stage, group, cls, eid, fields, counts.get(eid, 1))
@@ -318,17 +346,18 @@ class StreamQueue:
         stage: str,
         group: str,
         consumer: str,
+        cls: type[R],
         min_idle_ms: int,
         count: int = 100,
-        *,
-        cls: type[R],
     ) -> list[Entry[R]]:
         """Move up to `count` entries pending longer than `min_idle_ms` (any consumer) to `consumer` (XAUTOCLAIM)."""
         key = self.stream(stage)
         claimed: list[tuple[str, dict[bytes, bytes] | None]] = []
         cursor = "0-0"
         while len(claimed) < count:
-            resp = self.client.xautoclaim(key, group, consumer, min_idle_ms, start_id=cursor, count=count - len(claimed))
+            resp = self.client.xautoclaim(
+                key, group, consumer, min_idle_ms, start_id=cursor, count=count - len(claimed)
+            )
             cursor = _s(resp[0])
             claimed += [(_s(eid), fields or None) for eid, fields in resp[1]]
             deleted = resp[2] if len(resp) > 2 else []
@@ -343,12 +372,16 @@ class StreamQueue:
             logger.info("%s claimed %d stale entries on %s", consumer, len(claimed), key)
         return self._decode_delivered(stage, group, consumer, cls, claimed, fresh=False)
 
-    def reassign(self, stage: str, group: str, from_consumer: str, to_consumer: str, cls: type[R]) -> list[Entry[R]]:
+    def reassign(
+        self, stage: str, group: str, from_consumer: str, to_consumer: str, cls: type[R]
+    ) -> list[Entry[R]]:
         """Move every entry pending for `from_consumer` (known dead) to `to_consumer` now (XCLAIM, min idle 0)."""
         key = self.stream(stage)
         claimed: list[tuple[str, dict[bytes, bytes] | None]] = []
         while True:
-            rows = self.client.xpending_range(key, group, min="-", max="+", count=500, consumername=from_consumer)
+            rows = self.client.xpending_range(
+                key, group, min="-", max="+", count=500, consumername=from_consumer
+            )
             if not rows:
                 break
             ids = [_s(r["message_id"]) for r in rows]
@@ -359,11 +392,15 @@ class StreamQueue:
                 claimed.append((_s(eid), fields or None))
             missing = [i for i in ids if i not in got_ids]
             for eid in missing:  # trimmed entries: XCLAIM drops them from the PEL without returning them
-                self.dead_letter(stage, eid, f"entry {eid} was trimmed from {key} (MAXLEN) before it was processed")
+                self.dead_letter(
+                    stage, eid, f"entry {eid} was trimmed from {key} (MAXLEN) before it was processed"
+                )
             if len(rows) < 500:
                 break
         if claimed:
-            logger.info("reassigned %d entries on %s from %s to %s", len(claimed), key, from_consumer, to_consumer)
+            logger.info(
+                "reassigned %d entries on %s from %s to %s", len(claimed), key, from_consumer, to_consumer
+            )
         return self._decode_delivered(stage, group, to_consumer, cls, claimed, fresh=False)
 
     # ------------------------------------------------------------------------------------------------
@@ -395,10 +432,13 @@ class StreamQueue:
         info = self._group_info(stage, group)
         if info is None:
             return self.length(stage)
+        return self._lag_of(stage, info)
+
+    def _lag_of(self, stage: str, info: dict[str, Any]) -> int:
         lag = info.get("lag")
         if lag is not None:
             return int(lag)
-        # Redis cannot compute lag after deletions/trims in some cases: count entries past last-delivered.
+        # Redis cannot compute lag after some deletions (XDEL): count entries past last-delivered instead.
         last = _s(info["last-delivered-id"])
         n, start = 0, f"({last}"
         key = self.stream(stage)
@@ -410,8 +450,15 @@ class StreamQueue:
             start = f"({_s(batch[-1][0])}"
 
     def outstanding(self, stage: str, group: str) -> int:
-        """Pending + lag: work a consumer group has not finished."""
-        return self.pending_count(stage, group) + self.lag(stage, group)
+        """Pending + lag of `group`: work it has not finished (the whole stream if the group does not exist).
+
+        Both numbers come from one XINFO GROUPS reply, so an entry moving from lag to pending while this
+        runs is never missed.
+        """
+        info = self._group_info(stage, group)
+        if info is None:
+            return self.length(stage)
+        return int(info["pending"]) + self._lag_of(stage, info)
 
     def wait_for_room(
         self, stage: str, group: str, max_outstanding: int, timeout_s: float, poll_s: float = 0.05

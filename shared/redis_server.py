@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
+import ctypes.util
 import logging
 import os
 import shutil
@@ -17,7 +19,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from urllib.parse import urlsplit, urlunsplit
@@ -105,14 +107,22 @@ def _tail(path: Path, lines: int = 20) -> str:
     return "\n".join(text.splitlines()[-lines:]) or "<empty log>"
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    try:
-        import ctypes
+def _die_with_parent_hook() -> Callable[[], None] | None:
+    """A pre-exec hook asking Linux to SIGTERM the child (a clean redis shutdown) when this process dies.
 
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: SIGTERM = clean shutdown (AOF flushed)
-    except Exception:  # noqa: BLE001 - best effort, non-Linux platforms simply skip it
-        pass
+    libc is loaded here, in the parent, so the hook itself does no imports or allocation after fork.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        return None
+    sigterm = int(signal.SIGTERM)
+
+    def hook() -> None:
+        prctl(1, sigterm)  # PR_SET_PDEATHSIG
+
+    return hook
 
 
 class PrivateRedis:
@@ -147,6 +157,10 @@ class PrivateRedis:
     @property
     def log_path(self) -> Path:
         return self._log_path
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
 
     @property
     def running(self) -> bool:
@@ -191,7 +205,8 @@ class PrivateRedis:
             *self.extra_args,
         ]  # fmt: skip
         log_start = log_path.stat().st_size if log_path.exists() else 0
-        in_main = threading.current_thread() is threading.main_thread()
+        # PDEATHSIG fires when the *thread* that forked exits, so only use it from the main thread.
+        hook = _die_with_parent_hook() if threading.current_thread() is threading.main_thread() else None
         with open(log_path, "ab") as log:  # early errors (bad args) go to stderr before the logfile opens
             proc = subprocess.Popen(
                 args,
@@ -199,7 +214,7 @@ class PrivateRedis:
                 stdout=log,
                 stderr=log,
                 cwd=data_dir,
-                preexec_fn=_die_with_parent if in_main else None,  # noqa: PLW1509
+                preexec_fn=hook,
             )
         url = f"redis://127.0.0.1:{port}/0"
         deadline = time.monotonic() + self.start_timeout_s
@@ -211,7 +226,9 @@ class PrivateRedis:
                     f"redis-server exited with code {proc.returncode} while starting in {data_dir}:\n{new_log}"
                 )
             try:
-                c = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5, retry=Retry(NoBackoff(), 0))
+                c = redis.Redis.from_url(
+                    url, socket_connect_timeout=0.5, socket_timeout=0.5, retry=Retry(NoBackoff(), 0)
+                )
                 try:
                     c.ping()
                 finally:
@@ -266,7 +283,9 @@ def _stop_process(proc: subprocess.Popen[bytes], url: str | None, timeout_s: flo
         return
     if url is not None:
         try:
-            c = redis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=timeout_s, retry=Retry(NoBackoff(), 0))
+            c = redis.Redis.from_url(
+                url, socket_connect_timeout=1.0, socket_timeout=timeout_s, retry=Retry(NoBackoff(), 0)
+            )
             try:
                 c.shutdown()
             finally:

@@ -115,7 +115,14 @@ class RunStore:
         now = time.time()
         created = self._create(
             keys=[_meta(run_id), RUNS_KEY, _events(run_id)],
-            args=[run_id, config_json, str(run_dir), repr(now), _pack({"run_id": run_id, "ts": now}), EVENTS_MAXLEN],
+            args=[
+                run_id,
+                config_json,
+                str(run_dir),
+                repr(now),
+                _pack({"run_id": run_id, "ts": now}),
+                EVENTS_MAXLEN,
+            ],
         )
         if not int(created):
             raise RunExists(f"run {run_id!r} already exists; choose another id or resume it")
@@ -150,7 +157,13 @@ class RunStore:
         now = time.time()
         ok = self._state(
             keys=[_meta(run_id), _events(run_id)],
-            args=[state, reason, repr(now), _pack({"state": state, "reason": reason, "ts": now}), EVENTS_MAXLEN],
+            args=[
+                state,
+                reason,
+                repr(now),
+                _pack({"state": state, "reason": reason, "ts": now}),
+                EVENTS_MAXLEN,
+            ],
         )
         if not int(ok):
             raise RunNotFound(run_id)
@@ -218,9 +231,13 @@ class RunStore:
         v = self.client.hget(_kv(run_id), key)
         return None if v is None else bytes(v)
 
-    def events(self, run_id: str, after: str = "0-0", count: int = 1000) -> list[tuple[str, str, dict[str, Any]]]:
+    def events(
+        self, run_id: str, after: str = "0-0", count: int = 1000
+    ) -> list[tuple[str, str, dict[str, Any]]]:
         """Up to `count` events after stream id `after`, as (entry id, kind, data)."""
-        rows = self.client.xrange(_events(run_id), min=f"({after}" if after != "0-0" else "-", max="+", count=count)
+        rows = self.client.xrange(
+            _events(run_id), min=f"({after}" if after != "0-0" else "-", max="+", count=count
+        )
         out: list[tuple[str, str, dict[str, Any]]] = []
         for eid, fields in rows:
             if b"kind" not in fields:

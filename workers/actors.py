@@ -254,10 +254,10 @@ class TrainerWorker:
         from sparring.workers.weight_sync import WeightUpdate, state_checksum
 
         entries: list[Entry[PreferencePair]] = []
-        while batch := self.queue.read("pairs", TRAINER_GROUP, "trainer", PreferencePair, 4096, 0):
+        first = True  # the first read returns this consumer's pending entries (a resumed iteration), then new ones
+        while batch := self.queue.read("pairs", TRAINER_GROUP, "trainer", PreferencePair, 4096, 0, include_pending=first):
             entries.extend(batch)
-            if len(batch) < 4096:
-                break
+            first = False
         fresh: list[Entry[PreferencePair]] = []
         for e in entries:
             if e.record.policy_version == version:

@@ -162,7 +162,8 @@ class RunController:
 
     # ---------------------------------------------------------------------------------------- the loop
 
-    def run(self) -> dict[str, Any]:
+    def run(self, keep_workers: bool = False) -> dict[str, Any]:
+        """Run every iteration; workers are stopped at the end unless `keep_workers` (then call `shutdown`)."""
         self.store.set_state(self.run_id, "running")
         try:
             self.start_workers()
@@ -176,9 +177,21 @@ class RunController:
         except BaseException as err:
             self.store.set_state(self.run_id, "failed", reason=f"{type(err).__name__}: {err}")
             self._emit("failed", reason=f"{type(err).__name__}: {err}")
+            self.stop_workers()
             raise
         finally:
-            self.stop_workers()
+            if not keep_workers:
+                self.stop_workers()
+
+    def engine_greedy(self, prompts: list[str], max_new_tokens: int) -> dict[str, Any]:
+        """Greedy completion token ids from every generator, with the version each engine holds."""
+        import ray
+
+        refs = {c: (a.greedy.remote(prompts, max_new_tokens), a.info.remote()) for c, a in self.generators.items()}
+        return {c: {"tokens": ray.get(g), "version": ray.get(i)["version"]} for c, (g, i) in refs.items()}
+
+    def shutdown(self) -> None:
+        self.stop_workers()
 
     def run_iteration(self, t: int) -> IterationRecord:
         started = time.time()
@@ -230,7 +243,7 @@ class RunController:
             finished_at=time.time(),
         )
         self.store.put_iteration(record)
-        self._emit("iteration", iteration=t, record=record.model_dump(mode="json"))
+        self._emit("iteration_done", iteration=t, record=record.model_dump(mode="json"))
         return record
 
     # ---------------------------------------------------------------------------------------- stages
@@ -256,9 +269,6 @@ class RunController:
             )
         return n
 
-    def _stage_open(self, stage: str, group: str) -> int:
-        """Entries of `stage` not yet acknowledged by `group` (undelivered + pending)."""
-        return self.queue.lag(stage, group) + self.queue.pending_count(stage, group)
 
     def generate_and_judge(self, t: int, n_prompts: int) -> dict[str, float]:
         """Run generators and judges until every dispatched prompt is generated and judged.
@@ -272,8 +282,8 @@ class RunController:
         running: dict[Any, tuple[str, str]] = {}  # ObjectRef of a drain call -> (role, consumer)
         last_emit = 0.0
         while True:
-            gen_open = self._stage_open("prompts", GENERATORS_GROUP)
-            judge_open = self._stage_open("generations", JUDGES_GROUP)
+            gen_open = self.queue.outstanding("prompts", GENERATORS_GROUP)
+            judge_open = self.queue.outstanding("generations", JUDGES_GROUP)
             if gen_open == 0 and judge_open == 0 and not running:
                 return stats
             busy = set(running.values())

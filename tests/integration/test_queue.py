@@ -1,0 +1,338 @@
+"""StreamQueue against a real redis-server: dedup, ack-after-output, recovery of in-flight work, dead letters,
+trimming, backpressure and concurrent consumers."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import msgpack
+import pytest
+import redis
+from sparring.shared.queue import Entry, StreamQueue, seen_name, stream_name
+from sparring.shared.records import Completion, DeadLetter, GenerationGroup, PromptTask, decode
+
+pytestmark = pytest.mark.integration
+
+G = "generators"
+
+
+@pytest.fixture
+def q(redis_client: redis.Redis, unique_run_id: str) -> Iterator[StreamQueue]:
+    queue = StreamQueue(redis_client, unique_run_id, maxlen=10_000)
+    queue.ensure_group("prompts", G)
+    yield queue
+    queue.delete_run()
+
+
+def task(run_id: str, i: int, version: int = 0) -> PromptTask:
+    return PromptTask(
+        run_id=run_id, iteration=0, policy_version=version, prompt_id=f"p{i}", prompt=f"prompt {i}",
+        num_samples=2, seed=i,
+    )  # fmt: skip
+
+
+def generate(t: PromptTask) -> GenerationGroup:
+    """What a generator would produce for `t` (deterministic, so its record id is t's group id)."""
+    return GenerationGroup(
+        run_id=t.run_id, iteration=t.iteration, policy_version=t.policy_version, prompt_id=t.prompt_id,
+        prompt=t.prompt, prompt_token_ids=[1, 2],
+        completions=[Completion(index=k, text="x", token_ids=[3 + k], logprobs=[-1.0]) for k in range(2)],
+        engine_id="e0", seed=t.seed, latency_s=0.01,
+    )  # fmt: skip
+
+
+def fill(q: StreamQueue, n: int) -> list[PromptTask]:
+    tasks = [task(q.run_id, i) for i in range(n)]
+    for t in tasks:
+        assert q.put("prompts", t) is not None
+    return tasks
+
+
+def test_stream_names(q: StreamQueue) -> None:
+    assert stream_name("abc", "pairs") == "run:abc:pairs"
+    assert q.stream("dead") == f"run:{q.run_id}:dead"
+    with pytest.raises(ValueError, match="unknown stage"):
+        q.stream("nope")
+
+
+def test_put_dedups_by_record_id(q: StreamQueue) -> None:
+    t = task(q.run_id, 0)
+    first = q.put("prompts", t)
+    assert first is not None
+    assert q.put("prompts", t) is None
+    assert q.put("prompts", t.model_copy(update={"seed": 99})) is None  # same group id = same record
+    assert q.put("prompts", task(q.run_id, 0, version=1)) is not None
+    assert q.length("prompts") == 2
+    assert [rec for _, rec in q.read_all("prompts", PromptTask)] == [t, task(q.run_id, 0, version=1)]
+    assert q.read_all("prompts", PromptTask)[0][0] == first
+
+
+def test_read_then_complete_acks_only_with_output(q: StreamQueue) -> None:
+    fill(q, 3)
+    assert q.lag("prompts", G) == 3
+    entries = q.read("prompts", G, "c1", PromptTask, count=2)
+    assert [e.record.prompt_id for e in entries] == ["p0", "p1"]
+    assert all(isinstance(e, Entry) and e.deliveries == 1 for e in entries)
+    assert q.pending_count("prompts", G) == 2 and q.lag("prompts", G) == 1
+    assert q.length("generations") == 0  # nothing written, nothing acked
+
+    assert q.complete("prompts", G, entries[0].entry_id, "generations", [generate(entries[0].record)]) == 1
+    assert q.pending_count("prompts", G) == 1
+    out = q.read_all("generations", GenerationGroup)
+    assert [g.record_id for _, g in out] == ["p0@v0"]
+
+    # an ack-only completion (a stage with no output)
+    assert q.complete("prompts", G, entries[1].entry_id, None, []) == 0
+    assert q.pending_count("prompts", G) == 0
+    rest = q.read("prompts", G, "c1", PromptTask, count=10)
+    assert [e.record.prompt_id for e in rest] == ["p2"]
+    assert q.outstanding("prompts", G) == 1
+
+
+def test_failed_output_write_does_not_ack(q: StreamQueue, redis_client: redis.Redis) -> None:
+    fill(q, 1)
+    (e,) = q.read("prompts", G, "c1", PromptTask)
+    redis_client.set(q.stream("generations"), b"not a stream")  # make XADD fail inside the script
+    with pytest.raises(redis.ResponseError):
+        q.complete("prompts", G, e.entry_id, "generations", [generate(e.record)])
+    assert q.pending_count("prompts", G) == 1  # still pending: it will be redelivered
+    redis_client.delete(q.stream("generations"))
+    # the failed write did not mark the output as seen, so the retry writes it
+    assert q.complete("prompts", G, e.entry_id, "generations", [generate(e.record)]) == 1
+    assert q.length("generations") == 1 and q.pending_count("prompts", G) == 0
+
+
+def test_restarted_consumer_resumes_its_pending_entries(q: StreamQueue, redis_client: redis.Redis) -> None:
+    fill(q, 2)
+    got = q.read("prompts", G, "gen-0", PromptTask, count=1)
+    assert [e.record.prompt_id for e in got] == ["p0"]
+    # "gen-0" dies without completing; a new process (new connection) starts with the same name
+    fresh_client = redis.Redis(
+        connection_pool=redis.ConnectionPool(**redis_client.connection_pool.connection_kwargs)
+    )
+    try:
+        q2 = StreamQueue(fresh_client, q.run_id)
+        again = q2.read("prompts", G, "gen-0", PromptTask, count=1)
+        assert [(e.entry_id, e.deliveries) for e in again] == [(got[0].entry_id, 2)]
+        # another consumer does not get it, only the next new entry
+        other = q2.read("prompts", G, "gen-1", PromptTask, count=5)
+        assert [e.record.prompt_id for e in other] == ["p1"]
+        # pending first, then new: with room left, gen-0 gets its pending entry and nothing else is left
+        both = q2.read("prompts", G, "gen-0", PromptTask, count=5)
+        assert [e.record.prompt_id for e in both] == ["p0"]
+    finally:
+        fresh_client.close()
+
+
+def test_reassign_moves_a_dead_consumers_entries(q: StreamQueue, redis_client: redis.Redis) -> None:
+    fill(q, 3)
+    taken = q.read("prompts", G, "dead-one", PromptTask, count=3)
+    assert len(taken) == 3
+    moved = q.reassign("prompts", G, "dead-one", "heir", PromptTask)
+    assert [e.entry_id for e in moved] == [e.entry_id for e in taken]
+    assert all(e.deliveries == 2 for e in moved)
+    assert redis_client.xpending_range(q.stream("prompts"), G, "-", "+", 10, consumername="dead-one") == []
+    assert len(redis_client.xpending_range(q.stream("prompts"), G, "-", "+", 10, consumername="heir")) == 3
+    assert q.reassign("prompts", G, "dead-one", "heir", PromptTask) == []
+    # the heir sees them as its own pending work
+    assert [e.entry_id for e in q.read("prompts", G, "heir", PromptTask, count=3)] == [
+        e.entry_id for e in taken
+    ]
+
+
+def test_claim_stale_takes_only_idle_entries(q: StreamQueue) -> None:
+    fill(q, 2)
+    q.read("prompts", G, "slow", PromptTask, count=2)
+    assert q.claim_stale("prompts", G, "rescuer", PromptTask, min_idle_ms=60_000) == []
+    time.sleep(0.06)
+    claimed = q.claim_stale("prompts", G, "rescuer", PromptTask, min_idle_ms=50, count=1)
+    assert [(e.record.prompt_id, e.deliveries) for e in claimed] == [("p0", 2)]
+    claimed += q.claim_stale("prompts", G, "rescuer", PromptTask, 50, 10)
+    assert [e.record.prompt_id for e in claimed] == ["p0", "p1"]
+
+
+def test_redelivered_input_writes_output_once(q: StreamQueue) -> None:
+    fill(q, 1)
+    (slow,) = q.read("prompts", G, "slow", PromptTask)
+    time.sleep(0.02)
+    (rescued,) = q.claim_stale("prompts", G, "fast", PromptTask, min_idle_ms=10)
+    assert rescued.entry_id == slow.entry_id
+    assert q.complete("prompts", G, rescued.entry_id, "generations", [generate(rescued.record)]) == 1
+    # the slow consumer was not dead after all and finishes too
+    assert q.complete("prompts", G, slow.entry_id, "generations", [generate(slow.record)]) == 0
+    assert q.length("generations") == 1
+    assert q.pending_count("prompts", G) == 0
+
+
+def test_undecodable_entries_go_to_the_dead_stream(q: StreamQueue, redis_client: redis.Redis) -> None:
+    key = q.stream("prompts")
+    redis_client.xadd(key, {"id": "junk", "data": b"\xc1\xc1 not msgpack"})
+    bad = task(q.run_id, 1).model_dump()
+    del bad["seed"]
+    redis_client.xadd(key, {"id": "p1@v0", "data": msgpack.packb(bad)})
+    redis_client.xadd(key, {"nodata": "1"})
+    q.put("prompts", task(q.run_id, 2))
+    entries = q.read("prompts", G, "c1", PromptTask, count=10)
+    assert [e.record.prompt_id for e in entries] == ["p2"]
+    assert q.pending_count("prompts", G) == 1  # the three bad ones were acked
+    letters = q.dead_letters()
+    assert len(letters) == 3
+    by_item = {d.item_id: d for d in letters}
+    assert "PromptTask" in by_item["junk"].reason and by_item["junk"].payload.startswith(b"\xc1")
+    assert "seed" in by_item["p1@v0"].reason  # the validation error names the missing field
+    assert any("no 'data' field" in d.reason for d in letters)
+    assert all(d.stage == "prompts" for d in letters)
+
+
+def test_fail_dead_letters_after_max_attempts(q: StreamQueue) -> None:
+    (t,) = fill(q, 1)
+    results = []
+    for attempt in range(1, 4):
+        (e,) = q.read("prompts", G, "c1", PromptTask)
+        assert e.deliveries == attempt
+        results.append(q.fail("prompts", G, e, "generate", f"engine crashed #{attempt}", max_attempts=3))
+    assert results == [False, False, True]
+    assert q.pending_count("prompts", G) == 0
+    assert q.read("prompts", G, "c1", PromptTask) == []
+    (letter,) = q.dead_letters()
+    assert letter == DeadLetter(
+        stage="generate", item_id=t.record_id, reason="engine crashed #3", attempts=3, payload=letter.payload
+    )
+    assert decode(PromptTask, letter.payload) == t
+    # dead letters are deduplicated by their own id
+    assert q.dead_letter("generate", t.record_id, "again") is None
+    assert len(q.dead_letters()) == 1
+
+
+def test_maxlen_bounds_the_stream(redis_client: redis.Redis, unique_run_id: str) -> None:
+    q = StreamQueue(redis_client, unique_run_id, maxlen=50)
+    try:
+        fill(q, 1000)
+        n = q.length("prompts")
+        assert 50 <= n <= 250, n  # approximate trimming removes whole 100-entry nodes
+        # trimmed ids stay "seen": a late duplicate is still refused
+        assert q.put("prompts", task(unique_run_id, 0)) is None
+    finally:
+        q.delete_run()
+
+
+def test_pending_entry_trimmed_away_is_dead_lettered(redis_client: redis.Redis, unique_run_id: str) -> None:
+    q = StreamQueue(redis_client, unique_run_id, maxlen=10_000)
+    try:
+        q.ensure_group("prompts", G)
+        fill(q, 2)
+        (e,) = q.read("prompts", G, "c1", PromptTask, count=1)
+        redis_client.xdel(q.stream("prompts"), e.entry_id)
+        got = q.read("prompts", G, "c1", PromptTask, count=1)
+        assert got == []  # the pending entry is gone: dead-lettered and acked, not returned
+        assert q.pending_count("prompts", G) == 0
+        (letter,) = q.dead_letters()
+        assert letter.item_id == e.entry_id and "trimmed" in letter.reason
+    finally:
+        q.delete_run()
+
+
+def test_wait_for_room_blocks_until_a_consumer_acks(q: StreamQueue) -> None:
+    fill(q, 4)
+    q.wait_for_room("prompts", G, max_outstanding=5, timeout_s=0.1)  # room: returns at once
+    with pytest.raises(TimeoutError, match=f"run:{q.run_id}:prompts"):
+        q.wait_for_room("prompts", G, max_outstanding=4, timeout_s=0.15)
+
+    released = threading.Event()
+    errors: list[BaseException] = []
+
+    def producer() -> None:
+        try:
+            q.wait_for_room("prompts", G, max_outstanding=4, timeout_s=10, poll_s=0.01)
+            released.set()
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    th = threading.Thread(target=producer)
+    th.start()
+    (e,) = q.read("prompts", G, "c1", PromptTask, count=1)  # reading alone frees nothing (pending)
+    assert not released.wait(0.2)
+    q.complete("prompts", G, e.entry_id, "generations", [generate(e.record)])
+    assert released.wait(5)
+    th.join(5)
+    assert not errors
+
+
+def test_blocking_read_wakes_on_new_entry(q: StreamQueue) -> None:
+    timer = threading.Timer(0.1, lambda: q.put("prompts", task(q.run_id, 0)))
+    timer.start()
+    t0 = time.monotonic()
+    got = q.read("prompts", G, "c1", PromptTask, count=1, block_ms=5000)
+    assert [e.record.prompt_id for e in got] == ["p0"]
+    assert time.monotonic() - t0 < 3
+    timer.join()
+    assert q.read("prompts", G, "c2", PromptTask, count=1, block_ms=50) == []
+
+
+def test_two_consumers_drain_exactly_once(q: StreamQueue) -> None:
+    n = 200
+    fill(q, n)
+    written: list[int] = []
+    processed: list[str] = []
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def consumer(name: str) -> None:
+        try:
+            mine = StreamQueue(q.client, q.run_id)
+            idle = 0
+            while idle < 3:
+                entries = mine.read("prompts", G, name, PromptTask, count=7, block_ms=50)
+                if not entries:
+                    idle += 1
+                    continue
+                idle = 0
+                for e in entries:
+                    k = mine.complete("prompts", G, e.entry_id, "generations", [generate(e.record)])
+                    with lock:
+                        written.append(k)
+                        processed.append(e.record.prompt_id)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=consumer, args=(f"c{i}",)) for i in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(30)
+    assert not errors
+    assert sum(written) == n
+    assert sorted(processed) == sorted(f"p{i}" for i in range(n))
+    outs = q.read_all("generations", GenerationGroup)
+    ids = [g.record_id for _, g in outs]
+    assert len(ids) == n and len(set(ids)) == n
+    assert q.pending_count("prompts", G) == 0 and q.lag("prompts", G) == 0
+
+
+def test_delete_run_removes_every_key(q: StreamQueue, redis_client: redis.Redis) -> None:
+    fill(q, 3)
+    q.dead_letter("x", "y", "z")
+    assert q.delete_run() >= 3
+    run = q.run_id
+    assert redis_client.keys(f"run:{run}:*") == []
+    assert not redis_client.exists(seen_name(run, "prompts"))
+
+
+def test_read_creates_a_missing_group(q: StreamQueue) -> None:
+    fill(q, 1)
+    got = q.read("prompts", "late-group", "c1", PromptTask)
+    assert [e.record.prompt_id for e in got] == ["p0"]
+    assert q.outstanding("prompts", "late-group") == 1
+    assert q.outstanding("prompts", "never-created") == 1  # no group: the whole stream is outstanding
+
+
+def test_read_new_only_gathers_batches(q: StreamQueue) -> None:
+    fill(q, 5)
+    first = q.read("prompts", G, "trainer", PromptTask, count=2)
+    assert [e.record.prompt_id for e in q.read("prompts", G, "trainer", PromptTask, count=2)] == ["p0", "p1"]
+    more = q.read("prompts", G, "trainer", PromptTask, count=2, include_pending=False)
+    rest = q.read("prompts", G, "trainer", PromptTask, count=2, include_pending=False)
+    assert [e.record.prompt_id for e in first + more + rest] == ["p0", "p1", "p2", "p3", "p4"]
+    assert q.pending_count("prompts", G) == 5

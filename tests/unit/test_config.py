@@ -1,0 +1,72 @@
+"""RunConfig: YAML loading, unknown keys and bad values fail with their dotted path."""
+
+from pathlib import Path
+
+import pytest
+
+from sparring.shared.config import ConfigError, RunConfig, load_config
+
+DEMO = Path(__file__).resolve().parents[2] / "examples" / "arena-demo.yaml"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "run.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_demo_config_loads() -> None:
+    cfg = load_config(DEMO)
+    assert cfg.schedule.iterations == 3
+    assert cfg.generation.samples_per_prompt == 4
+
+
+def test_typo_key_names_its_dotted_path(tmp_path: Path) -> None:
+    p = write(tmp_path, "trainer:\n  learning_rat: 0.001\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert "trainer.learning_rat" in str(e.value)
+    assert "unknown key" in str(e.value)
+
+
+def test_invalid_value_names_field_and_value(tmp_path: Path) -> None:
+    p = write(tmp_path, "generation:\n  samples_per_prompt: 1\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert "generation.samples_per_prompt" in str(e.value)
+    assert "got 1" in str(e.value)
+
+
+def test_missing_model_directory_is_named(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-model"
+    p = write(tmp_path, f"policy:\n  path: {missing}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert "policy.path" in str(e.value) or "policy" in str(e.value)
+    assert str(missing) in str(e.value)
+
+
+def test_hub_id_is_accepted_without_network() -> None:
+    cfg = RunConfig.model_validate({"policy": {"path": "Qwen/Qwen2-0.5B"}})
+    assert cfg.policy.path == "Qwen/Qwen2-0.5B"
+
+
+def test_overrides_apply_dotted_keys() -> None:
+    cfg = load_config(DEMO, {"trainer.epochs": 5, "schedule.iterations": 1})
+    assert cfg.trainer.epochs == 5 and cfg.schedule.iterations == 1
+
+
+def test_not_a_mapping_and_bad_yaml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(write(tmp_path, "- a\n- b\n"))
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "trainer: [unclosed\n"))
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_cross_field_oracle_needs_arena_prompts(tmp_path: Path) -> None:
+    pool = tmp_path / "p.jsonl"
+    pool.write_text('{"prompt": "hi"}\n')
+    with pytest.raises(ConfigError, match="arena_oracle"):
+        load_config(write(tmp_path, f"prompts:\n  source: jsonl\n  path: {pool}\n"))

@@ -1,0 +1,82 @@
+"""Pair construction from judged groups, the oracle judge, and JSONL prompt pools."""
+
+import pytest
+
+from sparring.shared.prompts import PromptPoolError, parse_jsonl_prompts
+from sparring.shared.records import Completion, GenerationGroup, Judgement
+from sparring.workers.judges.oracle import ArenaOracleJudge
+from sparring.workers.recipes.pairs import build_pairs
+
+
+def group(texts: list[str], prompt: str = "Tell me about otters.") -> GenerationGroup:
+    return GenerationGroup(
+        run_id="r",
+        iteration=1,
+        policy_version=0,
+        prompt_id="p1",
+        prompt=prompt,
+        prompt_token_ids=[1, 2, 3],
+        completions=[
+            Completion(index=i, text=t, token_ids=[10 + i, 20 + i], logprobs=[-0.5, -0.5]) for i, t in enumerate(texts)
+        ],
+        engine_id="e",
+        seed=0,
+        latency_s=0.0,
+    )
+
+
+def test_best_vs_worst_picks_extremes_and_ids_are_deterministic() -> None:
+    g = group(["a", "b", "c", "d"])
+    j = Judgement(judge="t", scores=[1.0, 3.0, -2.0, 0.0])
+    (pair,) = build_pairs(g, j, "best_vs_worst")
+    assert (pair.chosen.index, pair.rejected.index) == (1, 2)
+    assert pair.record_id == "p1@v0:1>2"
+    assert pair.policy_version == 0
+    assert 0.99 < pair.win_prob <= 1.0  # sigmoid(5)
+
+
+def test_all_ties_give_no_pair() -> None:
+    assert build_pairs(group(["a", "b", "c"]), Judgement(judge="t", scores=[1.0, 1.0, 1.0]), "best_vs_worst") == []
+
+
+def test_all_pairs_counts_strict_preferences() -> None:
+    pairs = build_pairs(group(["a", "b", "c"]), Judgement(judge="t", scores=[2.0, 1.0, 1.0]), "all_pairs")
+    assert sorted((p.chosen.index, p.rejected.index) for p in pairs) == [(0, 1), (0, 2)]
+
+
+def test_win_matrix_only_ranks_by_row_mean() -> None:
+    m = [[0.5, 0.9, 0.8], [0.1, 0.5, 0.4], [0.2, 0.6, 0.5]]
+    (pair,) = build_pairs(group(["a", "b", "c"]), Judgement(judge="t", win_matrix=m), "best_vs_worst")
+    assert (pair.chosen.index, pair.rejected.index, pair.win_prob) == (0, 1, 0.9)
+
+
+def test_judge_with_wrong_count_is_refused() -> None:
+    with pytest.raises(ValueError, match="scored 2 responses"):
+        build_pairs(group(["a", "b", "c"]), Judgement(judge="t", scores=[1.0, 0.0]), "best_vs_worst")
+
+
+def test_oracle_judge_follows_gold() -> None:
+    texts = [
+        "otters are glad and happy to swim in rivers all day",  # topic +2, polite +2, len ok -> 4
+        "otters otters swim",  # topic +2, repeat -1, short -1 -> 0
+        "please tell me more about rivers and lakes today",  # polite +1 -> 1
+    ]
+    (j,) = ArenaOracleJudge().judge([group(texts)])
+    assert j.scores == [4.0, 0.0, 1.0]
+    assert j.win_matrix is not None
+    assert j.win_matrix[0][1] == 1.0 and j.win_matrix[1][0] == 0.0 and j.win_matrix[2][2] == 0.5
+
+
+def test_jsonl_pool_names_every_bad_line() -> None:
+    lines = ['{"prompt": "ok"}', "not json", '{"prompt": ""}', '{"id": "x", "prompt": "a"}', '{"id": "x", "prompt": "b"}']
+    with pytest.raises(PromptPoolError) as e:
+        parse_jsonl_prompts(lines, "pool.jsonl")
+    msg = str(e.value)
+    assert "line 2: not valid JSON" in msg
+    assert "line 3: field 'prompt'" in msg
+    assert "line 5: duplicate id 'x'" in msg
+    assert "line 1:" not in msg and "line 4:" not in msg
+
+
+def test_jsonl_pool_default_ids() -> None:
+    assert parse_jsonl_prompts(['{"prompt": "a"}', "", '{"prompt": "b"}']) == [("line-1", "a"), ("line-3", "b")]
