@@ -56,6 +56,9 @@ class GenerationConfig(Section):
     prompts_per_request: int = Field(64, ge=1, description="prompts a generator takes from the stream at once")
     cpus_per_generator: float = Field(0.5, gt=0.0, description="Ray logical CPUs per generator actor")
     kv_cache_memory_mb: int = Field(128, ge=16, description="vLLM KV cache size (CPU backend)")
+    engine_threads: int | None = Field(
+        1, ge=1, description="compute threads per engine on CPU (None = the backend's own binding)"
+    )
     max_model_len: int = Field(256, ge=16)
 
 

@@ -85,7 +85,14 @@ class GeneratorWorker:
         self.staging_root = staging_root
         self.queue = _queue(run_id, redis_url, self.cfg)
         self.tokenizer = load_tokenizer(model_path)
-        self.engine = make_engine(self.cfg.generation.backend, model_path, self.cfg.generation, consumer, self.cfg.seed)
+        self.engine = make_engine(
+            self.cfg.generation.backend,
+            model_path,
+            self.cfg.generation,
+            consumer,
+            self.cfg.seed,
+            cpu_threads=self.cfg.generation.engine_threads,
+        )
         self.version = version
         self.tokens_generated = 0
         self.generate_seconds = 0.0
@@ -249,9 +256,7 @@ class TrainerWorker:
 
     def train(self, iteration: int, version: int) -> dict[str, Any]:
         """Train on every pending pair of `version`; returns metrics, counts and the WeightUpdate for v+1."""
-        import ray
-
-        from sparring.workers.weight_sync import WeightUpdate, state_checksum
+        from sparring.workers.weight_sync import object_store_update, safetensors_dir_update
 
         entries: list[Entry[PreferencePair]] = []
         first = True  # the first read returns this consumer's pending entries (a resumed iteration), then new ones
@@ -278,16 +283,10 @@ class TrainerWorker:
         ckpt = self.trainer.save_checkpoint(self.run_dir / "checkpoints" / f"v{new_version}", new_version, iteration)
         for e in fresh:  # acknowledged only once the checkpoint that consumed them exists
             self.queue.complete("pairs", TRAINER_GROUP, e.entry_id, None, [])
-        state = self.trainer.state_dict_for_sync()
-        checksum = state_checksum(state)
-        transport = self.cfg.storage.weight_transport
-        update = WeightUpdate(
-            version=new_version,
-            transport=transport,
-            path=str(ckpt),
-            state_ref=ray.put(state) if transport == "object_store" else None,
-            checksum=checksum,
-        )
+        if self.cfg.storage.weight_transport == "object_store":
+            update = object_store_update(self.trainer.state_dict_for_sync(), new_version)
+        else:
+            update = safetensors_dir_update(ckpt, new_version)
         return {
             "metrics": result.metrics,
             "num_pairs": len(fresh),

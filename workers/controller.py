@@ -49,6 +49,7 @@ WORKER_ENV = {
     # vLLM is chatty at INFO; its warnings still reach the worker logs.
     "VLLM_LOGGING_LEVEL": "WARNING",
     "TOKENIZERS_PARALLELISM": "false",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
 }
 
 
@@ -139,7 +140,12 @@ class RunController:
             self._spawn_judge(f"judge-{i}")
         self.trainer = (
             ray.remote(TrainerWorker)
-            .options(name=self._actor_name("trainer"), num_cpus=self.cfg.trainer.cpus, max_restarts=0)
+            .options(
+                name=self._actor_name("trainer"),
+                num_cpus=self.cfg.trainer.cpus,
+                max_restarts=0,
+                runtime_env={"env_vars": WORKER_ENV},
+            )
             .remote(self.run_id, self.redis_url, self.config_json, self.base_model_path, str(self.run_dir))
         )
         ray.get([a.info.remote() for a in self.generators.values()])
@@ -209,7 +215,7 @@ class RunController:
         seconds["train"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        sync_s = self.sync(out["update"])
+        sync_s = self.sync(out["update"], out["checkpoint"])
         seconds["sync"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -339,12 +345,12 @@ class RunController:
         self._emit("progress", stage="train", iteration=t, message="training")
         return ray.get(self.trainer.train.remote(t, v))
 
-    def sync(self, update: Any) -> float:
-        """Push `update` to every generator (one message each); a generator that fails is restarted on it."""
+    def sync(self, update: Any, checkpoint: str) -> float:
+        """Push `update` to every generator (one message each); one that fails is restarted on `checkpoint`."""
         import ray
 
         refs = {consumer: actor.load_weights.remote(update) for consumer, actor in self.generators.items()}
-        self.version, self.checkpoint = update.version, update.path
+        self.version, self.checkpoint = update.version, checkpoint
         worst = 0.0
         for consumer, ref in refs.items():
             try:

