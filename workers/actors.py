@@ -136,7 +136,7 @@ class GeneratorWorker:
         outputs = self.engine.generate(prompts, specs)
         latency = time.perf_counter() - t0
         self.generate_seconds += latency
-        for entry, task, ids, samples in zip(entries, tasks, prompts, outputs):
+        for entry, task, ids, samples in zip(entries, tasks, prompts, outputs, strict=True):
             try:
                 group = GenerationGroup(
                     run_id=task.run_id,
@@ -229,7 +229,7 @@ class JudgeWorker:
                 self.queue.fail("generations", JUDGES_GROUP, e, "judge", f"{type(err).__name__}: {err}")
             return
         self.judge_seconds += time.perf_counter() - t0
-        for entry, judgement in zip(entries, judgements):
+        for entry, judgement in zip(entries, judgements, strict=True):
             try:
                 pairs = build_pairs(entry.record, judgement, self.cfg.algorithm.pairs)
             except ValueError as err:
@@ -252,7 +252,9 @@ class TrainerWorker:
         self.client = connect(redis_url)
         self.queue = StreamQueue(self.client, run_id, self.cfg.storage.stream_maxlen)
         self.run_dir = Path(run_dir)
-        self.trainer = PolicyTrainer(model_path, self.cfg.trainer, self.cfg.algorithm, seed=self.cfg.seed)
+        self.trainer = PolicyTrainer(
+            model_path, self.cfg.trainer, self.cfg.algorithm, seed=self.cfg.seed, dtype=self.cfg.policy.dtype
+        )
 
     def train(self, iteration: int, version: int) -> dict[str, Any]:
         """Train on every pending pair of `version`; returns metrics, counts and the WeightUpdate for v+1."""

@@ -8,6 +8,7 @@ config fields of the same name. Adding a loss = one module + one line here; noth
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from typing import Any
 
 from sparring.shared.config import AlgorithmConfig
@@ -40,4 +41,5 @@ def build_objective(cfg: AlgorithmConfig) -> Objective:
             raise ValueError(
                 f"objective {cfg.objective!r} needs algorithm.{pname}, which AlgorithmConfig does not have"
             )
-    return cls(**kwargs)
+    factory: Callable[..., Objective] = cls  # a Protocol type has no declared constructor
+    return factory(**kwargs)
