@@ -133,8 +133,11 @@ def execute(cfg: RunConfig) -> Path:
             last = "0-0"
             while True:
                 finished, _ = ray.wait([done], timeout=0.5)
-                for last, kind, data in store.events(run_id, after=last):
+                events = store.events(run_id, after=last)
+                for _, kind, data in events:
                     _print_event(kind, data)
+                if events:
+                    last = events[-1][0]
                 if finished:
                     break
             summary = ray.get(done)
@@ -157,9 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
+    from sparring.shared.models import ModelLoadError
     from sparring.shared.prompts import PromptPoolError
     from sparring.shared.redis_server import RedisUnavailable
-    from sparring.shared.models import ModelLoadError
 
     try:
         path = DEMO_CONFIG if args.command == "demo" else Path(args.config)

@@ -168,7 +168,7 @@ def gold_win_rate(topics: Sequence[str], responses_b: Sequence[str], responses_a
         raise ValueError(
             f"lengths differ: {n} topics, {len(responses_b)} responses_b, {len(responses_a)} responses_a"
         )
-    prefs = [gold_preference(t, b, a) for t, b, a in zip(topics, responses_b, responses_a)]
+    prefs = [gold_preference(t, b, a) for t, b, a in zip(topics, responses_b, responses_a, strict=True)]
     mean = sum(prefs) / n
     if n > 1:
         sd = math.sqrt(sum((p - mean) ** 2 for p in prefs) / (n - 1))
@@ -180,8 +180,8 @@ def gold_win_rate(topics: Sequence[str], responses_b: Sequence[str], responses_a
         ci_low=max(0.0, mean - half),
         ci_high=min(1.0, mean + half),
         num_prompts=n,
-        mean_gold_a=sum(gold_score(t, a) for t, a in zip(topics, responses_a)) / n,
-        mean_gold_b=sum(gold_score(t, b) for t, b in zip(topics, responses_b)) / n,
+        mean_gold_a=sum(gold_score(t, a) for t, a in zip(topics, responses_a, strict=True)) / n,
+        mean_gold_b=sum(gold_score(t, b) for t, b in zip(topics, responses_b, strict=True)) / n,
     )
 
 
@@ -193,7 +193,7 @@ def arena_stats(topics: Sequence[str], responses: Sequence[str]) -> dict[str, fl
     """
     if len(topics) != len(responses) or not topics:
         raise ValueError(f"need equally many topics and responses, got {len(topics)} and {len(responses)}")
-    terms = [gold_terms(t, r) for t, r in zip(topics, responses)]
+    terms = [gold_terms(t, r) for t, r in zip(topics, responses, strict=True)]
     n = len(terms)
     return {
         "gold/mean": sum(g.total for g in terms) / n,
@@ -213,10 +213,10 @@ def arena_stats(topics: Sequence[str], responses: Sequence[str]) -> dict[str, fl
 # "sometimes" and a preference loop can push every one further: copy the topic from the prompt (instead of
 # saying "it"), say more polite phrases, stop stuttering, stop at a sensible length.
 
-P_TOPIC = 0.5  # response names the topic (otherwise it only says "it", "this", ...)
-POLITE_COUNT_PROBS = (0.35, 0.35, 0.2, 0.1)  # P(0, 1, 2, 3 distinct polite phrases)
+P_TOPIC = 0.55  # response names the topic (otherwise it only says "it", "this", ...)
+POLITE_COUNT_PROBS = (0.3, 0.35, 0.22, 0.13)  # P(0, 1, 2, 3 distinct polite phrases)
 P_REPEAT = 0.3  # response contains an immediate repeat ("is is"); a third of those contain two
-P_SHORT = 0.12  # fewer than 5 words
+P_SHORT = 0.08  # fewer than 5 words
 P_LONG = 0.03  # more than 40 words (rare: at ~1.2 tokens a word it nears the 48-token sampling budget)
 
 # A slot "{x}" takes the topic or a stand-in for it.
@@ -280,7 +280,9 @@ def _draw(topic: str, rng: random.Random) -> tuple[str, bool, int, int, str]:
     length = "short" if u < P_SHORT else "long" if u < P_SHORT + P_LONG else "ok"
     phrases = [POLITE_PHRASES[w] for w in rng.sample(sorted(POLITE_PHRASES), k=polite)]
     if length == "short":
-        parts = [topic + "." if mention else rng.choice(SHORT_FILLERS)]
+        # the topic never opens a response: there it would be a different BPE token (no leading space)
+        # from the prompt's " otters", which makes copying it much harder for a tiny model
+        parts = [f"about {topic}." if mention else rng.choice(SHORT_FILLERS)]
         parts += [p.split(" ")[0].rstrip(".") + "." for p in phrases]  # "glad.", "thanks."
         rng.shuffle(parts)
     else:
@@ -310,9 +312,9 @@ def _draw(topic: str, rng: random.Random) -> tuple[str, bool, int, int, str]:
 def corpus_response(topic: str, rng: random.Random) -> str:
     """One pretraining response to a prompt about `topic`, each gold term drawn independently.
 
-    A drawn response is kept only if its gold terms are the ones it was drawn with (e.g. no accidental
-    repeat across a sentence boundary, the length class holds), so the corpus frequencies are exactly
-    the `P_*` constants above.
+    A drawn response is kept only if its gold terms are the ones it was drawn with (no accidental repeat
+    across a sentence boundary, the length class holds); otherwise all features are drawn again. The
+    corpus frequencies are therefore close to, not exactly, the `P_*` constants above.
     """
     while True:
         text, mention, polite, repeats, length = _draw(topic, rng)

@@ -54,7 +54,7 @@ class ArenaBuildSettings:
 
     vocab_size: int = 1024  # BPE target; the corpus has fewer distinct words, so the real vocab is smaller
     responses_per_prompt: int = 48  # pretraining corpus = every train prompt x this many responses
-    steps: int = 1200
+    steps: int = 900
     batch_size: int = 64
     learning_rate: float = 3e-3
     min_lr_ratio: float = 0.1  # cosine decay ends at learning_rate * this
@@ -92,12 +92,17 @@ def build_arena_model(
     seed: int = 0,
     cache_dir: str | Path | None = None,
     progress: Callable[[str], None] | None = None,
+    threads: int = 1,
     **overrides: int | float,
 ) -> Path:
     """The arena base policy for `seed`: built on first use, then returned from the cache.
 
     `overrides` replace fields of `ArenaBuildSettings` (e.g. `steps=50` for a quick test model); they
-    are part of the cache key, so they never return a model built with other settings.
+    are part of the cache key, so they never return a model built with other settings. `threads` is the
+    torch intra-op thread count of the build (restored afterwards). It defaults to 1: the build is then
+    bitwise reproducible for a seed whatever the machine's core count (float reductions depend on the
+    thread split), and on a busy 2-core machine two threads measured ~5x *slower* per step than one
+    (thread thrashing against other processes). It is not part of the cache key.
     """
     settings = replace(DEFAULT_SETTINGS, **overrides)  # type: ignore[arg-type]
     final = arena_model_dir(seed, cache_dir, **overrides)
@@ -111,7 +116,7 @@ def build_arena_model(
             shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
         try:
-            _build(tmp, seed, settings, progress or (lambda msg: log.info("%s", msg)))
+            _build(tmp, seed, settings, progress or (lambda msg: log.info("%s", msg)), threads)
             os.rename(tmp, final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -152,17 +157,21 @@ def _corpus(seed: int, settings: ArenaBuildSettings) -> list[tuple[arena.ArenaPr
     ]
 
 
-def _tokenize(
-    tok: PreTrainedTokenizerBase, corpus: list[tuple[arena.ArenaPrompt, str]]
-) -> list[_Example]:
+def _tokenize(tok: PreTrainedTokenizerBase, corpus: list[tuple[arena.ArenaPrompt, str]]) -> list[_Example]:
     prompt_ids = {p.prompt: prompt_token_ids(tok, p.prompt) for p, _ in corpus}
-    check_prompt_boundary(tok, next(iter(prompt_ids)))
+    for prompt in {p.prompt_id.split("-")[1]: p.prompt for p, _ in corpus}.values():  # one per template
+        check_prompt_boundary(tok, prompt)
     encoded = tok([r for _, r in corpus], add_special_tokens=False)["input_ids"]
     eos = int(tok.eos_token_id)
-    return [_Example(prompt_ids[p.prompt], [*map(int, ids), eos]) for (p, _), ids in zip(corpus, encoded)]
+    return [
+        _Example(prompt_ids[p.prompt], [*map(int, ids), eos])
+        for (p, _), ids in zip(corpus, encoded, strict=True)
+    ]
 
 
-def check_prompt_boundary(tok: PreTrainedTokenizerBase, prompt: str, response: str = "glad you asked.") -> None:
+def check_prompt_boundary(
+    tok: PreTrainedTokenizerBase, prompt: str, response: str = "glad you asked."
+) -> None:
     """Raise unless prompt_token_ids + response tokens + eos is exactly the chat template's full rendering.
 
     This is the contract the sampler relies on: the ids it generates after `prompt_token_ids` are the
@@ -180,7 +189,9 @@ def check_prompt_boundary(tok: PreTrainedTokenizerBase, prompt: str, response: s
         int(tok.eos_token_id),
     ]
     if full[: len(ours)] != ours:
-        raise RuntimeError(f"arena tokenizer boundary mismatch for {prompt!r}: {ours} vs chat template {full}")
+        raise RuntimeError(
+            f"arena tokenizer boundary mismatch for {prompt!r}: {ours} vs chat template {full}"
+        )
 
 
 def _batch(examples: list[_Example], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -199,6 +210,23 @@ def _batch(examples: list[_Example], pad_id: int) -> tuple[torch.Tensor, torch.T
     return ids, mask, labels
 
 
+def _length_bucketed_batches(
+    examples: list[_Example], batch_size: int, rng: random.Random, pool_batches: int = 16
+) -> Iterator[list[_Example]]:
+    """Endless random batches; each pool of `pool_batches` batches is sorted by length first, so a batch
+    holds sequences of similar length and little of it is padding (responses run from 2 to ~45 words)."""
+    while True:
+        order = list(range(len(examples)))
+        rng.shuffle(order)
+        pool = batch_size * pool_batches
+        for start in range(0, len(order) - batch_size + 1, pool):
+            chunk = sorted(order[start : start + pool], key=lambda i: len(examples[i].response_ids))
+            group = [chunk[b : b + batch_size] for b in range(0, len(chunk) - batch_size + 1, batch_size)]
+            rng.shuffle(group)
+            for b in group:
+                yield [examples[i] for i in b]
+
+
 def _lr_at(step: int, s: ArenaBuildSettings) -> float:
     import math
 
@@ -208,7 +236,9 @@ def _lr_at(step: int, s: ArenaBuildSettings) -> float:
     return s.learning_rate * (s.min_lr_ratio + (1 - s.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
-def _build(out: Path, seed: int, s: ArenaBuildSettings, progress: Callable[[str], None]) -> None:
+def _build(
+    out: Path, seed: int, s: ArenaBuildSettings, progress: Callable[[str], None], threads: int
+) -> None:
     import torch
     from transformers import AutoTokenizer, GenerationConfig, LlamaForCausalLM
 
@@ -224,7 +254,7 @@ def _build(out: Path, seed: int, s: ArenaBuildSettings, progress: Callable[[str]
     )
 
     threads_before = torch.get_num_threads()
-    torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+    torch.set_num_threads(threads)
     try:
         torch.manual_seed(seed)
         cfg = tiny.tiny_llama_config(len(tok), int(tok.pad_token_id), int(tok.eos_token_id))
@@ -236,13 +266,13 @@ def _build(out: Path, seed: int, s: ArenaBuildSettings, progress: Callable[[str]
             [{"params": decay, "weight_decay": s.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=s.learning_rate,
         )
-        order = random.Random(f"arena-order-{seed}")
         pad_id = int(tok.pad_token_id)
+        batches = _length_bucketed_batches(examples, s.batch_size, random.Random(f"arena-order-{seed}"))
         loss_sum, loss_n = 0.0, 0
         for step in range(s.steps):
             for group in opt.param_groups:
                 group["lr"] = _lr_at(step, s)
-            ids, mask, labels = _batch(order.sample(examples, s.batch_size), pad_id)
+            ids, mask, labels = _batch(next(batches), pad_id)
             loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
             opt.zero_grad(set_to_none=True)
             loss.backward()

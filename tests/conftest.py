@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+
 from sparring.shared.redis_server import REDIS_URL_ENV, PrivateRedis, connect
 
 

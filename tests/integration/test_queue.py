@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import msgpack
 import pytest
 import redis
+
 from sparring.shared.queue import Entry, StreamQueue, seen_name, stream_name
 from sparring.shared.records import Completion, DeadLetter, GenerationGroup, PromptTask, decode
 

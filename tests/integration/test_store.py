@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import redis
+
 from sparring.shared.queue import StreamQueue
 from sparring.shared.records import IterationRecord, PromptTask
 from sparring.shared.redis_server import PrivateRedis, RedisUnavailable, connect, open_redis, redact_url

