@@ -54,7 +54,7 @@ def init_ray() -> None:
 
     address = os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, namespace="sparring", log_to_driver=False)
+        ray.init(address=address, namespace="sparring", log_to_driver=False, logging_level=logging.WARNING)
     else:
         # Logical CPUs are scheduling tokens; actors keep their own thread budgets (see docs/operations.md).
         ray.init(
@@ -62,6 +62,7 @@ def init_ray() -> None:
             include_dashboard=False,
             namespace="sparring",
             log_to_driver=False,
+            logging_level=logging.WARNING,
         )
 
 
@@ -159,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
     from sparring.shared.models import ModelLoadError
     from sparring.shared.prompts import PromptPoolError

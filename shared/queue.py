@@ -406,6 +406,10 @@ class StreamQueue:
     # ------------------------------------------------------------------------------------------------
     # inspection and backpressure
 
+    def written(self, stage: str) -> int:
+        """Distinct records ever written to `stage` (its seen-set size; unaffected by MAXLEN trimming)."""
+        return int(self.client.scard(self._seen(stage)))
+
     def length(self, stage: str) -> int:
         return int(self.client.xlen(self.stream(stage)))
 

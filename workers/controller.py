@@ -284,13 +284,17 @@ class RunController:
         """
         import ray
 
-        stats = {"groups": 0.0, "tokens": 0.0, "gen_seconds": 0.0, "pairs": 0.0, "judge_seconds": 0.0}
+        stats = {"tokens": 0.0, "gen_seconds": 0.0, "judge_seconds": 0.0}
+        groups_before, pairs_before = self.queue.written("generations"), self.queue.written("pairs")
         running: dict[Any, tuple[str, str]] = {}  # ObjectRef of a drain call -> (role, consumer)
-        last_emit = 0.0
+        last_done = -1
         while True:
             gen_open = self.queue.outstanding("prompts", GENERATORS_GROUP)
             judge_open = self.queue.outstanding("generations", JUDGES_GROUP)
             if gen_open == 0 and judge_open == 0 and not running:
+                # exact counts, whichever workers wrote them (a dead worker's own counters are lost)
+                stats["groups"] = float(self.queue.written("generations") - groups_before)
+                stats["pairs"] = float(self.queue.written("pairs") - pairs_before)
                 return stats
             busy = set(running.values())
             for role, pool, has_work in (
@@ -300,9 +304,9 @@ class RunController:
                 for consumer, actor in pool.items():
                     if has_work and (role, consumer) not in busy:
                         running[actor.drain.remote()] = (role, consumer)
-            if time.monotonic() - last_emit > 1.0:
-                last_emit = time.monotonic()
-                self._emit("progress", stage="generate", iteration=t, done=n_prompts - gen_open, total=n_prompts)
+            if n_prompts - gen_open != last_done:
+                last_done = n_prompts - gen_open
+                self._emit("progress", stage="generate", iteration=t, done=last_done, total=n_prompts)
             ready, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
             for ref in ready:
                 role, consumer = running.pop(ref)
@@ -321,11 +325,9 @@ class RunController:
                         continue
                     raise
                 if role == "gen":
-                    stats["groups"] += out["groups"]
                     stats["tokens"] += out["tokens"]
                     stats["gen_seconds"] += out["seconds"]
                 else:
-                    stats["pairs"] += out["pairs"]
                     stats["judge_seconds"] += out["seconds"]
 
     def _replace_generator(self, consumer: str) -> None:

@@ -66,6 +66,7 @@ def test_put_dedups_by_record_id(q: StreamQueue) -> None:
     assert q.put("prompts", t.model_copy(update={"seed": 99})) is None  # same group id = same record
     assert q.put("prompts", task(q.run_id, 0, version=1)) is not None
     assert q.length("prompts") == 2
+    assert q.written("prompts") == 2
     assert [rec for _, rec in q.read_all("prompts", PromptTask)] == [t, task(q.run_id, 0, version=1)]
     assert q.read_all("prompts", PromptTask)[0][0] == first
 

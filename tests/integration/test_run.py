@@ -142,6 +142,7 @@ def test_generator_killed_mid_iteration_loses_and_duplicates_nothing(
     pairs = queue.read_all("pairs", PreferencePair)
     pair_ids = Counter(p.record_id for _, p in pairs)
     assert max(pair_ids.values()) == 1 and len(pair_ids) == it["pairs"]
-    events = [e for _, _, e in RunStore(redis_client).events(unique_run_id)]
-    assert any(e.get("kind") == "worker_died" for e in events)
+    died = [data for _, kind, data in RunStore(redis_client).events(unique_run_id) if kind == "worker_died"]
+    assert [d["consumer"] for d in died] == ["gen-0"]
+    assert it["groups"] == 128
     assert it["policy_version"] == 1
