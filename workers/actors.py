@@ -278,6 +278,8 @@ class TrainerWorker:
         def progress(msg: str) -> None:
             emit(self.client, self.run_id, "progress", stage="train", iteration=iteration, message=msg)
 
+        # Arrival order depends on which engine finished first; training order must not.
+        fresh.sort(key=lambda e: e.record.record_id)
         result = self.trainer.train_iteration([e.record for e in fresh], iteration, progress=progress)
         for record_id, reason in result.rejected:
             self.queue.dead_letter("train", record_id, reason)

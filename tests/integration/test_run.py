@@ -146,3 +146,22 @@ def test_generator_killed_mid_iteration_loses_and_duplicates_nothing(
     assert [d["consumer"] for d in died] == ["gen-0"]
     assert it["groups"] == 128
     assert it["policy_version"] == 1
+
+
+def test_transformers_backend_runs_an_iteration(
+    ray_local: Any, redis_url: str, redis_client: Any, arena_model: str, unique_run_id: str, tmp_path: Path
+) -> None:
+    """The same loop on the transformers generation backend (machines without vLLM)."""
+    cfg = small_config(
+        tmp_path,
+        generation={"backend": "transformers", "num_generators": 1, "prompts_per_request": 16},
+        schedule={"prompts_per_iteration": 32},
+        storage={"weight_transport": "safetensors_dir"},
+    )
+    _, done, _ = start(ray_local, cfg, unique_run_id, redis_url, redis_client, arena_model, tmp_path)
+    summary = ray_local.get(done, timeout=600)
+    (it,) = summary["iterations"]
+    assert it["groups"] == 32 and it["pairs"] > 0 and it["policy_version"] == 1
+    assert it["gold_win_rate_vs_iter0"] is not None
+    groups = StreamQueue(redis_client, unique_run_id).read_all("generations", GenerationGroup)
+    assert {g.engine_id for _, g in groups} == {"gen-0"}
