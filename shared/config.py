@@ -69,14 +69,98 @@ class JudgeConfig(Section):
 
 
 class AlgorithmConfig(Section):
-    objective: Literal["dpo"] = Field("dpo", description="loss over per-sequence log-probs")
-    beta: float = Field(0.1, gt=0.0, description="DPO beta (inverse KL strength)")
+    """The preference objective and its hyperparameters (formulas: `workers/objectives/`, algorithms.md §5).
+
+    One meaning per name (STYLE §7 item 10): `beta` is the DPO family's inverse KL strength everywhere it
+    is read; SPPO's step size is `eta` (= 1/beta of uclaml/SPPO and TRL sppo_hard); SimPO's reward scale is
+    `simpo_beta`. Each objective reads only the fields named by its constructor; setting another loss's
+    field to a non-default value is rejected when the objective is built.
+    """
+
+    # The Literal must list exactly `sparring.workers.objectives.registry.objective_names()` (shared cannot
+    # import workers; tests/unit/test_objectives.py checks that they match).
+    objective: Literal[
+        "bco_pair",
+        "cdpo",
+        "dpo",
+        "inpo",
+        "ipo",
+        "npo",
+        "rdpo",
+        "rpo",
+        "simpo",
+        "spce",
+        "sppo",
+        "sppo_hard",
+        "sppo_single",
+    ] = Field("dpo", description="loss over per-sequence log-probs (a name of the objective registry)")
+    beta: float = Field(
+        0.1,
+        gt=0.0,
+        description="inverse KL strength of dpo, cdpo, rdpo, ipo (IPO's tau), bco_pair, rpo, npo, spce and inpo "
+        "(INPO's code parameter, paper eta = 1/beta; paper default 0.0075)",
+    )
+    cdpo_epsilon: float = Field(
+        0.1,
+        ge=0.0,
+        lt=0.5,
+        description="cdpo: label smoothing eps, the probability the label is wrong (TRL <= 0.28 label_smoothing); "
+        "0.1 because 0 is plain DPO",
+    )
+    rdpo_flip_rate: float = Field(
+        0.1,
+        ge=0.0,
+        lt=0.5,
+        description="rdpo: assumed probability eps that a label is flipped; 0.1 because 0 is plain DPO",
+    )
+    ipo_length_normalize: bool = Field(
+        False,
+        description="ipo: divide each log-prob by its completion length first (TRL's ipo); False = the paper's "
+        "summed form, as SPPO's fork and INPO",
+    )
+    bco_running_mean: bool = Field(
+        True,
+        description="bco_pair: shift rewards by the running mean delta (TRL <= 0.28); False = delta 0 (TRL >= 0.29)",
+    )
+    rpo_alpha: float = Field(
+        1.0,
+        ge=0.0,
+        description="rpo: weight of the token-mean NLL on chosen completions (paper 1.0; DRIFT uses 0.001)",
+    )
+    simpo_beta: float = Field(
+        2.0, gt=0.0, description="simpo: reward scale on the length-averaged log-prob (paper 2.0-10)"
+    )
+    simpo_gamma: float = Field(
+        1.0,
+        ge=0.0,
+        description="simpo: target reward margin gamma, absolute (paper Llama-3-8B-Base: beta 2.0, gamma/beta 0.5)",
+    )
+    eta: float = Field(
+        1000.0,
+        gt=0.0,
+        description="sppo, sppo_single, sppo_hard: multiplicative-weights step size eta = 1/beta of uclaml/SPPO "
+        "(its scripts: beta 0.001 = eta 1000) and of TRL sppo_hard",
+    )
+    inpo_ratio: float = Field(
+        1.0 / 3.0,
+        gt=0.0,
+        lt=1.0,
+        description="inpo: weight eta*tau of the fixed reference vs 1 - ratio of pi_t (paper default 1/3)",
+    )
     pairs: Literal["best_vs_worst", "all_pairs"] = Field(
         "best_vs_worst", description="how a judged group of K becomes training pairs"
     )
     reference: Literal["iteration_start", "initial"] = Field(
         "iteration_start", description="reference policy: pi_t (iterative DPO/SPPO) or the fixed initial policy"
     )
+
+    @model_validator(mode="after")
+    def _inpo_needs_fixed_reference(self) -> AlgorithmConfig:
+        # INPO mixes a FIXED pi_ref with pi_t (the iteration start); with reference=iteration_start both are
+        # pi_t and inpo_ratio silently does nothing (algorithms.md §2.2).
+        if self.objective == "inpo" and self.reference != "initial":
+            raise ValueError("objective=inpo needs reference=initial (pi_ref is the fixed initial policy)")
+        return self
 
 
 class TrainerConfig(Section):

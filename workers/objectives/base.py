@@ -17,9 +17,10 @@ This module imports only torch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import ClassVar, Protocol, runtime_checkable
 
+import torch
 from torch import Tensor
 
 
@@ -46,6 +47,19 @@ class LossInputs:
     @property
     def batch_size(self) -> int:
         return int(self.policy_chosen_logps.shape[0])
+
+    def float32(self) -> LossInputs:
+        """These inputs with every tensor upcast to float32 (a no-op for float32 tensors; keeps the graph).
+
+        Objectives call this first so that their arithmetic runs in fp32 even when the log-probs arrive
+        in bf16 or under autocast: SPPO's targets are ~1e2 nats and its losses ~1e4 (algorithms.md §1.4).
+        """
+        upcast = {
+            f.name: value.to(torch.float32)
+            for f in fields(self)
+            if isinstance(value := getattr(self, f.name), torch.Tensor) and value.dtype != torch.float32
+        }
+        return replace(self, **upcast) if upcast else self
 
 
 @dataclass(frozen=True)
@@ -74,7 +88,9 @@ class Objective(Protocol):
     - `needs_win_prob`: the judge's pairwise P(chosen beats rejected);
     - `needs_win_rates`: per-response win rates against pi_t (SPPO);
     - `needs_lengths`: the loss reads the completion lengths (they are always filled; the flag documents
-      that the loss is length-sensitive, e.g. for bucketing or length-normalised logging).
+      that the loss is length-sensitive, e.g. for bucketing or length-normalised logging);
+    - `stateful`: the loss keeps state across calls (BCO's running reward mean) and implements
+      `StatefulObjective`: the trainer must checkpoint `state_dict()` and restore it on resume.
     """
 
     name: ClassVar[str]
@@ -83,8 +99,24 @@ class Objective(Protocol):
     needs_win_prob: ClassVar[bool]
     needs_win_rates: ClassVar[bool]
     needs_lengths: ClassVar[bool]
+    stateful: ClassVar[bool]
 
     def __call__(self, inputs: LossInputs) -> LossOutput: ...
+
+
+@runtime_checkable
+class StatefulObjective(Objective, Protocol):
+    """An objective with `stateful = True`: its state is plain floats, so it fits `torch.load(weights_only=True)`.
+
+    `reset()` returns it to the initial state (e.g. at the start of an iteration, when the iteration is
+    meant to behave like a fresh training run).
+    """
+
+    def state_dict(self) -> dict[str, float]: ...
+
+    def load_state_dict(self, state: dict[str, float]) -> None: ...
+
+    def reset(self) -> None: ...
 
 
 class MissingInputError(ValueError):
@@ -96,3 +128,10 @@ def require(value: Tensor | None, field_name: str, objective: str) -> Tensor:
     if value is None:
         raise MissingInputError(f"objective {objective!r} needs LossInputs.{field_name}, which is None")
     return value
+
+
+def reference_logratios(inputs: LossInputs, objective: str) -> tuple[Tensor, Tensor]:
+    """(lc, lr): logp_theta(y) - logp_ref(y) for chosen and rejected, each (B,) (algorithms.md §5 notation)."""
+    ref_chosen = require(inputs.ref_chosen_logps, "ref_chosen_logps", objective)
+    ref_rejected = require(inputs.ref_rejected_logps, "ref_rejected_logps", objective)
+    return inputs.policy_chosen_logps - ref_chosen, inputs.policy_rejected_logps - ref_rejected

@@ -29,6 +29,7 @@ class DPOLoss:
     needs_win_prob: ClassVar[bool] = False
     needs_win_rates: ClassVar[bool] = False
     needs_lengths: ClassVar[bool] = False
+    stateful: ClassVar[bool] = False
 
     def __init__(self, beta: float) -> None:
         if not beta > 0.0:
@@ -36,6 +37,7 @@ class DPOLoss:
         self.beta = float(beta)
 
     def __call__(self, inputs: LossInputs) -> LossOutput:
+        inputs = inputs.float32()
         ref_chosen = require(inputs.ref_chosen_logps, "ref_chosen_logps", self.name)
         ref_rejected = require(inputs.ref_rejected_logps, "ref_rejected_logps", self.name)
         chosen_logratios = inputs.policy_chosen_logps - ref_chosen  # (B,) lc
