@@ -226,6 +226,9 @@ class RunConfig(Section):
     """A complete, validated description of one run."""
 
     name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$", description="run name (used in the run id)")
+    preset: str | None = Field(
+        None, description="paper recipe whose values fill every key this config leaves out (shared/presets.py)"
+    )
     seed: int = 0
     policy: ModelConfig = Field(default_factory=lambda: ModelConfig(path=ARENA_MODEL))
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
@@ -236,6 +239,13 @@ class RunConfig(Section):
     prompts: PromptsConfig = Field(default_factory=PromptsConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, data: Any) -> Any:
+        from sparring.shared.presets import apply_preset
+
+        return apply_preset(data) if isinstance(data, dict) else data
 
     @model_validator(mode="after")
     def _cross_field(self) -> RunConfig:

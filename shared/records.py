@@ -163,6 +163,12 @@ class PreferencePair(Record):
     chosen_score: float
     rejected_score: float
     win_prob: float = Field(ge=0.0, le=1.0, description="P(chosen beats rejected) by the judge")
+    chosen_win_rate: float | None = Field(
+        None, ge=0.0, le=1.0, description="P-hat(chosen beats pi_t): its row mean of the group's win matrix (SPPO)"
+    )
+    rejected_win_rate: float | None = Field(
+        None, ge=0.0, le=1.0, description="P-hat(rejected beats pi_t), same estimate (SPPO)"
+    )
     judge: str
 
     @field_validator("chosen_score", "rejected_score")

@@ -99,6 +99,8 @@ class TokenizedPair:
     chosen_ids: list[int]
     rejected_ids: list[int]
     win_prob: float
+    chosen_win_rate: float | None = None  # P-hat(chosen beats pi_t), SPPO
+    rejected_win_rate: float | None = None
 
     @property
     def width(self) -> int:
@@ -344,11 +346,6 @@ class PolicyTrainer:
         self.device = device
         self.length_bucket_steps = length_bucket_steps
         self.objective: Objective = build_objective(algo_cfg)
-        if self.objective.needs_win_rates:
-            raise NotImplementedError(
-                f"objective {self.objective.name!r} needs per-response win rates against pi_t, which "
-                "PreferencePair does not carry yet"
-            )
         self.tokenizer: PreTrainedTokenizerBase = load_tokenizer(model_path)
         self.model: PreTrainedModel = load_causal_lm(model_path, dtype=dtype, device=device)
         self.model.eval()  # dropout off for good: see the module docstring
@@ -389,6 +386,8 @@ class PolicyTrainer:
             metrics = self._metrics(_Sums(), 0, time.perf_counter() - started, 0.0, len(rejected))
             return IterationResult(metrics, rejected, self.policy_version)
 
+        if self.objective.stateful:
+            self.objective.reset()  # like the optimizer: every iteration is a fresh training run
         anchor_started = time.perf_counter()
         anchors = self._anchor_logps(examples)
         anchor_seconds = time.perf_counter() - anchor_started
@@ -474,6 +473,8 @@ class PolicyTrainer:
             chosen_ids=self._completion_ids(pair.chosen.token_ids, pair.chosen.finish_reason),
             rejected_ids=self._completion_ids(pair.rejected.token_ids, pair.rejected.finish_reason),
             win_prob=float(pair.win_prob),
+            chosen_win_rate=pair.chosen_win_rate,
+            rejected_win_rate=pair.rejected_win_rate,
         )
 
     def _completion_ids(self, token_ids: Sequence[int], finish_reason: str) -> list[int]:
@@ -494,6 +495,11 @@ class PolicyTrainer:
             return "chosen and rejected have identical tokens"
         if not math.isfinite(ex.win_prob) or not 0.0 <= ex.win_prob <= 1.0:
             return f"win_prob {ex.win_prob} is not a probability"
+        if self.objective.needs_win_rates:
+            for name in ("chosen_win_rate", "rejected_win_rate"):
+                rate = getattr(ex, name)
+                if rate is None or not math.isfinite(rate) or not 0.0 <= rate <= 1.0:
+                    return f"{name} {rate} is not a probability ({self.objective.name} needs it)"
         all_ids = ex.prompt_ids + ex.chosen_ids + ex.rejected_ids
         if min(all_ids) < 0 or max(all_ids) >= self.vocab_size:
             return f"token id outside the model's vocabulary [0, {self.vocab_size})"
@@ -566,9 +572,11 @@ class PolicyTrainer:
         def pick(cache: Tensor | None) -> Tensor | None:
             return None if cache is None else cache[indices].to(device)
 
-        win_prob = None
-        if self.objective.needs_win_prob:
-            win_prob = torch.tensor([e.win_prob for e in micro], dtype=torch.float32, device=device)
+        def column(name: str, needed: bool) -> Tensor | None:
+            if not needed:
+                return None
+            return torch.tensor([getattr(e, name) for e in micro], dtype=torch.float32, device=device)
+
         inputs = LossInputs(
             policy_chosen_logps=logps[:b],
             policy_rejected_logps=logps[b:],
@@ -578,7 +586,9 @@ class PolicyTrainer:
             ref_rejected_logps=pick(anchors.ref_rejected),
             prev_chosen_logps=pick(anchors.prev_chosen),
             prev_rejected_logps=pick(anchors.prev_rejected),
-            win_prob=win_prob,
+            win_prob=column("win_prob", self.objective.needs_win_prob),
+            chosen_win_rate=column("chosen_win_rate", self.objective.needs_win_rates),
+            rejected_win_rate=column("rejected_win_rate", self.objective.needs_win_rates),
         )
         return self.objective(inputs)
 
@@ -663,6 +673,8 @@ class PolicyTrainer:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler = build_scheduler(self.optimizer, self.trainer_cfg, self._scheduler_total_steps)
             self.scheduler.load_state_dict(state["scheduler"])
+        if self.objective.stateful and state.get("objective_state") is not None:
+            self.objective.load_state_dict(state["objective_state"])
         _set_rng_states(state["rng"])
         self._position = {k: int(v) for k, v in state["position"].items()}
         self.policy_version = int(state["policy_version"])
@@ -676,6 +688,7 @@ class PolicyTrainer:
             "position": dict(self._position),
             "seed": self.seed,
             "objective": self.objective.name,
+            "objective_state": self.objective.state_dict() if self.objective.stateful else None,
             "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
             "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
             "scheduler_total_steps": self._scheduler_total_steps,

@@ -70,3 +70,23 @@ def test_cross_field_oracle_needs_arena_prompts(tmp_path: Path) -> None:
     pool.write_text('{"prompt": "hi"}\n')
     with pytest.raises(ConfigError, match="arena_oracle"):
         load_config(write(tmp_path, f"prompts:\n  source: jsonl\n  path: {pool}\n"))
+
+
+def test_preset_fills_missing_keys_and_user_keys_win(tmp_path: Path) -> None:
+    p = write(tmp_path, "preset: sppo\ntrainer:\n  learning_rate: 0.001\n")
+    cfg = load_config(p)
+    assert cfg.algorithm.objective == "sppo" and cfg.algorithm.eta == 1000.0
+    assert cfg.generation.samples_per_prompt == 5 and cfg.generation.top_p == 0.9
+    assert cfg.trainer.optimizer == "rmsprop" and cfg.trainer.learning_rate == 0.001
+    # the resolved config round-trips (actors re-parse it) without re-applying anything
+    assert RunConfig.model_validate_json(cfg.model_dump_json()) == cfg
+
+
+def test_inpo_preset_uses_fixed_reference(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, "preset: inpo\n"))
+    assert (cfg.algorithm.objective, cfg.algorithm.reference, cfg.algorithm.beta) == ("inpo", "initial", 0.0075)
+
+
+def test_unknown_preset_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown preset 'spo'.*dpo, inpo, sppo"):
+        load_config(write(tmp_path, "preset: spo\n"))

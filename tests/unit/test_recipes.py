@@ -80,3 +80,14 @@ def test_jsonl_pool_names_every_bad_line() -> None:
 
 def test_jsonl_pool_default_ids() -> None:
     assert parse_jsonl_prompts(['{"prompt": "a"}', "", '{"prompt": "b"}']) == [("line-1", "a"), ("line-3", "b")]
+
+
+def test_sppo_columns_match_the_reference_vector() -> None:
+    """algorithms.md §6: scores [1, .5, 0, -.5, -1] -> P[w][l] = sigmoid(2) = 0.8807970780,
+    chosen_probs_win = 0.7103778928, chosen_probs_lose = 0.2896221072 (row means, self term included)."""
+    g = group(["a", "b", "c", "d", "e"])
+    (pair,) = build_pairs(g, Judgement(judge="t", scores=[1.0, 0.5, 0.0, -0.5, -1.0]), "best_vs_worst")
+    assert (pair.chosen.index, pair.rejected.index) == (0, 4)
+    assert abs(pair.win_prob - 0.8807970780) < 1e-9
+    assert abs(pair.chosen_win_rate - 0.7103778928) < 1e-9
+    assert abs(pair.rejected_win_rate - 0.2896221072) < 1e-9

@@ -335,3 +335,21 @@ def test_length_bucketing_keeps_every_pair_once_and_cuts_padding(ckpt: Path) -> 
     assert sorted(torch.cat(b).tolist()) == list(range(96)) and len(b) == len(a) == 12
     assert all(torch.equal(x, y) for x, y in zip(b, again, strict=True))  # seeded
     assert padded_rows(b) < padded_rows(a)
+
+
+def test_sppo_trains_on_win_rates_and_rejects_pairs_without_them(ckpt: Path) -> None:
+    """SPPO's squared loss regresses each log-ratio on (P-hat - 1/2) * eta: at the first step, where the
+    log-ratios are 0, the loss is [(eta (Pw - .5))^2 + (eta (Pl - .5))^2] / 2 per pair."""
+    eta = 10.0
+    pairs = [
+        p.model_copy(update={"chosen_win_rate": 0.7, "rejected_win_rate": 0.3})
+        for p in synthetic_pairs(16)
+    ]
+    missing = make_pair(99, [11, 12, 13], [20, 21, CHOSEN_END], [22, 23, REJECTED_END])  # no win rates
+    trainer = make_trainer(ckpt, algo=AlgorithmConfig(objective="sppo", eta=eta), epochs=1, batch_size=16)
+    expected_first = ((eta * 0.2) ** 2 + (eta * -0.2) ** 2) / 2
+    result = trainer.train_iteration(pairs + [missing], iteration=1)
+    assert [r for r, _ in result.rejected] == [missing.record_id]
+    assert "chosen_win_rate None" in result.rejected[0][1]
+    assert result.metrics["train/steps"] == 1
+    assert abs(result.metrics["loss/mean"] - expected_first) < 1e-3 * expected_first

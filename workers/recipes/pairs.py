@@ -8,10 +8,10 @@ A group whose responses all tie yields no pair: there is nothing to learn from i
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 from sparring.shared.records import GenerationGroup, Judgement, PreferencePair
+from sparring.workers.recipes.winrate import pairwise_probs_from_scores, row_win_rates
 
 PairMode = Literal["best_vs_worst", "all_pairs"]
 
@@ -23,12 +23,12 @@ def ranking_scores(judgement: Judgement) -> list[float]:
     return [sum(row) / len(row) for row in judgement.win_matrix]
 
 
-def win_prob(judgement: Judgement, i: int, j: int) -> float:
-    """P(response i beats response j) according to the judge."""
+def win_matrix(judgement: Judgement) -> list[list[float]]:
+    """The judge's K x K matrix, or SPPO's P_ij = sigmoid(s_i - s_j) from its scalar scores."""
     if judgement.win_matrix is not None:
-        return judgement.win_matrix[i][j]
-    s = ranking_scores(judgement)
-    return 1.0 / (1.0 + math.exp(s[j] - s[i]))
+        return [list(row) for row in judgement.win_matrix]
+    assert judgement.scores is not None
+    return [list(map(float, row)) for row in pairwise_probs_from_scores(judgement.scores)]
 
 
 def build_pairs(group: GenerationGroup, judgement: Judgement, mode: PairMode) -> list[PreferencePair]:
@@ -37,6 +37,8 @@ def build_pairs(group: GenerationGroup, judgement: Judgement, mode: PairMode) ->
             f"judge {judgement.judge} scored {judgement.num_responses} responses, group has {len(group.completions)}"
         )
     scores = ranking_scores(judgement)
+    matrix = win_matrix(judgement)
+    rates = [float(r) for r in row_win_rates(matrix)]  # P-hat(y_i beats pi_t), self term included
     k = len(scores)
     if mode == "best_vs_worst":
         best = max(range(k), key=lambda i: (scores[i], -i))  # ties: lowest index, deterministic
@@ -61,7 +63,9 @@ def build_pairs(group: GenerationGroup, judgement: Judgement, mode: PairMode) ->
                 rejected=rejected,
                 chosen_score=scores[i],
                 rejected_score=scores[j],
-                win_prob=win_prob(judgement, i, j),
+                win_prob=matrix[i][j],
+                chosen_win_rate=rates[i],
+                rejected_win_rate=rates[j],
                 judge=judgement.judge,
             )
         )
