@@ -109,6 +109,7 @@ def execute(cfg: RunConfig) -> Path:
     """Run `cfg` to completion; returns the path of summary.json."""
     import ray
 
+    from sparring.shared.prompts import load_prompt_pool
     from sparring.shared.redis_server import open_redis
     from sparring.shared.store import RunStore
     from sparring.workers.controller import RunController
@@ -119,6 +120,7 @@ def execute(cfg: RunConfig) -> Path:
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     print(f"run {run_id} in {run_dir}", flush=True)
 
+    load_prompt_pool(cfg.prompts)  # a bad prompt or DSAT file fails here, before anything starts
     with open_redis(cfg.storage.redis_url, run_dir) as (client, url):
         model_path = resolve_model_path(cfg)
         store = RunStore(client)
@@ -165,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.disable_progress_bar()
 
+    from sparring.shared.dsat import DSATError
     from sparring.shared.models import ModelLoadError
     from sparring.shared.prompts import PromptPoolError
     from sparring.shared.redis_server import RedisUnavailable
@@ -173,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         path = DEMO_CONFIG if args.command == "demo" else Path(args.config)
         cfg = load_config(path, _parse_sets(args.set))
         summary = execute(cfg)
-    except (ConfigError, RedisUnavailable, ModelLoadError, PromptPoolError) as err:
+    except (ConfigError, RedisUnavailable, ModelLoadError, PromptPoolError, DSATError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(summary)

@@ -49,7 +49,9 @@ def looks_local(path: str) -> bool:
 class GenerationConfig(Section):
     backend: Literal["vllm", "transformers"] = Field("vllm", description="sampling engine")
     num_generators: int = Field(1, ge=1, description="generator actors (one engine each)")
-    samples_per_prompt: int = Field(4, ge=2, description="K: responses sampled per prompt, all from one version")
+    samples_per_prompt: int = Field(
+        4, ge=1, description="K: responses sampled per prompt, all from one version (>= 2 unless DRIFT)"
+    )
     temperature: float = Field(1.0, gt=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_new_tokens: int = Field(48, ge=1)
@@ -63,7 +65,9 @@ class GenerationConfig(Section):
 
 
 class JudgeConfig(Section):
-    kind: Literal["arena_oracle"] = Field("arena_oracle", description="judge family")
+    kind: Literal["arena_oracle", "none"] = Field(
+        "arena_oracle", description="judge family; `none` for recipes that need no judge (DRIFT)"
+    )
     num_judges: int = Field(1, ge=1)
     timeout_s: float = Field(60.0, gt=0.0, description="a group not judged in this time goes to the dead stream")
 
@@ -147,8 +151,16 @@ class AlgorithmConfig(Section):
         lt=1.0,
         description="inpo: weight eta*tau of the fixed reference vs 1 - ratio of pi_t (paper default 1/3)",
     )
-    pairs: Literal["best_vs_worst", "all_pairs"] = Field(
-        "best_vs_worst", description="how a judged group of K becomes training pairs"
+    pairs: Literal["best_vs_worst", "all_pairs", "ranked", "drift"] = Field(
+        "best_vs_worst",
+        description="how a judged group of K becomes training pairs: best vs worst (SPPO, INPO, iterative DPO), "
+        "every strictly preferred pair, OSP's ranked pairing (1st vs K-th, 2nd vs K-1-th, ...), or DRIFT's "
+        "fresh sample (chosen) vs the logged dissatisfying response (rejected), no judge",
+    )
+    drift_guided: bool = Field(
+        True,
+        description="drift: sample the positive from DRIFT's guided transcript (logged answer + user feedback + "
+        "improvement instruction); False = from the original prompt (the paper's 'unguided' ablation)",
     )
     reference: Literal["iteration_start", "initial"] = Field(
         "iteration_start", description="reference policy: pi_t (iterative DPO/SPPO) or the fixed initial policy"
@@ -194,14 +206,19 @@ class ScheduleConfig(Section):
 
 
 class PromptsConfig(Section):
-    source: Literal["arena", "jsonl"] = "arena"
-    path: str | None = Field(None, description="JSONL file with {'id'?, 'prompt'} lines when source=jsonl")
+    source: Literal["arena", "jsonl", "dsat", "arena_dsat"] = Field(
+        "arena",
+        description="arena train prompts, a JSONL prompt file, a JSONL dissatisfaction log (DRIFT; schema in "
+        "shared/dsat.py), or the arena's generated dissatisfaction logs",
+    )
+    path: str | None = Field(None, description="the JSONL file when source is jsonl or dsat")
+    dsat_count: int = Field(512, ge=1, description="arena_dsat: how many logs to generate")
 
     @model_validator(mode="after")
     def _path(self) -> PromptsConfig:
-        if self.source == "jsonl":
+        if self.source in ("jsonl", "dsat"):
             if not self.path:
-                raise ValueError("source=jsonl needs a path")
+                raise ValueError(f"source={self.source} needs a path")
             if not Path(self.path).expanduser().is_file():
                 raise ValueError(f"prompt file {self.path!r} does not exist")
         return self
@@ -249,9 +266,24 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _cross_field(self) -> RunConfig:
-        if self.judge.kind == "arena_oracle" and self.prompts.source != "arena":
-            raise ValueError("judge.kind=arena_oracle needs prompts.source=arena (it knows the arena's gold)")
+        drift = self.algorithm.pairs == "drift"
+        if self.judge.kind == "arena_oracle" and not self.is_arena:
+            raise ValueError("judge.kind=arena_oracle needs arena prompts (prompts.source arena or arena_dsat)")
+        if drift != (self.prompts.source in ("dsat", "arena_dsat")):
+            raise ValueError("algorithm.pairs=drift and a dissatisfaction-log prompt source (dsat, arena_dsat) go together")
+        if self.judge.kind == "none" and not drift:
+            raise ValueError("judge.kind=none only fits algorithm.pairs=drift (other recipes rank with a judge)")
+        if not drift and self.generation.samples_per_prompt < 2:
+            raise ValueError(
+                f"generation.samples_per_prompt must be >= 2 to build pairs, got {self.generation.samples_per_prompt}"
+                " (only DRIFT samples one)"
+            )
         return self
+
+    @property
+    def is_arena(self) -> bool:
+        """Prompts come from the arena, so the gold preference (and gold win-rate evaluation) applies."""
+        return self.prompts.source in ("arena", "arena_dsat")
 
 
 def format_validation_error(err: ValidationError, source: str = "config") -> str:

@@ -69,16 +69,22 @@ def load_causal_lm(path: str, dtype: str = "auto", device: str = "cpu") -> PreTr
     return model.to(device)
 
 
-def prompt_token_ids(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
-    """Token ids of a user message rendered for generation (chat template + generation prompt).
+def prompt_token_ids(tokenizer: PreTrainedTokenizerBase, prompt: str | list[dict[str, str]]) -> list[int]:
+    """Token ids of a user message (or a whole conversation ending in a user turn) rendered for
+    generation: chat template + generation prompt.
 
-    Tokenizers without a chat template get the raw text (with BOS if the tokenizer adds one).
+    Tokenizers without a chat template get the raw text of the last message (with BOS if the tokenizer
+    adds one).
     """
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
     if getattr(tokenizer, "chat_template", None):
-        ids: Any = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
-        )
+        ids: Any = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
         if isinstance(ids, dict) or hasattr(ids, "input_ids"):
             ids = ids["input_ids"]
         return [int(i) for i in ids]
-    return [int(i) for i in tokenizer(prompt)["input_ids"]]
+    return [int(i) for i in tokenizer(messages[-1]["content"])["input_ids"]]
+
+
+def text_token_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    """Token ids of raw text, no template and no special tokens (a logged response, a raw transcript)."""
+    return [int(i) for i in tokenizer(text, add_special_tokens=False)["input_ids"]]

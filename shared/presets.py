@@ -45,6 +45,27 @@ PRESETS: dict[str, dict[str, Any]] = {
         "trainer": {"optimizer": "adamw", "learning_rate": 5.0e-7, "scheduler": "linear", "warmup_ratio": 0.1, "epochs": 1},
         "schedule": {"iterations": 3},
     },
+    # DRIFT (algorithms.md §3.1, cacayaya/DRIFT configs): one fresh guided sample per logged dissatisfied
+    # turn (T=0.7, top-p 0.9), chosen over the logged response; DPO + 0.001 token-mean NLL on chosen (RPO
+    # form), beta 0.1, RMSprop lr 5e-7 linear warmup 0.1, batch 4, 1 epoch per iteration, reference =
+    # iteration start; the paper's main tables report iteration 2. The seed-pair warm start is not included.
+    "drift": {
+        "algorithm": {"objective": "rpo", "beta": 0.1, "rpo_alpha": 0.001, "pairs": "drift",
+                      "drift_guided": True, "reference": "iteration_start"},  # fmt: skip
+        "judge": {"kind": "none"},
+        "prompts": {"source": "dsat"},
+        "generation": {"samples_per_prompt": 1, "temperature": 0.7, "top_p": 0.9},
+        "trainer": {"optimizer": "rmsprop", "learning_rate": 5.0e-7, "scheduler": "linear", "warmup_ratio": 0.1,
+                    "epochs": 1, "batch_size": 4},  # fmt: skip
+        "schedule": {"iterations": 2},
+    },
+    # OSP (algorithms.md §4.2, an UNVERIFIED reconstruction: no reference code exists): K samples judged
+    # pairwise, ranked pairing with preference strengths, SPCE against the initial (SFT) policy. K, beta and
+    # the optimiser are not published: RunConfig defaults (K=4, beta 0.1).
+    "osp": {
+        "algorithm": {"objective": "spce", "beta": 0.1, "pairs": "ranked", "reference": "initial"},
+        "schedule": {"iterations": 3},
+    },
 }
 
 

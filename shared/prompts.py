@@ -1,19 +1,31 @@
-"""Prompt pools: the arena's train split or a JSONL file, as (prompt_id, prompt) pairs.
+"""Prompt pools: what the controller draws from each iteration, as `PromptItem`s.
 
-A JSONL pool has one object per line with a non-empty string `prompt` and an optional string `id`
-(default: `line-{n}`). A bad file is rejected whole, every bad line named with its number and reason.
+Sources: the arena's train split; a JSONL file of `{"id"?, "prompt"}` lines; a JSONL dissatisfaction log
+(DRIFT, schema in `shared/dsat.py`); or the arena's generated dissatisfaction logs. A bad file is rejected
+whole, every bad line named with its number and reason.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from sparring.shared.config import PromptsConfig
+from sparring.shared.dsat import DSATLog, drift_generation_prompt, parse_dsat_jsonl
 
 
 class PromptPoolError(ValueError):
     """A prompt pool that cannot be used; the message lists every bad line."""
+
+
+@dataclass(frozen=True)
+class PromptItem:
+    prompt_id: str
+    prompt: str  # the user message the policy answers (and is trained on)
+    messages: list[dict[str, str]] | None = None  # the whole conversation, when multi-turn
+    guided_prompt: str | None = None  # DRIFT's guided transcript
+    anchor_text: str | None = None  # DRIFT's logged dissatisfying response
 
 
 def parse_jsonl_prompts(lines: list[str], source: str = "prompts") -> list[tuple[str, str]]:
@@ -51,11 +63,29 @@ def parse_jsonl_prompts(lines: list[str], source: str = "prompts") -> list[tuple
     return pool
 
 
-def load_prompt_pool(cfg: PromptsConfig) -> list[tuple[str, str]]:
+def dsat_item(log: DSATLog) -> PromptItem:
+    messages = [m.model_dump() for m in log.messages]
+    return PromptItem(
+        prompt_id=log.id,
+        prompt=log.prompt,
+        messages=messages if len(messages) > 1 else None,
+        guided_prompt=drift_generation_prompt(log),
+        anchor_text=log.response,
+    )
+
+
+def load_prompt_pool(cfg: PromptsConfig) -> list[PromptItem]:
     if cfg.source == "arena":
         from sparring.shared.arena import arena_prompts
 
-        return [(p.prompt_id, p.prompt) for p in arena_prompts("train")]
+        return [PromptItem(p.prompt_id, p.prompt) for p in arena_prompts("train")]
+    if cfg.source == "arena_dsat":
+        from sparring.shared.arena import arena_dsat_logs
+
+        return [dsat_item(DSATLog.model_validate(d)) for d in arena_dsat_logs(cfg.dsat_count)]
     assert cfg.path is not None
     path = Path(cfg.path).expanduser()
-    return parse_jsonl_prompts(path.read_text().splitlines(), str(path))
+    lines = path.read_text().splitlines()
+    if cfg.source == "dsat":
+        return [dsat_item(log) for log in parse_dsat_jsonl(lines, str(path))]
+    return [PromptItem(pid, prompt) for pid, prompt in parse_jsonl_prompts(lines, str(path))]

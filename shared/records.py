@@ -60,6 +60,14 @@ class PromptTask(Record):
     policy_version: int = Field(ge=0, description="weights that must produce all K samples")
     prompt_id: str = Field(min_length=1)
     prompt: str = Field(min_length=1, description="user message, before the chat template")
+    messages: list[dict[str, str]] | None = Field(
+        None, description="whole conversation ending in `prompt` (multi-turn); None = just `prompt`"
+    )
+    generation_prompt: str | None = Field(
+        None, description="raw text the sampler continues instead of the chat-templated prompt (DRIFT's guided "
+        "transcript); training still uses the prompt"
+    )
+    anchor_text: str | None = Field(None, description="a fixed logged response paired with the samples (DRIFT's negative)")
     num_samples: int = Field(ge=1, description="K")
     seed: int = Field(description="sampling seed for this group; fixed by the controller")
 
@@ -78,12 +86,14 @@ class Completion(Record):
     index: int = Field(ge=0, description="sample index within its group")
     text: str
     token_ids: list[int]
-    logprobs: list[float] = Field(description="behaviour log-prob of each sampled token")
+    logprobs: list[float] | None = Field(
+        description="behaviour log-prob of each sampled token; None for a response the policy did not sample"
+    )
     finish_reason: str = ""
 
     @model_validator(mode="after")
     def _lengths_match(self) -> Completion:
-        if len(self.logprobs) != len(self.token_ids):
+        if self.logprobs is not None and len(self.logprobs) != len(self.token_ids):
             raise ValueError(
                 f"logprobs has {len(self.logprobs)} entries but token_ids has {len(self.token_ids)}"
             )
@@ -98,8 +108,9 @@ class GenerationGroup(Record):
     policy_version: int = Field(ge=0)
     prompt_id: str
     prompt: str
-    prompt_token_ids: list[int]
+    prompt_token_ids: list[int] = Field(description="the prompt as the TRAINER sees it (chat template)")
     completions: list[Completion] = Field(min_length=1)
+    anchor: Completion | None = Field(None, description="the task's fixed logged response, tokenised (DRIFT)")
     engine_id: str
     seed: int
     latency_s: float = Field(ge=0)

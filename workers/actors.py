@@ -22,7 +22,7 @@ from typing import Any
 
 from sparring.shared.config import RunConfig
 from sparring.shared.events import emit
-from sparring.shared.models import load_tokenizer, prompt_token_ids
+from sparring.shared.models import load_tokenizer, prompt_token_ids, text_token_ids
 from sparring.shared.queue import Entry, StreamQueue
 from sparring.shared.records import Completion, GenerationGroup, PreferencePair, PromptTask
 from sparring.shared.redis_server import connect
@@ -127,13 +127,19 @@ class GeneratorWorker:
         if stale:
             # Leave the entries pending (not acked): the controller syncs this engine and they are redelivered.
             raise VersionMismatch(f"{self.consumer} holds version {self.version}; tasks need {stale[:3]}")
-        prompts = [prompt_token_ids(self.tokenizer, t.prompt) for t in tasks]
+        # the trainer's view of each prompt, and what the sampler continues (DRIFT samples from a guided
+        # transcript but trains on the original prompt)
+        prompts = [prompt_token_ids(self.tokenizer, t.messages or t.prompt) for t in tasks]
+        sampler_prompts = [
+            self.tokenizer(t.generation_prompt)["input_ids"] if t.generation_prompt else ids
+            for t, ids in zip(tasks, prompts, strict=True)
+        ]
         specs = [
             SamplingSpec(n=t.num_samples, temperature=g.temperature, top_p=g.top_p, max_new_tokens=g.max_new_tokens, seed=t.seed)
             for t in tasks
         ]
         t0 = time.perf_counter()
-        outputs = self.engine.generate(prompts, specs)
+        outputs = self.engine.generate(sampler_prompts, specs)
         latency = time.perf_counter() - t0
         self.generate_seconds += latency
         for entry, task, ids, samples in zip(entries, tasks, prompts, outputs, strict=True):
@@ -151,6 +157,15 @@ class GeneratorWorker:
                         )
                         for i, s in enumerate(samples)
                     ],
+                    anchor=None
+                    if task.anchor_text is None
+                    else Completion(
+                        index=len(samples),
+                        text=task.anchor_text,
+                        token_ids=text_token_ids(self.tokenizer, task.anchor_text),
+                        logprobs=None,
+                        finish_reason="stop",
+                    ),
                     engine_id=self.engine.engine_id,
                     seed=task.seed,
                     latency_s=latency / len(tasks),
@@ -218,8 +233,18 @@ class JudgeWorker:
         return {"groups": n, "pairs": self.pairs_written - pairs0, "seconds": self.judge_seconds - secs0}
 
     def _process(self, entries: list[Entry[GenerationGroup]]) -> None:
-        from sparring.workers.recipes.pairs import build_pairs
+        from sparring.workers.recipes.pairs import build_anchor_pairs, build_pairs
 
+        if self.cfg.algorithm.pairs == "drift":  # no judge: fresh sample vs the logged response
+            for entry in entries:
+                try:
+                    pairs = build_anchor_pairs(entry.record)
+                except ValueError as err:
+                    self.queue.fail("generations", JUDGES_GROUP, entry, "recipe", str(err), max_attempts=1)
+                    continue
+                self.pairs_written += self.queue.complete("generations", JUDGES_GROUP, entry.entry_id, "pairs", pairs)
+            return
+        assert self.judge is not None, "judge.kind=none is only valid with pairs=drift (config validation)"
         t0 = time.perf_counter()
         try:
             judgements = self.judge.judge([e.record for e in entries])

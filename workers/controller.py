@@ -206,6 +206,7 @@ class RunController:
         self._emit("iteration_started", iteration=t, policy_version=v)
 
         t0 = time.perf_counter()
+        dead_before = self.queue.written("dead")
         n_prompts = self.dispatch(t, v)
         gen_stats = self.generate_and_judge(t, n_prompts)
         seconds["generate_judge"] = time.perf_counter() - t0
@@ -240,7 +241,7 @@ class RunController:
             num_prompts=n_prompts,
             num_groups=int(gen_stats["groups"]),
             num_pairs=out["num_pairs"],
-            num_dead=len(self.queue.dead_letters()),
+            num_dead=self.queue.written("dead") - dead_before,
             metrics=metrics,
             stage_seconds=seconds,
             gold_win_rate_vs_iter0=win,
@@ -259,18 +260,22 @@ class RunController:
         n = min(self.cfg.schedule.prompts_per_iteration, len(pool))
         rng = np.random.default_rng([self.cfg.seed, t])
         chosen = rng.choice(len(pool), size=n, replace=False)
+        guided = self.cfg.algorithm.pairs == "drift" and self.cfg.algorithm.drift_guided
         for i in chosen:
-            pid, prompt = pool[int(i)]
+            item = pool[int(i)]
             self.queue.put(
                 "prompts",
                 PromptTask(
                     run_id=self.run_id,
                     iteration=t,
                     policy_version=v,
-                    prompt_id=pid,
-                    prompt=prompt,
+                    prompt_id=item.prompt_id,
+                    prompt=item.prompt,
+                    messages=item.messages,
+                    generation_prompt=item.guided_prompt if guided else None,
+                    anchor_text=item.anchor_text,
                     num_samples=self.cfg.generation.samples_per_prompt,
-                    seed=derive_seed(self.cfg.seed, pid, v),
+                    seed=derive_seed(self.cfg.seed, item.prompt_id, v),
                 ),
             )
         return n
@@ -378,7 +383,7 @@ class RunController:
         return ray.get(gen.sample.remote(prompts, seeds))
 
     def evaluate_baseline(self) -> None:
-        if not (self.cfg.eval.gold_win_rate and self.cfg.prompts.source == "arena"):
+        if not (self.cfg.eval.gold_win_rate and self.cfg.is_arena):
             return
         self._eval_setup()
         self.baseline = self._sample_eval(0)

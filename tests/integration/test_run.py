@@ -165,3 +165,30 @@ def test_transformers_backend_runs_an_iteration(
     assert it["gold_win_rate_vs_iter0"] is not None
     groups = StreamQueue(redis_client, unique_run_id).read_all("generations", GenerationGroup)
     assert {g.engine_id for _, g in groups} == {"gen-0"}
+
+
+def test_drift_pairs_fresh_samples_against_logged_responses(
+    ray_local: Any, redis_url: str, redis_client: Any, arena_model: str, unique_run_id: str, tmp_path: Path
+) -> None:
+    """DRIFT end to end: no judge; each pair's rejected side is the logged dissatisfying response."""
+    from sparring.shared.arena import arena_dsat_logs
+
+    data = small_config(tmp_path).model_dump(mode="json")
+    data.update(
+        preset="drift",
+        prompts={"source": "arena_dsat", "dsat_count": 32},
+        judge={"kind": "none"},
+        algorithm={"objective": "rpo", "rpo_alpha": 0.001, "pairs": "drift", "drift_guided": True},
+        generation={**data["generation"], "samples_per_prompt": 1, "num_generators": 1},
+        schedule={"iterations": 1, "prompts_per_iteration": 32},
+    )
+    cfg = parse_config(data)
+    _, done, _ = start(ray_local, cfg, unique_run_id, redis_url, redis_client, arena_model, tmp_path)
+    (it,) = ray_local.get(done, timeout=600)["iterations"]
+    assert it["groups"] == 32 and it["policy_version"] == 1
+    logged = {d["id"]: d["response"] for d in arena_dsat_logs(32)}
+    pairs = StreamQueue(redis_client, unique_run_id).read_all("pairs", PreferencePair)
+    assert len(pairs) == it["pairs"] > 0
+    for _, p in pairs:
+        assert p.rejected.text == logged[p.prompt_id] and p.rejected.logprobs is None
+        assert p.chosen.logprobs is not None and p.judge == "dsat_log"

@@ -88,5 +88,18 @@ def test_inpo_preset_uses_fixed_reference(tmp_path: Path) -> None:
 
 
 def test_unknown_preset_is_named(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="unknown preset 'spo'.*dpo, inpo, sppo"):
+    with pytest.raises(ConfigError, match="unknown preset .spo.; known presets: dpo, drift, inpo, osp, sppo"):
         load_config(write(tmp_path, "preset: spo\n"))
+
+
+@pytest.mark.parametrize("name", ["dpo", "sppo", "inpo", "drift", "osp"])
+def test_every_arena_example_validates(name: str) -> None:
+    cfg = load_config(DEMO.parent / f"arena-{name}.yaml")
+    assert cfg.preset == name and cfg.is_arena
+
+
+def test_drift_needs_a_dsat_source(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="drift and a dissatisfaction-log prompt source"):
+        load_config(write(tmp_path, "algorithm:\n  pairs: drift\n"))
+    with pytest.raises(ConfigError, match="prompts.path|source=dsat needs a path"):
+        load_config(write(tmp_path, "preset: drift\n"))

@@ -91,3 +91,14 @@ def test_sppo_columns_match_the_reference_vector() -> None:
     assert abs(pair.win_prob - 0.8807970780) < 1e-9
     assert abs(pair.chosen_win_rate - 0.7103778928) < 1e-9
     assert abs(pair.rejected_win_rate - 0.2896221072) < 1e-9
+
+
+def test_ranked_pairing_goes_outside_in_with_strengths() -> None:
+    m = [
+        [0.5, 0.2, 0.9, 0.6],
+        [0.8, 0.5, 0.95, 0.7],
+        [0.1, 0.05, 0.5, 0.3],
+        [0.4, 0.3, 0.7, 0.5],
+    ]  # row means rank: 1 > 0 > 3 > 2
+    pairs = build_pairs(group(["a", "b", "c", "d"]), Judgement(judge="t", win_matrix=m), "ranked")
+    assert [(p.chosen.index, p.rejected.index, p.win_prob) for p in pairs] == [(1, 2, 0.95), (0, 3, 0.6)]

@@ -9,5 +9,6 @@ from sparring.workers.judges.oracle import ArenaOracleJudge
 JUDGES: dict[str, type] = {"arena_oracle": ArenaOracleJudge}
 
 
-def build_judge(cfg: JudgeConfig) -> Judge:
-    return JUDGES[cfg.kind]()
+def build_judge(cfg: JudgeConfig) -> Judge | None:
+    """The configured judge; None for `kind: none` (recipes that pair without judging, e.g. DRIFT)."""
+    return None if cfg.kind == "none" else JUDGES[cfg.kind]()

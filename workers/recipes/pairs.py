@@ -1,7 +1,10 @@
 """Pair construction: one judged group of K responses -> training pairs (pure functions).
 
 `best_vs_worst` (SPPO / INPO / iterative DPO): the highest- against the lowest-ranked response.
-`all_pairs`: every ordered pair the judge prefers strictly. Responses are ranked by their scalar score when
+`all_pairs`: every ordered pair the judge prefers strictly. `ranked` (OSP's ranked pairing, algorithms.md
+§4.2 step 3): sort the K responses and pair them from the outside in, (1st, K-th), (2nd, K-1-th), ...,
+giving up to K/2 disjoint pairs, each with the judge's preference strength P(chosen beats rejected) as its
+`win_prob` (the soft label of SPCE). Responses are ranked by their scalar score when
 the judge gives one, else by the row mean of the win matrix (their estimated win rate against the group).
 A group whose responses all tie yields no pair: there is nothing to learn from it.
 """
@@ -13,7 +16,7 @@ from typing import Literal
 from sparring.shared.records import GenerationGroup, Judgement, PreferencePair
 from sparring.workers.recipes.winrate import pairwise_probs_from_scores, row_win_rates
 
-PairMode = Literal["best_vs_worst", "all_pairs"]
+PairMode = Literal["best_vs_worst", "all_pairs", "ranked"]
 
 
 def ranking_scores(judgement: Judgement) -> list[float]:
@@ -31,6 +34,34 @@ def win_matrix(judgement: Judgement) -> list[list[float]]:
     return [list(map(float, row)) for row in pairwise_probs_from_scores(judgement.scores)]
 
 
+def build_anchor_pairs(group: GenerationGroup) -> list[PreferencePair]:
+    """DRIFT (algorithms.md §3.1): every fresh sample is chosen over the group's fixed logged response.
+
+    No judge: the user's dissatisfaction already labelled the logged response. `win_prob` is 1.
+    """
+    if group.anchor is None:
+        raise ValueError(f"group {group.record_id} has no logged response to pair against")
+    anchor = group.anchor
+    return [
+        PreferencePair(
+            run_id=group.run_id,
+            iteration=group.iteration,
+            policy_version=group.policy_version,
+            prompt_id=group.prompt_id,
+            prompt=group.prompt,
+            prompt_token_ids=group.prompt_token_ids,
+            chosen=sample,
+            rejected=anchor,
+            chosen_score=1.0,
+            rejected_score=0.0,
+            win_prob=1.0,
+            judge="dsat_log",
+        )
+        for sample in group.completions
+        if sample.token_ids and sample.token_ids != anchor.token_ids
+    ]
+
+
 def build_pairs(group: GenerationGroup, judgement: Judgement, mode: PairMode) -> list[PreferencePair]:
     if judgement.num_responses != len(group.completions):
         raise ValueError(
@@ -44,6 +75,11 @@ def build_pairs(group: GenerationGroup, judgement: Judgement, mode: PairMode) ->
         best = max(range(k), key=lambda i: (scores[i], -i))  # ties: lowest index, deterministic
         worst = min(range(k), key=lambda i: (scores[i], i))
         candidates = [(best, worst)] if scores[best] > scores[worst] else []
+    elif mode == "ranked":
+        order = sorted(range(k), key=lambda i: (-scores[i], i))  # best first; ties by index
+        candidates = [
+            (order[r], order[k - 1 - r]) for r in range(k // 2) if scores[order[r]] > scores[order[k - 1 - r]]
+        ]
     else:
         candidates = [(i, j) for i in range(k) for j in range(k) if scores[i] > scores[j]]
     pairs = []
