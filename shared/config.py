@@ -187,6 +187,14 @@ class TrainerConfig(Section):
     warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
     max_grad_norm: float | None = Field(1.0, gt=0.0)
     torch_threads: int = Field(1, ge=1, description="intra-op threads of the trainer process")
+    gradient_checkpointing: bool = Field(
+        False, description="recompute activations in the backward pass (less memory, ~30% more compute)"
+    )
+    mixed_precision: Literal["auto", "off", "bf16"] = Field(
+        "auto",
+        description="bf16 autocast for forwards; auto = bf16 on CUDA, off on CPU. Log-softmax and loss "
+        "arithmetic stay fp32 either way",
+    )
     cpus: float = Field(1.0, gt=0.0, description="Ray logical CPUs for the trainer actor")
 
 

@@ -45,6 +45,7 @@ model's context is rejected instead (the sampler already bounds lengths by `max_
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import logging
@@ -358,6 +359,17 @@ class PolicyTrainer:
         if algo_cfg.reference == "initial" and self.objective.needs_reference:
             self.initial_model = copy.deepcopy(self.model)
             self.initial_model.requires_grad_(False)
+        if trainer_cfg.gradient_checkpointing:
+            # HF checkpoints only in train mode; zeroing every dropout keeps train mode deterministic, as
+            # eval mode is in the default path (TRL's disable_dropout does the same).
+            for module in self.model.modules():
+                if isinstance(module, torch.nn.Dropout):
+                    module.p = 0.0
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        use_bf16 = trainer_cfg.mixed_precision == "bf16" or (
+            trainer_cfg.mixed_precision == "auto" and str(device).startswith("cuda")
+        )
+        self.autocast_dtype: torch.dtype | None = torch.bfloat16 if use_bf16 else None
         self.policy_version = 0
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
@@ -555,7 +567,8 @@ class PolicyTrainer:
         chunk = 2 * self.trainer_cfg.batch_size  # no activations kept: larger batches are cheap
         for start in range(0, len(order), chunk):
             idx = order[start : start + chunk]
-            logps, _ = sequence_logps(model, collate_pairs([examples[i] for i in idx], self.pad_token_id))
+            with self._autocast():
+                logps, _ = sequence_logps(model, collate_pairs([examples[i] for i in idx], self.pad_token_id))
             logps = logps.float().cpu()
             index = torch.tensor(idx)
             chosen[index] = logps[: len(idx)]
@@ -565,7 +578,15 @@ class PolicyTrainer:
     def _loss(self, examples: Sequence[TokenizedPair], indices: Tensor, anchors: _Anchors) -> LossOutput:
         """The objective on one micro-batch: one policy forward over 2B rows, anchors from the cache."""
         micro = [examples[i] for i in indices.tolist()]
-        logps, lengths = sequence_logps(self.model, collate_pairs(micro, self.pad_token_id))
+        checkpointing = self.trainer_cfg.gradient_checkpointing
+        if checkpointing:
+            self.model.train()  # dropout is zeroed; train mode only switches checkpointing on
+        try:
+            with self._autocast():
+                logps, lengths = sequence_logps(self.model, collate_pairs(micro, self.pad_token_id))
+        finally:
+            if checkpointing:
+                self.model.eval()
         b = len(micro)
         device = logps.device
 
@@ -591,6 +612,12 @@ class PolicyTrainer:
             rejected_win_rate=column("rejected_win_rate", self.objective.needs_win_rates),
         )
         return self.objective(inputs)
+
+    def _autocast(self) -> Any:
+        """bf16 autocast for the forward when configured; `sequence_logps` upcasts logits to fp32."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=str(self.device).split(":")[0], dtype=self.autocast_dtype)
 
     def _metrics(
         self, s: _Sums, num_pairs: int, seconds: float, anchor_seconds: float, num_rejected: int

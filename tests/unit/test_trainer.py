@@ -353,3 +353,25 @@ def test_sppo_trains_on_win_rates_and_rejects_pairs_without_them(ckpt: Path) -> 
     assert "chosen_win_rate None" in result.rejected[0][1]
     assert result.metrics["train/steps"] == 1
     assert abs(result.metrics["loss/mean"] - expected_first) < 1e-3 * expected_first
+
+
+def test_gradient_checkpointing_gives_the_same_step(ckpt: Path) -> None:
+    """Recomputing activations must not change the math: same pairs, same seed -> same weights."""
+    pairs = synthetic_pairs(16)
+    plain = make_trainer(ckpt, epochs=1, batch_size=8)
+    plain.train_iteration(pairs, iteration=1)
+    ckpting = make_trainer(ckpt, epochs=1, batch_size=8, gradient_checkpointing=True)
+    ckpting.train_iteration(pairs, iteration=1)
+    for name, w in weights(plain).items():
+        torch.testing.assert_close(weights(ckpting)[name], w, atol=1e-5, rtol=1e-4)
+    assert not ckpting.model.training  # back in eval mode after the steps
+
+
+def test_bf16_autocast_on_cpu_keeps_fp32_logps_and_trains(ckpt: Path) -> None:
+    """mixed_precision=bf16 (on CUDA by default with `auto`) runs forwards in bf16 but returns fp32 log-probs;
+    forced here on CPU so the path is exercised without a GPU."""
+    trainer = make_trainer(ckpt, epochs=1, batch_size=8, mixed_precision="bf16")
+    assert trainer.autocast_dtype == torch.bfloat16
+    result = trainer.train_iteration(synthetic_pairs(16), iteration=1)
+    assert math.isfinite(result.metrics["loss/mean"]) and result.metrics["train/steps"] == 2
+    assert abs(result.metrics["loss/mean"] - math.log(2)) < 0.05
