@@ -80,7 +80,7 @@ def load_prompt_pool(cfg: PromptsConfig) -> list[PromptItem]:
 
         return [PromptItem(p.prompt_id, p.prompt) for p in arena_prompts("train")]
     if cfg.source == "arena_dsat":
-        from sparring.shared.arena import arena_dsat_logs
+        from sparring.shared.arena_dsat import arena_dsat_logs
 
         return [dsat_item(DSATLog.model_validate(d)) for d in arena_dsat_logs(cfg.dsat_count)]
     assert cfg.path is not None

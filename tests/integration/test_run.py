@@ -171,7 +171,7 @@ def test_drift_pairs_fresh_samples_against_logged_responses(
     ray_local: Any, redis_url: str, redis_client: Any, arena_model: str, unique_run_id: str, tmp_path: Path
 ) -> None:
     """DRIFT end to end: no judge; each pair's rejected side is the logged dissatisfying response."""
-    from sparring.shared.arena import arena_dsat_logs
+    from sparring.shared.arena_dsat import arena_dsat_logs
 
     data = small_config(tmp_path).model_dump(mode="json")
     data.update(

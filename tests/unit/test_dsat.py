@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from sparring.shared.arena import arena_dsat_logs, gold_score, topic_of
+from sparring.shared.arena import gold_score, topic_of
+from sparring.shared.arena_dsat import arena_dsat_logs
 from sparring.shared.dsat import DSATError, DSATLog, drift_generation_prompt, parse_dsat_jsonl
 from sparring.shared.prompts import dsat_item
 from sparring.shared.records import Completion, GenerationGroup
