@@ -122,18 +122,14 @@ class GeneratorWorker:
         from sparring.workers.generation import SamplingSpec
 
         g = self.cfg.generation
-        tasks = [e.record for e in entries]
-        stale = [t.record_id for t in tasks if t.policy_version != self.version]
+        stale = [e.record.record_id for e in entries if e.record.policy_version != self.version]
         if stale:
             # Leave the entries pending (not acked): the controller syncs this engine and they are redelivered.
             raise VersionMismatch(f"{self.consumer} holds version {self.version}; tasks need {stale[:3]}")
-        # the trainer's view of each prompt, and what the sampler continues (DRIFT samples from a guided
-        # transcript but trains on the original prompt)
-        prompts = [prompt_token_ids(self.tokenizer, t.messages or t.prompt) for t in tasks]
-        sampler_prompts = [
-            self.tokenizer(t.generation_prompt)["input_ids"] if t.generation_prompt else ids
-            for t, ids in zip(tasks, prompts, strict=True)
-        ]
+        entries, prompts, sampler_prompts = self._fit_context(entries)
+        if not entries:
+            return
+        tasks = [e.record for e in entries]
         specs = [
             SamplingSpec(n=t.num_samples, temperature=g.temperature, top_p=g.top_p, max_new_tokens=g.max_new_tokens, seed=t.seed)
             for t in tasks
@@ -175,6 +171,32 @@ class GeneratorWorker:
                 continue
             self.tokens_generated += sum(len(c.token_ids) for c in group.completions)
             self.queue.complete("prompts", GENERATORS_GROUP, entry.entry_id, "generations", [group])
+
+    def _fit_context(
+        self, entries: list[Entry[PromptTask]]
+    ) -> tuple[list[Entry[PromptTask]], list[list[int]], list[list[int]]]:
+        """Token ids of each task (the trainer's prompt and what the sampler continues: DRIFT samples from a
+        guided transcript but trains on the original prompt); a task that cannot fit the context window is
+        dead-lettered with the numbers, never allowed to fail its whole batch."""
+        g = self.cfg.generation
+        kept: list[Entry[PromptTask]] = []
+        prompts: list[list[int]] = []
+        sampler_prompts: list[list[int]] = []
+        for entry in entries:
+            t = entry.record
+            ids = prompt_token_ids(self.tokenizer, t.messages or t.prompt)
+            sampler_ids = [int(i) for i in self.tokenizer(t.generation_prompt)["input_ids"]] if t.generation_prompt else ids
+            if len(sampler_ids) + g.max_new_tokens > g.max_model_len:
+                reason = (
+                    f"prompt of {len(sampler_ids)} tokens + max_new_tokens {g.max_new_tokens} exceeds "
+                    f"generation.max_model_len {g.max_model_len}"
+                )
+                self.queue.fail("prompts", GENERATORS_GROUP, entry, "generate", reason, max_attempts=1)
+                continue
+            kept.append(entry)
+            prompts.append(ids)
+            sampler_prompts.append(sampler_ids)
+        return kept, prompts, sampler_prompts
 
     def sample(self, prompts: list[str], seeds: list[int]) -> list[str]:
         """One sample per prompt at the configured temperature (evaluation; bypasses the streams)."""

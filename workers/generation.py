@@ -296,6 +296,11 @@ class VLLMEngine:
             kv_cache_memory_bytes=kv_cache_memory_bytes,
             enforce_eager=True,
             seed=seed,
+            # Chunked prefill splits a long prompt across steps and then rewinds the request's seeded
+            # generator, which CPU generators cannot do ("CPU Generator does not use offset": the engine
+            # dies). Whole-prompt prefill keeps per-request seeds (one group = one reproducible draw).
+            enable_chunked_prefill=False,
+            max_num_batched_tokens=max(8192, max_model_len),
         )
         if max_num_seqs is not None:
             kwargs["max_num_seqs"] = max_num_seqs

@@ -190,3 +190,17 @@ def test_refuses_checkpoint_of_another_shape(
 def test_torch_threads_untouched_by_default() -> None:
     # The transformers engine only changes torch's thread count when asked to (make_engine asks).
     assert torch.get_num_threads() >= 1
+
+
+def test_long_seeded_prompts_with_top_p_do_not_kill_the_engine(vllm_engine: VLLMEngine, ckpt: Path) -> None:
+    """64 seeded 180-token prompts at top-p 0.9 need several scheduler steps of prefill; with chunked
+    prefill vLLM rewinds the seeded CPU generator and the engine dies ("CPU Generator does not use
+    offset"). Whole-prompt prefill serves them, reproducibly."""
+    tok = load_tokenizer(str(ckpt))
+    long_prompt = tok("the cat sees the dog and the bird " * 30, add_special_tokens=False)["input_ids"][:180]
+    prompts = [long_prompt[i % 7 :] + long_prompt[: i % 7] for i in range(64)]
+    specs = [SamplingSpec(n=2, temperature=0.7, top_p=0.9, max_new_tokens=16, seed=100 + i) for i in range(64)]
+    first = vllm_engine.generate(prompts, specs)
+    again = vllm_engine.generate(prompts, specs)
+    assert len(first) == 64 and all(len(g) == 2 for g in first)
+    assert _ids(first) == _ids(again)
