@@ -1,0 +1,356 @@
+"""Training a PairRM ranker, and the arena's tiny PairRM judge checkpoint (built once, cached).
+
+Loss: PairRM's "instructgpt" pairwise loss, -log sigmoid(sign * (left - right)), on comparisons drawn from
+all pairs of a prompt's candidates with the left/right order swapped at random (judges.md 1.1).
+
+`build_arena_pairrm(seed)` returns an ordinary PairRM-hf-layout directory (config.json with the PairRM
+fields, model.safetensors, tokenizer) that `sparring.workers.judges.pairrm.load_pairrm` loads like a real
+one. The model is a tiny DeBERTa-v2 (hidden 128, 2 layers, 2 heads, the PairRM-hf relative-attention
+flags) trained on NOISY gold labels: pairs of arena corpus responses to train prompts with distinct gold
+scores, each label flipped with probability `label_noise`. Held-out prompts are never seen.
+
+Tokenizer choice: DeBERTa-v3 uses a SentencePiece model. We train a `tokenizers` BPE model with a
+Metaspace pre-tokenizer (SentencePiece's "▁" word boundaries; no network, no `sentencepiece` package;
+a Unigram trainer left the small arena vocabulary at character level, doubling sequence length) on the arena texts, with [PAD]=0, [CLS]=1, [SEP]=2, [UNK]=3, then [MASK] and the
+four markers added at the end of the vocabulary (as in PairRM, where they are 128000..128004), and a
+"[CLS] $A [SEP]" post-processor. It is saved as a `PreTrainedTokenizerFast` directory that
+`AutoTokenizer` loads (it is not a `DebertaV2Tokenizer`, which needs an `spm.model`).
+
+Caching mirrors `sparring.shared.arena_model`: `$SPARRING_CACHE_DIR` (or ~/.cache/sparring) / `pairrm/`
+/ `seed{seed}-{hash of settings and code}`, built in a temp dir and renamed into place under an fcntl lock.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from sparring.shared import arena
+from sparring.shared.arena_model import default_cache_dir  # same cache root as the arena policy
+from sparring.workers.judges import pairrm as prm
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+SPECIALS = ("[PAD]", "[CLS]", "[SEP]", "[UNK]")
+
+
+@dataclass(frozen=True)
+class PairRMBuildSettings:
+    """Everything that decides the built arena PairRM besides the seed (all of it is in the cache key)."""
+
+    vocab_size: int = 600
+    responses_per_prompt: int = 12  # training candidates per train prompt
+    label_noise: float = 0.15  # probability a gold preference label is flipped
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 2
+    intermediate_size: int = 256
+    steps: int = 300
+    batch_size: int = 16
+    learning_rate: float = 2e-3
+    min_lr_ratio: float = 0.05
+    warmup_steps: int = 30
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    log_every: int = 100
+
+
+DEFAULT_SETTINGS = PairRMBuildSettings()
+
+
+# --------------------------------------------------------------------------------------------------
+# Tokenizer and tiny model
+
+
+def train_pairrm_tokenizer(texts: list[str], vocab_size: int, out_dir: str | Path) -> PreTrainedTokenizerBase:
+    """A unigram (SentencePiece-style) tokenizer with the PairRM markers; saved to `out_dir` and returned."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIALS), show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        unk_token="[UNK]",
+        mask_token="[MASK]",
+        clean_up_tokenization_spaces=False,
+    )
+    fast.add_special_tokens({"additional_special_tokens": list(prm.MARKERS)})
+    fast.truncation_side = "right"
+    fast.save_pretrained(Path(out_dir))
+    return fast
+
+
+def tiny_pairrm(tokenizer: PreTrainedTokenizerBase, seed: int = 0, **overrides: Any) -> prm.DebertaV2PairRM:
+    """A randomly initialised small PairRM for `tokenizer` (PairRM-hf flags; `overrides` set config fields)."""
+    fields: dict[str, Any] = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=256,
+        max_position_embeddings=512,
+        pad_token_id=int(tokenizer.pad_token_id),
+        sep_token_id=int(tokenizer.sep_token_id),
+        source_prefix_id=tokenizer.convert_tokens_to_ids(prm.SOURCE_PREFIX),
+        cand1_prefix_id=tokenizer.convert_tokens_to_ids(prm.CAND1_PREFIX),
+        cand2_prefix_id=tokenizer.convert_tokens_to_ids(prm.CAND2_PREFIX),
+        cand_prefix_id=tokenizer.convert_tokens_to_ids(prm.CAND_PREFIX),
+    )
+    fields.update(overrides)
+    torch.manual_seed(seed)
+    return prm.DebertaV2PairRM(prm.pairrm_config(**fields))
+
+
+# --------------------------------------------------------------------------------------------------
+# Training
+
+
+@dataclass(frozen=True)
+class PairExample:
+    """One labelled comparison: input ids of f(x, a, b) and its sign (+1: a better)."""
+
+    input_ids: list[int]
+    label: int
+
+
+def train_pairwise(
+    model: prm.DebertaV2PairRM,
+    examples: list[PairExample],
+    pad_id: int,
+    steps: int,
+    batch_size: int = 32,
+    learning_rate: float = 1e-3,
+    warmup_steps: int = 50,
+    min_lr_ratio: float = 0.05,
+    weight_decay: float = 0.01,
+    max_grad_norm: float = 1.0,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+    log_every: int = 100,
+) -> list[float]:
+    """AdamW on the instructgpt pairwise loss with warmup + cosine decay; returns the per-step losses."""
+    import math
+
+    rng = random.Random(f"pairrm-order-{seed}")
+    decay = [p for _, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for _, p in model.named_parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=learning_rate,
+    )
+
+    def lr_at(step: int) -> float:
+        if step < warmup_steps:
+            return learning_rate * (step + 1) / warmup_steps
+        frac = (step - warmup_steps) / max(1, steps - warmup_steps)
+        return learning_rate * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+    model.train()
+    order: list[int] = []
+    losses: list[float] = []
+    window: list[float] = []
+    t0 = time.monotonic()
+    for step in range(steps):
+        if len(order) < batch_size:
+            fresh = list(range(len(examples)))
+            rng.shuffle(fresh)
+            order += fresh
+        batch = [examples[i] for i in order[:batch_size]]
+        del order[:batch_size]
+        ids, mask = prm.pad_batch([e.input_ids for e in batch], pad_id)
+        labels = torch.tensor([e.label for e in batch])
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step)
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+        opt.step()
+        losses.append(loss.item())
+        window.append(losses[-1])
+        if progress is not None and ((step + 1) % log_every == 0 or step + 1 == steps):
+            progress(f"pairrm: step {step + 1}/{steps} loss {sum(window) / len(window):.4f} "
+                     f"lr {lr_at(step):.2e} elapsed {time.monotonic() - t0:.1f}s")
+            window = []
+    model.eval()
+    return losses
+
+
+def arena_pair_examples(
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[arena.ArenaPrompt],
+    responses_per_prompt: int,
+    label_noise: float,
+    rng: random.Random,
+) -> list[PairExample]:
+    """All pairs with distinct gold of `responses_per_prompt` corpus responses per prompt, noisy labels,
+    random left/right order."""
+    ids = [tokenizer.convert_tokens_to_ids(m) for m in (prm.CAND_PREFIX, prm.CAND1_PREFIX, prm.CAND2_PREFIX)]
+    out: list[PairExample] = []
+    for p in prompts:
+        cands = [arena.corpus_response(p.topic, rng) for _ in range(responses_per_prompt)]
+        gold = [arena.gold_score(p.topic, c) for c in cands]
+        src, enc = prm.encode_group(tokenizer, p.prompt, cands)
+        for i in range(len(cands)):
+            for j in range(i + 1, len(cands)):
+                if gold[i] == gold[j]:
+                    continue
+                label = 1 if gold[i] > gold[j] else -1
+                if rng.random() < label_noise:
+                    label = -label
+                a, b = (i, j) if rng.random() < 0.5 else (j, i)
+                out.append(PairExample(prm.pair_input_ids(src, enc[a], enc[b], *ids), label if a == i else -label))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Held-out agreement with gold
+
+
+def heldout_pairs(num_pairs: int, seed: int = 0) -> list[tuple[str, str, str, float]]:
+    """(prompt, a, b, gold P(a beats b)) for held-out prompts, corpus responses with distinct gold scores."""
+    rng = random.Random(f"pairrm-heldout-{seed}")
+    prompts = arena.arena_prompts("heldout")
+    out: list[tuple[str, str, str, float]] = []
+    while len(out) < num_pairs:
+        p = prompts[len(out) % len(prompts)]
+        a, b = arena.corpus_response(p.topic, rng), arena.corpus_response(p.topic, rng)
+        pref = arena.gold_preference(p.topic, a, b)
+        if pref != 0.5:
+            out.append((p.prompt, a, b, pref))
+    return out
+
+
+def evaluate_agreement(scorer: prm.PairRM, num_pairs: int = 1000, seed: int = 0) -> dict[str, float]:
+    """Agreement of sign(f(x,a,b) - f(x,b,a)) with gold on held-out pairs, with a 95% Wilson interval."""
+    pairs = heldout_pairs(num_pairs, seed)
+    diff = scorer.compare([p[0] for p in pairs], [p[1] for p in pairs], [p[2] for p in pairs])
+    hits = sum(1 for d, p in zip(diff.tolist(), pairs, strict=True) if (d > 0) == (p[3] == 1.0) and d != 0)
+    rate, low, high = prm.agreement_interval(hits, len(pairs))
+    return {"agreement": rate, "ci_low": low, "ci_high": high, "num_pairs": float(len(pairs))}
+
+
+# --------------------------------------------------------------------------------------------------
+# The cached arena build
+
+
+def settings_hash(settings: PairRMBuildSettings) -> str:
+    """Short hash of the settings and of the code that builds the model."""
+    import hashlib
+
+    h = hashlib.sha256(json.dumps(asdict(settings), sort_keys=True).encode())
+    for module_file in (__file__, prm.__file__, arena.__file__):
+        h.update(Path(str(module_file)).read_bytes())
+    return h.hexdigest()[:12]
+
+
+def arena_pairrm_dir(seed: int = 0, cache_dir: str | Path | None = None, **overrides: Any) -> Path:
+    """Where `build_arena_pairrm` keeps (or will keep) the judge for `seed` and these settings."""
+    settings = replace(DEFAULT_SETTINGS, **overrides)
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    return root / "pairrm" / f"seed{seed}-{settings_hash(settings)}"
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    with open(path, "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _is_complete(path: Path) -> bool:
+    return (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+
+
+def build_arena_pairrm(
+    seed: int = 0,
+    cache_dir: str | Path | None = None,
+    progress: Callable[[str], None] | None = None,
+    threads: int = 1,
+    **overrides: Any,
+) -> Path:
+    """The arena PairRM judge for `seed`: built on first use (about 2-3 min on a 2-core CPU), then cached.
+
+    `overrides` replace `PairRMBuildSettings` fields (e.g. `steps=100` for a quick test) and are part of
+    the cache key. `threads` is the torch intra-op thread count during the build (restored afterwards;
+    not in the key): 1 keeps the build reproducible and avoids thrashing on a busy small machine.
+    """
+    settings = replace(DEFAULT_SETTINGS, **overrides)
+    final = arena_pairrm_dir(seed, cache_dir, **overrides)
+    if _is_complete(final):
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with _file_lock(final.with_name(final.name + ".lock")):
+        if _is_complete(final):
+            return final
+        for stale in final.parent.glob(f".tmp-{final.name}-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+        try:
+            _build(tmp, seed, settings, progress or (lambda msg: log.info("%s", msg)), threads)
+            os.rename(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _build(out: Path, seed: int, s: PairRMBuildSettings, progress: Callable[[str], None], threads: int) -> None:
+    t0 = time.monotonic()
+    rng = random.Random(f"pairrm-arena-{seed}")
+    train = arena.arena_prompts("train")
+    tok_texts = [p.prompt for p in train] + [arena.corpus_response(p.topic, rng) for p in train for _ in range(4)]
+    tok = train_pairrm_tokenizer(tok_texts, s.vocab_size, out)
+    examples = arena_pair_examples(tok, train, s.responses_per_prompt, s.label_noise, rng)
+    progress(f"pairrm seed {seed}: {len(examples)} noisy pairs (noise {s.label_noise}), vocab {len(tok)}, "
+             f"{time.monotonic() - t0:.1f}s; training {s.steps} steps")
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        model = tiny_pairrm(
+            tok, seed, hidden_size=s.hidden_size, num_hidden_layers=s.num_layers, num_attention_heads=s.num_heads,
+            intermediate_size=s.intermediate_size, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        )
+        train_pairwise(
+            model, examples, int(tok.pad_token_id), s.steps, batch_size=s.batch_size,
+            learning_rate=s.learning_rate, warmup_steps=s.warmup_steps, min_lr_ratio=s.min_lr_ratio,
+            weight_decay=s.weight_decay, max_grad_norm=s.max_grad_norm, seed=seed, progress=progress,
+            log_every=s.log_every,
+        )
+    finally:
+        torch.set_num_threads(threads_before)
+    model.save_pretrained(out)
+    (out / "pairrm_build.json").write_text(
+        json.dumps({"seed": seed, "settings": asdict(s), "build_seconds": time.monotonic() - t0}, indent=2)
+    )
+    progress(f"pairrm seed {seed}: built in {time.monotonic() - t0:.1f}s")
