@@ -1,5 +1,5 @@
 """PairRM judge: checkpoint layout compatibility with llm-blender/PairRM-hf, input formatting, K x K
-aggregation, batching and the judge protocol. (The arena PairRM build does not learn the gold rule yet: no agreement test until it does."""
+aggregation, batching and the judge protocol. (The arena PairRM build does not learn the gold rule yet: no agreement test until it does.)"""
 
 from __future__ import annotations
 
