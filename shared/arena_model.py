@@ -21,22 +21,18 @@ the preference loop.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
-import os
 import random
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sparring.shared import arena, tiny
+from sparring.shared.cache import build_once, default_cache_dir
 from sparring.shared.models import prompt_token_ids
 
 if TYPE_CHECKING:
@@ -45,7 +41,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CACHE_ENV = "SPARRING_CACHE_DIR"
 
 
 @dataclass(frozen=True)
@@ -65,12 +60,6 @@ class ArenaBuildSettings:
 
 
 DEFAULT_SETTINGS = ArenaBuildSettings()
-
-
-def default_cache_dir() -> Path:
-    """`$SPARRING_CACHE_DIR`, or `~/.cache/sparring`."""
-    env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "sparring"
 
 
 def settings_hash(settings: ArenaBuildSettings) -> str:
@@ -105,36 +94,10 @@ def build_arena_model(
     (thread thrashing against other processes). It is not part of the cache key.
     """
     settings = replace(DEFAULT_SETTINGS, **overrides)  # type: ignore[arg-type]
-    final = arena_model_dir(seed, cache_dir, **overrides)
-    if _is_complete(final):
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(final.with_name(final.name + ".lock")):
-        if _is_complete(final):  # another process built it while we waited
-            return final
-        for stale in final.parent.glob(f".tmp-{final.name}-*"):  # left by a killed build
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
-        try:
-            _build(tmp, seed, settings, progress or (lambda msg: log.info("%s", msg)), threads)
-            os.rename(tmp, final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final
-
-
-def _is_complete(path: Path) -> bool:
-    return (path / "config.json").is_file() and (path / "model.safetensors").is_file()
-
-
-@contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    with open(path, "a+") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    report = progress or (lambda msg: log.info("%s", msg))
+    return build_once(
+        arena_model_dir(seed, cache_dir, **overrides), lambda tmp: _build(tmp, seed, settings, report, threads)
+    )
 
 
 # --------------------------------------------------------------------------------------------------

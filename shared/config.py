@@ -65,9 +65,15 @@ class GenerationConfig(Section):
 
 
 class JudgeConfig(Section):
-    kind: Literal["arena_oracle", "none"] = Field(
-        "arena_oracle", description="judge family; `none` for recipes that need no judge (DRIFT)"
+    kind: Literal["arena_oracle", "arena_cdr", "density_ratio", "none"] = Field(
+        "arena_oracle",
+        description="judge family: the arena's gold oracle; the arena's CDR density ratio (strong tiny model over "
+        "the base policy); a density ratio between two models you name; `none` for recipes that need no judge",
     )
+    strong_model: str | None = Field(None, description="density_ratio: model A of log p_A(y|x) - log p_B(y|x)")
+    weak_model: str | None = Field(None, description="density_ratio: model B")
+    reduction: Literal["sum", "mean"] = Field("sum", description="density ratio over response tokens: sum or per-token mean")
+    criteria: str | None = Field(None, description="density ratio: optional criteria system prompt shared by both models")
     num_judges: int = Field(1, ge=1)
     timeout_s: float = Field(60.0, gt=0.0, description="a group not judged in this time goes to the dead stream")
 
@@ -275,6 +281,10 @@ class RunConfig(Section):
     @model_validator(mode="after")
     def _cross_field(self) -> RunConfig:
         drift = self.algorithm.pairs == "drift"
+        if self.judge.kind == "density_ratio" and not (self.judge.strong_model and self.judge.weak_model):
+            raise ValueError("judge.kind=density_ratio needs judge.strong_model and judge.weak_model")
+        if self.judge.kind == "arena_cdr" and not self.is_arena:
+            raise ValueError("judge.kind=arena_cdr is trained on the arena; it needs arena prompts")
         if self.judge.kind == "arena_oracle" and not self.is_arena:
             raise ValueError("judge.kind=arena_oracle needs arena prompts (prompts.source arena or arena_dsat)")
         if drift != (self.prompts.source in ("dsat", "arena_dsat")):

@@ -103,3 +103,10 @@ def test_drift_needs_a_dsat_source(tmp_path: Path) -> None:
         load_config(write(tmp_path, "algorithm:\n  pairs: drift\n"))
     with pytest.raises(ConfigError, match="prompts.path|source=dsat needs a path"):
         load_config(write(tmp_path, "preset: drift\n"))
+
+
+def test_density_ratio_judge_needs_both_models(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="needs judge.strong_model and judge.weak_model"):
+        load_config(write(tmp_path, "judge:\n  kind: density_ratio\n  strong_model: a/b\n"))
+    cfg = load_config(write(tmp_path, "judge:\n  kind: arena_cdr\n"))
+    assert cfg.judge.kind == "arena_cdr"

@@ -22,16 +22,11 @@ Caching mirrors `sparring.shared.arena_model`: `$SPARRING_CACHE_DIR` (or ~/.cach
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
-import os
 import random
-import shutil
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from sparring.shared import arena
-from sparring.shared.arena_model import default_cache_dir  # same cache root as the arena policy
+from sparring.shared.cache import build_once, default_cache_dir
 from sparring.workers.judges import pairrm as prm
 
 if TYPE_CHECKING:
@@ -279,20 +274,6 @@ def arena_pairrm_dir(seed: int = 0, cache_dir: str | Path | None = None, **overr
     return root / "pairrm" / f"seed{seed}-{settings_hash(settings)}"
 
 
-@contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    with open(path, "a+") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
-def _is_complete(path: Path) -> bool:
-    return (path / "config.json").is_file() and (path / "model.safetensors").is_file()
-
-
 def build_arena_pairrm(
     seed: int = 0,
     cache_dir: str | Path | None = None,
@@ -307,22 +288,10 @@ def build_arena_pairrm(
     not in the key): 1 keeps the build reproducible and avoids thrashing on a busy small machine.
     """
     settings = replace(DEFAULT_SETTINGS, **overrides)
-    final = arena_pairrm_dir(seed, cache_dir, **overrides)
-    if _is_complete(final):
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(final.with_name(final.name + ".lock")):
-        if _is_complete(final):
-            return final
-        for stale in final.parent.glob(f".tmp-{final.name}-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
-        try:
-            _build(tmp, seed, settings, progress or (lambda msg: log.info("%s", msg)), threads)
-            os.rename(tmp, final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    report = progress or (lambda msg: log.info("%s", msg))
+    return build_once(
+        arena_pairrm_dir(seed, cache_dir, **overrides), lambda tmp: _build(tmp, seed, settings, report, threads)
+    )
 
 
 def _build(out: Path, seed: int, s: PairRMBuildSettings, progress: Callable[[str], None], threads: int) -> None:

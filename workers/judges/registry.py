@@ -1,14 +1,32 @@
-"""Judge registry: config name -> judge class. The only place a judge is chosen by name."""
+"""Judge registry: config name -> judge. The only place a judge is chosen by name."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from sparring.shared.config import JudgeConfig
 from sparring.workers.judges.base import Judge
 from sparring.workers.judges.oracle import ArenaOracleJudge
 
-JUDGES: dict[str, type] = {"arena_oracle": ArenaOracleJudge}
+
+def _arena_cdr() -> Judge:
+    from sparring.workers.judges.density_ratio import ArenaDensityRatioJudge
+
+    return ArenaDensityRatioJudge()
+
+
+JUDGES: dict[str, Callable[[], Judge]] = {"arena_oracle": ArenaOracleJudge, "arena_cdr": _arena_cdr}
 
 
 def build_judge(cfg: JudgeConfig) -> Judge | None:
     """The configured judge; None for `kind: none` (recipes that pair without judging, e.g. DRIFT)."""
-    return None if cfg.kind == "none" else JUDGES[cfg.kind]()
+    if cfg.kind == "none":
+        return None
+    if cfg.kind == "density_ratio":
+        from sparring.workers.judges.density_ratio import build_density_ratio_judge
+
+        assert cfg.strong_model and cfg.weak_model  # config validation
+        return build_density_ratio_judge(
+            cfg.strong_model, cfg.weak_model, reduction=cfg.reduction, criteria=cfg.criteria
+        )
+    return JUDGES[cfg.kind]()
