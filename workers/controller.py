@@ -81,15 +81,14 @@ class RunController:
         self.baseline: list[str] | None = None
         self.eval_prompts: list[Any] = []
         self.restarts = 0
-        self.actor_names: dict[str, str] = {}  # role/consumer -> current Ray actor name
 
     # ---------------------------------------------------------------------------------------- workers
 
     def _actor_name(self, role: str) -> str:
+        """A fresh Ray actor name `{run_id}:{role}:{n}`: operators (and the fault test) find a run's workers
+        with `ray.util.list_named_actors()`; a replacement never collides with its dead predecessor."""
         self.incarnation += 1
-        name = f"{self.run_id}:{role}:{self.incarnation}"
-        self.actor_names[role] = name
-        return name
+        return f"{self.run_id}:{role}:{self.incarnation}"
 
     def _spawn_generator(self, consumer: str) -> Any:
         import ray
@@ -161,10 +160,6 @@ class RunController:
                     ray.kill(actor)
                 except Exception:  # already dead is fine
                     pass
-
-    def current_actor_names(self) -> dict[str, str]:
-        """role/consumer -> the Ray actor name now serving it (for operators and fault-injection tests)."""
-        return dict(self.actor_names)
 
     # ---------------------------------------------------------------------------------------- the loop
 
