@@ -13,10 +13,11 @@ plain-text transcript of DRIFT's `gen-drift.py` that asks the policy for an impr
 
 from __future__ import annotations
 
-import json
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from sparring.shared.jsonl import duplicate_id, json_lines
 
 DRIFT_INSTRUCTION = (
     "Based on the user's latest feedback, please provide an improved response that addresses their concerns."
@@ -59,14 +60,7 @@ def parse_dsat_jsonl(lines: list[str], source: str = "dsat") -> list[DSATLog]:
     logs: list[DSATLog] = []
     problems: list[str] = []
     seen: dict[str, int] = {}
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            problems.append(f"line {n}: not valid JSON ({err.msg})")
-            continue
+    for n, obj in json_lines(lines, problems):
         if isinstance(obj, dict):
             obj.setdefault("id", f"line-{n}")
         try:
@@ -77,10 +71,9 @@ def parse_dsat_jsonl(lines: list[str], source: str = "dsat") -> list[DSATLog]:
                 msg = "missing field" if e["type"] == "missing" else e["msg"]
                 problems.append(f"line {n}: {loc}: {msg}")
             continue
-        if log.id in seen:
-            problems.append(f"line {n}: duplicate id {log.id!r} (first on line {seen[log.id]})")
+        if dup := duplicate_id(seen, log.id, n):
+            problems.append(dup)
             continue
-        seen[log.id] = n
         logs.append(log)
     if problems:
         raise DSATError(f"{source}: {len(problems)} problem(s)\n  " + "\n  ".join(problems))

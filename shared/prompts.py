@@ -7,12 +7,12 @@ whole, every bad line named with its number and reason.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from sparring.shared.config import PromptsConfig
 from sparring.shared.dsat import DSATLog, drift_generation_prompt, parse_dsat_jsonl
+from sparring.shared.jsonl import duplicate_id, json_lines
 
 
 class PromptPoolError(ValueError):
@@ -32,14 +32,7 @@ def parse_jsonl_prompts(lines: list[str], source: str = "prompts") -> list[tuple
     pool: list[tuple[str, str]] = []
     problems: list[str] = []
     seen: dict[str, int] = {}
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            problems.append(f"line {n}: not valid JSON ({err.msg})")
-            continue
+    for n, obj in json_lines(lines, problems):
         if not isinstance(obj, dict):
             problems.append(f"line {n}: expected an object, got {type(obj).__name__}")
             continue
@@ -51,10 +44,9 @@ def parse_jsonl_prompts(lines: list[str], source: str = "prompts") -> list[tuple
         if not isinstance(pid, str) or not pid:
             problems.append(f"line {n}: field 'id' must be a non-empty string")
             continue
-        if pid in seen:
-            problems.append(f"line {n}: duplicate id {pid!r} (first on line {seen[pid]})")
+        if dup := duplicate_id(seen, pid, n):
+            problems.append(dup)
             continue
-        seen[pid] = n
         pool.append((pid, prompt))
     if problems:
         raise PromptPoolError(f"{source}: {len(problems)} bad line(s)\n  " + "\n  ".join(problems))
