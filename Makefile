@@ -6,7 +6,7 @@ EXTRA ?= cpu
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(EXTRA)
 
-.PHONY: install redis demo test lint clean
+.PHONY: install redis browser demo test lint clean
 
 install: $(STAMP)
 
@@ -29,10 +29,21 @@ redis:
 		echo "redis-server is missing: install it (e.g. 'sudo apt-get install redis-server') or set REDIS_URL"; exit 1; \
 	fi
 
+# Headless Chromium for tests/integration/test_dashboard_browser.py (playwright drives /usr/bin/chromium;
+# it never downloads a browser).
+browser:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	else \
+		echo "/usr/bin/chromium is missing: install it (e.g. 'sudo apt-get install chromium chromium-driver')"; exit 1; \
+	fi
+
 demo: install redis
 	$(VENV)/bin/sparring demo
 
-test: install redis
+test: install redis browser
 	$(PY) -m pytest
 
 lint: install

@@ -1,0 +1,569 @@
+// sparring dashboard: run list and per-run live view, drawn from the /v1 API with no library.
+//
+// Routes (URL fragment): "#/" run list, "#/runs/<run_id>" one run. A token may arrive once as
+// "#token=..." (or "...&token=..." after a route); it is moved to sessionStorage and removed from the URL.
+// The token is only ever sent in the Authorization header of same-origin /v1 calls; the live event
+// stream is read with fetch() + a ReadableStream reader (EventSource cannot send headers).
+//
+// Test hooks: every chart is <svg data-chart="NAME" data-points="N"> (N = iterations with a point), each
+// point a <circle data-iteration="I" data-series="KEY">; the run view root has data-run-id, and
+// data-iterations (iterations known to the page).
+"use strict";
+
+(() => {
+  const TOKEN_KEY = "sparring.dashboard.token";
+  const RUNS_REFRESH_MS = 3000;
+  const QUEUES_REFRESH_MS = 2000;
+  const RUN_REFRESH_MS = 10000;
+  const PAIRS_LIMIT = 20;
+  const ACTIVE_STATES = new Set(["created", "running", "pausing", "stopping"]);
+  const SVG_NS = "http://www.w3.org/2000/svg";
+
+  // ------------------------------------------------------------------------------------ charts spec
+  // Each chart: series read from an IterationRecord; a missing key is no point (never an error).
+  const metric = (key) => (rec) => num(rec.metrics && rec.metrics[key]);
+  const CHARTS = [
+    { name: "loss", title: "Loss (mean over pairs)", series: [{ key: "loss/mean", label: "loss", get: metric("loss/mean") }] },
+    { name: "margin", title: "Reward margin (chosen − rejected)",
+      series: [{ key: "rewards/margin", label: "margin", get: metric("rewards/margin") }] },
+    { name: "accuracy", title: "Reward accuracy", range: [0, 1],
+      series: [{ key: "rewards/accuracy", label: "accuracy", get: metric("rewards/accuracy") }] },
+    { name: "winrate", title: "Win rate vs iteration 0 (gold, 95% interval) / judge", range: [0, 1], ref: 0.5,
+      series: [
+        { key: "gold", label: "gold",
+          get: (r) => num(r.gold_win_rate_vs_iter0 && r.gold_win_rate_vs_iter0.win_rate),
+          band: (r) => r.gold_win_rate_vs_iter0
+            ? [num(r.gold_win_rate_vs_iter0.ci_low), num(r.gold_win_rate_vs_iter0.ci_high)] : null },
+        { key: "judge/win_rate", label: "judge", get: metric("judge/win_rate") },
+      ] },
+    { name: "pairs_per_s", title: "Pairs / s", series: [{ key: "pairs/per_s", label: "pairs/s", get: metric("pairs/per_s") }] },
+    { name: "tokens_per_s", title: "Generated tokens / s",
+      series: [{ key: "gen/tokens_per_s", label: "tokens/s", get: metric("gen/tokens_per_s") }] },
+    { name: "queues", title: "Queue depth (peak per iteration)",
+      series: [
+        { key: "queue/peak/prompts", label: "prompts", get: metric("queue/peak/prompts") },
+        { key: "queue/peak/generations", label: "generations", get: metric("queue/peak/generations") },
+        { key: "queue/peak/pairs", label: "pairs", get: metric("queue/peak/pairs") },
+      ] },
+    { name: "staleness", title: "Staleness (max policy versions behind)",
+      series: [{ key: "staleness/max", label: "staleness", get: metric("staleness/max") }] },
+    { name: "sync", title: "Weight sync (s)",
+      series: [
+        { key: "sync/max_engine_s", label: "slowest engine", get: metric("sync/max_engine_s") },
+        { key: "stage/sync", label: "sync stage", get: (r) => num(r.stage_seconds && r.stage_seconds.sync) },
+      ] },
+    { name: "judge_latency", title: "Judge latency (s)",
+      series: [{ key: "judge/latency_s", label: "latency", get: metric("judge/latency_s") }] },
+    { name: "stages", title: "Stage time (s)",
+      series: ["generate_judge", "train", "sync", "eval"].map((s) => ({
+        key: `stage/${s}`, label: s, get: (r) => num(r.stage_seconds && r.stage_seconds[s]) })) },
+  ];
+
+  // ------------------------------------------------------------------------------------ small helpers
+  function num(v) {
+    return typeof v === "number" && Number.isFinite(v) ? v : null;
+  }
+
+  function fmt(v) {
+    if (v === null || v === undefined || !Number.isFinite(v)) return "–";
+    const a = Math.abs(v);
+    if (a >= 1e6) return (v / 1e6).toFixed(a >= 1e7 ? 0 : 1) + "M";
+    if (a >= 1e4) return (v / 1e3).toFixed(a >= 1e5 ? 0 : 1) + "k";
+    if (a >= 100 || Number.isInteger(v)) return v.toFixed(0);
+    if (a >= 1) return v.toFixed(2);
+    if (a === 0) return "0";
+    return v.toPrecision(2);
+  }
+
+  function fmtTime(unixSeconds) {
+    if (!num(unixSeconds)) return "–";
+    return new Date(unixSeconds * 1000).toLocaleString();
+  }
+
+  // el("tr", {class: "x", dataset: {a: "1"}}, child, "text", ...): text children are always text nodes.
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    setAttrs(node, attrs);
+    for (const c of children.flat()) {
+      if (c === null || c === undefined || c === false) continue;
+      node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+    }
+    return node;
+  }
+
+  function svg(tag, attrs, ...children) {
+    const node = document.createElementNS(SVG_NS, tag);
+    setAttrs(node, attrs);
+    for (const c of children.flat()) {
+      if (c === null || c === undefined) continue;
+      node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+    }
+    return node;
+  }
+
+  function setAttrs(node, attrs) {
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v === null || v === undefined || v === false) continue;
+      if (k === "dataset") Object.entries(v).forEach(([dk, dv]) => { node.dataset[dk] = String(dv); });
+      else if (k === "on") Object.entries(v).forEach(([ev, fn]) => node.addEventListener(ev, fn));
+      else node.setAttribute(k, v === true ? "" : String(v));
+    }
+  }
+
+  const $ = (id) => document.getElementById(id);
+
+  // ------------------------------------------------------------------------------------ token and API
+  class AuthError extends Error {}
+
+  function takeTokenFromUrl() {
+    const hash = location.hash || "";
+    const m = hash.match(/(^#|[?&])token=([^&]*)/);
+    if (!m) return;
+    let token = "";
+    try { token = decodeURIComponent(m[2]); } catch (_) { token = m[2]; }
+    if (token) sessionStorage.setItem(TOKEN_KEY, token);
+    // Drop the token from the address bar and history; keep the route part.
+    let rest = hash.replace(/(^#|[?&])token=[^&]*/, "$1").replace(/[?&]$/, "").replace(/^#&/, "#");
+    if (rest === "#" || rest === "") rest = "#/";
+    history.replaceState(null, "", location.pathname + location.search + rest);
+  }
+
+  const token = () => sessionStorage.getItem(TOKEN_KEY) || "";
+
+  async function api(path, opts = {}) {
+    const tok = token();
+    if (!tok) throw new AuthError("no token");
+    const resp = await fetch(path, {
+      headers: { Authorization: `Bearer ${tok}`, Accept: "application/json" },
+      cache: "no-store",
+      credentials: "omit",
+      signal: opts.signal,
+    });
+    if (resp.status === 401) throw new AuthError(await detail(resp));
+    if (!resp.ok) throw new Error(`${path}: HTTP ${resp.status} ${await detail(resp)}`);
+    return resp.json();
+  }
+
+  async function detail(resp) {
+    try {
+      const body = await resp.json();
+      return typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail || body);
+    } catch (_) {
+      return resp.statusText;
+    }
+  }
+
+  function showLogin(message) {
+    stopPage();
+    $("app").replaceChildren();
+    $("login").hidden = false;
+    $("signout").hidden = true;
+    $("login-error").textContent = message || "";
+    $("login-token").focus();
+  }
+
+  function onError(err) {
+    if (err instanceof AuthError) {
+      if (token()) sessionStorage.removeItem(TOKEN_KEY);
+      showLogin(err.message === "no token" ? "" : `Token rejected: ${err.message}`);
+      return true;
+    }
+    if (err && err.name === "AbortError") return true;
+    return false;
+  }
+
+  // ------------------------------------------------------------------------------------ page lifecycle
+  // Everything a page starts (timers, the event stream) is registered here and stopped on navigation.
+  let page = { timers: [], aborts: [], stopped: false };
+
+  function stopPage() {
+    page.stopped = true;
+    page.timers.forEach((t) => clearInterval(t));
+    page.aborts.forEach((a) => a.abort());
+    page = { timers: [], aborts: [], stopped: false };
+    setLive("off");
+  }
+
+  function every(ms, fn) {
+    page.timers.push(setInterval(fn, ms));
+  }
+
+  function route() {
+    takeTokenFromUrl();
+    stopPage();
+    if (!token()) { showLogin(""); return; }
+    $("login").hidden = true;
+    $("signout").hidden = false;
+    const m = (location.hash || "").match(/^#\/runs\/([^/?&]+)/);
+    if (m) runPage(decodeURIComponent(m[1]));
+    else runsPage();
+  }
+
+  function setLive(stateName, text) {
+    const node = $("live");
+    node.dataset.live = stateName;
+    node.textContent = text || { off: "", connecting: "connecting…", live: "live", retrying: "reconnecting…" }[stateName] || "";
+  }
+
+  // ------------------------------------------------------------------------------------ run list
+  function runsPage() {
+    const table = el("table", { class: "runs", id: "runs" },
+      el("thead", {}, el("tr", {}, ["Run", "State", "Iterations", "Algorithm", "Judge", "Pool", "Updated"].map((h) => el("th", {}, h)))),
+      el("tbody", {}));
+    const status = el("p", { class: "muted", id: "runs-status" }, "loading…");
+    $("app").replaceChildren(el("section", { class: "page", id: "runs-page" }, el("h1", {}, "Runs"), status, table));
+    const ctl = new AbortController();
+    page.aborts.push(ctl);
+
+    const load = async () => {
+      try {
+        const { runs } = await api("/v1/runs", { signal: ctl.signal });
+        runs.sort((a, b) => (b.created_at || 0) - (a.created_at || 0));
+        table.tBodies[0].replaceChildren(...runs.map(runRow));
+        status.textContent = runs.length ? `${runs.length} run(s) · refreshed ${new Date().toLocaleTimeString()}` : "No runs yet.";
+      } catch (err) {
+        if (!onError(err)) status.textContent = `Could not load runs: ${err.message}`;
+      }
+    };
+    load();
+    every(RUNS_REFRESH_MS, load);
+  }
+
+  function runRow(run) {
+    const href = `#/runs/${encodeURIComponent(run.run_id)}`;
+    return el("tr", { dataset: { runId: run.run_id, state: run.state } },
+      el("td", {}, el("a", { href }, run.name || run.run_id), el("div", { class: "muted small" }, run.run_id)),
+      el("td", {}, stateBadge(run.state), run.reason ? el("div", { class: "muted small" }, run.reason) : null),
+      el("td", {}, `${run.iterations_done ?? 0} / ${run.iterations_total ?? "?"}`),
+      el("td", {}, run.algorithm || "–"),
+      el("td", {}, run.judge || "–"),
+      el("td", {}, run.pool_id || "–"),
+      el("td", {}, fmtTime(run.updated_at)));
+  }
+
+  function stateBadge(s) {
+    return el("span", { class: `badge state-${s}`, dataset: { state: s } }, s || "unknown");
+  }
+
+  // ------------------------------------------------------------------------------------ one run
+  function runPage(runId) {
+    const base = `/v1/runs/${encodeURIComponent(runId)}`;
+    const iterations = new Map(); // iteration number -> IterationRecord
+    const ctl = new AbortController();
+    page.aborts.push(ctl);
+    const myPage = page;
+    let run = null;
+
+    const head = el("div", { class: "run-head" });
+    const progress = el("p", { class: "progress", id: "progress" }, "waiting for events…");
+    const note = el("p", { class: "error", id: "run-error", role: "alert" });
+    const queues = el("dl", { class: "queues", id: "queues" });
+    const charts = el("div", { class: "charts" });
+    const chartNodes = new Map();
+    for (const spec of CHARTS) {
+      const node = svg("svg", { class: "chart", viewBox: "0 0 360 210", role: "img", "aria-label": spec.title,
+        "data-chart": spec.name, "data-points": "0" });
+      chartNodes.set(spec.name, node);
+      charts.append(el("figure", { class: "chart-box" }, el("figcaption", {}, spec.title), node));
+    }
+    const pairsBody = el("tbody", {});
+    const pairs = el("table", { class: "pairs", id: "pairs" },
+      el("thead", {}, el("tr", {}, ["Iter", "Prompt", "Chosen", "Rejected", "Scores", "P(chosen wins)", "Judge"].map((h) => el("th", {}, h)))),
+      pairsBody);
+    const root = el("section", { class: "page", id: "run-page", dataset: { runId, iterations: 0 } },
+      el("p", {}, el("a", { href: "#/" }, "← all runs")),
+      head, progress, note,
+      el("h2", {}, "Queues (live)"), queues,
+      el("h2", {}, "By iteration"), charts,
+      el("h2", {}, `Recent pairs (latest ${PAIRS_LIMIT})`), pairs);
+    $("app").replaceChildren(root);
+
+    const fail = (what) => (err) => {
+      if (!onError(err)) note.textContent = `Could not load ${what}: ${err.message}`;
+    };
+
+    function drawHead() {
+      if (!run) return;
+      const done = run.iterations_done ?? iterations.size;
+      head.replaceChildren(
+        el("h1", {}, run.name || run.run_id, " ", stateBadge(run.state)),
+        el("p", { class: "muted" }, `${run.run_id} · ${run.algorithm || "?"} · judge ${run.judge || "?"}`
+          + (run.pool_id ? ` · pool ${run.pool_id}` : "") + ` · created ${fmtTime(run.created_at)}`),
+        el("p", { id: "run-iterations" }, `Iterations ${done} / ${run.iterations_total ?? "?"}`,
+          el("progress", { max: run.iterations_total || 1, value: Math.min(done, run.iterations_total || done) })),
+        el("p", { class: "reason", id: "run-reason" }, run.reason || ""));
+      root.dataset.state = run.state;
+    }
+
+    function drawCharts() {
+      const recs = [...iterations.values()].sort((a, b) => a.iteration - b.iteration);
+      for (const spec of CHARTS) drawChart(chartNodes.get(spec.name), spec, recs);
+      root.dataset.iterations = String(recs.length);
+    }
+
+    function addIterations(list) {
+      let changed = false;
+      for (const rec of list || []) {
+        if (!rec || !Number.isInteger(rec.iteration)) continue;
+        iterations.set(rec.iteration, rec);
+        changed = true;
+      }
+      if (changed) drawCharts();
+      if (run && iterations.size > (run.iterations_done || 0)) { run.iterations_done = iterations.size; drawHead(); }
+    }
+
+    const loadRun = () => api(base, { signal: ctl.signal }).then((r) => { run = r; note.textContent = ""; drawHead(); });
+    const loadIterations = () => api(`${base}/iterations`, { signal: ctl.signal }).then((b) => addIterations(b.iterations));
+    const loadPairs = () => api(`${base}/pairs?limit=${PAIRS_LIMIT}`, { signal: ctl.signal })
+      .then((b) => pairsBody.replaceChildren(...(b.pairs || []).map(pairRow)));
+    const loadQueues = () => api(`${base}/queues`, { signal: ctl.signal }).then((b) => drawQueues(queues, b.queues || {}));
+
+    Promise.all([loadRun(), loadIterations()]).then(() => {
+      if (myPage.stopped) return;
+      drawCharts();
+      loadPairs().catch(fail("pairs"));
+      loadQueues().catch(fail("queues"));
+      streamEvents(base, ctl.signal, myPage, {
+        onOpen: () => loadIterations().catch(fail("iterations")), // catch what finished before the stream opened
+        onEvent: handleEvent,
+      });
+    }).catch((err) => {
+      if (!onError(err)) progress.textContent = `Could not load run ${runId}: ${err.message}`;
+    });
+    every(QUEUES_REFRESH_MS, () => { if (run && ACTIVE_STATES.has(run.state)) loadQueues().catch(fail("queues")); });
+    every(RUN_REFRESH_MS, () => { loadRun().catch(fail("run")); });
+
+    function handleEvent(kind, data) {
+      data = data || {};
+      switch (kind) {
+        case "iteration_done": {
+          const rec = data.record;
+          addIterations([rec]);
+          const loss = rec && rec.metrics ? num(rec.metrics["loss/mean"]) : null;
+          progress.textContent = `Iteration ${data.iteration} done: ${rec ? rec.num_pairs : "?"} pairs, loss ${fmt(loss)}`;
+          loadPairs().catch(fail("pairs"));
+          break;
+        }
+        case "iteration_started":
+          progress.textContent = `Iteration ${data.iteration} started (policy version ${data.policy_version ?? "?"})`;
+          break;
+        case "progress": {
+          const it = data.iteration !== undefined ? `Iteration ${data.iteration} · ` : "";
+          const count = data.total ? ` ${data.done ?? 0}/${data.total}` : "";
+          progress.textContent = `${it}${data.stage || "progress"}${count}${data.message ? ": " + data.message : ""}`;
+          break;
+        }
+        case "state":
+          if (run) { run.state = data.state || run.state; run.reason = data.reason ?? run.reason; drawHead(); }
+          progress.textContent = `State: ${data.state}${data.reason ? " (" + data.reason + ")" : ""}`;
+          break;
+        case "worker_died":
+          progress.textContent = `Worker ${data.consumer} died and was replaced (iteration ${data.iteration})`;
+          break;
+        case "completed":
+          if (run) { run.state = "completed"; drawHead(); }
+          progress.textContent = "Run completed";
+          loadRun().catch(fail("run"));
+          break;
+        case "failed":
+          if (run) { run.state = "failed"; run.reason = data.reason || run.reason; drawHead(); }
+          progress.textContent = `Run failed: ${data.reason || "?"}`;
+          break;
+        default:
+          break; // unknown kinds are ignored: newer servers may send more
+      }
+      progress.dataset.kind = kind;
+    }
+  }
+
+  function drawQueues(node, q) {
+    node.replaceChildren(...["prompts", "generations", "pairs", "dead"].flatMap((k) => [
+      el("dt", {}, k), el("dd", { dataset: { queue: k } }, fmt(num(q[k]))),
+    ]));
+  }
+
+  function clip(text, n) {
+    const s = text === null || text === undefined ? "" : String(text);
+    return s.length > n ? s.slice(0, n - 1) + "…" : s;
+  }
+
+  function pairRow(p) {
+    const cell = (t) => el("td", { class: "text", title: t ?? "" }, clip(t, 240));
+    return el("tr", { dataset: { recordId: p.record_id ?? "" } },
+      el("td", {}, p.iteration ?? "–"),
+      cell(p.prompt), cell(p.chosen), cell(p.rejected),
+      el("td", { class: "num" }, `${fmt(num(p.chosen_score))} / ${fmt(num(p.rejected_score))}`),
+      el("td", { class: "num" }, fmt(num(p.win_prob))),
+      el("td", {}, p.judge || "–"));
+  }
+
+  // ------------------------------------------------------------------------------------ event stream
+  // Server-sent events over fetch(): resumes with ?after=<last id> on reconnect, with a growing pause.
+  async function streamEvents(base, signal, myPage, handlers) {
+    let lastId = null;
+    let backoff = 1000;
+    while (!signal.aborted && !myPage.stopped) {
+      setLive("connecting");
+      try {
+        const url = `${base}/events` + (lastId ? `?after=${encodeURIComponent(lastId)}` : "");
+        const resp = await fetch(url, {
+          headers: { Authorization: `Bearer ${token()}`, Accept: "text/event-stream" },
+          cache: "no-store", credentials: "omit", signal,
+        });
+        if (resp.status === 401) throw new AuthError(await detail(resp));
+        if (!resp.ok || !resp.body) throw new Error(`events: HTTP ${resp.status}`);
+        setLive("live");
+        backoff = 1000;
+        handlers.onOpen();
+        await readEvents(resp.body, (ev) => {
+          if (ev.id) lastId = ev.id;
+          let data = null;
+          try { data = ev.data ? JSON.parse(ev.data) : null; } catch (_) { return; }
+          handlers.onEvent(ev.event || "message", data);
+        });
+      } catch (err) {
+        if (onError(err)) return;
+      }
+      if (signal.aborted || myPage.stopped) return;
+      setLive("retrying");
+      await new Promise((r) => setTimeout(r, backoff));
+      backoff = Math.min(backoff * 2, 15000);
+    }
+  }
+
+  // Parse a text/event-stream body (WHATWG HTML "server-sent events" format); calls onEvent({id, event, data}).
+  async function readEvents(body, onEvent) {
+    const reader = body.getReader();
+    const decoder = new TextDecoder();
+    let buf = "";
+    let ev = { id: "", event: "", data: [] };
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buf += decoder.decode(value, { stream: true });
+      let nl;
+      while ((nl = buf.search(/\r\n|\r|\n/)) >= 0) {
+        const sep = buf[nl] === "\r" && buf[nl + 1] === "\n" ? 2 : 1;
+        if (buf[nl] === "\r" && nl + 1 === buf.length) break; // a CR at the end may be half of CRLF
+        const line = buf.slice(0, nl);
+        buf = buf.slice(nl + sep);
+        if (line === "") {
+          if (ev.data.length || ev.event) onEvent({ id: ev.id, event: ev.event, data: ev.data.join("\n") });
+          ev = { id: "", event: "", data: [] };
+          continue;
+        }
+        if (line.startsWith(":")) continue; // heartbeat comment
+        const colon = line.indexOf(":");
+        const field = colon < 0 ? line : line.slice(0, colon);
+        let val = colon < 0 ? "" : line.slice(colon + 1);
+        if (val.startsWith(" ")) val = val.slice(1);
+        if (field === "data") ev.data.push(val);
+        else if (field === "event") ev.event = val;
+        else if (field === "id") ev.id = val;
+      }
+    }
+  }
+
+  // ------------------------------------------------------------------------------------ SVG line chart
+  const W = 360, H = 210, M = { top: 26, right: 12, bottom: 26, left: 46 };
+
+  function drawChart(node, spec, recs) {
+    const series = spec.series.map((s, i) => ({
+      ...s, index: i,
+      pts: recs.map((r) => ({ x: r.iteration, y: s.get(r), band: s.band ? s.band(r) : null })).filter((p) => p.y !== null),
+    }));
+    const withData = new Set(series.flatMap((s) => s.pts.map((p) => p.x)));
+    node.dataset.points = String(withData.size);
+    node.replaceChildren();
+    if (!withData.size) {
+      node.append(svg("text", { x: W / 2, y: H / 2, "text-anchor": "middle", class: "empty" }, "no data yet"));
+      return;
+    }
+    // x: iteration numbers; y: values, interval bounds and the fixed range if any
+    const xs = [...withData];
+    let x0 = Math.min(...xs), x1 = Math.max(...xs);
+    if (x0 === x1) { x0 -= 1; x1 += 1; }
+    const ys = series.flatMap((s) => s.pts.flatMap((p) => [p.y, ...(p.band || []).filter((v) => v !== null)]));
+    let y0 = Math.min(...ys), y1 = Math.max(...ys);
+    if (spec.range) { y0 = Math.min(y0, spec.range[0]); y1 = Math.max(y1, spec.range[1]); }
+    if (y0 === y1) { const d = Math.abs(y0) * 0.1 || 1; y0 -= d; y1 += d; }
+    else if (!spec.range) { const pad = (y1 - y0) * 0.08; y0 -= pad; y1 += pad; }
+    const px = (x) => M.left + ((x - x0) / (x1 - x0)) * (W - M.left - M.right);
+    const py = (y) => H - M.bottom - ((y - y0) / (y1 - y0)) * (H - M.top - M.bottom);
+
+    const grid = svg("g", { class: "grid" });
+    for (const t of ticks(y0, y1, 4)) {
+      grid.append(svg("line", { x1: M.left, x2: W - M.right, y1: py(t), y2: py(t) }),
+        svg("text", { x: M.left - 5, y: py(t) + 3, "text-anchor": "end" }, fmt(t)));
+    }
+    for (const t of ticks(x0, x1, 6).filter((t) => Number.isInteger(t))) {
+      grid.append(svg("text", { x: px(t), y: H - M.bottom + 14, "text-anchor": "middle" }, String(t)));
+    }
+    grid.append(svg("text", { x: W - M.right, y: H - 2, "text-anchor": "end", class: "axis-label" }, "iteration"));
+    node.append(grid);
+    if (spec.ref !== undefined && spec.ref >= y0 && spec.ref <= y1) {
+      node.append(svg("line", { class: "ref", x1: M.left, x2: W - M.right, y1: py(spec.ref), y2: py(spec.ref) }));
+    }
+
+    const legend = svg("g", { class: "legend" });
+    let lx = M.left;
+    for (const s of series) {
+      const g = svg("g", { class: `series s${s.index}`, "data-series": s.key, "data-points": s.pts.length });
+      for (const p of s.pts) {
+        if (p.band && p.band[0] !== null && p.band[1] !== null) {
+          const x = px(p.x);
+          g.append(svg("path", { class: "band",
+            d: `M${x - 3},${py(p.band[0])}H${x + 3}M${x},${py(p.band[0])}V${py(p.band[1])}M${x - 3},${py(p.band[1])}H${x + 3}` }));
+        }
+      }
+      if (s.pts.length > 1) {
+        g.append(svg("path", { class: "line", d: s.pts.map((p, i) => `${i ? "L" : "M"}${px(p.x).toFixed(1)},${py(p.y).toFixed(1)}`).join("") }));
+      }
+      for (const p of s.pts) {
+        const tip = `${s.label}, iteration ${p.x}: ${fmt(p.y)}` + (p.band ? ` [${fmt(p.band[0])}, ${fmt(p.band[1])}]` : "");
+        g.append(svg("circle", { class: "point", cx: px(p.x).toFixed(1), cy: py(p.y).toFixed(1), r: 3,
+          "data-iteration": p.x, "data-series": s.key, "data-value": p.y }, svg("title", {}, tip)));
+      }
+      node.append(g);
+      if (series.length > 1 || s.band) {
+        legend.append(svg("rect", { class: `swatch s${s.index}`, x: lx, y: 8, width: 10, height: 10 }),
+          svg("text", { x: lx + 13, y: 17 }, s.label + (s.pts.length ? "" : " (none)")));
+        lx += 22 + 6.5 * (s.label.length + (s.pts.length ? 0 : 7));
+      }
+    }
+    node.append(legend);
+  }
+
+  // About n round tick values covering [a, b].
+  function ticks(a, b, n) {
+    const span = b - a;
+    if (!(span > 0)) return [a];
+    const raw = span / n;
+    const mag = Math.pow(10, Math.floor(Math.log10(raw)));
+    const step = [1, 2, 5, 10].map((k) => k * mag).find((s) => s >= raw) || raw;
+    const out = [];
+    for (let t = Math.ceil(a / step) * step; t <= b + step * 1e-9; t += step) out.push(Number(t.toPrecision(12)));
+    return out;
+  }
+
+  // ------------------------------------------------------------------------------------ boot
+  function boot() {
+    $("login-form").addEventListener("submit", (e) => {
+      e.preventDefault();
+      const value = $("login-token").value.trim();
+      if (!value) return;
+      sessionStorage.setItem(TOKEN_KEY, value);
+      $("login-token").value = "";
+      route();
+    });
+    $("signout").addEventListener("click", () => {
+      sessionStorage.removeItem(TOKEN_KEY);
+      showLogin("");
+    });
+    window.addEventListener("hashchange", route);
+    route();
+  }
+
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", boot);
+  else boot();
+})();
