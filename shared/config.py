@@ -64,6 +64,32 @@ class GenerationConfig(Section):
     max_model_len: int = Field(256, ge=16)
 
 
+class UncertaintyConfig(Section):
+    """MC-dropout uncertainty over the primary judge (UPO; `workers/judges/uncertainty.py`, judges.md §4)."""
+
+    mode: Literal["filter", "easy", "hard", "weight"] = Field(
+        "filter",
+        description="filter: drop pairs the estimator's majority vote disagrees with (or below min_prob / above "
+        "max_bald); easy/hard: filter, then sample sample_rate of the kept pairs by 1 - BALD / BALD (UPO's "
+        "sampler); weight: keep every pair with loss weight 1 - BALD/ln 2",
+    )
+    estimator: str = Field(
+        "arena_pairrm",
+        description="pairwise ranker with dropout: a PairRM checkpoint (dir or hub id), or `arena_pairrm` (the "
+        "arena's tiny PairRM, built once)",
+    )
+    passes: int = Field(10, ge=1, description="T stochastic passes per pair (UPO main.py: 10)")
+    head_only: bool = Field(False, description="dropout only in the head: the encoder runs once (cheap, weaker)")
+    dropout: float | None = Field(
+        None, ge=0.0, lt=1.0, description="override every dropout rate during the passes; None = the model's own"
+    )
+    min_prob: float = Field(0.5, ge=0.0, le=1.0, description="filter: drop pairs whose mean P(primary's order) is lower")
+    max_bald: float | None = Field(None, ge=0.0, description="filter: drop pairs whose BALD (nats) is higher")
+    sample_rate: float = Field(0.5, gt=0.0, le=1.0, description="easy/hard: fraction of kept pairs drawn (UPO 0.5)")
+    batch_size: int = Field(32, ge=1, description="estimator rows per forward")
+    seed: int = Field(0, description="seed of the dropout masks and the sampler (mixed with the batch's group ids)")
+
+
 class JudgeConfig(Section):
     kind: Literal["arena_oracle", "arena_cdr", "density_ratio", "none"] = Field(
         "arena_oracle",
@@ -75,7 +101,21 @@ class JudgeConfig(Section):
     reduction: Literal["sum", "mean"] = Field("sum", description="density ratio over response tokens: sum or per-token mean")
     criteria: str | None = Field(None, description="density ratio: optional criteria system prompt shared by both models")
     num_judges: int = Field(1, ge=1)
-    timeout_s: float = Field(60.0, gt=0.0, description="a group not judged in this time goes to the dead stream")
+    timeout_s: float = Field(
+        60.0, gt=0.0, description="a judge call running longer fails its batch (retried, then dead-lettered)"
+    )
+    uncertainty: UncertaintyConfig | None = Field(
+        None, description="compose: primary judge -> MC-dropout uncertainty filter/sampler/weights (UPO)"
+    )
+    cache_size: int = Field(
+        100_000, ge=0, description="judge pool: cached scores by (prompt, response) hash (0 = no cache)"
+    )
+
+    @model_validator(mode="after")
+    def _uncertainty_needs_a_primary(self) -> JudgeConfig:
+        if self.uncertainty is not None and self.kind == "none":
+            raise ValueError("judge.uncertainty wraps a primary judge; judge.kind=none has none")
+        return self
 
 
 class AlgorithmConfig(Section):

@@ -22,6 +22,12 @@ def build_judge(cfg: JudgeConfig) -> Judge | None:
     """The configured judge; None for `kind: none` (recipes that pair without judging, e.g. DRIFT)."""
     if cfg.kind == "none":
         return None
+    if cfg.uncertainty is not None:  # composition: primary judge -> MC-dropout uncertainty
+        from sparring.workers.judges.uncertainty import wrap_with_uncertainty
+
+        primary = build_judge(cfg.model_copy(update={"uncertainty": None}))
+        assert primary is not None
+        return wrap_with_uncertainty(primary, cfg.uncertainty)
     if cfg.kind == "density_ratio":
         from sparring.workers.judges.density_ratio import build_density_ratio_judge
 
