@@ -1,0 +1,229 @@
+"""Self-preference judge (OSP, arXiv 2405.14103): the current policy judges its own samples.
+
+For an ordered pair (a, b) of responses to prompt x the policy reads the judge prompt
+
+    chat_template(user = template.format(question=x, a=a, b=b)) + generation prompt
+
+and the strength that a is better is read from the next-token logits of the two answer tokens
+(`answers`, " A" and " B" by default):
+
+    p_AB(a, b) = P(" A") / (P(" A") + P(" B")) = sigmoid(logit_A - logit_B)
+
+A judge prompt puts one response first, so the verdict can carry a position bias. Every unordered pair is
+judged in both orders and averaged (reference/judges.md section 3.2):
+
+    P[i][j] = 1/2 + (p_AB(i, j) - p_AB(j, i)) / 2,   P[j][i] = 1/2 - (p_AB(i, j) - p_AB(j, i)) / 2
+
+so P[i][i] = 1/2, P + P^T = 1, and two identical responses get exactly 1/2 whatever the bias (their two
+judge prompts are the same token ids, scored once). `scores[i]` is response i's mean strength against the
+other K - 1 responses (its estimated win rate in the group; the OSP ranked pairing sorts by it).
+The flip consistency is the fraction of pairs (distinct texts) whose verdict is the same in both orders:
+sign(p_AB(i, j) - 1/2) = -sign(p_AB(j, i) - 1/2). It is kept per call (`last_flip_consistency`) and in
+running counters (`flip_pairs`, `flip_consistent`).
+
+Scoring is batched: every judge prompt of every group in a `judge` call goes into right-padded batches
+of `batch_size` rows, one forward each, and only the last real position of each row is projected through
+the LM head.
+
+The judge's weights follow the policy: `load_weights(path)` loads a checkpoint dir of the same
+architecture in place (the controller pushes every new policy version to the judges, through
+`sparring.workers.weight_sync.apply_update`, as it does to the generators; `follows_policy` says so).
+
+The default template is the arena's (`sparring.shared.arena.JUDGE_TEMPLATE`), the one the arena policy
+was pretrained to answer. For another policy pass a template it understands; the answers must each be one
+token of its tokenizer.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sparring.shared.models import load_causal_lm, load_tokenizer, prompt_token_ids, text_token_ids
+from sparring.shared.records import GenerationGroup, Judgement
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+
+class SelfPreferenceJudge:
+    """P[i][j] from the policy's own A/B verdicts, averaged over both orders (see the module docstring)."""
+
+    order_sensitive = True  # a single judge prompt is; `judge` cancels it by scoring both orders itself
+    follows_policy = True  # the controller pushes every weight sync to this judge
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        model_path: str,
+        template: str | None = None,
+        answers: tuple[str, str] | None = None,
+        batch_size: int = 64,
+        name: str = "self_preference",
+    ) -> None:
+        if template is None or answers is None:
+            from sparring.shared import arena
+
+            template = arena.JUDGE_TEMPLATE if template is None else template
+            answers = arena.JUDGE_ANSWERS if answers is None else answers
+        for key in ("{question}", "{a}", "{b}"):
+            if key not in template:
+                raise ValueError(f"judge template needs {key}; got {template!r}")
+        ids = [text_token_ids(tokenizer, a) for a in answers]
+        if any(len(i) != 1 for i in ids) or ids[0] == ids[1]:
+            raise ValueError(
+                f"answers {answers!r} must be two distinct single tokens of the tokenizer; they encode to {ids}"
+            )
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.model_path = str(model_path)  # config + tokenizer files for staged weight updates
+        self.template = template
+        self.answers = answers
+        self.answer_ids = (ids[0][0], ids[1][0])
+        self.batch_size = batch_size
+        self.name = name
+        self.engine_id = f"{name}-judge"
+        self.version = 0
+        self.max_positions = int(getattr(model.config, "max_position_embeddings", 0) or 0) or None
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_token_id = int(pad)
+        self.flip_pairs = 0
+        self.flip_consistent = 0
+        self.last_flip_consistency: float | None = None
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | Path, *, dtype: str = "float32", device: str = "cpu", **kwargs: object
+    ) -> SelfPreferenceJudge:
+        model = load_causal_lm(str(path), dtype=dtype, device=device)
+        return cls(model, load_tokenizer(str(path)), model_path=str(path), **kwargs)  # type: ignore[arg-type]
+
+    # -- the judge prompt -------------------------------------------------------------------------------
+
+    def prompt_ids(self, question: str, a: str, b: str) -> list[int]:
+        """Token ids of the judge prompt for "is `a` better than `b`" (chat template + generation prompt)."""
+        text = self.template.format(question=question, a=a, b=b)
+        ids = prompt_token_ids(self.tokenizer, text)
+        if self.max_positions is not None and len(ids) > self.max_positions:
+            raise ValueError(
+                f"judge prompt of {len(ids)} tokens exceeds the model's {self.max_positions} positions"
+            )
+        return ids
+
+    # -- scoring ----------------------------------------------------------------------------------------
+
+    def answer_probs(self, rows: Sequence[Sequence[int]]) -> list[float]:
+        """p_AB = P(A) / (P(A) + P(B)) at the position after each row; one forward per `batch_size` rows."""
+        import torch
+
+        out = [0.0] * len(rows)
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))  # similar lengths share a batch
+        device = next(self.model.parameters()).device
+        a_id, b_id = self.answer_ids
+        with torch.inference_mode():
+            for start in range(0, len(order), self.batch_size):
+                idx = order[start : start + self.batch_size]
+                width = max(len(rows[i]) for i in idx)
+                ids = torch.full((len(idx), width), self.pad_token_id, dtype=torch.long)
+                mask = torch.zeros((len(idx), width), dtype=torch.long)
+                for r, i in enumerate(idx):
+                    ids[r, : len(rows[i])] = torch.tensor(list(rows[i]), dtype=torch.long)
+                    mask[r, : len(rows[i])] = 1
+                ids, mask = ids.to(device), mask.to(device)
+                # right padding: a real token never attends to padding, and position ids start at 0
+                hidden = self.model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+                last = mask.sum(dim=1) - 1
+                h = hidden[torch.arange(len(idx), device=device), last]  # (B, H)
+                logits = self.model.get_output_embeddings()(h).float()  # (B, V)
+                p = torch.sigmoid(logits[:, a_id] - logits[:, b_id])
+                for i, v in zip(idx, p.tolist(), strict=True):
+                    out[i] = float(v)
+        return out
+
+    def judge(self, groups: Sequence[GenerationGroup]) -> list[Judgement]:
+        t0 = time.perf_counter()
+        unique: dict[tuple[int, ...], int] = {}  # judge prompt ids -> row (identical prompts scored once)
+        plans: list[tuple[list[str], dict[tuple[int, int], int]]] = []
+        for g in groups:
+            texts = [c.text for c in g.completions]
+            where: dict[tuple[int, int], int] = {}
+            for i in range(len(texts)):
+                for j in range(len(texts)):
+                    if i != j:
+                        key = tuple(self.prompt_ids(g.prompt, texts[i], texts[j]))
+                        where[(i, j)] = unique.setdefault(key, len(unique))
+            plans.append((texts, where))
+        probs = self.answer_probs(list(unique))
+        latency = (time.perf_counter() - t0) / max(1, len(groups))
+        out: list[Judgement] = []
+        pairs = consistent = 0
+        for texts, where in plans:
+            k = len(texts)
+            matrix = [[0.5] * k for _ in range(k)]
+            for i in range(k):
+                for j in range(i + 1, k):
+                    p_ij, p_ji = probs[where[(i, j)]], probs[where[(j, i)]]
+                    half_gap = 0.5 * (p_ij - p_ji)
+                    matrix[i][j], matrix[j][i] = 0.5 + half_gap, 0.5 - half_gap
+                    if texts[i] != texts[j]:
+                        pairs += 1
+                        consistent += _sign(p_ij - 0.5) == -_sign(p_ji - 0.5)
+            scores = [
+                sum(matrix[i][j] for j in range(k) if j != i) / (k - 1) if k > 1 else 0.5 for i in range(k)
+            ]
+            out.append(Judgement(judge=self.name, scores=scores, win_matrix=matrix, latency_s=latency))
+        self.flip_pairs += pairs
+        self.flip_consistent += consistent
+        self.last_flip_consistency = consistent / pairs if pairs else None
+        return out
+
+    # -- following the policy ---------------------------------------------------------------------------
+
+    def load_weights(self, path: str) -> float:
+        """Load the weights of checkpoint dir `path` (same architecture) in place; returns seconds taken.
+
+        Every tensor of the model must be in the checkpoint (strict), so a half or foreign checkpoint
+        raises before the judge scores with mixed weights.
+        """
+        from sparring.workers.weight_sync import load_state_dir
+
+        t0 = time.perf_counter()
+        state = load_state_dir(path)
+        own = self.model.state_dict()
+        if getattr(self.model.config, "tie_word_embeddings", False):
+            state = {k: v for k, v in state.items() if k in own}
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise ValueError(
+                f"checkpoint {path!r} does not match the judge's model: missing {missing[:5]}, "
+                f"unexpected {unexpected[:5]}"
+            )
+        dtype = next(self.model.parameters()).dtype
+        self.model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True)
+        self.model.eval()
+        return time.perf_counter() - t0
+
+    def flip_consistency(self) -> float | None:
+        """Fraction of all pairs judged so far whose verdict did not depend on the order (None before any)."""
+        return self.flip_consistent / self.flip_pairs if self.flip_pairs else None
+
+
+def _sign(x: float) -> int:
+    return (x > 0) - (x < 0)
+
+
+def arena_self_preference_judge(seed: int = 0, **kwargs: object) -> SelfPreferenceJudge:
+    """The arena base policy (`build_arena_model(seed)`) as its own judge."""
+    from sparring.shared.arena_model import build_arena_model
+
+    return SelfPreferenceJudge.from_pretrained(build_arena_model(seed), **kwargs)  # type: ignore[arg-type]
