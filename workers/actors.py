@@ -232,18 +232,29 @@ class GeneratorWorker:
 class JudgeWorker:
     """GenerationGroup -> PreferencePair(s): the judge scores the group, the recipe builds the pairs."""
 
-    def __init__(self, run_id: str, redis_url: str, config_json: str, consumer: str) -> None:
+    def __init__(self, run_id: str, redis_url: str, config_json: str, consumer: str, judge: Any = None) -> None:
+        """`judge` replaces the configured one (embedding, tests); None builds `cfg.judge` from the registry."""
+        from sparring.workers.judges.pool import JudgePool
         from sparring.workers.judges.registry import build_judge
 
         self.cfg = RunConfig.model_validate_json(config_json)
         self.run_id, self.consumer = run_id, consumer
         self.queue = _queue(run_id, redis_url, self.cfg)
-        self.judge = build_judge(self.cfg.judge)
+        self.judge = judge if judge is not None else build_judge(self.cfg.judge, self.cfg)
+        # batching, cache, position-bias cancellation, timing, timeout and per-group isolation (pool.py)
+        self.pool = None if self.judge is None else JudgePool(self.judge, self.cfg.judge.timeout_s, self.cfg.judge.cache_size)
         self.pairs_written = 0
+        self.pairs_filtered = 0
         self.judge_seconds = 0.0
 
     def drain(self, idle_rounds: int = 3) -> dict[str, float]:
-        pairs0, secs0 = self.pairs_written, self.judge_seconds
+        """Judge groups until the generations stream is idle; returns counters and `judge/*` metrics of this
+        call (latency per judge call, cache hits, flip consistency, timeouts, failed groups, uncertainty)."""
+        pairs0, secs0, filtered0 = self.pairs_written, self.judge_seconds, self.pairs_filtered
+        counters = getattr(self.judge, "counters", None)  # UncertaintyJudge's running totals
+        unc0 = None if counters is None else dict(vars(counters))
+        if self.pool is not None:
+            self.pool.take_metrics()  # start this drain's window
         n = _drain(
             lambda: self.queue.read("generations", JUDGES_GROUP, self.consumer, GenerationGroup, 32, 100),
             lambda: self.queue.claim_stale(
@@ -252,7 +263,19 @@ class JudgeWorker:
             self._process,
             idle_rounds,
         )
-        return {"groups": n, "pairs": self.pairs_written - pairs0, "seconds": self.judge_seconds - secs0}
+        out: dict[str, float] = {"groups": n, "pairs": self.pairs_written - pairs0, "seconds": self.judge_seconds - secs0}
+        if self.pool is not None:
+            out.update(self.pool.take_metrics())
+        out["judge/pairs_filtered"] = float(self.pairs_filtered - filtered0)
+        if counters is not None and unc0 is not None:
+            pairs = counters.pairs - unc0["pairs"]
+            out["judge/uncertainty_pairs"] = float(pairs)
+            out["judge/uncertainty_dropped"] = float(counters.dropped - unc0["dropped"])
+            out["judge/uncertainty_disagreed"] = float(counters.disagreed - unc0["disagreed"])
+            if pairs:
+                out["judge/uncertainty_bald_mean"] = (counters.bald_sum - unc0["bald_sum"]) / pairs
+                out["judge/uncertainty_weight_mean"] = (counters.weight_sum - unc0["weight_sum"]) / pairs
+        return out
 
     def _process(self, entries: list[Entry[GenerationGroup]]) -> None:
         from sparring.workers.recipes.pairs import build_anchor_pairs, build_pairs
@@ -266,22 +289,25 @@ class JudgeWorker:
                     continue
                 self.pairs_written += self.queue.complete("generations", JUDGES_GROUP, entry.entry_id, "pairs", pairs)
             return
-        assert self.judge is not None, "judge.kind=none is only valid with pairs=drift (config validation)"
+        from sparring.workers.judges.pool import GroupFailure, apply_confidence
+
+        assert self.pool is not None, "judge.kind=none is only valid with pairs=drift (config validation)"
         t0 = time.perf_counter()
-        try:
-            judgements = self.judge.judge([e.record for e in entries])
-        except Exception as err:  # a judge failure must never stop the run: retry, then dead-letter
-            log.warning("judge %s failed on %d groups: %s", self.judge.name, len(entries), err)
-            for e in entries:
-                self.queue.fail("generations", JUDGES_GROUP, e, "judge", f"{type(err).__name__}: {err}")
-            return
+        # A judge failure never stops the run: a group the judge raises on (or a batch that times out) is
+        # retried by redelivery, then dead-lettered with the reason; the other groups are judged.
+        outcomes = self.pool.judge_groups([e.record for e in entries])
         self.judge_seconds += time.perf_counter() - t0
-        for entry, judgement in zip(entries, judgements, strict=True):
+        for entry, outcome in zip(entries, outcomes, strict=True):
+            if isinstance(outcome, GroupFailure):
+                self.queue.fail("generations", JUDGES_GROUP, entry, "judge", outcome.reason)
+                continue
             try:
-                pairs = build_pairs(entry.record, judgement, self.cfg.algorithm.pairs)
+                pairs = build_pairs(entry.record, outcome, self.cfg.algorithm.pairs)
             except ValueError as err:
                 self.queue.fail("generations", JUDGES_GROUP, entry, "recipe", str(err), max_attempts=1)
                 continue
+            pairs, dropped = apply_confidence(pairs, outcome)  # uncertainty filter / sampler; loss weights
+            self.pairs_filtered += dropped
             self.pairs_written += self.queue.complete("generations", JUDGES_GROUP, entry.entry_id, "pairs", pairs)
 
 

@@ -401,6 +401,11 @@ class DensityRatioJudge:
             out.append(Judgement(judge=self.name, scores=s, win_matrix=matrix, latency_s=latency))
         return out
 
+    def from_scores(self, scores: Sequence[float]) -> Judgement:
+        """Pointwise (base.py): the judgement of responses with these log-ratios (the pool caches scores)."""
+        matrix = win_matrix(scores, self.win_matrix_scale) if self.emit_win_matrix else None
+        return Judgement(judge=self.name, scores=list(scores), win_matrix=matrix)
+
 
 def win_matrix(scores: Sequence[float], scale: float = 1.0) -> list[list[float]]:
     """P[i][j] = sigmoid(scale * (s_i - s_j)); P[i][i] = 0.5 (SPPO's Bradley-Terry matrix)."""

@@ -24,8 +24,10 @@ class ArenaOracleJudge:
             t0 = time.perf_counter()
             topic = topic_of(group.prompt)
             scores = [float(gold_score(topic, c.text)) for c in group.completions]
-            matrix = [[0.5 if si == sj else float(si > sj) for sj in scores] for si in scores]
-            out.append(
-                Judgement(judge=self.name, scores=scores, win_matrix=matrix, latency_s=time.perf_counter() - t0)
-            )
+            out.append(self.from_scores(scores).model_copy(update={"latency_s": time.perf_counter() - t0}))
         return out
+
+    def from_scores(self, scores: Sequence[float]) -> Judgement:
+        """Pointwise (base.py): the judgement of responses with these gold scores (the pool caches scores)."""
+        matrix = [[0.5 if si == sj else float(si > sj) for sj in scores] for si in scores]
+        return Judgement(judge=self.name, scores=list(scores), win_matrix=matrix)

@@ -301,6 +301,15 @@ class UncertaintyJudge:
         self.counters = UncertaintyCounters()
         self.last_stats: list[tuple[str, int, int, float, float, float, float]] = []  # diagnostics
 
+    _DELEGATED = ("flip_pairs", "flip_consistent", "follows_policy")
+
+    def __getattr__(self, name: str) -> object:
+        # The primary's optional capabilities (base.py) show through the wrapper, and only where it has them:
+        # a self-debiasing primary is not scored twice by the pool, a policy-following one is never cached.
+        if name in UncertaintyJudge._DELEGATED:
+            return getattr(self.__dict__["primary"], name)
+        raise AttributeError(name)
+
     def judge(self, groups: Sequence[GenerationGroup]) -> list[Judgement]:
         judgements = self.primary.judge(groups)
         if len(judgements) != len(groups):
