@@ -160,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     p_run = sub.add_parser("run", help="run CONFIG.yaml to completion")
     p_run.add_argument("config")
     p_run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    from sparring.services import eval_judges
+
+    eval_judges.add_parser(sub).set_defaults(handler=eval_judges.run)
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -172,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     from sparring.shared.prompts import PromptPoolError
     from sparring.shared.redis_server import RedisUnavailable
 
+    if hasattr(args, "handler"):
+        return int(args.handler(args))
     try:
         path = DEMO_CONFIG if args.command == "demo" else Path(args.config)
         cfg = load_config(path, _parse_sets(args.set))
