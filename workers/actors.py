@@ -306,7 +306,7 @@ class JudgeWorker:
             except ValueError as err:
                 self.queue.fail("generations", JUDGES_GROUP, entry, "recipe", str(err), max_attempts=1)
                 continue
-            pairs, dropped = apply_confidence(pairs, outcome)  # uncertainty filter / sampler; loss weights
+            pairs, dropped = apply_confidence(pairs, outcome)  # the uncertainty filter / sampler's drops
             self.pairs_filtered += dropped
             self.pairs_written += self.queue.complete("generations", JUDGES_GROUP, entry.entry_id, "pairs", pairs)
 

@@ -417,13 +417,10 @@ def reverse_group(group: GenerationGroup) -> GenerationGroup:
 
 
 def apply_confidence(pairs: Sequence[PreferencePair], judgement: Judgement) -> tuple[list[PreferencePair], int]:
-    """Drop the pairs whose comparison has confidence 0 (an uncertainty filter/sampler rejected them) and give
-    the others their confidence as the per-pair loss weight; returns (kept, number dropped)."""
+    """Drop the pairs whose comparison has confidence 0 (an uncertainty filter/sampler rejected them); returns
+    (kept, number dropped). Confidences in (0, 1) (the `weight` mode) are not carried to the trainer yet:
+    `PreferencePair` has no weight field (see docs/judges.md, "Uncertainty")."""
     if judgement.confidence is None:
         return list(pairs), 0
-    kept = []
-    for pair in pairs:
-        c = float(judgement.confidence[pair.chosen.index][pair.rejected.index])
-        if c > 0.0:
-            kept.append(pair.model_copy(update={"weight": c}) if "weight" in PreferencePair.model_fields else pair)
+    kept = [p for p in pairs if float(judgement.confidence[p.chosen.index][p.rejected.index]) > 0.0]
     return kept, len(pairs) - len(kept)

@@ -17,8 +17,9 @@ Modes (`UncertaintyConfig.mode`), all written to the judgement's symmetric `conf
 - easy / hard: filter, then UPO's sampler: round(sample_rate * kept) pairs drawn without replacement with
   probability proportional to 1 - BALD (easy) or BALD (hard); drawn pairs 1, all others 0;
 - weight: w = 1 - BALD / ln 2 in [0, 1] (judges.md §4.3 recon), nothing dropped.
-The judge pool (`workers/judges/pool.py`) drops pairs of confidence 0 and sends the confidence of the others
-to the trainer as `PreferencePair.weight` (per-pair loss weight).
+The judge pool (`workers/judges/pool.py`) drops pairs of confidence 0. The `weight` mode's confidences are
+computed and reported (`judge/uncertainty_weight_mean`) but not yet applied by the trainer: a pair record has
+no weight field (wiring: docs/judges.md, "Uncertainty").
 
 Variants. `head_only=False`: T full forwards with every dropout module of the estimator on (UPO's setup).
 `head_only=True`: the encoder runs once in eval mode and only the head is sampled T times ("last-layer MC
