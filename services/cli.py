@@ -2,6 +2,8 @@
 
     sparring demo [--iterations N] [--set KEY=VALUE ...]   the built-in arena run (examples/arena-demo.yaml)
     sparring run CONFIG.yaml [--set KEY=VALUE ...]          run a config to completion
+    sparring serve [--host H] [--port P]                     the API service (services/api.py)
+    sparring submit | status | export ...                    talk to a running API (services/client.py)
 
 A run starts (or joins, with RAY_ADDRESS) Ray, uses Redis at REDIS_URL or a private redis-server in the
 run directory, runs one controller actor, prints its progress from the run's events stream, a table per
@@ -21,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from sparring.shared.config import ARENA_MODEL, ConfigError, RunConfig, load_config
+from sparring.shared.config import ConfigError, RunConfig, load_config
 
 log = logging.getLogger("sparring")
 
@@ -40,24 +42,22 @@ def _parse_sets(items: list[str]) -> dict[str, Any]:
 
 def resolve_model_path(cfg: RunConfig) -> str:
     """The policy checkpoint to start from; builds (or reuses) the arena policy for `policy.path: arena`."""
-    from sparring.shared.models import check_model_path
+    from sparring.shared.models import resolve_policy_path
 
-    if cfg.policy.path == ARENA_MODEL:
-        from sparring.shared.arena_model import build_arena_model
-
-        return str(build_arena_model(cfg.seed, progress=lambda m: print(f"  [arena] {m}", flush=True)))
-    return check_model_path(cfg.policy.path)
+    return resolve_policy_path(cfg.policy.path, cfg.seed, progress=lambda m: print(f"  [arena] {m}", flush=True))
 
 
-def init_ray() -> None:
+def init_ray(address: str | None = None) -> None:
+    """Join the Ray cluster at `address` (or RAY_ADDRESS), else start a local one inside this process."""
     import ray
 
-    address = os.environ.get("RAY_ADDRESS")
+    address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, namespace="sparring", log_to_driver=False, logging_level=logging.WARNING)
     else:
         # Logical CPUs are scheduling tokens; actors keep their own thread budgets (see docs/operations.md).
         ray.init(
+            address="local",  # never join whatever cluster this machine ran last: RAY_ADDRESS says which
             num_cpus=max(4, os.cpu_count() or 1),
             include_dashboard=False,
             namespace="sparring",
@@ -160,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     p_run = sub.add_parser("run", help="run CONFIG.yaml to completion")
     p_run.add_argument("config")
     p_run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    from sparring.services import client
+
+    client.add_parsers(sub)
     from sparring.services import eval_judges
 
     eval_judges.add_parser(sub).set_defaults(handler=eval_judges.run)
@@ -176,7 +179,14 @@ def main(argv: list[str] | None = None) -> int:
     from sparring.shared.redis_server import RedisUnavailable
 
     if hasattr(args, "handler"):
-        return int(args.handler(args))
+        try:
+            return int(args.handler(args))
+        except (ConfigError, RedisUnavailable) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        except client.ApiError as err:
+            print(f"error: {err.detail}" + "".join(f"\n  {p}" for p in err.problems), file=sys.stderr)
+            return 2 if err.status < 500 else 1
     try:
         path = DEMO_CONFIG if args.command == "demo" else Path(args.config)
         cfg = load_config(path, _parse_sets(args.set))

@@ -323,10 +323,11 @@ class RunConfig(Section):
         drift = self.algorithm.pairs == "drift"
         if self.judge.kind == "density_ratio" and not (self.judge.strong_model and self.judge.weak_model):
             raise ValueError("judge.kind=density_ratio needs judge.strong_model and judge.weak_model")
-        if self.judge.kind == "arena_cdr" and not self.is_arena:
-            raise ValueError("judge.kind=arena_cdr is trained on the arena; it needs arena prompts")
-        if self.judge.kind == "arena_oracle" and not self.is_arena:
-            raise ValueError("judge.kind=arena_oracle needs arena prompts (prompts.source arena or arena_dsat)")
+        if self.judge.kind.startswith("arena_") and self.prompts.source not in ("arena", "arena_dsat", "jsonl"):
+            raise ValueError(
+                f"judge.kind={self.judge.kind} scores arena prompts: prompts.source must be arena, arena_dsat, or a "
+                "jsonl pool of arena prompts"
+            )
         if drift != (self.prompts.source in ("dsat", "arena_dsat")):
             raise ValueError("algorithm.pairs=drift and a dissatisfaction-log prompt source (dsat, arena_dsat) go together")
         if self.judge.kind == "none" and not drift:
@@ -340,8 +341,11 @@ class RunConfig(Section):
 
     @property
     def is_arena(self) -> bool:
-        """Prompts come from the arena, so the gold preference (and gold win-rate evaluation) applies."""
-        return self.prompts.source in ("arena", "arena_dsat")
+        """Prompts are arena prompts, so the gold preference (and gold win-rate evaluation) applies: the arena's
+        own sources, or a JSONL pool judged by an arena judge (its lines are checked to be arena prompts)."""
+        return self.prompts.source in ("arena", "arena_dsat") or (
+            self.prompts.source == "jsonl" and self.judge.kind.startswith("arena_")
+        )
 
 
 def format_validation_error(err: ValidationError, source: str = "config") -> str:

@@ -9,6 +9,7 @@ where the prompt ends and the response starts.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,17 @@ def check_model_path(path: str) -> str:
     if looks_local(path):
         raise ModelLoadError(f"model directory {path!r} does not exist")
     return path  # a Hugging Face id; resolved by transformers (network or local cache)
+
+
+def resolve_policy_path(path: str, seed: int, progress: Callable[[str], None] | None = None) -> str:
+    """The checkpoint a run's policy starts from: `arena` builds (or reuses) the arena policy for `seed`."""
+    from sparring.shared.config import ARENA_MODEL
+
+    if path == ARENA_MODEL:
+        from sparring.shared.arena_model import build_arena_model
+
+        return str(build_arena_model(seed, progress=progress))
+    return check_model_path(path)
 
 
 def load_tokenizer(path: str) -> PreTrainedTokenizerBase:

@@ -5,7 +5,11 @@ Key layout (all per run under `run:{run_id}:`, plus one global index):
 - `run:{id}:meta`            hash: run_id, config (JSON), run_dir, state, reason, created_at, updated_at;
 - `run:{id}:iterations`      hash: iteration number -> msgpack `IterationRecord` (first write wins);
 - `run:{id}:kv`              hash: small named blobs (e.g. cached iteration-0 eval samples);
-- `run:{id}:events`          stream of small events (fields `kind`, `data` = msgpack dict) for dashboards.
+- `run:{id}:events`          stream of small events (fields `kind`, `data` = msgpack dict) for dashboards;
+- `run:{id}:control`         string: a pending "pause" / "stop" request for the run's controller.
+
+Run states: created -> running -> completed | failed; running -> pausing -> paused -> running (resume);
+running | pausing | paused -> stopping -> stopped (a paused run has no controller and stops at once).
 
 Knows: this layout and the run states. Does not know: how a run is executed, the work streams and their
 seen-sets (see `queue.py`), or checkpoints (which live on disk / fsspec, referenced by path only).
@@ -26,18 +30,21 @@ from .records import IterationRecord, decode, encode
 
 logger = logging.getLogger(__name__)
 
-RunState = Literal["created", "running", "paused", "completed", "failed", "stopped"]
-RUN_STATES: tuple[str, ...] = ("created", "running", "paused", "completed", "failed", "stopped")
+RunState = Literal["created", "running", "pausing", "paused", "stopping", "stopped", "completed", "failed"]
+RUN_STATES: tuple[str, ...] = ("created", "running", "pausing", "paused", "stopping", "stopped", "completed", "failed")
+# A run in one of these states has (or should have) a live controller; the others are at rest.
+ACTIVE_STATES: tuple[str, ...] = ("running", "pausing", "stopping")
+TERMINAL_STATES: tuple[str, ...] = ("stopped", "completed", "failed")
 RUNS_KEY = "runs"
 EVENTS_MAXLEN = 10_000
 
-# KEYS: meta, runs index, events. ARGV: run_id, config json, run_dir, now, event data, events maxlen.
+# KEYS: meta, runs index, events. ARGV: run_id, config json, run_dir, now, event data, events maxlen, labels json.
 _CREATE_LUA = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return 0
 end
 redis.call('HSET', KEYS[1], 'run_id', ARGV[1], 'config', ARGV[2], 'run_dir', ARGV[3], 'state', 'created',
-           'reason', '', 'created_at', ARGV[4], 'updated_at', ARGV[4])
+           'reason', '', 'created_at', ARGV[4], 'updated_at', ARGV[4], 'labels', ARGV[7])
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'kind', 'run_created', 'data', ARGV[5])
 return 1
@@ -51,6 +58,23 @@ end
 redis.call('HSET', KEYS[1], 'state', ARGV[1], 'reason', ARGV[2], 'updated_at', ARGV[3])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'kind', 'state', 'data', ARGV[4])
 return 1
+"""
+
+# KEYS: meta, events. ARGV: state, reason, now, event data, maxlen, allowed states (space-separated).
+# Returns '' after the change, else the current state (or '-' if the run does not exist).
+_TRANSITION_LUA = """
+local current = redis.call('HGET', KEYS[1], 'state')
+if not current then
+  return '-'
+end
+for allowed in string.gmatch(ARGV[6], '%S+') do
+  if allowed == current then
+    redis.call('HSET', KEYS[1], 'state', ARGV[1], 'reason', ARGV[2], 'updated_at', ARGV[3])
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'kind', 'state', 'data', ARGV[4])
+    return ''
+  end
+end
+return current
 """
 
 # KEYS: iterations hash, events. ARGV: iteration, record data, event data, maxlen. Returns 1 if new.
@@ -87,6 +111,18 @@ def _events(run_id: str) -> str:
     return f"run:{run_id}:events"
 
 
+def _control(run_id: str) -> str:
+    return f"run:{run_id}:control"
+
+
+class InvalidTransition(ValueError):
+    """The run is not in a state that allows the requested change."""
+
+    def __init__(self, run_id: str, current: str, target: str) -> None:
+        super().__init__(f"run {run_id!r} is {current}; it cannot become {target}")
+        self.current, self.target = current, target
+
+
 def _pack(data: Mapping[str, Any]) -> bytes:
     return msgpack.packb(dict(data), use_bin_type=True)
 
@@ -103,12 +139,17 @@ class RunStore:
         self._create = client.register_script(_CREATE_LUA)
         self._state = client.register_script(_STATE_LUA)
         self._iter = client.register_script(_ITER_LUA)
+        self._transition = client.register_script(_TRANSITION_LUA)
 
     # ------------------------------------------------------------------------------------------------
     # runs
 
-    def create_run(self, run_id: str, config: Mapping[str, Any], run_dir: str) -> dict[str, Any]:
-        """Register a new run in state `created`; raises `RunExists` if the id is taken."""
+    def create_run(
+        self, run_id: str, config: Mapping[str, Any], run_dir: str, labels: Mapping[str, str] | None = None
+    ) -> dict[str, Any]:
+        """Register a new run in state `created`; raises `RunExists` if the id is taken.
+
+        `labels` are small strings kept with the run (e.g. the prompt pool it was created from)."""
         if not run_id or any(c.isspace() for c in run_id):
             raise ValueError(f"invalid run id {run_id!r}: must be non-empty without whitespace")
         config_json = json.dumps(dict(config), sort_keys=True)
@@ -122,6 +163,7 @@ class RunStore:
                 repr(now),
                 _pack({"run_id": run_id, "ts": now}),
                 EVENTS_MAXLEN,
+                json.dumps(dict(labels or {}), sort_keys=True),
             ],
         )
         if not int(created):
@@ -148,6 +190,7 @@ class RunStore:
             "reason": m.get("reason", ""),
             "created_at": float(m["created_at"]),
             "updated_at": float(m["updated_at"]),
+            "labels": json.loads(m.get("labels") or "{}"),
         }
 
     def set_state(self, run_id: str, state: str, reason: str = "") -> None:
@@ -169,6 +212,42 @@ class RunStore:
             raise RunNotFound(run_id)
         logger.info("run %s -> %s%s", run_id, state, f" ({reason})" if reason else "")
 
+    def transition(self, run_id: str, allowed_from: tuple[str, ...], state: str, reason: str = "") -> None:
+        """Atomically move the run to `state` if it is in one of `allowed_from`, else `InvalidTransition`."""
+        if state not in RUN_STATES:
+            raise ValueError(f"unknown run state {state!r}; expected one of {', '.join(RUN_STATES)}")
+        now = time.time()
+        current = _s(
+            self._transition(
+                keys=[_meta(run_id), _events(run_id)],
+                args=[
+                    state,
+                    reason,
+                    repr(now),
+                    _pack({"state": state, "reason": reason, "ts": now}),
+                    EVENTS_MAXLEN,
+                    " ".join(allowed_from),
+                ],
+            )
+        )
+        if current == "-":
+            raise RunNotFound(run_id)
+        if current:
+            raise InvalidTransition(run_id, current, state)
+        logger.info("run %s -> %s%s", run_id, state, f" ({reason})" if reason else "")
+
+    def request_control(self, run_id: str, action: Literal["pause", "stop"]) -> None:
+        """Ask the run's controller to pause or stop at its next iteration boundary (a stop overrides a pause)."""
+        self.client.set(_control(run_id), action)
+
+    def control(self, run_id: str) -> str | None:
+        """The pending control request ("pause" / "stop") or None."""
+        v = self.client.get(_control(run_id))
+        return None if v is None else _s(v)
+
+    def clear_control(self, run_id: str) -> None:
+        self.client.delete(_control(run_id))
+
     def list_runs(self) -> list[dict[str, Any]]:
         """Every run, oldest first."""
         ids = [_s(i) for i in self.client.zrange(RUNS_KEY, 0, -1)]
@@ -182,7 +261,7 @@ class RunStore:
     def delete_run(self, run_id: str) -> None:
         """Forget the run's metadata, iterations, blobs and events (not its work streams: see StreamQueue)."""
         pipe = self.client.pipeline(transaction=True)
-        pipe.delete(_meta(run_id), _iterations(run_id), _kv(run_id), _events(run_id))
+        pipe.delete(_meta(run_id), _iterations(run_id), _kv(run_id), _events(run_id), _control(run_id))
         pipe.zrem(RUNS_KEY, run_id)
         pipe.execute()
 

@@ -310,6 +310,21 @@ class JudgeWorker:
             self.pairs_filtered += dropped
             self.pairs_written += self.queue.complete("generations", JUDGES_GROUP, entry.entry_id, "pairs", pairs)
 
+    def load_weights(self, update: Any, staging_root: str | None = None) -> float:
+        """Load one WeightUpdate into a judge that judges with the policy (`follows_policy`, e.g. self-preference,
+        also as the primary of a composition) through the generators' `apply_update`; returns seconds.
+        Judges with weights of their own ignore it (0.0)."""
+        from sparring.workers.weight_sync import apply_update
+
+        target = next(
+            (j for j in (self.judge, getattr(self.judge, "primary", None)) if getattr(j, "follows_policy", False)), None
+        )
+        if target is None:
+            return 0.0
+        seconds = apply_update(target, update, target.model_path, staging_root)
+        target.version = update.version
+        return seconds
+
 
 # --------------------------------------------------------------------------------------------------
 
@@ -328,6 +343,19 @@ class TrainerWorker:
         self.trainer = PolicyTrainer(
             model_path, self.cfg.trainer, self.cfg.algorithm, seed=self.cfg.seed, dtype=self.cfg.policy.dtype
         )
+        self._uncommitted: list[str] = []
+
+    def restore(self, checkpoint: str) -> int:
+        """Continue from a checkpoint this trainer wrote (a resumed run); returns its policy version."""
+        version, _ = self.trainer.load_checkpoint(Path(checkpoint))
+        return version
+
+    def commit(self) -> int:
+        """Acknowledge the pairs of the last `train` call (its iteration is recorded); returns how many."""
+        for entry_id in self._uncommitted:
+            self.queue.complete("pairs", TRAINER_GROUP, entry_id, None, [])
+        n, self._uncommitted = len(self._uncommitted), []
+        return n
 
     def train(self, iteration: int, version: int) -> dict[str, Any]:
         """Train on every pending pair of `version`; returns metrics, counts and the WeightUpdate for v+1."""
@@ -358,8 +386,9 @@ class TrainerWorker:
             self.queue.dead_letter("train", record_id, reason)
         new_version = version + 1
         ckpt = self.trainer.save_checkpoint(self.run_dir / "checkpoints" / f"v{new_version}", new_version, iteration)
-        for e in fresh:  # acknowledged only once the checkpoint that consumed them exists
-            self.queue.complete("pairs", TRAINER_GROUP, e.entry_id, None, [])
+        # Acknowledged by `commit` once the controller has recorded the iteration: a run resumed after a crash
+        # anywhere before that point retrains the iteration from the same pairs (they are still pending).
+        self._uncommitted = [e.entry_id for e in fresh]
         if self.cfg.storage.weight_transport == "object_store":
             update = object_store_update(self.trainer.state_dict_for_sync(), new_version)
         else:
@@ -369,6 +398,7 @@ class TrainerWorker:
             "num_pairs": len(fresh),
             "num_rejected": len(result.rejected),
             "num_stale": len(entries) - len(fresh),
+            "max_staleness": max((version - e.record.policy_version for e in fresh), default=0),
             "checkpoint": str(ckpt),
             "update": update,
         }

@@ -28,7 +28,7 @@ import numpy as np
 
 from sparring.shared.config import RunConfig
 from sparring.shared.events import emit
-from sparring.shared.prompts import load_prompt_pool
+from sparring.shared.prompts import load_run_prompts
 from sparring.shared.queue import StreamQueue
 from sparring.shared.records import IterationRecord, PromptTask, WinRate
 from sparring.shared.redis_server import connect
@@ -62,18 +62,20 @@ def derive_seed(*parts: object) -> int:
 class RunController:
     """Drives one run from version 0 through `schedule.iterations` iterations."""
 
-    def __init__(self, run_id: str, config_json: str, redis_url: str, run_dir: str, model_path: str) -> None:
+    def __init__(
+        self, run_id: str, config_json: str, redis_url: str, run_dir: str, model_path: str | None = None
+    ) -> None:
         self.run_id = run_id
         self.config_json = config_json
         self.cfg = RunConfig.model_validate_json(config_json)
         self.redis_url = redis_url
         self.run_dir = Path(run_dir)
-        self.base_model_path = model_path
+        self.base_model_path = model_path  # None: resolved from `policy.path` when the run starts
         self.client = connect(redis_url)
         self.queue = StreamQueue(self.client, run_id, self.cfg.storage.stream_maxlen)
         self.store = RunStore(self.client)
         self.version = 0
-        self.checkpoint = model_path  # weights of `self.version`
+        self.checkpoint = model_path or ""  # weights of `self.version`
         self.generators: dict[str, Any] = {}
         self.judges: dict[str, Any] = {}
         self.trainer: Any = None
@@ -81,6 +83,9 @@ class RunController:
         self.baseline: list[str] | None = None
         self.eval_prompts: list[Any] = []
         self.restarts = 0
+        self.epoch = 0  # how many controllers this run has had (names of this one's workers include it)
+        self.queue_peaks: dict[str, int] = {}
+        self._thread: Any = None
 
     # ---------------------------------------------------------------------------------------- workers
 
@@ -88,7 +93,7 @@ class RunController:
         """A fresh Ray actor name `{run_id}:{role}:{n}`: operators (and the fault test) find a run's workers
         with `ray.util.list_named_actors()`; a replacement never collides with its dead predecessor."""
         self.incarnation += 1
-        return f"{self.run_id}:{role}:{self.incarnation}"
+        return f"{self.run_id}:{role}:{self.epoch}.{self.incarnation}"
 
     def _spawn_generator(self, consumer: str) -> Any:
         import ray
@@ -124,6 +129,11 @@ class RunController:
             .remote(self.run_id, self.redis_url, self.config_json, consumer)
         )
         self.judges[consumer] = actor
+        if self.version > 0:  # a judge that follows the policy starts on the current weights, not version 0
+            from sparring.workers.weight_sync import safetensors_dir_update
+
+            update = safetensors_dir_update(self.checkpoint, self.version, verify=False)
+            ray.get(actor.load_weights.remote(update, self._judge_staging(consumer)))
         return actor
 
     def start_workers(self) -> None:
@@ -148,6 +158,8 @@ class RunController:
             .remote(self.run_id, self.redis_url, self.config_json, self.base_model_path, str(self.run_dir))
         )
         ray.get([a.info.remote() for a in self.generators.values()])
+        if self.version > 0:  # a resumed run: the trainer continues from the last recorded checkpoint
+            ray.get(self.trainer.restore.remote(self.checkpoint))
         ray.get(self.trainer.__ray_ready__.remote())
         self._emit("progress", stage="startup", message=f"workers ready in {time.perf_counter() - t0:.1f}s")
 
@@ -164,15 +176,30 @@ class RunController:
     # ---------------------------------------------------------------------------------------- the loop
 
     def run(self, keep_workers: bool = False) -> dict[str, Any]:
-        """Run every iteration; workers are stopped at the end unless `keep_workers` (then call `shutdown`)."""
-        self.store.set_state(self.run_id, "running")
+        """Run every iteration not yet recorded; workers are stopped at the end unless `keep_workers` (then
+        call `shutdown`).
+
+        A run that already has recorded iterations (resumed after a pause, a crash or a service restart)
+        continues from its last recorded iteration: version, checkpoint, trainer state and the iteration-0
+        evaluation samples all come back from Redis and the checkpoint directory. Between iterations the
+        controller honours a pending pause/stop request (`RunStore.request_control`): it stops its workers
+        and leaves the run `paused` / `stopped`; the returned summary then has `"interrupted": <state>`.
+        """
+        self.epoch = int(self.client.incr(f"run:{self.run_id}:epoch"))
+        if self.store.get_run(self.run_id)["state"] == "created":  # the service moves it to running itself
+            self.store.set_state(self.run_id, "running")
         try:
+            self.resolve_model()
+            first = self.restore()
             self.start_workers()
             self.evaluate_baseline()
-            for t in range(1, self.cfg.schedule.iterations + 1):
+            for t in range(first, self.cfg.schedule.iterations + 1):
+                if (action := self.store.control(self.run_id)) is not None:
+                    return self._interrupt(action, t)
                 self.run_iteration(t)
             summary = self.write_summary()
             self.store.set_state(self.run_id, "completed")
+            self.store.clear_control(self.run_id)
             self._emit("completed", summary=str(self.run_dir / "summary.json"))
             return summary
         except BaseException as err:
@@ -183,6 +210,61 @@ class RunController:
         finally:
             if not keep_workers:
                 self.stop_workers()
+
+    def start(self) -> str:
+        """Service mode: run in a background thread of this (detached) actor and return at once; the actor
+        exits when the run completes, fails, pauses or stops. Nothing waits on the caller, so the API
+        process that started the run can restart freely."""
+        import threading
+
+        def body() -> None:
+            import ray
+
+            try:
+                self.run()
+            except BaseException:  # already recorded as `failed` with the reason
+                log.exception("run %s failed", self.run_id)
+            finally:
+                ray.kill(ray.get_runtime_context().current_actor)
+
+        self._thread = threading.Thread(target=body, name=f"controller-{self.run_id}", daemon=True)
+        self._thread.start()
+        return self.run_id
+
+    def alive(self) -> dict[str, Any]:
+        """A cheap liveness probe for the service: the run and the version the policy is at."""
+        return {"run_id": self.run_id, "version": self.version, "epoch": self.epoch}
+
+    def resolve_model(self) -> None:
+        if self.base_model_path is None:
+            from sparring.shared.models import resolve_policy_path
+
+            def progress(message: str) -> None:
+                self._emit("progress", stage="startup", message=message)
+
+            self.base_model_path = resolve_policy_path(self.cfg.policy.path, self.cfg.seed, progress)
+            self.checkpoint = self.checkpoint or self.base_model_path
+
+    def restore(self) -> int:
+        """Pick up after the last recorded iteration (0 = a fresh run); returns the next iteration to run."""
+        records = self.store.iterations(self.run_id)
+        if not records:
+            self.checkpoint = self.base_model_path or self.checkpoint
+            return 1
+        last = records[-1]
+        self.version, self.checkpoint = last.policy_version_out, last.checkpoint
+        self._emit("progress", stage="startup", message=f"resuming after iteration {last.iteration} (policy version {self.version})")
+        return last.iteration + 1
+
+    def _interrupt(self, action: str, next_iteration: int) -> dict[str, Any]:
+        state = "stopped" if action == "stop" else "paused"
+        self.stop_workers()
+        summary = self.write_summary()
+        summary["interrupted"] = state
+        self.store.clear_control(self.run_id)
+        self.store.set_state(self.run_id, state, reason=f"before iteration {next_iteration}")
+        self._emit(state, next_iteration=next_iteration)
+        return summary
 
     def engine_greedy(self, prompts: list[str], max_new_tokens: int) -> dict[str, Any]:
         """Greedy completion token ids from every generator, with the version each engine holds."""
@@ -224,10 +306,14 @@ class RunController:
                 "gen/tokens": gen_stats["tokens"],
                 "gen/tokens_per_s": gen_stats["tokens"] / max(gen_stats["gen_seconds"], 1e-9),
                 "judge/seconds": gen_stats["judge_seconds"],
+                "judge/latency_s": gen_stats["judge_seconds"] / max(gen_stats["groups"], 1.0),
+                "pairs/per_s": out["num_pairs"] / max(seconds["generate_judge"], 1e-9),
+                "staleness/max": float(out.get("max_staleness", 0)),
                 "sync/max_engine_s": sync_s,
                 "workers/restarts": float(self.restarts),
             }
         )
+        metrics.update({f"queue/peak/{stage}": float(n) for stage, n in self.queue_peaks.items()})
         record = IterationRecord(
             run_id=self.run_id,
             iteration=t,
@@ -245,13 +331,14 @@ class RunController:
             finished_at=time.time(),
         )
         self.store.put_iteration(record)
+        self.commit()
         self._emit("iteration_done", iteration=t, record=record.model_dump(mode="json"))
         return record
 
     # ---------------------------------------------------------------------------------------- stages
 
     def dispatch(self, t: int, v: int) -> int:
-        pool = load_prompt_pool(self.cfg.prompts)
+        pool = load_run_prompts(self.cfg)
         n = min(self.cfg.schedule.prompts_per_iteration, len(pool))
         rng = np.random.default_rng([self.cfg.seed, t])
         chosen = rng.choice(len(pool), size=n, replace=False)
@@ -285,12 +372,15 @@ class RunController:
         import ray
 
         stats = {"tokens": 0.0, "gen_seconds": 0.0, "judge_seconds": 0.0}
+        self.queue_peaks = {"prompts": 0, "generations": 0}
         groups_before, pairs_before = self.queue.written("generations"), self.queue.written("pairs")
         running: dict[Any, tuple[str, str]] = {}  # ObjectRef of a drain call -> (role, consumer)
         last_done = -1
         while True:
             gen_open = self.queue.outstanding("prompts", GENERATORS_GROUP)
             judge_open = self.queue.outstanding("generations", JUDGES_GROUP)
+            self.queue_peaks["prompts"] = max(self.queue_peaks["prompts"], gen_open)
+            self.queue_peaks["generations"] = max(self.queue_peaks["generations"], judge_open)
             if gen_open == 0 and judge_open == 0 and not running:
                 # exact counts, whichever workers wrote them (a dead worker's own counters are lost)
                 stats["groups"] = float(self.queue.written("generations") - groups_before)
@@ -345,13 +435,22 @@ class RunController:
         import ray
 
         self._emit("progress", stage="train", iteration=t, message="training")
+        self.queue_peaks["pairs"] = self.queue.outstanding("pairs", TRAINER_GROUP)
         return ray.get(self.trainer.train.remote(t, v))
+
+    def commit(self) -> None:
+        """The iteration is on record: the trainer acknowledges the pairs it consumed."""
+        import ray
+
+        ray.get(self.trainer.commit.remote())
 
     def sync(self, update: Any, checkpoint: str) -> float:
         """Push `update` to every generator (one message each); one that fails is restarted on `checkpoint`."""
         import ray
 
         refs = {consumer: actor.load_weights.remote(update) for consumer, actor in self.generators.items()}
+        # judges that judge with the policy (self-preference) follow it; the others return at once
+        judge_refs = {c: a.load_weights.remote(update, self._judge_staging(c)) for c, a in self.judges.items()}
         self.version, self.checkpoint = update.version, checkpoint
         worst = 0.0
         for consumer, ref in refs.items():
@@ -360,7 +459,21 @@ class RunController:
             except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as err:
                 log.warning("%s failed to load version %d (%s); restarting it on the new checkpoint", consumer, update.version, err)
                 self._replace_generator(consumer)
+        for consumer, ref in judge_refs.items():
+            try:
+                worst = max(worst, ray.get(ref))
+            except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as err:
+                log.warning("%s failed to load version %d (%s); restarting it on the new checkpoint", consumer, update.version, err)
+                try:
+                    ray.kill(self.judges[consumer])
+                except Exception:
+                    pass
+                self.restarts += 1
+                self._spawn_judge(consumer)
         return worst
+
+    def _judge_staging(self, consumer: str) -> str:
+        return str(self.run_dir / "staging" / consumer)
 
     # ---------------------------------------------------------------------------------------- evaluation
 
@@ -381,6 +494,10 @@ class RunController:
         if not (self.cfg.eval.gold_win_rate and self.cfg.is_arena):
             return
         self._eval_setup()
+        stored = self.store.get_value(self.run_id, "eval:baseline")
+        if stored is not None:  # a resumed run compares against the same iteration-0 samples
+            self.baseline = json.loads(stored)
+            return
         self.baseline = self._sample_eval(0)
         self.store.set_value(self.run_id, "eval:baseline", json.dumps(self.baseline).encode())
 

@@ -14,7 +14,7 @@ import redis
 from sparring.shared.queue import StreamQueue
 from sparring.shared.records import IterationRecord, PromptTask
 from sparring.shared.redis_server import PrivateRedis, RedisUnavailable, connect, open_redis, redact_url
-from sparring.shared.store import RUN_STATES, RunExists, RunNotFound, RunStore
+from sparring.shared.store import RUN_STATES, InvalidTransition, RunExists, RunNotFound, RunStore
 
 pytestmark = pytest.mark.integration
 
@@ -53,7 +53,9 @@ def test_run_lifecycle(store: RunStore, unique_run_id: str) -> None:
         store.set_state(unique_run_id, "exploded")
     with pytest.raises(RunNotFound):
         store.set_state(unique_run_id + "-missing", "running")
-    assert set(RUN_STATES) == {"created", "running", "paused", "completed", "failed", "stopped"}
+    assert set(RUN_STATES) == {
+        "created", "running", "pausing", "paused", "stopping", "stopped", "completed", "failed"
+    }
 
     assert unique_run_id in [r["run_id"] for r in store.list_runs()]
     kinds = [kind for _, kind, _ in store.events(unique_run_id)]
@@ -219,3 +221,31 @@ def test_private_redis_dies_with_its_owner(tmp_path: Path) -> None:
         pytest.fail("redis-server outlived its owner")
     with PrivateRedis(tmp_path) as server:
         assert connect(server.url).get("k") == b"survives"
+
+
+def test_transition_is_atomic_and_names_the_current_state(redis_client, unique_run_id) -> None:
+    store = RunStore(redis_client)
+    store.create_run(unique_run_id, {"name": "t"}, "/tmp/x", labels={"pool_id": "p1"})
+    assert store.get_run(unique_run_id)["labels"] == {"pool_id": "p1"}
+    store.transition(unique_run_id, ("created",), "running")
+    with pytest.raises(InvalidTransition, match="is running; it cannot become paused"):
+        store.transition(unique_run_id, ("pausing",), "paused")
+    assert store.get_run(unique_run_id)["state"] == "running"
+    store.transition(unique_run_id, ("running", "created"), "pausing", reason="user")
+    run = store.get_run(unique_run_id)
+    assert run["state"] == "pausing" and run["reason"] == "user"
+    with pytest.raises(RunNotFound):
+        store.transition(unique_run_id + "-missing", ("running",), "paused")
+    kinds = [(k, d.get("state")) for _, k, d in store.events(unique_run_id)]
+    assert kinds[-2:] == [("state", "running"), ("state", "pausing")]
+
+
+def test_control_requests(redis_client, unique_run_id) -> None:
+    store = RunStore(redis_client)
+    store.create_run(unique_run_id, {"name": "t"}, "/tmp/x")
+    assert store.control(unique_run_id) is None
+    store.request_control(unique_run_id, "pause")
+    store.request_control(unique_run_id, "stop")
+    assert store.control(unique_run_id) == "stop"
+    store.clear_control(unique_run_id)
+    assert store.control(unique_run_id) is None

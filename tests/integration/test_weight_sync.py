@@ -66,7 +66,7 @@ def expected(ckpts: tuple[Path, Path], prompts: list[list[int]]) -> dict[str, li
 def ray_local() -> Iterator[None]:
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 

@@ -1,5 +1,6 @@
 """RunConfig: YAML loading, unknown keys and bad values fail with their dotted path."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -66,10 +67,23 @@ def test_not_a_mapping_and_bad_yaml(tmp_path: Path) -> None:
 
 
 def test_cross_field_oracle_needs_arena_prompts(tmp_path: Path) -> None:
+    from sparring.shared.arena import arena_prompts
+    from sparring.shared.prompts import PromptPoolError, load_run_prompts
+
+    logs = tmp_path / "logs.jsonl"
+    logs.write_text("{}\n")
+    with pytest.raises(ConfigError, match="arena_oracle scores arena prompts"):
+        load_config(write(tmp_path, f"algorithm:\n  pairs: drift\nprompts:\n  source: dsat\n  path: {logs}\n"))
+    # a JSONL pool judged by an arena judge must hold arena prompts: each other line is named
     pool = tmp_path / "p.jsonl"
-    pool.write_text('{"prompt": "hi"}\n')
-    with pytest.raises(ConfigError, match="arena_oracle"):
-        load_config(write(tmp_path, f"prompts:\n  source: jsonl\n  path: {pool}\n"))
+    arena = arena_prompts("train")[0]
+    pool.write_text(json.dumps({"id": "ok", "prompt": arena.prompt}) + '\n{"id": "x", "prompt": "hi"}\n')
+    cfg = load_config(write(tmp_path, f"prompts:\n  source: jsonl\n  path: {pool}\n"))
+    assert cfg.is_arena
+    with pytest.raises(PromptPoolError, match="id 'x': not an arena prompt"):
+        load_run_prompts(cfg)
+    pool.write_text(json.dumps({"id": "ok", "prompt": arena.prompt}) + "\n")
+    assert [p.prompt_id for p in load_run_prompts(cfg)] == ["ok"]
 
 
 def test_preset_fills_missing_keys_and_user_keys_win(tmp_path: Path) -> None:

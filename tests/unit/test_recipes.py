@@ -1,4 +1,7 @@
+
 """Pair construction from judged groups, the oracle judge, and JSONL prompt pools."""
+
+import json
 
 import pytest
 
@@ -79,7 +82,29 @@ def test_jsonl_pool_names_every_bad_line() -> None:
 
 
 def test_jsonl_pool_default_ids() -> None:
-    assert parse_jsonl_prompts(['{"prompt": "a"}', "", '{"prompt": "b"}']) == [("line-1", "a"), ("line-3", "b")]
+    pool = parse_jsonl_prompts(['{"prompt": "a"}', "", '{"prompt": "b"}'])
+    assert [(p.prompt_id, p.prompt, p.messages) for p in pool] == [("line-1", "a", None), ("line-3", "b", None)]
+
+
+def test_prompt_pool_chat_messages() -> None:
+    chat = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    pool = parse_jsonl_prompts([json.dumps({"id": "c1", "messages": chat}), json.dumps({"messages": chat[1:]})])
+    assert (pool[0].prompt_id, pool[0].prompt, pool[0].messages) == ("c1", "hi", chat)
+    assert (pool[1].prompt_id, pool[1].prompt, pool[1].messages) == ("line-2", "hi", None)
+    bad = [
+        json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}),
+        json.dumps({"messages": [{"role": "robot", "content": "q"}]}),
+        json.dumps({"prompt": "p", "messages": chat}),
+        json.dumps({"prompt": "p", "text": "x"}),
+    ]
+    with pytest.raises(PromptPoolError) as info:
+        parse_jsonl_prompts(bad, "chat.jsonl")
+    msg = str(info.value)
+    assert "chat.jsonl: 4 bad line(s)" in msg
+    assert "line 1: field 'messages' must end with a user message" in msg
+    assert "line 2: messages.0.role" in msg
+    assert "line 3: needs exactly one of" in msg
+    assert "line 4: unknown field(s) 'text'" in msg
 
 
 def test_sppo_columns_match_the_reference_vector() -> None:

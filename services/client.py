@@ -1,0 +1,226 @@
+"""`sparring serve` and the commands that talk to a running API: `submit`, `status`, `export`.
+
+The client commands read the API address from `--api` or SPARRING_API_URL (default http://127.0.0.1:8321)
+and the token from `--token` or SPARRING_TOKEN. An API error prints its detail and every listed problem
+and exits 2 for a refused request (4xx), 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_API = "http://127.0.0.1:8321"
+DEFAULT_PORT = 8321
+
+
+class ApiError(RuntimeError):
+    def __init__(self, status: int, detail: str, problems: list[str] | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.detail, self.problems = status, detail, problems or []
+
+
+class ApiClient:
+    def __init__(self, base_url: str, token: str | None, timeout: float = 60.0) -> None:
+        import httpx
+
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout)
+
+    def _check(self, response: Any) -> Any:
+        if response.status_code >= 400:
+            try:
+                body = response.json()
+            except ValueError:
+                body = {"detail": response.text}
+            detail = body.get("detail", "")
+            if not isinstance(detail, str):
+                detail = json.dumps(detail)
+            raise ApiError(response.status_code, detail, body.get("problems"))
+        return response
+
+    def upload_pool(self, path: Path, kind: str = "prompts", name: str | None = None) -> dict[str, Any]:
+        r = self.http.post(
+            "/v1/pools",
+            params={"kind": kind, "name": name or path.name},
+            content=path.read_bytes(),
+            headers={"Content-Type": "application/x-ndjson"},
+        )
+        return self._check(r).json()
+
+    def create_run(self, config: dict[str, Any], pool_id: str | None = None, key: str | None = None) -> dict[str, Any]:
+        headers = {"Idempotency-Key": key} if key else {}
+        return self._check(self.http.post("/v1/runs", json={"config": config, "pool_id": pool_id}, headers=headers)).json()
+
+    def get(self, path: str, **params: Any) -> Any:
+        return self._check(self.http.get(path, params={k: v for k, v in params.items() if v is not None})).json()
+
+    def post(self, path: str) -> Any:
+        return self._check(self.http.post(path)).json()
+
+    def download(self, path: str, out: Any, **params: Any) -> int:
+        written = 0
+        with self.http.stream("GET", path, params={k: v for k, v in params.items() if v is not None}) as r:
+            if r.status_code >= 400:
+                r.read()
+                self._check(r)
+            for chunk in r.iter_bytes():
+                out.write(chunk)
+                written += len(chunk)
+        return written
+
+
+# ------------------------------------------------------------------------------------------------ serve
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from sparring.services.api import create_app
+    from sparring.services.cli import init_ray
+    from sparring.services.settings import load_settings
+    from sparring.shared.redis_server import open_redis
+
+    settings = load_settings(args.config, data_dir=args.data_dir)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if not settings.api_tokens and not settings.readonly_tokens:
+        token_file = settings.data_dir / "admin-token"
+        if not token_file.is_file():
+            token_file.touch(mode=0o600)
+            token_file.write_text(secrets.token_urlsafe(32) + "\n")
+        settings = settings.model_copy(update={"api_tokens": (token_file.read_text().strip(),)})
+        print(f"no API tokens configured (SPARRING_API_TOKENS); using the one in {token_file}", flush=True)
+    with open_redis(settings.redis_url, settings.data_dir) as (client, url):
+        init_ray(settings.ray_address)
+        app = create_app(settings, client, url)
+        print(f"sparring API on http://{args.host}:{args.port}  (dashboard: http://{args.host}:{args.port}/dashboard)", flush=True)
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.uvicorn_log_level)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ client commands
+
+
+def _client(args: argparse.Namespace) -> ApiClient:
+    token = args.token or os.environ.get("SPARRING_TOKEN")
+    if not token:
+        raise ApiError(0, "no token: pass --token or set SPARRING_TOKEN")
+    return ApiClient(args.api or os.environ.get("SPARRING_API_URL", DEFAULT_API), token)
+
+
+def submit(args: argparse.Namespace) -> int:
+    from sparring.services.cli import _parse_sets
+    from sparring.shared.config import set_dotted
+
+    config = yaml.safe_load(Path(args.config).read_text()) or {}
+    if not isinstance(config, dict):
+        raise ApiError(0, f"{args.config}: top level must be a mapping")
+    for dotted, value in _parse_sets(args.set).items():
+        set_dotted(config, dotted, value)
+    api = _client(args)
+    pool_id = None
+    if args.pool:
+        pool = api.upload_pool(Path(args.pool), args.pool_kind)
+        pool_id = pool["pool_id"]
+        dup = f", {pool['duplicate_prompts']} repeated prompt(s)" if pool["duplicate_prompts"] else ""
+        print(f"pool {pool_id}: {pool['num_items']} {pool['kind']}{dup}", flush=True)
+    run = api.create_run(config, pool_id, args.key)
+    print(f"run {run['run_id']} {run['state']}", flush=True)
+    if args.wait:
+        return _follow(api, run["run_id"])
+    return 0
+
+
+def _follow(api: ApiClient, run_id: str) -> int:
+    seen = 0
+    while True:
+        run = api.get(f"/v1/runs/{run_id}")
+        for rec in api.get(f"/v1/runs/{run_id}/iterations")["iterations"][seen:]:
+            print(_iteration_line(rec), flush=True)
+            seen += 1
+        if run["state"] in ("completed", "failed", "stopped", "paused"):
+            print(f"run {run_id} {run['state']}{': ' + run['reason'] if run['reason'] else ''}", flush=True)
+            return 0 if run["state"] != "failed" else 1
+        time.sleep(2)
+
+
+def _iteration_line(rec: dict[str, Any]) -> str:
+    win = rec.get("gold_win_rate_vs_iter0")
+    gold = f"  gold win {win['win_rate']:.3f} [{win['ci_low']:.3f}, {win['ci_high']:.3f}]" if win else ""
+    loss = rec["metrics"].get("loss/mean")
+    return f"  iteration {rec['iteration']}: {rec['num_pairs']} pairs, loss {loss if loss is None else round(loss, 4)}{gold}"
+
+
+def status(args: argparse.Namespace) -> int:
+    api = _client(args)
+    if args.run_id is None:
+        runs = api.get("/v1/runs")["runs"]
+        print(f"{'run':<48} {'state':<10} {'iters':>7} {'algorithm':<10} {'judge':<14}")
+        for r in runs:
+            print(f"{r['run_id']:<48} {r['state']:<10} {r['iterations_done']:>3}/{r['iterations_total'] or '-':<3} {r['algorithm'] or '-':<10} {r['judge'] or '-':<14}")
+        return 0
+    run = api.get(f"/v1/runs/{args.run_id}")
+    print(f"run {run['run_id']}: {run['state']}{' (' + run['reason'] + ')' if run['reason'] else ''}, "
+          f"{run['iterations_done']}/{run['iterations_total']} iterations")  # fmt: skip
+    for rec in api.get(f"/v1/runs/{args.run_id}/iterations")["iterations"]:
+        print(_iteration_line(rec))
+    return 0
+
+
+def export(args: argparse.Namespace) -> int:
+    api = _client(args)
+    params = {"iteration": args.iteration, "sample": args.sample, "seed": args.seed, "format": args.format}
+    if args.output == "-":
+        n = api.download(f"/v1/runs/{args.run_id}/pairs/export", sys.stdout.buffer, **params)
+    else:
+        with open(args.output, "wb") as f:
+            n = api.download(f"/v1/runs/{args.run_id}/pairs/export", f, **params)
+        print(f"wrote {n} bytes to {args.output}", file=sys.stderr)
+    return 0
+
+
+def add_parsers(sub: Any) -> None:
+    p = sub.add_parser("serve", help="run the API service (REST, dashboard, metrics)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT)
+    p.add_argument("--data-dir", default=None, help="pools and runs (default SPARRING_DATA_DIR or ./sparring-data)")
+    p.add_argument("--config", default=None, help="service settings YAML (tokens, limits, model roots)")
+    p.add_argument("--uvicorn-log-level", default="warning")
+    p.set_defaults(handler=serve)
+
+    def common(q: Any) -> None:
+        q.add_argument("--api", default=None, help=f"API base URL (SPARRING_API_URL, default {DEFAULT_API})")
+        q.add_argument("--token", default=None, help="bearer token (SPARRING_TOKEN)")
+
+    p = sub.add_parser("submit", help="create a run on a running API")
+    p.add_argument("config")
+    p.add_argument("--pool", default=None, help="a JSONL prompt pool to upload and use")
+    p.add_argument("--pool-kind", default="prompts", choices=["prompts", "dsat"])
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--key", default=None, help="Idempotency-Key: resubmitting with it never creates a second run")
+    p.add_argument("--wait", action="store_true", help="follow the run until it is at rest")
+    common(p)
+    p.set_defaults(handler=submit)
+
+    p = sub.add_parser("status", help="list runs, or show one run's iterations")
+    p.add_argument("run_id", nargs="?")
+    common(p)
+    p.set_defaults(handler=status)
+
+    p = sub.add_parser("export", help="download a run's judged pairs as TRL preference JSONL")
+    p.add_argument("run_id")
+    p.add_argument("-o", "--output", default="-")
+    p.add_argument("--iteration", type=int, default=None)
+    p.add_argument("--sample", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--format", default="standard", choices=["standard", "conversational"])
+    common(p)
+    p.set_defaults(handler=export)

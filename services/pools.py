@@ -1,0 +1,116 @@
+"""Prompt pools uploaded over the API: validated whole, stored once, referenced by runs.
+
+A pool is a JSONL file of prompts (`{"id"?, "prompt"}` or `{"id"?, "messages"}` lines) or of DRIFT
+dissatisfaction logs (`shared/dsat.py`). An upload is parsed line by line with the same code a run uses;
+a file with any bad line is refused whole (every bad line named) and nothing is stored. A valid pool is
+written under `pools/<pool_id>.jsonl` (pool_id = hash of kind and content, so uploading the same file twice
+gives the same pool) and described in the Redis hash `pools`. Repeated prompt texts are accepted and
+reported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import redis
+
+from sparring.shared.dsat import DSATError, parse_dsat_jsonl
+from sparring.shared.prompts import PromptPoolError, dsat_item, parse_jsonl_prompts
+
+PoolKind = Literal["prompts", "dsat"]
+POOLS_KEY = "pools"
+MAX_REPORTED_DUPLICATES = 100
+
+
+class PoolRejected(ValueError):
+    """The upload is not a valid pool; `problems` lists every bad line."""
+
+    def __init__(self, message: str, problems: list[str]) -> None:
+        super().__init__(message)
+        self.problems = problems
+
+
+class PoolNotFound(KeyError):
+    pass
+
+
+def _problems(err: Exception) -> list[str]:
+    lines = str(err).splitlines()
+    return [line.strip() for line in lines[1:]] or [str(err)]
+
+
+class PoolStore:
+    def __init__(self, client: redis.Redis, pools_dir: Path) -> None:
+        self.client = client
+        self.pools_dir = Path(pools_dir)
+
+    def add(self, name: str, kind: PoolKind, data: bytes) -> tuple[dict[str, Any], bool]:
+        """Validate and store a pool; returns (pool, created). Raises `PoolRejected`."""
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as err:
+            line = data[: err.start].count(b"\n") + 1
+            raise PoolRejected("the upload is not UTF-8 text", [f"line {line}: invalid UTF-8 byte at offset {err.start}"]) from None
+        lines = text.splitlines()
+        source = name or "upload"
+        try:
+            items = [dsat_item(log) for log in parse_dsat_jsonl(lines, source)] if kind == "dsat" else parse_jsonl_prompts(lines, source)
+        except (PromptPoolError, DSATError) as err:
+            problems = _problems(err)
+            raise PoolRejected(f"{source}: {len(problems)} bad line(s); nothing was stored", problems) from None
+        digest = hashlib.sha256(kind.encode() + b"\0" + data).hexdigest()
+        pool_id = f"pool-{digest[:16]}"
+        existing = self.get(pool_id)
+        if existing is not None:
+            return existing, False
+        first_seen: dict[str, str] = {}
+        duplicates: list[dict[str, str]] = []
+        for item in items:
+            key = json.dumps(item.messages) if item.messages else item.prompt
+            if key in first_seen:
+                duplicates.append({"id": item.prompt_id, "same_as": first_seen[key]})
+            else:
+                first_seen[key] = item.prompt_id
+        self.pools_dir.mkdir(parents=True, exist_ok=True)
+        path = self.pools_dir / f"{pool_id}.jsonl"
+        fd, tmp = tempfile.mkstemp(dir=self.pools_dir, prefix=f".{pool_id}.")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+        pool = {
+            "pool_id": pool_id,
+            "name": name,
+            "kind": kind,
+            "num_items": len(items),
+            "bytes": len(data),
+            "sha256": digest,
+            "duplicate_prompts": len(duplicates),
+            "duplicates": duplicates[:MAX_REPORTED_DUPLICATES],
+            "created_at": time.time(),
+        }
+        created = bool(self.client.hsetnx(POOLS_KEY, pool_id, json.dumps(pool)))
+        return (pool if created else self.get(pool_id) or pool), created
+
+    def get(self, pool_id: str) -> dict[str, Any] | None:
+        raw = self.client.hget(POOLS_KEY, pool_id)
+        return None if raw is None else json.loads(raw)
+
+    def require(self, pool_id: str) -> dict[str, Any]:
+        pool = self.get(pool_id)
+        if pool is None:
+            raise PoolNotFound(pool_id)
+        return pool
+
+    def path(self, pool_id: str) -> Path:
+        self.require(pool_id)
+        return self.pools_dir / f"{pool_id}.jsonl"
+
+    def list(self) -> list[dict[str, Any]]:
+        pools = [json.loads(v) for v in self.client.hvals(POOLS_KEY)]
+        return sorted(pools, key=lambda p: p["created_at"])

@@ -1,0 +1,465 @@
+"""Runs as the API sees them: creation from a config and a pool, lifecycle, and the scheduler that keeps
+every run that should be executing attached to a live controller.
+
+Nothing about a run lives only in the API process. A run's state, config and iteration records are in
+Redis (`RunStore`); its controller is a *detached* Ray actor (`{run_id}:controller`) that keeps running
+when the API process exits. The scheduler loop (`reconcile`, every few seconds) is what makes that
+restart-safe:
+
+- a queued run (`created`) starts when fewer than `max_active_runs` runs execute;
+- an executing run (`running` / `pausing` / `stopping`) whose controller is gone (the API's embedded Ray
+  died with it, a node failed) is resumed from its last recorded iteration by a new controller — or, if it
+  was pausing/stopping anyway, just marked paused/stopped. A run whose controller is lost repeatedly
+  without recording an iteration is failed with the reason.
+
+Pause and stop are requests: the controller honours them at the next iteration boundary, so an iteration
+is never half-recorded. Resume moves a paused run back to the queue; it continues from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import re
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import redis
+import yaml
+
+from sparring.services.pools import PoolStore
+from sparring.services.settings import ServiceSettings
+from sparring.shared.config import ARENA_MODEL, ConfigError, RunConfig, looks_local, parse_config
+from sparring.shared.prompts import PromptPoolError, load_run_prompts
+from sparring.shared.queue import StreamQueue
+from sparring.shared.records import IterationRecord, PreferencePair, decode
+from sparring.shared.store import ACTIVE_STATES, InvalidTransition, RunNotFound, RunStore
+
+log = logging.getLogger(__name__)
+
+# Fields of a run config that name a model: each must be `arena`, a Hugging Face id, or a directory inside
+# one of the configured model roots.
+MODEL_FIELDS = ("policy.path", "judge.strong_model", "judge.weak_model", "judge.model")
+# Fields only the service sets.
+SERVICE_FIELDS = ("storage.run_dir", "storage.redis_url", "prompts.path")
+HF_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
+MAX_ORPHAN_RESTARTS = 3
+IDEMPOTENCY_TTL_S = 7 * 24 * 3600
+
+
+class RequestError(ValueError):
+    """A request the service refuses (422), with every problem listed."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or [message]
+
+
+class CheckpointNotFound(LookupError):
+    """No such checkpoint version or file (the run exists)."""
+
+
+class Conflict(ValueError):
+    """409: the request conflicts with the current state (a lifecycle transition, a reused key)."""
+
+
+def _get(data: dict[str, Any], dotted: str) -> Any:
+    node: Any = data
+    for key in dotted.split("."):
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = data
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = value
+
+
+def check_model_reference(field: str, value: Any, roots: tuple[Path, ...]) -> str | None:
+    """Why `value` may not be used as a model reference through the API, or None if it may."""
+    if not isinstance(value, str):
+        return None  # the config validation reports the type
+    if value == ARENA_MODEL:
+        return None
+    shown = value if len(value) <= 200 else value[:200] + "..."
+    if looks_local(value) or value.startswith(".") or Path(value).exists():
+        path = Path(value).expanduser()
+        if path.is_absolute():
+            real = Path(*path.parts).resolve()
+            for root in roots:
+                root_real = root.expanduser().resolve()
+                if real == root_real or root_real in real.parents:
+                    return None
+        where = ", ".join(str(r) for r in roots) or "none are configured (SPARRING_MODEL_ROOTS)"
+        return f"{field}: {shown!r} is not allowed: a local model must be an absolute path inside a model root ({where})"
+    if not HF_ID.fullmatch(value) or ".." in value:
+        return f"{field}: {shown!r} is neither a Hugging Face model id (owner/name) nor an allowed local directory"
+    return None
+
+
+def _ray() -> Any:
+    import ray
+
+    return ray
+
+
+class RunService:
+    def __init__(self, settings: ServiceSettings, client: redis.Redis, redis_url: str) -> None:
+        self.settings = settings
+        self.client = client
+        self.redis_url = redis_url
+        self.store = RunStore(client)
+        self.pools = PoolStore(client, settings.pools_dir)
+        self._lock = threading.Lock()
+        self._started: dict[str, float] = {}  # run id -> when this process started its controller
+
+    # ------------------------------------------------------------------------------------------ create
+
+    def prepare_config(self, raw: Any, pool_id: str | None) -> RunConfig:
+        """Validate a config submitted over the API; RequestError lists every problem."""
+        if not isinstance(raw, dict):
+            raise RequestError(f"config must be an object, got {type(raw).__name__}")
+        data = json.loads(json.dumps(raw))  # a private deep copy
+        problems = [f"{f}: set by the service, not by a run config" for f in SERVICE_FIELDS if _get(data, f) is not None]
+        for field in MODEL_FIELDS:
+            if (why := check_model_reference(field, _get(data, field), self.settings.model_roots)) is not None:
+                problems.append(why)
+        if problems:
+            raise RequestError(f"config: {len(problems)} problem(s)", problems)
+        if pool_id is not None:
+            pool = self.pools.get(pool_id)
+            if pool is None:
+                raise RequestError(f"pool_id: no pool {pool_id!r} (upload it with POST /v1/pools)")
+            kind = "dsat" if pool["kind"] == "dsat" else "jsonl"
+            source = _get(data, "prompts.source")
+            if source not in (None, kind):
+                raise RequestError(f"prompts.source: {source!r} conflicts with pool {pool_id!r} (a {pool['kind']} pool)")
+            _set(data, "prompts.source", kind)
+            _set(data, "prompts.path", str(self.pools.path(pool_id)))
+        elif _get(data, "prompts.source") in ("jsonl", "dsat"):
+            raise RequestError("pool_id: prompts.source jsonl/dsat needs a pool uploaded with POST /v1/pools")
+        _set(data, "storage.run_dir", str(self.settings.runs_dir))
+        try:
+            cfg = parse_config(data, "config")
+        except ConfigError as err:
+            lines = str(err).splitlines()
+            raise RequestError(lines[0], [line.strip() for line in lines[1:]] or lines) from None
+        try:
+            load_run_prompts(cfg)
+        except PromptPoolError as err:
+            lines = str(err).splitlines()
+            raise RequestError(lines[0], [line.strip() for line in lines[1:]] or lines) from None
+        return cfg
+
+    def create_run(self, raw_config: Any, pool_id: str | None, idempotency_key: str | None) -> tuple[dict[str, Any], bool]:
+        """Create a queued run; returns (run view, created). The same Idempotency-Key returns the same run."""
+        fingerprint = hashlib.sha256(json.dumps([raw_config, pool_id], sort_keys=True).encode()).hexdigest()
+        if idempotency_key is not None:
+            key = f"idempotency:{hashlib.sha256(idempotency_key.encode()).hexdigest()}"
+            existing = self.client.get(key)
+            if existing is not None:
+                return self._replay(json.loads(existing), fingerprint)
+        cfg = self.prepare_config(raw_config, pool_id)
+        run_id = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+        if idempotency_key is not None:
+            claimed = self.client.set(key, json.dumps({"run_id": run_id, "fingerprint": fingerprint}), nx=True, ex=IDEMPOTENCY_TTL_S)
+            if not claimed:  # a concurrent request with the same key won
+                return self._replay(json.loads(self.client.get(key) or b"{}"), fingerprint)
+        run_dir = self.settings.runs_dir / run_id
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        labels = {"pool_id": pool_id} if pool_id else {}
+        self.store.create_run(run_id, cfg.model_dump(mode="json"), str(run_dir), labels=labels)
+        log.info("created run %s", run_id)
+        self.reconcile()
+        return self.view(run_id), True
+
+    def _replay(self, stored: dict[str, Any], fingerprint: str) -> tuple[dict[str, Any], bool]:
+        if stored.get("fingerprint") != fingerprint:
+            raise Conflict("Idempotency-Key was already used for a different request")
+        for _ in range(50):  # the first request may still be writing the run
+            if self.store.get_run(stored["run_id"]) is not None:
+                return self.view(stored["run_id"]), False
+            time.sleep(0.1)
+        raise Conflict("Idempotency-Key is in use by a request that has not finished")
+
+    # ------------------------------------------------------------------------------------------ read
+
+    def view(self, run_id: str) -> dict[str, Any]:
+        run = self.store.get_run(run_id)
+        if run is None:
+            raise RunNotFound(run_id)
+        return self._view(run)
+
+    def _view(self, run: dict[str, Any]) -> dict[str, Any]:
+        cfg = run["config"]
+        return {
+            "run_id": run["run_id"],
+            "name": cfg.get("name", ""),
+            "state": run["state"],
+            "reason": run["reason"],
+            "created_at": run["created_at"],
+            "updated_at": run["updated_at"],
+            "iterations_done": self.store.last_complete_iteration(run["run_id"]),
+            "iterations_total": cfg.get("schedule", {}).get("iterations"),
+            "pool_id": run["labels"].get("pool_id"),
+            "algorithm": cfg.get("algorithm", {}).get("objective"),
+            "judge": cfg.get("judge", {}).get("kind"),
+        }
+
+    def list_runs(self) -> list[dict[str, Any]]:
+        return [self._view(r) for r in self.store.list_runs()]
+
+    def config(self, run_id: str) -> dict[str, Any]:
+        run = self.store.get_run(run_id)
+        if run is None:
+            raise RunNotFound(run_id)
+        return run["config"]
+
+    def iterations(self, run_id: str) -> list[IterationRecord]:
+        self.view(run_id)
+        return self.store.iterations(run_id)
+
+    def queue(self, run_id: str) -> StreamQueue:
+        self.view(run_id)
+        return StreamQueue(self.client, run_id)
+
+    def queue_depths(self, run_id: str) -> dict[str, int]:
+        from sparring.workers.actors import GENERATORS_GROUP, JUDGES_GROUP, TRAINER_GROUP
+
+        q = self.queue(run_id)
+        out = {}
+        for stage, group in (("prompts", GENERATORS_GROUP), ("generations", JUDGES_GROUP), ("pairs", TRAINER_GROUP)):
+            try:
+                out[stage] = q.outstanding(stage, group)
+            except redis.ResponseError:  # the stream/group does not exist yet
+                out[stage] = 0
+        out["dead"] = q.length("dead")
+        return out
+
+    def _pair_entries(self, run_id: str, newest_first: bool = False) -> Iterator[PreferencePair]:
+        q = self.queue(run_id)
+        key = q.stream("pairs")
+        cursor = "+" if newest_first else "-"
+        while True:
+            if newest_first:
+                batch = self.client.xrevrange(key, max=cursor, min="-", count=500)
+            else:
+                batch = self.client.xrange(key, min=cursor, max="+", count=500)
+            for _, fields in batch:
+                try:
+                    yield decode(PreferencePair, fields[b"data"])
+                except Exception:  # noqa: BLE001 - a foreign entry; export what can be read
+                    continue
+            if len(batch) < 500:
+                return
+            last = batch[-1][0].decode()
+            cursor = f"({last}"
+
+    def recent_pairs(self, run_id: str, limit: int, iteration: int | None = None) -> list[dict[str, Any]]:
+        out = []
+        for pair in self._pair_entries(run_id, newest_first=True):
+            if iteration is not None and pair.iteration != iteration:
+                continue
+            out.append(
+                {
+                    "record_id": pair.record_id,
+                    "iteration": pair.iteration,
+                    "policy_version": pair.policy_version,
+                    "prompt_id": pair.prompt_id,
+                    "prompt": pair.prompt,
+                    "chosen": pair.chosen.text,
+                    "rejected": pair.rejected.text,
+                    "chosen_score": pair.chosen_score,
+                    "rejected_score": pair.rejected_score,
+                    "win_prob": pair.win_prob,
+                    "judge": pair.judge,
+                }
+            )
+            if len(out) >= limit:
+                break
+        return out
+
+    def export_pairs(
+        self, run_id: str, iteration: int | None, sample: int | None, seed: int, conversational: bool
+    ) -> Iterator[str]:
+        """TRL preference rows (`prompt`, `chosen`, `rejected`), one JSON line each; optionally a uniform sample."""
+        pairs: Iterator[PreferencePair] = (
+            p for p in self._pair_entries(run_id) if iteration is None or p.iteration == iteration
+        )
+        if sample is not None:
+            rng = random.Random(seed)
+            reservoir: list[PreferencePair] = []
+            for n, pair in enumerate(pairs):
+                if len(reservoir) < sample:
+                    reservoir.append(pair)
+                elif (j := rng.randint(0, n)) < sample:
+                    reservoir[j] = pair
+            pairs = iter(reservoir)
+        for pair in pairs:
+            if conversational:
+                row: dict[str, Any] = {
+                    "prompt": [{"role": "user", "content": pair.prompt}],
+                    "chosen": [{"role": "assistant", "content": pair.chosen.text}],
+                    "rejected": [{"role": "assistant", "content": pair.rejected.text}],
+                }
+            else:
+                row = {"prompt": pair.prompt, "chosen": pair.chosen.text, "rejected": pair.rejected.text}
+            yield json.dumps(row, ensure_ascii=False) + "\n"
+
+    # ------------------------------------------------------------------------------------------ checkpoints
+
+    def checkpoints(self, run_id: str) -> list[dict[str, Any]]:
+        run_dir = Path(self.store.get_run(run_id)["run_dir"]) if self.store.get_run(run_id) else None
+        out = []
+        for rec in self.iterations(run_id):
+            path = Path(rec.checkpoint)
+            if not rec.checkpoint or run_dir is None or run_dir.resolve() not in path.resolve().parents or not path.is_dir():
+                continue
+            files = [{"name": f.name, "bytes": f.stat().st_size} for f in sorted(path.iterdir()) if f.is_file()]
+            out.append(
+                {
+                    "version": rec.policy_version_out,
+                    "iteration": rec.iteration,
+                    "files": files,
+                    "bytes": sum(f["bytes"] for f in files),
+                }
+            )
+        return out
+
+    def checkpoint_dir(self, run_id: str, version: int) -> Path:
+        for rec in self.iterations(run_id):
+            if rec.policy_version_out == version and rec.checkpoint:
+                return Path(rec.checkpoint)
+        raise CheckpointNotFound(f"run {run_id!r} has no recorded checkpoint for policy version {version}")
+
+    def checkpoint_file(self, run_id: str, version: int, name: str) -> Path:
+        directory = self.checkpoint_dir(run_id, version)
+        names = {f.name for f in directory.iterdir() if f.is_file()}
+        if name not in names:  # only names listed in the directory: no path ever comes from the request
+            raise CheckpointNotFound(f"checkpoint v{version} of run {run_id!r} has no file {name!r}")
+        return directory / name
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+
+    def pause(self, run_id: str) -> dict[str, Any]:
+        state = self.view(run_id)["state"]
+        if state == "created":
+            self.store.transition(run_id, ("created",), "paused", reason="paused before it started")
+        else:
+            self.store.transition(run_id, ("running",), "pausing", reason="pause requested")
+            self.store.request_control(run_id, "pause")
+        return self.view(run_id)
+
+    def resume(self, run_id: str) -> dict[str, Any]:
+        self.store.transition(run_id, ("paused",), "created", reason="resume requested; waiting for a slot")
+        self.reconcile()
+        return self.view(run_id)
+
+    def stop(self, run_id: str) -> dict[str, Any]:
+        state = self.view(run_id)["state"]
+        if state in ("created", "paused"):
+            self.store.transition(run_id, ("created", "paused"), "stopped", reason="stopped by request")
+        else:
+            self.store.transition(run_id, ("running", "pausing"), "stopping", reason="stop requested")
+            self.store.request_control(run_id, "stop")
+        return self.view(run_id)
+
+    # ------------------------------------------------------------------------------------------ scheduler
+
+    def _controller_alive(self, run_id: str) -> bool:
+        ray = _ray()
+        try:
+            ray.get_actor(f"{run_id}:controller", namespace="sparring")
+        except ValueError:
+            return False
+        return True
+
+    def _start_controller(self, run: dict[str, Any]) -> None:
+        ray = _ray()
+        from sparring.workers.controller import WORKER_ENV, RunController
+
+        run_id = run["run_id"]
+        cfg = RunConfig.model_validate(run["config"])
+        actor = (
+            ray.remote(RunController)
+            .options(
+                name=f"{run_id}:controller",
+                namespace="sparring",
+                lifetime="detached",
+                num_cpus=0,
+                max_restarts=0,
+                runtime_env={"env_vars": WORKER_ENV},
+            )
+            .remote(run_id, cfg.model_dump_json(), self.redis_url, run["run_dir"], None)
+        )
+        actor.start.remote()
+        self._started[run_id] = time.monotonic()
+        log.info("started controller of run %s", run_id)
+
+    def reconcile(self) -> None:
+        """Start queued runs while there is room; re-attach executing runs that lost their controller."""
+        with self._lock:
+            runs = self.store.list_runs()
+            executing = 0
+            for run in runs:
+                if run["state"] not in ACTIVE_STATES:
+                    continue
+                executing += 1
+                run_id = run["run_id"]
+                started = self._started.get(run_id)
+                if started is not None and time.monotonic() - started < 30:
+                    continue  # just started by us: its actor may not be registered yet
+                if self._controller_alive(run_id):
+                    continue
+                self._orphaned(run)
+            for run in runs:
+                if run["state"] != "created" or executing >= self.settings.max_active_runs:
+                    continue
+                try:
+                    self.store.transition(run["run_id"], ("created",), "running", reason="")
+                except (InvalidTransition, RunNotFound):
+                    continue
+                self._start_controller(run)
+                executing += 1
+
+    def _orphaned(self, run: dict[str, Any]) -> None:
+        run_id, state = run["run_id"], run["state"]
+        current = self.store.get_run(run_id)
+        if current is None or current["state"] != state:
+            return  # it moved on while we looked
+        if state == "stopping":
+            self.store.transition(run_id, ("stopping",), "stopped", reason="stopped (its controller had exited)")
+            self.store.clear_control(run_id)
+            return
+        if state == "pausing":
+            self.store.transition(run_id, ("pausing",), "paused", reason="paused (its controller had exited)")
+            self.store.clear_control(run_id)
+            return
+        done = self.store.last_complete_iteration(run_id)
+        attempts = int(self.client.hincrby(f"run:{run_id}:kv", f"orphan_restarts:{done}", 1))
+        if attempts > MAX_ORPHAN_RESTARTS:
+            self.store.transition(
+                run_id, ("running",), "failed", reason=f"controller lost {attempts - 1} times after iteration {done}"
+            )
+            return
+        log.warning("run %s lost its controller; resuming after iteration %d (attempt %d)", run_id, done, attempts)
+        self._start_controller(run)
+
+    def scheduler_loop(self, stop: threading.Event) -> None:
+        while not stop.wait(self.settings.scheduler_interval_s):
+            try:
+                self.reconcile()
+            except Exception:  # noqa: BLE001 - the loop must outlive a Redis/Ray hiccup
+                log.exception("scheduler pass failed")

@@ -1,0 +1,212 @@
+"""The real API (uvicorn on loopback, real Redis and Ray): uploads, refusals, auth, a run's whole life.
+
+Each refusal must name what is wrong. The lifecycle test uploads a pool of arena prompts, runs a small
+arena run from it, pauses and resumes it, exports its pairs in TRL's format and downloads a checkpoint
+that transformers loads.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from sparring.shared.arena import arena_prompts
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def _jsonl(rows: list[dict]) -> bytes:
+    return "".join(json.dumps(r) + "\n" for r in rows).encode()
+
+
+def test_health_is_open_everything_else_needs_a_token(api_server) -> None:
+    with api_server.client() as anon:
+        assert anon.get("/healthz").json() == {"status": "ok"}
+        ready = anon.get("/readyz").json()
+        assert ready["checks"] == {"redis": "ok", "ray": "ok"}
+        for path in ("/v1/runs", "/v1/pools", "/metrics", "/v1/runs/nope/iterations"):
+            r = anon.get(path)
+            assert r.status_code == 401, path
+            assert "Authorization" in r.json()["detail"]
+    with api_server.client("not-a-token") as bad:
+        r = bad.get("/v1/runs")
+        assert r.status_code == 401 and r.json()["detail"] == "invalid token"
+        assert r.headers["www-authenticate"].startswith("Bearer")
+    with api_server.client(api_server.read_token) as ro:
+        assert ro.get("/v1/runs").status_code == 200
+        r = ro.post("/v1/runs", json={"config": {}})
+        assert r.status_code == 403 and "read-only token" in r.json()["detail"]
+        r = ro.post("/v1/pools", content=b'{"prompt": "x"}\n')
+        assert r.status_code == 403
+
+
+def test_pool_upload_validates_every_line_and_stores_nothing_partial(api_server) -> None:
+    with api_server.admin as c:
+        before = c.get("/v1/pools").json()["pools"]
+        bad = b'{"id": "a", "prompt": "fine"}\nnot json\n{"id": "a", "prompt": "dup id"}\n{"prompt": ""}\n'
+        r = c.post("/v1/pools", params={"name": "broken"}, content=bad)
+        assert r.status_code == 422
+        body = r.json()
+        assert "nothing was stored" in body["detail"]
+        assert body["problems"] == [
+            "line 2: not valid JSON (Expecting value)",
+            "line 3: duplicate id 'a' (first on line 1)",
+            "line 4: field 'prompt' must be a non-empty string",
+        ]
+        assert c.get("/v1/pools").json()["pools"] == before
+
+        good = _jsonl([{"id": "p1", "prompt": "same"}, {"id": "p2", "prompt": "same"}, {"messages": [{"role": "user", "content": "hi"}]}])
+        r = c.post("/v1/pools", params={"name": "ok"}, content=good)
+        assert r.status_code == 201, r.text
+        pool = r.json()
+        assert pool["num_items"] == 3 and pool["duplicate_prompts"] == 1
+        assert pool["duplicates"] == [{"id": "p2", "same_as": "p1"}]
+        again = c.post("/v1/pools", params={"name": "ok"}, content=good)
+        assert again.status_code == 200 and again.json()["pool_id"] == pool["pool_id"]
+        assert c.get(f"/v1/pools/{pool['pool_id']}").json()["num_items"] == 3
+
+        dsat = _jsonl([{"messages": [{"role": "user", "content": "q"}], "response": "r"}])
+        r = c.post("/v1/pools", params={"kind": "dsat"}, content=dsat)
+        assert r.status_code == 422 and r.json()["problems"] == ["line 1: feedback: missing field"]
+
+
+def test_oversized_upload_and_body_are_refused(api_server) -> None:
+    limit = int(api_server.env["SPARRING_MAX_UPLOAD_BYTES"])
+    line = json.dumps({"prompt": "x" * 200}) + "\n"
+    big = (line * (10 * limit // len(line) + 1)).encode()
+    assert len(big) >= 10 * limit
+    with api_server.admin as c:
+        before = c.get("/v1/pools").json()["pools"]
+        r = c.post("/v1/pools", content=big)
+        assert r.status_code == 413
+        assert r.json()["detail"] == f"upload too large: the limit is {limit} bytes"
+
+        def chunks():  # no Content-Length: the cap is enforced while reading
+            for i in range(0, len(big), 8192):
+                yield big[i : i + 8192]
+
+        r = c.post("/v1/pools", content=chunks())
+        assert r.status_code == 413
+        assert c.get("/v1/pools").json()["pools"] == before
+        r = c.post("/v1/runs", json={"config": {"name": "x" * 2_000_000}})
+        assert r.status_code == 413 and "request body too large" in r.json()["detail"]
+
+
+def test_configs_cannot_read_arbitrary_files(api_server) -> None:
+    with api_server.admin as c:
+        r = c.post("/v1/runs", json={"config": {"policy": {"path": "/etc/passwd"}}})
+        assert r.status_code == 422
+        (problem,) = r.json()["problems"]
+        assert problem.startswith("policy.path: '/etc/passwd' is not allowed: a local model must be an absolute path inside a model root")
+        for path in ("../../etc", "/etc/../etc/passwd", f"{api_server.data_dir}/models/../../x", "~root"):
+            r = c.post("/v1/runs", json={"config": {"judge": {"kind": "density_ratio", "strong_model": path, "weak_model": "arena"}}})
+            assert r.status_code == 422 and r.json()["problems"][0].startswith("judge.strong_model:"), path
+        r = c.post("/v1/runs", json={"config": {"storage": {"run_dir": "/"}, "prompts": {"path": "/etc/passwd"}}})
+        assert r.status_code == 422
+        assert r.json()["problems"] == [
+            "storage.run_dir: set by the service, not by a run config",
+            "prompts.path: set by the service, not by a run config",
+        ]
+        r = c.post("/v1/runs", json={"config": {"trainer": {"learning_rat": 1}}})
+        assert r.status_code == 422 and r.json()["problems"] == ["trainer.learning_rat: unknown key (not a field of this section) (got 1)"]
+        r = c.post("/v1/runs", json={"config": {}, "pool_id": "pool-missing"})
+        assert r.status_code == 422 and "no pool 'pool-missing'" in r.json()["detail"]
+
+
+def test_unknown_runs_and_invalid_transitions(api_server) -> None:
+    with api_server.admin as c:
+        for method, path in (
+            ("GET", "/v1/runs/no-such-run"),
+            ("GET", "/v1/runs/no-such-run/iterations"),
+            ("GET", "/v1/runs/no-such-run/pairs/export"),
+            ("POST", "/v1/runs/no-such-run/pause"),
+            ("GET", "/v1/runs/no-such-run/checkpoints/1/archive"),
+        ):
+            r = c.request(method, path)
+            assert r.status_code == 404, (method, path, r.text)
+            assert r.json()["detail"] == "run 'no-such-run' not found"
+
+
+def _arena_pool(n: int) -> bytes:
+    return _jsonl([{"id": p.prompt_id, "prompt": p.prompt} for p in arena_prompts("train")[:n]])
+
+
+def test_run_lifecycle_pause_resume_export_checkpoint(api_server, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    with api_server.admin as c:
+        pool = c.post("/v1/pools", params={"name": "arena-64"}, content=_arena_pool(64)).json()
+        body = {
+            "config": {**_small(iterations=3)},
+            "pool_id": pool["pool_id"],
+        }
+        r = c.post("/v1/runs", json=body, headers={"Idempotency-Key": "lifecycle-1"})
+        assert r.status_code == 201, r.text
+        run_id = r.json()["run_id"]
+        assert r.json()["pool_id"] == pool["pool_id"]
+        replay = c.post("/v1/runs", json=body, headers={"Idempotency-Key": "lifecycle-1"})
+        assert replay.status_code == 200 and replay.json()["run_id"] == run_id
+        other = c.post("/v1/runs", json={**body, "config": {**body["config"], "seed": 7}}, headers={"Idempotency-Key": "lifecycle-1"})
+        assert other.status_code == 409 and "Idempotency-Key" in other.json()["detail"]
+        assert sum(run["run_id"].startswith("api-arena") for run in c.get("/v1/runs").json()["runs"] if run["pool_id"] == pool["pool_id"]) == 1
+
+        api_server.wait_for(run_id, lambda run: run["iterations_done"] >= 1, what="iteration 1")
+        r = c.post(f"/v1/runs/{run_id}/pause")
+        assert r.status_code == 202 and r.json()["state"] in ("pausing", "paused")
+        paused = api_server.wait_for(run_id, lambda run: run["state"] == "paused", what="paused")
+        assert paused["iterations_done"] < 3
+        r = c.post(f"/v1/runs/{run_id}/pause")
+        assert r.status_code == 409 and "is paused; it cannot become pausing" in r.json()["detail"]
+        r = c.post(f"/v1/runs/{run_id}/resume")
+        assert r.status_code == 202 and r.json()["state"] in ("created", "running")
+        done = api_server.wait_for(run_id, lambda run: run["state"] == "completed", what="completed")
+        assert done["iterations_done"] == 3
+        r = c.post(f"/v1/runs/{run_id}/resume")
+        assert r.status_code == 409
+
+        iterations = c.get(f"/v1/runs/{run_id}/iterations").json()["iterations"]
+        assert [it["iteration"] for it in iterations] == [1, 2, 3]
+        assert [it["policy_version_out"] for it in iterations] == [1, 2, 3]
+        assert all(it["num_pairs"] > 0 and it["gold_win_rate_vs_iter0"] is not None for it in iterations)
+        for key in ("pairs/per_s", "gen/tokens_per_s", "queue/peak/prompts", "staleness/max", "sync/max_engine_s", "judge/latency_s"):
+            assert key in iterations[-1]["metrics"], key
+
+        lines = c.get(f"/v1/runs/{run_id}/pairs/export").text.splitlines()
+        rows = [json.loads(line) for line in lines]
+        assert len(rows) >= sum(it["num_pairs"] for it in iterations)
+        assert all(set(row) == {"prompt", "chosen", "rejected"} and row["chosen"] != row["rejected"] for row in rows)
+        pool_prompts = {p.prompt for p in arena_prompts("train")[:64]}
+        assert {row["prompt"] for row in rows} <= pool_prompts
+        sample = [json.loads(x) for x in c.get(f"/v1/runs/{run_id}/pairs/export", params={"sample": 5, "iteration": 2}).text.splitlines()]
+        assert len(sample) == 5 and all(row in rows for row in sample)
+        recent = c.get(f"/v1/runs/{run_id}/pairs", params={"limit": 3}).json()["pairs"]
+        assert len(recent) == 3 and recent[0]["iteration"] == 3
+
+        ckpts = c.get(f"/v1/runs/{run_id}/checkpoints").json()["checkpoints"]
+        assert [ck["version"] for ck in ckpts] == [1, 2, 3]
+        names = {f["name"] for f in ckpts[-1]["files"]}
+        assert {"config.json", "model.safetensors"} <= names
+        r = c.get(f"/v1/runs/{run_id}/checkpoints/3/archive")
+        assert r.status_code == 200
+        with tarfile.open(fileobj=io.BytesIO(r.content)) as tar:
+            tar.extractall(tmp_path, filter="data")
+        model = AutoModelForCausalLM.from_pretrained(tmp_path / f"{run_id}-v3")
+        assert sum(p.numel() for p in model.parameters()) > 0
+        one = c.get(f"/v1/runs/{run_id}/checkpoints/3/files/config.json")
+        assert one.status_code == 200 and json.loads(one.content)["model_type"] == "llama"
+        assert c.get(f"/v1/runs/{run_id}/checkpoints/3/files/..%2F..%2Fconfig.yaml").status_code == 404
+        assert c.get(f"/v1/runs/{run_id}/checkpoints/9/archive").status_code == 404
+
+        metrics = c.get("/metrics").text
+        assert f'sparring_iterations_total{{run="{run_id}"}} 3.0' in metrics
+        assert "sparring_generation_tokens_per_second" in metrics and "sparring_judge_latency_seconds" in metrics
+
+
+def _small(iterations: int) -> dict:
+    from tests.integration.conftest import SMALL_ARENA_RUN
+
+    return {**SMALL_ARENA_RUN, "schedule": {**SMALL_ARENA_RUN["schedule"], "iterations": iterations}}
