@@ -10,9 +10,10 @@ position-bias cancellation and flip-consistency count for order-sensitive judges
 agreement with gold [95% interval], flip consistency (order-sensitive judges, else "-"), pairs/s (judging
 only; building or loading the judge is reported separately), as a table, or as JSON with `--json`.
 
-`--judges` takes judge kinds of the registry (`judge.kind`); a kind suffixed `+upo` is that judge composed
-with the MC-dropout uncertainty filter (`judge.uncertainty`, default settings), and also reports the share of
-pairs the filter keeps and the agreement on those. Default: every kind that needs no user-named model.
+`--judges` takes judge kinds of the registry (`judge.kind`); a kind suffixed `+upo` (`+upo_head`: dropout in
+the head only) is that judge composed with the MC-dropout uncertainty filter (`judge.uncertainty`, default
+settings), and also reports the share of pairs the filter keeps and the agreement on those. Default: every
+kind that needs no user-named model.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from typing import Any
 DEFAULT_PAIRS = 320
 BATCH_GROUPS = 32  # the judge worker's read size
 UNNAMED_MODEL_KINDS = ("density_ratio", "none")  # need models a user names: not buildable here by default
+# NAME+SUFFIX: the judge composed with the uncertainty filter (default `judge.uncertainty` settings)
+UPO_SUFFIXES: dict[str, dict[str, Any] | None] = {"": None, "upo": {}, "upo_head": {"head_only": True}}
 
 
 def available_kinds() -> list[str]:
@@ -43,7 +46,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "eval-judges", help="agreement with gold, flip consistency and pairs/s of judges on held-out arena pairs"
     )
-    p.add_argument("--judges", default=None, help="comma-separated judge kinds (NAME+upo adds the uncertainty filter); "
+    p.add_argument("--judges", default=None, help="comma-separated judge kinds (NAME+upo, NAME+upo_head add the uncertainty filter); "
                    "default: every kind that needs no model path")  # fmt: skip
     p.add_argument("--pairs", type=int, default=DEFAULT_PAIRS, help="held-out pairs, one per prompt (max 320)")
     p.add_argument("--seed", type=int, default=0, help="seed of the pair draw")
@@ -53,14 +56,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _build(spec: str) -> Any:
-    """A judge from a kind name (`NAME` or `NAME+upo`)."""
+    """A judge from a kind name (`NAME`, `NAME+upo` or `NAME+upo_head`)."""
     from sparring.shared.config import JudgeConfig, RunConfig
     from sparring.workers.judges.registry import build_judge
 
     kind, _, suffix = spec.partition("+")
-    if suffix not in ("", "upo"):
-        raise ValueError(f"unknown judge suffix {suffix!r} in {spec!r} (only +upo)")
-    cfg = JudgeConfig(kind=kind, uncertainty={} if suffix else None)
+    if suffix not in UPO_SUFFIXES:
+        raise ValueError(f"unknown judge suffix {suffix!r} in {spec!r} (one of {', '.join(UPO_SUFFIXES)})")
+    cfg = JudgeConfig(kind=kind, uncertainty=UPO_SUFFIXES[suffix])
     if "run" in inspect.signature(build_judge).parameters:  # judges of the policy read the run config
         judge = build_judge(cfg, run=RunConfig(judge=cfg))
     else:

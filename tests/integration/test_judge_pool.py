@@ -160,6 +160,13 @@ def test_pointwise_cache_scores_each_response_once() -> None:
     no_cache = JudgePool(CountingOracle(), timeout_s=10, cache_size=0)
     no_cache.judge_batch([a, a])
     assert no_cache.judge.scored == 8
+    # a cache smaller than one batch evicts while the batch is assembled: the answers stay right
+    tiny = JudgePool(CountingOracle(), timeout_s=10, cache_size=2)
+    batch = [a, arena_group(1), a, arena_group(2)]
+    tiny.judge_batch(batch)
+    again = tiny.judge_batch(batch)
+    assert [j.scores for j in again] == [j.scores for j in ArenaOracleJudge().judge(batch)]
+    assert len(tiny._cache) == 2
 
 
 class FirstWins:

@@ -328,10 +328,12 @@ class JudgePool:
         subgroups: list[GenerationGroup] = []
         sub_keys: list[list[tuple[str, str]]] = []
         pending: set[tuple[str, str]] = set()
+        known: dict[tuple[str, str], float] = {}  # values read now: a small cache may evict them below
         for g, gkeys in zip(groups, keys, strict=True):
             missing = []
             for c, key in zip(g.completions, gkeys, strict=True):
-                if self._lookup(key) is not None:
+                if (hit := self._lookup(key)) is not None:
+                    known[key] = hit
                     self.stats.cache_hits += 1
                 elif key in pending:
                     self.stats.cache_hits += 1  # a duplicate inside this batch: scored once
@@ -343,7 +345,7 @@ class JudgePool:
                 comps = [c.model_copy(update={"index": n}) for n, (c, _) in enumerate(missing)]
                 subgroups.append(g.model_copy(update={"completions": comps, "anchor": None}))
                 sub_keys.append([key for _, key in missing])
-        scored: dict[tuple[str, str], float] = {}
+        scored = known
         if subgroups:
             for jd, skeys in zip(self._checked(subgroups, self._call(lambda: self.judge.judge(subgroups))), sub_keys,
                                  strict=True):  # fmt: skip
@@ -354,7 +356,7 @@ class JudgePool:
                     self._store(key, float(s))
         out = []
         for gkeys in keys:
-            scores = [scored[k] if k in scored else self._cache[k] for k in gkeys]
+            scores = [scored[k] for k in gkeys]
             out.append(self.judge.from_scores(scores))
         return out
 
@@ -363,6 +365,7 @@ class JudgePool:
         the judge is order-sensitive."""
         both = bool(getattr(self.judge, "order_sensitive", False))
         needed: dict[tuple[str, str, str], tuple[str, str, str]] = {}
+        known: dict[tuple[str, str, str], float] = {}
         plan: list[list[tuple[int, int, tuple[str, str, str]]]] = []
         for g in groups:
             pk = prompt_key(g)
@@ -375,13 +378,16 @@ class JudgePool:
                         continue
                     key = (pk, ck[i], ck[j])
                     rows.append((i, j, key))
-                    if self._lookup(key) is not None or key in needed:
+                    if (hit := self._lookup(key)) is not None:
+                        known[key] = hit
+                        self.stats.cache_hits += 1
+                    elif key in needed:
                         self.stats.cache_hits += 1
                     else:
                         self.stats.cache_misses += 1
                         needed[key] = (g.prompt, g.completions[i].text, g.completions[j].text)
             plan.append(rows)
-        fresh: dict[tuple[str, str, str], float] = {}
+        fresh = known
         if needed:
             items = list(needed.values())
             probs = self._call(lambda: self.judge.compare(items))
@@ -393,7 +399,7 @@ class JudgePool:
         out = []
         for g, rows in zip(groups, plan, strict=True):
             k = len(g.completions)
-            p = {(i, j): fresh[key] if key in fresh else self._cache[key] for i, j, key in rows}
+            p = {(i, j): fresh[key] for i, j, key in rows}
             m = [[0.5] * k for _ in range(k)]
             for i in range(k):
                 for j in range(i + 1, k):
