@@ -25,7 +25,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
-from sparring.services.auth import TokenTable, require_read, require_write
+from sparring.services.auth import TokenGate, TokenTable, require_read, require_write
 from sparring.services.metrics import build_registry
 from sparring.services.pools import PoolRejected
 from sparring.services.runs import CheckpointNotFound, Conflict, RequestError, RunService
@@ -240,6 +240,7 @@ def create_app(settings: ServiceSettings, client: redis.Redis, redis_url: str, s
     app.state.tokens = TokenTable(settings.api_tokens, settings.readonly_tokens)
     app.state.service = service
     app.add_middleware(BodyLimit, settings=settings)
+    app.add_middleware(TokenGate, tokens=app.state.tokens)  # outermost: unauthenticated requests stop here
 
     @app.middleware("http")
     async def count_requests(request: Request, call_next: Any) -> Response:

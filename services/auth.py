@@ -1,14 +1,18 @@
 """Bearer-token authentication: full-access tokens and read-only tokens, compared in constant time.
 
-Every /v1 route and /metrics depend on `require_read` or `require_write`; only /healthz and /readyz are
-open. A missing or unknown token is 401, a read-only token on a write route is 403, each with a reason.
+`TokenGate` (ASGI middleware) refuses every request to /v1/* and /metrics without a valid token with 401,
+and every non-GET request with a read-only token with 403, before anything else looks at it (no body is
+read, no parameter validated); /healthz, /readyz, the OpenAPI schema and the dashboard's static shell are
+open. Routes also declare `require_read` / `require_write` (the same rules, checked again). Each refusal
+says why.
 """
 
 from __future__ import annotations
 
 import hmac
+import json
 from collections.abc import Iterable
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import HTTPException, Request
 
@@ -33,20 +37,62 @@ class TokenTable:
         return found
 
 
-def _unauthorized(reason: str) -> HTTPException:
-    return HTTPException(status_code=401, detail=reason, headers={"WWW-Authenticate": 'Bearer realm="sparring"'})
+PROTECTED_PREFIXES = ("/v1/", "/metrics")
+CHALLENGE = {"WWW-Authenticate": 'Bearer realm="sparring"'}
+
+
+def check_header(tokens: TokenTable, header: str | None) -> tuple[Access | None, str]:
+    """(access, "") for a valid `Authorization` header, else (None, why not)."""
+    if not header:
+        return None, "missing Authorization header: send 'Authorization: Bearer <token>'"
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None, "malformed Authorization header: expected 'Bearer <token>'"
+    access = tokens.check(token.strip())
+    return (access, "") if access is not None else (None, "invalid token")
+
+
+READ_METHODS = ("GET", "HEAD", "OPTIONS")
+READ_ONLY = "read-only token: this request changes state and needs a full-access token"
+
+
+async def _refuse(send: Any, status: int, detail: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), *(headers or [])],
+        }
+    )
+    await send({"type": "http.response.body", "body": json.dumps({"detail": detail}).encode()})
+
+
+class TokenGate:
+    """401 for any protected path without a valid token, before routing, parsing or body reads."""
+
+    def __init__(self, app: Any, tokens: TokenTable) -> None:
+        self.app = app
+        self.tokens = tokens
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(PROTECTED_PREFIXES):
+            headers = dict(scope.get("headers", []))
+            raw = headers.get(b"authorization")
+            access, why = check_header(self.tokens, raw.decode("latin-1") if raw is not None else None)
+            if access is None:
+                await _refuse(send, 401, why, [(b"www-authenticate", CHALLENGE["WWW-Authenticate"].encode())])
+                return
+            if access == "read" and scope["method"] not in READ_METHODS:
+                await _refuse(send, 403, READ_ONLY)
+                return
+            scope.setdefault("state", {})["access"] = access
+        await self.app(scope, receive, send)
 
 
 def access_of(request: Request) -> Access:
-    header = request.headers.get("authorization")
-    if not header:
-        raise _unauthorized("missing Authorization header: send 'Authorization: Bearer <token>'")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise _unauthorized("malformed Authorization header: expected 'Bearer <token>'")
-    access = request.app.state.tokens.check(token.strip())
-    if access is None:
-        raise _unauthorized("invalid token")
+    access, why = check_header(request.app.state.tokens, request.headers.get("authorization"))
+    if access is None:  # only reachable for a route outside PROTECTED_PREFIXES that asks for a token
+        raise HTTPException(status_code=401, detail=why, headers=CHALLENGE)
     return access
 
 
@@ -57,5 +103,5 @@ def require_read(request: Request) -> Access:
 def require_write(request: Request) -> Access:
     access = access_of(request)
     if access != "write":
-        raise HTTPException(status_code=403, detail="read-only token: this request changes state and needs a full-access token")
+        raise HTTPException(status_code=403, detail=READ_ONLY)
     return access

@@ -174,7 +174,7 @@ def ray_head(ray_auth: dict[str, str]) -> Iterator[str]:
     yield address
     os.killpg(proc.pid, signal.SIGTERM)
     try:
-        proc.wait(timeout=30)
+        proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
     shutil.rmtree(temp, ignore_errors=True)
@@ -188,13 +188,11 @@ def arena_policy() -> str:
     return str(build_arena_model(0))
 
 
-@pytest.fixture(scope="module")
-def api_server(
-    redis_url: str, ray_head: str, ray_auth: dict[str, str], arena_policy: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ApiServer]:
-    data_dir = tmp_path_factory.mktemp("api")
+def launch_api_server(
+    redis_url: str, ray_head: str, ray_auth: dict[str, str], data_dir: Path, **env_overrides: str
+) -> ApiServer:
     models = data_dir / "models"
-    models.mkdir()
+    models.mkdir(exist_ok=True)
     admin, read = "adm-" + secrets.token_hex(16), "ro-" + secrets.token_hex(16)
     port = free_port()
     env = {
@@ -208,12 +206,26 @@ def api_server(
         "SPARRING_MODEL_ROOTS": str(models),
         "SPARRING_MAX_UPLOAD_BYTES": str(64 * 1024),
         "SPARRING_MAX_ACTIVE_RUNS": "1",
+        **env_overrides,
     }
     server = ApiServer(f"http://127.0.0.1:{port}", port, admin, read, data_dir, env, data_dir / "serve.log")
     server.start()
-    yield server
-    with server.admin as c:  # leave nothing executing in the shared Ray head
+    return server
+
+
+def shut_down(server: ApiServer) -> None:
+    """Stop every run this module left queued or executing (they share Redis with later modules), then the API."""
+    with server.admin as c:
         for run in c.get("/v1/runs").json()["runs"]:
-            if run["state"] in ("running", "pausing", "created"):
+            if run["state"] in ("running", "pausing", "created", "paused"):
                 c.post(f"/v1/runs/{run['run_id']}/stop")
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def api_server(
+    redis_url: str, ray_head: str, ray_auth: dict[str, str], arena_policy: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ApiServer]:
+    server = launch_api_server(redis_url, ray_head, ray_auth, tmp_path_factory.mktemp("api"))
+    yield server
+    shut_down(server)

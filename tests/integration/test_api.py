@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 import tarfile
+import time
 from pathlib import Path
 
+import httpx
 import pytest
+import yaml
 
 from sparring.shared.arena import arena_prompts
 
@@ -210,3 +215,55 @@ def _small(iterations: int) -> dict:
     from tests.integration.conftest import SMALL_ARENA_RUN
 
     return {**SMALL_ARENA_RUN, "schedule": {**SMALL_ARENA_RUN["schedule"], "iterations": iterations}}
+
+
+def _cli(api_server, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**api_server.env, "SPARRING_API_URL": api_server.url, "SPARRING_TOKEN": api_server.admin_token}
+    return subprocess.run(
+        [sys.executable, "-m", "sparring.services.cli", *args], env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_api_restart_mid_run_loses_nothing(api_server, redis_client, tmp_path: Path) -> None:
+    """Submit with the CLI, SIGKILL the API after iteration 1, start it again: the same controller finishes
+    the run, every iteration is recorded once, and status/export work against the new process."""
+    pool = tmp_path / "arena.jsonl"
+    pool.write_bytes(_arena_pool(48))
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({**_small(iterations=3), "name": "restart"}))
+    out = _cli(api_server, "submit", str(config), "--pool", str(pool), "--set", "trainer.epochs=1")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[0].startswith("pool pool-") and "48 prompts" in out.stdout
+    run_id = out.stdout.splitlines()[-1].split()[1]
+
+    api_server.wait_for(run_id, lambda run: run["iterations_done"] >= 1 and run["state"] == "running", what="iteration 1")
+    starts = api_server.starts
+    api_server.kill()
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{api_server.url}/healthz", timeout=2)
+    time.sleep(3)  # the run goes on without any API process
+    api_server.start()
+    assert api_server.starts == starts + 1
+    done = api_server.wait_for(run_id, lambda run: run["state"] == "completed", what="completed after restart")
+    assert done["iterations_done"] == 3
+    assert int(redis_client.get(f"run:{run_id}:epoch")) == 1  # one controller, never resumed or replaced
+
+    with api_server.client(api_server.read_token) as c:
+        iterations = c.get(f"/v1/runs/{run_id}/iterations").json()["iterations"]
+        assert [it["iteration"] for it in iterations] == [1, 2, 3]
+        events = c.get(f"/v1/runs/{run_id}/events").text
+    blocks = [b for b in events.split("\n\n") if b.startswith("id: ")]
+    done_iters = [json.loads(b.split("data: ", 1)[1])["iteration"] for b in blocks if "\nevent: iteration_done\n" in b]
+    assert done_iters == [1, 2, 3]
+    assert events.rstrip().endswith('event: end\ndata: {"state": "completed"}')
+
+    status = _cli(api_server, "status", run_id)
+    assert status.returncode == 0 and "completed, 3/3 iterations" in status.stdout
+    assert status.stdout.count("  iteration ") == 3
+    exported = tmp_path / "pairs.jsonl"
+    out = _cli(api_server, "export", run_id, "-o", str(exported), "--iteration", "3")
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in exported.read_text().splitlines()]
+    assert len(rows) == iterations[2]["num_pairs"] and all(set(r) == {"prompt", "chosen", "rejected"} for r in rows)
+    bad = _cli(api_server, "status", "no-such-run")
+    assert bad.returncode == 2 and "run 'no-such-run' not found" in bad.stderr
