@@ -91,10 +91,11 @@ class UncertaintyConfig(Section):
 
 
 class JudgeConfig(Section):
-    kind: Literal["arena_oracle", "arena_cdr", "density_ratio", "none"] = Field(
+    kind: Literal["arena_oracle", "arena_cdr", "density_ratio", "self_preference", "none"] = Field(
         "arena_oracle",
         description="judge family: the arena's gold oracle; the arena's CDR density ratio (strong tiny model over "
-        "the base policy); a density ratio between two models you name; `none` for recipes that need no judge",
+        "the base policy); a density ratio between two models you name; the policy judging its own samples "
+        "through the A/B judge prompt (OSP; its weights follow every sync); `none` for recipes that need no judge",
     )
     strong_model: str | None = Field(None, description="density_ratio: model A of log p_A(y|x) - log p_B(y|x)")
     weak_model: str | None = Field(None, description="density_ratio: model B")

@@ -29,9 +29,8 @@ The judge's weights follow the policy: `load_weights(path)` loads a checkpoint d
 architecture in place (the controller pushes every new policy version to the judges, through
 `sparring.workers.weight_sync.apply_update`, as it does to the generators; `follows_policy` says so).
 
-The default template is the arena's (`sparring.shared.arena.JUDGE_TEMPLATE`), the one the arena policy
-was pretrained to answer. For another policy pass a template it understands; the answers must each be one
-token of its tokenizer.
+`JUDGE_TEMPLATE` below is the default judge prompt. For a policy that was not taught this prompt pass a
+template it understands; the two answers must each be one token of its tokenizer (checked).
 """
 
 from __future__ import annotations
@@ -49,6 +48,11 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
+
+# The default judge prompt (a user message) and answer tokens. An arena corpus with judge-format examples
+# must render exactly this template (see docs/judges.md, "Self-preference").
+JUDGE_TEMPLATE = "Which answer to the question is better, A or B?\nQuestion: {question}\nA: {a}\nB: {b}"
+JUDGE_ANSWERS = (" A", " B")
 
 
 class SelfPreferenceJudge:
@@ -68,11 +72,8 @@ class SelfPreferenceJudge:
         batch_size: int = 64,
         name: str = "self_preference",
     ) -> None:
-        if template is None or answers is None:
-            from sparring.shared import arena
-
-            template = arena.JUDGE_TEMPLATE if template is None else template
-            answers = arena.JUDGE_ANSWERS if answers is None else answers
+        template = JUDGE_TEMPLATE if template is None else template
+        answers = JUDGE_ANSWERS if answers is None else answers
         for key in ("{question}", "{a}", "{b}"):
             if key not in template:
                 raise ValueError(f"judge template needs {key}; got {template!r}")
