@@ -51,19 +51,23 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--pairs", type=int, default=DEFAULT_PAIRS, help="held-out pairs, one per prompt (max 320)")
     p.add_argument("--seed", type=int, default=0, help="seed of the pair draw")
     p.add_argument("--timeout-s", type=float, default=600.0, help="per judge call")
+    p.add_argument("--estimator", default=None, help="+upo: the estimator (judge.uncertainty.estimator: a PairRM "
+                   "dir, or arena_pairrm, the default)")  # fmt: skip
+    p.add_argument("--upo-dropout", type=float, default=None, help="+upo: override the estimator's dropout rates")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     return p
 
 
-def _build(spec: str) -> Any:
-    """A judge from a kind name (`NAME`, `NAME+upo` or `NAME+upo_head`)."""
+def _build(spec: str, upo: dict[str, Any] | None = None) -> Any:
+    """A judge from a kind name (`NAME`, `NAME+upo` or `NAME+upo_head`); `upo` adds uncertainty settings."""
     from sparring.shared.config import JudgeConfig, RunConfig
     from sparring.workers.judges.registry import build_judge
 
     kind, _, suffix = spec.partition("+")
     if suffix not in UPO_SUFFIXES:
         raise ValueError(f"unknown judge suffix {suffix!r} in {spec!r} (one of {', '.join(UPO_SUFFIXES)})")
-    cfg = JudgeConfig(kind=kind, uncertainty=UPO_SUFFIXES[suffix])
+    settings = UPO_SUFFIXES[suffix]
+    cfg = JudgeConfig(kind=kind, uncertainty=None if settings is None else {**settings, **(upo or {})})
     if "run" in inspect.signature(build_judge).parameters:  # judges of the policy read the run config
         judge = build_judge(cfg, run=RunConfig(judge=cfg))
     else:
@@ -97,14 +101,14 @@ class _PooledJudge:
         ]
 
 
-def evaluate(spec: str, pairs: list[Any], timeout_s: float) -> dict[str, Any]:
+def evaluate(spec: str, pairs: list[Any], timeout_s: float, upo: dict[str, Any] | None = None) -> dict[str, Any]:
     """One judge's row: agreement [low, high], flip consistency or None, pairs/s, build seconds."""
     from sparring.shared import arena
     from sparring.workers.judges.arena_strong import gold_agreement
     from sparring.workers.judges.pool import JudgePool
 
     t0 = time.perf_counter()
-    judge = _build(spec)
+    judge = _build(spec, upo)
     build_s = time.perf_counter() - t0
     pool = JudgePool(judge, timeout_s=timeout_s)
     pooled = _PooledJudge(pool)
@@ -122,6 +126,9 @@ def evaluate(spec: str, pairs: list[Any], timeout_s: float) -> dict[str, Any]:
         "judge_seconds": pooled.seconds,
         "build_seconds": build_s,
     }
+    unc = getattr(judge, "head_only", None)
+    if unc is not None:
+        row["uncertainty"] = {"passes": judge.passes, "head_only": judge.head_only, "mode": judge.mode}
     if getattr(judge, "counters", None) is not None:  # an uncertainty composition: what does the filter keep?
         kept = hits = 0.0
         for (p, a, b), jd in zip(pairs, pooled.judgements, strict=True):
@@ -165,13 +172,18 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.write(f"error: --pairs must be in [1, {DEFAULT_PAIRS}], got {args.pairs}\n")
         return 2
     pairs = heldout_pairs(num_prompts=args.pairs, seed=args.seed)
+    upo: dict[str, Any] = {}
+    if args.estimator:
+        upo["estimator"] = args.estimator
+    if args.upo_dropout is not None:
+        upo["dropout"] = args.upo_dropout
     rows = []
     for spec in specs:
         if not args.json:
             sys.stderr.write(f"  evaluating {spec} ...\n")
             sys.stderr.flush()
         try:
-            rows.append(evaluate(spec, pairs, args.timeout_s))
+            rows.append(evaluate(spec, pairs, args.timeout_s, upo))
         except Exception as err:  # noqa: BLE001 - one judge failing to build or run must not hide the others
             rows.append({"judge": spec, "error": f"{type(err).__name__}: {err}"})
     if args.json:
