@@ -500,15 +500,19 @@
     const ys = series.flatMap((s) => s.pts.flatMap((p) => [p.y, ...(p.band || []).filter((v) => v !== null)]));
     let y0 = Math.min(...ys), y1 = Math.max(...ys);
     if (spec.range) { y0 = Math.min(y0, spec.range[0]); y1 = Math.max(y1, spec.range[1]); }
+    const nonNegative = y0 >= 0;
     if (y0 === y1) { const d = Math.abs(y0) * 0.1 || 1; y0 -= d; y1 += d; }
     else if (!spec.range) { const pad = (y1 - y0) * 0.08; y0 -= pad; y1 += pad; }
+    if (nonNegative && y0 < 0) y0 = 0; // counts, rates and times never go below zero
     const px = (x) => M.left + ((x - x0) / (x1 - x0)) * (W - M.left - M.right);
     const py = (y) => H - M.bottom - ((y - y0) / (y1 - y0)) * (H - M.top - M.bottom);
 
     const grid = svg("g", { class: "grid" });
-    for (const t of ticks(y0, y1, 4)) {
+    const yTicks = ticks(y0, y1, 4);
+    const yStep = yTicks.length > 1 ? yTicks[1] - yTicks[0] : Math.abs(y1 - y0);
+    for (const t of yTicks) {
       grid.append(svg("line", { x1: M.left, x2: W - M.right, y1: py(t), y2: py(t) }),
-        svg("text", { x: M.left - 5, y: py(t) + 3, "text-anchor": "end" }, fmt(t)));
+        svg("text", { x: M.left - 5, y: py(t) + 3, "text-anchor": "end" }, fmtTick(t, yStep)));
     }
     for (const t of ticks(x0, x1, 6).filter((t) => Number.isInteger(t))) {
       grid.append(svg("text", { x: px(t), y: H - M.bottom + 14, "text-anchor": "middle" }, String(t)));
@@ -546,6 +550,13 @@
       }
     }
     node.append(legend);
+  }
+
+  // A tick label with just enough decimals to tell neighbouring ticks `step` apart.
+  function fmtTick(t, step) {
+    if (Math.abs(t) >= 1e4 || !(step > 0)) return fmt(t);
+    const decimals = Math.max(0, Math.min(8, -Math.floor(Math.log10(step) + 1e-9)));
+    return t.toFixed(decimals);
   }
 
   // About n round tick values covering [a, b].
