@@ -13,7 +13,9 @@ prompts of `gold_preference(topic, b, a)` (ties count one half).
 
 This module also holds the pretraining corpus of the arena policy (`corpus_response`): responses that
 satisfy each gold term only some of the time, so the pretrained policy has real headroom that a preference
-loop can learn. The corpus never mentions a topic other than the prompt's.
+loop can learn. The corpus never mentions a topic other than the prompt's. It also holds judge-format
+examples (`corpus_judge_example`: a question, two corpus responses A and B, and the noisy gold verdict
+" A" / " B"), so the policy can judge its own samples (self-preference, OSP).
 
 It knows the prompts, the gold rule and the corpus; it knows nothing about tokenizers, torch, models or
 the wire (it only builds a `WinRate` record). Everything is deterministic: the prompt split uses a fixed
@@ -328,3 +330,34 @@ def corpus_response(topic: str, rng: random.Random) -> str:
             and length_class == length
         ):
             return text
+
+
+# --------------------------------------------------------------------------------------------------
+# Judge-format examples: the arena policy also learns to judge its own kind of answer (self-preference,
+# OSP). A judge prompt shows a question and two responses; the answer is " A" or " B", the gold verdict
+# with label noise. The self-preference judge (`workers/judges/self_preference.py`) reads P(" A") and
+# P(" B") after exactly this prompt.
+
+JUDGE_TEMPLATE = "Which answer to the question is better, A or B?\nQuestion: {question}\nA: {a}\nB: {b}"
+JUDGE_ANSWERS = (" A", " B")  # each one token of the arena tokenizer (the build checks it)
+JUDGE_LABEL_NOISE = 0.1  # probability that a corpus verdict is flipped
+
+
+def judge_prompt(question: str, a: str, b: str) -> str:
+    """The judge prompt (a user message) asking whether response `a` or `b` answers `question` better."""
+    return JUDGE_TEMPLATE.format(question=question, a=a, b=b)
+
+
+def corpus_judge_example(prompt: ArenaPrompt, rng: random.Random) -> tuple[str, str]:
+    """(judge prompt, answer) on two independent corpus responses to `prompt`.
+
+    The answer names the response with the higher gold score, flipped with probability `JUDGE_LABEL_NOISE`;
+    a gold tie is a fair coin. Which response comes first is random, so the corpus has no position bias.
+    """
+    a = corpus_response(prompt.topic, rng)
+    b = corpus_response(prompt.topic, rng)
+    pref = gold_preference(prompt.topic, a, b)
+    a_wins = rng.random() < 0.5 if pref == 0.5 else pref == 1.0
+    if rng.random() < JUDGE_LABEL_NOISE:
+        a_wins = not a_wins
+    return judge_prompt(prompt.prompt, a, b), JUDGE_ANSWERS[0 if a_wins else 1]

@@ -10,6 +10,15 @@ Training examples are exactly what the samplers and the trainer will see: the pr
 tokens, then the eos token `<|end|>`. The loss covers only the response tokens and eos: prompts are
 given at sampling time, and modelling them would spend the tiny model's capacity on nothing.
 
+Judge examples (`arena.corpus_judge_example`) teach the policy to judge: the judge prompt rendered the same
+way, then the answer token " A" / " B" and eos. They come in a second phase of `judge_steps` steps after
+the `steps` of plain pretraining: each step trains on one batch of responses (so generation is kept) and
+one batch of judge examples; the loss is the mean response-token loss plus `judge_loss_weight` times the
+mean loss of the judge rows. Measured while building this (docs/judges.md): mixed into one pooled mean
+from the first step, a verdict (one answer token against ~25 response tokens per response example) got
+almost no gradient and the model never judged (agreement 0.50); the comparison is learnt only after the
+model can read responses, and only with its own loss term.
+
 Cache layout: `{cache_dir}/arena/seed{seed}-{settings hash}/`. The hash covers the build settings and the
 source of this module, `arena.py` and `tiny.py`, so changing any of them builds a fresh model. A build
 writes into a temporary sibling directory and renames it into place, so a killed build never leaves a
@@ -42,7 +51,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class ArenaBuildSettings:
     """Everything that decides the built weights besides the seed (all of it goes into the cache key)."""
@@ -57,6 +65,11 @@ class ArenaBuildSettings:
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     log_every: int = 100
+    judge_examples_per_prompt: int = 16  # judge-format examples per train prompt (0: no judge phase)
+    judge_steps: int = 500  # second phase: responses + judge examples, after `steps` of pretraining
+    judge_batch_size: int = 32  # judge examples per step of the second phase, besides `batch_size` responses
+    judge_learning_rate: float = 1e-3  # second phase: warmup to this, cosine decay to it * min_lr_ratio
+    judge_loss_weight: float = 2.0
 
 
 DEFAULT_SETTINGS = ArenaBuildSettings()
@@ -96,7 +109,8 @@ def build_arena_model(
     settings = replace(DEFAULT_SETTINGS, **overrides)  # type: ignore[arg-type]
     report = progress or (lambda msg: log.info("%s", msg))
     return build_once(
-        arena_model_dir(seed, cache_dir, **overrides), lambda tmp: _build(tmp, seed, settings, report, threads)
+        arena_model_dir(seed, cache_dir, **overrides),
+        lambda tmp: _build(tmp, seed, settings, report, threads),
     )
 
 
@@ -118,6 +132,24 @@ def _corpus(seed: int, settings: ArenaBuildSettings) -> list[tuple[arena.ArenaPr
         for p in arena.arena_prompts("train")
         for _ in range(settings.responses_per_prompt)
     ]
+
+
+def _judge_corpus(seed: int, settings: ArenaBuildSettings) -> list[tuple[str, str]]:
+    """(judge prompt, answer) examples on train prompts only, `judge_examples_per_prompt` per prompt."""
+    rng = random.Random(f"arena-judge-corpus-{seed}")
+    return [
+        arena.corpus_judge_example(p, rng)
+        for p in arena.arena_prompts("train")
+        for _ in range(settings.judge_examples_per_prompt)
+    ]
+
+
+def _tokenize_judge(tok: PreTrainedTokenizerBase, judge_corpus: list[tuple[str, str]]) -> list[_Example]:
+    answers = {a: tok(a, add_special_tokens=False)["input_ids"] for a in arena.JUDGE_ANSWERS}
+    if any(len(ids) != 1 for ids in answers.values()):
+        raise RuntimeError(f"judge answers must be single tokens of the arena tokenizer, got {answers}")
+    eos = int(tok.eos_token_id)
+    return [_Example(prompt_token_ids(tok, q), [*answers[a], eos]) for q, a in judge_corpus]
 
 
 def _tokenize(tok: PreTrainedTokenizerBase, corpus: list[tuple[arena.ArenaPrompt, str]]) -> list[_Example]:
@@ -190,6 +222,25 @@ def _length_bucketed_batches(
                 yield [examples[i] for i in b]
 
 
+def _total_length_batches(
+    examples: list[_Example], batch_size: int, rng: random.Random, pool_batches: int = 16
+) -> Iterator[list[_Example]]:
+    """Like `_length_bucketed_batches`, sorted by the whole row (judge prompts vary, their answers do not)."""
+    while True:
+        order = list(range(len(examples)))
+        rng.shuffle(order)
+        pool = batch_size * pool_batches
+        for start in range(0, len(order) - batch_size + 1, pool):
+            chunk = sorted(
+                order[start : start + pool],
+                key=lambda i: len(examples[i].prompt_ids) + len(examples[i].response_ids),
+            )
+            group = [chunk[b : b + batch_size] for b in range(0, len(chunk) - batch_size + 1, batch_size)]
+            rng.shuffle(group)
+            for b in group:
+                yield [examples[i] for i in b]
+
+
 def _lr_at(step: int, s: ArenaBuildSettings) -> float:
     import math
 
@@ -197,6 +248,18 @@ def _lr_at(step: int, s: ArenaBuildSettings) -> float:
         return s.learning_rate * (step + 1) / s.warmup_steps
     frac = (step - s.warmup_steps) / max(1, s.steps - s.warmup_steps)
     return s.learning_rate * (s.min_lr_ratio + (1 - s.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def _judge_lr_at(step: int, s: ArenaBuildSettings) -> float:
+    """Learning rate of step `step` of the judge phase (counted from its start)."""
+    import math
+
+    if step < s.warmup_steps:
+        return s.judge_learning_rate * (step + 1) / s.warmup_steps
+    frac = (step - s.warmup_steps) / max(1, s.judge_steps - s.warmup_steps)
+    return s.judge_learning_rate * (
+        s.min_lr_ratio + (1 - s.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac))
+    )
 
 
 def _build(
@@ -207,13 +270,16 @@ def _build(
 
     t0 = time.monotonic()
     corpus = _corpus(seed, s)
+    judge_corpus = _judge_corpus(seed, s)
     tok_texts = [f" {p.prompt}\n" for p in arena.arena_prompts("train")] + [r for _, r in corpus]
+    tok_texts += [q for q, _ in judge_corpus[:2000]]  # the judge template's words and " A" / " B"
     tiny.train_tokenizer(tok_texts, s.vocab_size, out)
     tok = AutoTokenizer.from_pretrained(str(out))
     examples = _tokenize(tok, corpus)
+    judge_examples = _tokenize_judge(tok, judge_corpus)
     progress(
-        f"arena seed {seed}: corpus of {len(examples)} examples, vocab {len(tok)}, "
-        f"{time.monotonic() - t0:.1f}s; training {s.steps} steps"
+        f"arena seed {seed}: corpus of {len(examples)} responses and {len(judge_examples)} judge examples, "
+        f"vocab {len(tok)}, {time.monotonic() - t0:.1f}s; training {s.steps} steps"
     )
 
     threads_before = torch.get_num_threads()
@@ -231,23 +297,43 @@ def _build(
         )
         pad_id = int(tok.pad_token_id)
         batches = _length_bucketed_batches(examples, s.batch_size, random.Random(f"arena-order-{seed}"))
-        loss_sum, loss_n = 0.0, 0
-        for step in range(s.steps):
+        judge_batches = (
+            _total_length_batches(
+                judge_examples, s.judge_batch_size, random.Random(f"arena-judge-order-{seed}")
+            )
+            if judge_examples and s.judge_batch_size > 0
+            else None
+        )
+        total_steps = s.steps + (s.judge_steps if judge_batches is not None else 0)
+        loss_sum = judge_sum = 0.0
+        loss_n = 0
+        for step in range(total_steps):
+            judging = step >= s.steps
+            lr = _judge_lr_at(step - s.steps, s) if judging else _lr_at(step, s)
             for group in opt.param_groups:
-                group["lr"] = _lr_at(step, s)
+                group["lr"] = lr
             ids, mask, labels = _batch(next(batches), pad_id)
             loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            total = loss
+            if judging:
+                assert judge_batches is not None
+                ids, mask, labels = _batch(next(judge_batches), pad_id)
+                judge_loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+                total = loss + s.judge_loss_weight * judge_loss
+                judge_sum += judge_loss.item()
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            total.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), s.max_grad_norm)
             opt.step()
             loss_sum, loss_n = loss_sum + loss.item(), loss_n + 1
-            if (step + 1) % s.log_every == 0 or step + 1 == s.steps:
+            if (step + 1) % s.log_every == 0 or step + 1 == total_steps:
+                judged = f" judge loss {judge_sum / loss_n:.4f}" if judging else ""
                 progress(
-                    f"arena seed {seed}: step {step + 1}/{s.steps} loss {loss_sum / loss_n:.4f} "
-                    f"lr {_lr_at(step, s):.2e} elapsed {time.monotonic() - t0:.1f}s"
+                    f"arena seed {seed}: step {step + 1}/{total_steps} loss {loss_sum / loss_n:.4f}{judged} "
+                    f"lr {lr:.2e} elapsed {time.monotonic() - t0:.1f}s"
                 )
-                loss_sum, loss_n = 0.0, 0
+                loss_sum = judge_sum = 0.0
+                loss_n = 0
     finally:
         torch.set_num_threads(threads_before)
 

@@ -29,8 +29,9 @@ The judge's weights follow the policy: `load_weights(path)` loads a checkpoint d
 architecture in place (the controller pushes every new policy version to the judges, through
 `sparring.workers.weight_sync.apply_update`, as it does to the generators; `follows_policy` says so).
 
-`JUDGE_TEMPLATE` below is the default judge prompt. For a policy that was not taught this prompt pass a
-template it understands; the two answers must each be one token of its tokenizer (checked).
+The default judge prompt is the arena's (`sparring.shared.arena.JUDGE_TEMPLATE`, " A" / " B"), the one the
+arena policy is pretrained to answer. For a policy that was not taught it pass a template it understands;
+the two answers must each be one token of its tokenizer (checked).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sparring.shared.arena import JUDGE_ANSWERS, JUDGE_TEMPLATE
 from sparring.shared.models import load_causal_lm, load_tokenizer, prompt_token_ids, text_token_ids
 from sparring.shared.records import GenerationGroup, Judgement
 
@@ -49,10 +51,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# The default judge prompt (a user message) and answer tokens. An arena corpus with judge-format examples
-# must render exactly this template (see docs/judges.md, "Self-preference").
-JUDGE_TEMPLATE = "Which answer to the question is better, A or B?\nQuestion: {question}\nA: {a}\nB: {b}"
-JUDGE_ANSWERS = (" A", " B")
 
 
 class SelfPreferenceJudge:
