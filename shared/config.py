@@ -91,11 +91,19 @@ class UncertaintyConfig(Section):
 
 
 class JudgeConfig(Section):
-    kind: Literal["arena_oracle", "arena_cdr", "density_ratio", "self_preference", "none"] = Field(
+    kind: Literal[
+        "arena_oracle", "arena_cdr", "arena_pairrm", "density_ratio", "pairrm", "self_preference", "none"
+    ] = Field(
         "arena_oracle",
         description="judge family: the arena's gold oracle; the arena's CDR density ratio (strong tiny model over "
-        "the base policy); a density ratio between two models you name; the policy judging its own samples "
+        "the base policy); the arena's tiny PairRM ranker (built once); a density ratio between two models you "
+        "name; a PairRM checkpoint you name (`model`); the policy judging its own samples "
         "through the A/B judge prompt (OSP; its weights follow every sync); `none` for recipes that need no judge",
+    )
+    model: str | None = Field(
+        None,
+        description="pairrm: a PairRM checkpoint, a local directory (llm-blender/PairRM-hf layout or the original "
+        "llm-blender layout) or a Hugging Face id such as llm-blender/PairRM-hf",
     )
     strong_model: str | None = Field(None, description="density_ratio: model A of log p_A(y|x) - log p_B(y|x)")
     weak_model: str | None = Field(None, description="density_ratio: model B")
@@ -116,6 +124,12 @@ class JudgeConfig(Section):
     def _uncertainty_needs_a_primary(self) -> JudgeConfig:
         if self.uncertainty is not None and self.kind == "none":
             raise ValueError("judge.uncertainty wraps a primary judge; judge.kind=none has none")
+        if self.kind == "pairrm" and not self.model:
+            raise ValueError("judge.kind=pairrm needs judge.model (a PairRM checkpoint directory or hub id)")
+        if self.model is not None and self.kind != "pairrm":
+            raise ValueError(f"judge.model is read by judge.kind=pairrm only, not {self.kind}")
+        if self.model and looks_local(self.model) and not Path(self.model).expanduser().is_dir():
+            raise ValueError(f"judge.model directory {self.model!r} does not exist")
         return self
 
 

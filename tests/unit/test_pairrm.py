@@ -1,5 +1,6 @@
 """PairRM judge: checkpoint layout compatibility with llm-blender/PairRM-hf, input formatting, K x K
-aggregation, batching and the judge protocol. (The arena PairRM build does not learn the gold rule yet: no agreement test until it does.)"""
+aggregation, batching, the judge protocol, and the config/registry wiring of `judge.kind: pairrm` and
+`arena_pairrm`. (Agreement of the built arena PairRM with gold: tests/integration/test_pairrm_arena.py.)"""
 
 from __future__ import annotations
 
@@ -58,7 +59,8 @@ PREFIX_FIELDS = ["source_prefix_id", "cand1_prefix_id", "cand2_prefix_id", "cand
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("pairrm")
     tok = pt.train_pairrm_tokenizer(TEXTS, 120, out)
-    model = pt.tiny_pairrm(tok, seed=3, hidden_size=32, intermediate_size=64, num_hidden_layers=2)
+    # initializer_range 0.3: attention far from uniform, so candidates get clearly different prefix states
+    model = pt.tiny_pairrm(tok, seed=3, hidden_size=32, intermediate_size=64, num_hidden_layers=2, initializer_range=0.3)
     with torch.no_grad():  # O(1) logits, so the 1e-5 comparisons below are not trivially met
         for layer in (model.head_layer[1], model.head_layer[4]):
             layer.weight.normal_(0.0, 3.0 / layer.weight.shape[1] ** 0.5)
@@ -237,3 +239,45 @@ def test_training_step_learns_a_rule(scorer: prm.PairRM) -> None:
     f = prm.PairRM(model, tok).compare(["Describe foxes."], ["glad you asked."], ["well."])
     assert float(f[0]) > 0
 
+
+
+def _run_yaml(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "run.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_config_pairrm_kinds_validate(tiny_dir: Path, tmp_path: Path) -> None:
+    from sparring.shared.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="judge.kind=pairrm needs judge.model"):
+        load_config(_run_yaml(tmp_path, "judge:\n  kind: pairrm\n"))
+    with pytest.raises(ConfigError, match="judge.model directory '/nope/pairrm' does not exist"):
+        load_config(_run_yaml(tmp_path, "judge:\n  kind: pairrm\n  model: /nope/pairrm\n"))
+    with pytest.raises(ConfigError, match="judge.model is read by judge.kind=pairrm only"):
+        load_config(_run_yaml(tmp_path, f"judge:\n  kind: arena_pairrm\n  model: {tiny_dir}\n"))
+    cfg = load_config(_run_yaml(tmp_path, f"judge:\n  kind: pairrm\n  model: {tiny_dir}\n"))
+    assert (cfg.judge.kind, cfg.judge.model) == ("pairrm", str(tiny_dir))
+    hub = load_config(_run_yaml(tmp_path, "judge:\n  kind: pairrm\n  model: llm-blender/PairRM-hf\n"))
+    assert hub.judge.model == "llm-blender/PairRM-hf"  # a hub id is resolved when the judge is built
+    assert load_config(_run_yaml(tmp_path, "judge:\n  kind: arena_pairrm\n")).judge.kind == "arena_pairrm"
+    logs = tmp_path / "logs.jsonl"
+    logs.write_text("{}\n")
+    with pytest.raises(ConfigError, match="arena_pairrm scores arena prompts"):
+        load_config(_run_yaml(tmp_path, f"judge:\n  kind: arena_pairrm\nalgorithm:\n  pairs: drift\n"
+                                        f"prompts:\n  source: dsat\n  path: {logs}\n"))
+
+
+def test_registry_builds_pairrm_from_a_local_dir(tiny_dir: Path, scorer: prm.PairRM) -> None:
+    from sparring.shared.config import JudgeConfig
+    from sparring.workers.judges.registry import build_judge
+
+    judge = build_judge(JudgeConfig(kind="pairrm", model=str(tiny_dir)))
+    assert isinstance(judge, prm.PairRMJudge) and judge.name == "pairrm"
+    cands = ["glad you asked. otters are fun.", "well.", "people often talk about otters.", "i see. i see."]
+    (out,) = judge.judge([_group("Tell me about otters.", cands)])
+    s = torch.tensor(out.scores, dtype=torch.float64)
+    assert torch.allclose(s, scorer.rank([("Tell me about otters.", cands)])[0], atol=1e-6)
+    assert float(s.abs().max()) > 1e-3 and abs(float(s.sum())) < 1e-9
+    p = torch.tensor(out.win_matrix, dtype=torch.float64)
+    assert torch.allclose(p, torch.sigmoid(s[:, None] - s[None, :]), atol=1e-12)

@@ -141,18 +141,30 @@ class DebertaV2PairRM(DebertaV2PreTrainedModel):
             raise ValueError(f"row {bad} has {int(counts[bad])} {name} prefix tokens (id {token_id}); need 1")
         return hits.int().argmax(dim=1)
 
-    def head_scores(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(left, right) head outputs [B, n_tasks] for candidate 1 and candidate 2 of each row."""
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(last hidden states [B, L', H], prefix positions [B, 3] of source/candidate1/candidate2), after
+        dropping the columns that are padding in every row (L' <= L)."""
         keep = attention_mask.ne(0).any(dim=0)  # drop columns that are padding in every row
         input_ids, attention_mask = input_ids[:, keep], attention_mask[:, keep]
-        rows = torch.arange(input_ids.shape[0], device=input_ids.device)
         src = self._prefix_positions(input_ids, self.source_prefix_id, "source")
         c1 = self._prefix_positions(input_ids, self.cand1_prefix_id, "candidate1")
         c2 = self._prefix_positions(input_ids, self.cand2_prefix_id, "candidate2")
         hidden = self.pretrained_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        h_src, h_c1, h_c2 = hidden[rows, src], hidden[rows, c1], hidden[rows, c2]
+        return hidden, torch.stack([src, c1, c2], dim=1)
+
+    def prefix_states(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Last hidden states [B, H] at the source, candidate1 and candidate2 prefix tokens of each row."""
+        hidden, pos = self.encode(input_ids, attention_mask)
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        return hidden[rows, pos[:, 0]], hidden[rows, pos[:, 1]], hidden[rows, pos[:, 2]]
+
+    def head_scores(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(left, right) head outputs [B, n_tasks] for candidate 1 and candidate 2 of each row."""
+        h_src, h_c1, h_c2 = self.prefix_states(input_ids, attention_mask)
         left = self.head_layer(torch.cat([h_src, h_c1], dim=-1))
         right = self.head_layer(torch.cat([h_src, h_c2], dim=-1))
         return left, right
@@ -546,6 +558,13 @@ class PairRMJudge:
                 Judgement(judge=self.name, scores=s.tolist(), win_matrix=win_matrix(s).tolist(), latency_s=latency)
             )
         return out
+
+
+def build_pairrm_judge(model: str | Path, max_batch_size: int = 32, name: str = "pairrm") -> PairRMJudge:
+    """`judge.kind: pairrm`: the full K x K judge on a PairRM checkpoint (dir or hub id); on the GPU in bfloat16
+    when there is one, else on the CPU in float32."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return PairRMJudge(model, device=device, max_batch_size=max_batch_size, name=name)
 
 
 def agreement_interval(hits: int, n: int, z: float = 1.96) -> tuple[float, float, float]:

@@ -5,19 +5,28 @@ all pairs of a prompt's candidates with the left/right order swapped at random (
 
 `build_arena_pairrm(seed)` returns an ordinary PairRM-hf-layout directory (config.json with the PairRM
 fields, model.safetensors, tokenizer) that `sparring.workers.judges.pairrm.load_pairrm` loads like a real
-one. The model is a tiny DeBERTa-v2 (hidden 128, 2 layers, 2 heads, the PairRM-hf relative-attention
-flags) trained on NOISY gold labels: pairs of arena corpus responses to train prompts with distinct gold
-scores, each label flipped with probability `label_noise`. Held-out prompts are never seen.
+one. The model is a tiny DeBERTa-v2 (hidden 64, 2 layers, 4 heads; the PairRM-hf key names, config fields
+and relative-attention flags, except position_buckets 32 and initializer_range 0.1, see
+`PairRMBuildSettings`) trained on NOISY gold labels: all pairs with distinct gold scores among 12 arena
+corpus responses per train prompt, each label flipped with probability `label_noise`. Held-out prompts are
+never seen. It depends on the arena's prompts, gold rule and corpus only, never on the arena policy.
 
-Tokenizer choice: DeBERTa-v3 uses a SentencePiece model. We train a `tokenizers` BPE model with a
-Metaspace pre-tokenizer (SentencePiece's "▁" word boundaries; no network, no `sentencepiece` package;
-a Unigram trainer left the small arena vocabulary at character level, doubling sequence length) on the arena texts, with [PAD]=0, [CLS]=1, [SEP]=2, [UNK]=3, then [MASK] and the
-four markers added at the end of the vocabulary (as in PairRM, where they are 128000..128004), and a
-"[CLS] $A [SEP]" post-processor. It is saved as a `PreTrainedTokenizerFast` directory that
-`AutoTokenizer` loads (it is not a `DebertaV2Tokenizer`, which needs an `spm.model`).
+What made it learn (it stayed at chance before): (1) a tokenizer matched to the arena: lower-cased, with
+punctuation split off, so every arena word is one token ("otters." was "▁o", "tter", "s." in the old
+600-piece vocabulary, and a word's tokens changed with the punctuation after it); (2) initializer_range
+0.1 instead of 0.02: with the hub's init the attention of a tiny from-scratch encoder is uniform at step
+0, every prefix token then averages the whole row, the two candidates' prefix states are nearly equal and
+the loss sits at log 2 for hundreds of steps; (3) 4 heads, batch 32 and 500 steps at lr 2e-3.
 
-Caching mirrors `sparring.shared.arena_model`: `$SPARRING_CACHE_DIR` (or ~/.cache/sparring) / `pairrm/`
-/ `seed{seed}-{hash of settings and code}`, built in a temp dir and renamed into place under an fcntl lock.
+Tokenizer choice: DeBERTa-v3 uses a SentencePiece model. We train a `tokenizers` BPE model (lower-casing
+normalizer; Metaspace pre-tokenizer, i.e. SentencePiece's "▁" word boundaries, then punctuation split; no
+network, no `sentencepiece` package) on the arena texts, with [PAD]=0, [CLS]=1, [SEP]=2, [UNK]=3, then
+[MASK] and the four markers added at the end of the vocabulary (as in PairRM, where they are
+128000..128004), and a "[CLS] $A [SEP]" post-processor. It is saved as a `PreTrainedTokenizerFast`
+directory that `AutoTokenizer` loads (it is not a `DebertaV2Tokenizer`, which needs an `spm.model`).
+
+Caching: `shared/cache.py::build_once` at `$SPARRING_CACHE_DIR` (or ~/.cache/sparring) / `pairrm/` /
+`seed{seed}-{hash of the settings and of the source of this module, pairrm.py and arena.py}`.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import string
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -49,15 +59,17 @@ SPECIALS = ("[PAD]", "[CLS]", "[SEP]", "[UNK]")
 class PairRMBuildSettings:
     """Everything that decides the built arena PairRM besides the seed (all of it is in the cache key)."""
 
-    vocab_size: int = 600
+    vocab_size: int = 1000  # BPE merges run out near 670: every arena word is one token
     responses_per_prompt: int = 12  # training candidates per train prompt
     label_noise: float = 0.15  # probability a gold preference label is flipped
-    hidden_size: int = 128
+    hidden_size: int = 64
     num_layers: int = 2
-    num_heads: int = 2
-    intermediate_size: int = 256
-    steps: int = 300
-    batch_size: int = 16
+    num_heads: int = 4
+    intermediate_size: int = 128
+    position_buckets: int = 32  # relative positions up to 16 exact, log-bucketed beyond (hub: 256)
+    initializer_range: float = 0.1  # hub: 0.02; a tiny model from scratch needs non-uniform attention at step 0
+    steps: int = 500
+    batch_size: int = 32
     learning_rate: float = 2e-3
     min_lr_ratio: float = 0.05
     warmup_steps: int = 30
@@ -74,14 +86,38 @@ DEFAULT_SETTINGS = PairRMBuildSettings()
 
 
 def train_pairrm_tokenizer(texts: list[str], vocab_size: int, out_dir: str | Path) -> PreTrainedTokenizerBase:
-    """A unigram (SentencePiece-style) tokenizer with the PairRM markers; saved to `out_dir` and returned."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    """A BPE tokenizer (SentencePiece-style word boundaries) with the PairRM markers; saved to `out_dir`."""
+    from tokenizers import (
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token="[UNK]"))
+    # what the gold rule reads: lower-cased words, punctuation dropped ("otters." -> "otters"), so the same
+    # word is one token wherever it stands and a word-sized vocabulary covers the arena
+    tok.normalizer = normalizers.Sequence(
+        [
+            normalizers.Lowercase(),
+            normalizers.Replace(Regex(r"[^a-z0-9\s]+"), " "),
+            normalizers.Replace(Regex(r"\s+"), " "),
+            normalizers.Strip(),
+        ]
+    )
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIALS), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIALS),
+        initial_alphabet=list(string.ascii_lowercase + string.digits + string.punctuation),  # unseen text: no [UNK]
+        show_progress=False,
+    )
     tok.train_from_iterator(texts, trainer=trainer)
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
@@ -309,6 +345,7 @@ def _build(out: Path, seed: int, s: PairRMBuildSettings, progress: Callable[[str
         model = tiny_pairrm(
             tok, seed, hidden_size=s.hidden_size, num_hidden_layers=s.num_layers, num_attention_heads=s.num_heads,
             intermediate_size=s.intermediate_size, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+            position_buckets=s.position_buckets, initializer_range=s.initializer_range,
         )
         train_pairwise(
             model, examples, int(tok.pad_token_id), s.steps, batch_size=s.batch_size,
@@ -323,3 +360,8 @@ def _build(out: Path, seed: int, s: PairRMBuildSettings, progress: Callable[[str
         json.dumps({"seed": seed, "settings": asdict(s), "build_seconds": time.monotonic() - t0}, indent=2)
     )
     progress(f"pairrm seed {seed}: built in {time.monotonic() - t0:.1f}s")
+
+
+def arena_pairrm_judge(seed: int = 0, max_batch_size: int = 64) -> prm.PairRMJudge:
+    """`judge.kind: arena_pairrm`: the full K x K PairRM judge on the arena's tiny ranker (built on first use)."""
+    return prm.PairRMJudge(build_arena_pairrm(seed), max_batch_size=max_batch_size, name="arena_pairrm")

@@ -15,7 +15,15 @@ def _arena_cdr() -> Judge:
     return ArenaDensityRatioJudge()
 
 
-JUDGES: dict[str, Callable[[], Judge]] = {"arena_oracle": ArenaOracleJudge, "arena_cdr": _arena_cdr}
+def _arena_pairrm() -> Judge:
+    from sparring.workers.judges.pairrm_train import arena_pairrm_judge
+
+    return arena_pairrm_judge()
+
+
+JUDGES: dict[str, Callable[[], Judge]] = {
+    "arena_oracle": ArenaOracleJudge, "arena_cdr": _arena_cdr, "arena_pairrm": _arena_pairrm,
+}
 
 
 def build_judge(cfg: JudgeConfig, run: RunConfig | None = None) -> Judge | None:
@@ -32,6 +40,11 @@ def build_judge(cfg: JudgeConfig, run: RunConfig | None = None) -> Judge | None:
         primary = build_judge(cfg.model_copy(update={"uncertainty": None}), run)
         assert primary is not None
         return wrap_with_uncertainty(primary, cfg.uncertainty)
+    if cfg.kind == "pairrm":
+        from sparring.workers.judges.pairrm import build_pairrm_judge
+
+        assert cfg.model  # config validation
+        return build_pairrm_judge(cfg.model)
     if cfg.kind == "density_ratio":
         from sparring.workers.judges.density_ratio import build_density_ratio_judge
 
