@@ -19,7 +19,10 @@ from sparring.shared.models import load_causal_lm, load_tokenizer, prompt_token_
 
 pytestmark = pytest.mark.integration
 
-QUICK = {"steps": 8, "batch_size": 16, "responses_per_prompt": 2, "log_every": 4}
+QUICK = {
+    "steps": 8, "batch_size": 16, "responses_per_prompt": 2, "log_every": 4,
+    "judge_examples_per_prompt": 1, "judge_steps": 4, "judge_batch_size": 8,
+}  # fmt: skip
 
 
 def _weights_hash(path: Path) -> str:
@@ -36,7 +39,7 @@ def test_build_load_cache_and_determinism(tmp_path: Path) -> None:
     path = build_arena_model(seed=3, cache_dir=tmp_path / "a", progress=messages.append, **QUICK)
     assert path == arena_model_dir(3, tmp_path / "a", **QUICK)
     assert path.parent.name == "arena" and path.name.startswith("seed3-")
-    assert any("step 8/8" in m for m in messages) and any("built in" in m for m in messages)
+    assert any("step 12/12" in m for m in messages) and any("built in" in m for m in messages)
     for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
         assert (path / name).is_file(), name
     assert not list(path.parent.glob(".tmp-*"))

@@ -1,6 +1,7 @@
 """Self-preference (OSP) in a Ray judge worker: the worker's judge follows a weight sync pushed through the
 real Ray object store, and judges pairs from a real Redis stream exactly like a judge freshly loaded on the
-new weights. Tiny checkpoints (tests/helpers.py) with a lower-case template their tokenizer knows."""
+new weights (tiny checkpoints of tests/helpers.py, with a lower-case template their tokenizer knows); and the
+arena policy, pretrained with judge-format examples, agrees with gold on the held-out arena pairs."""
 
 from __future__ import annotations
 
@@ -133,3 +134,16 @@ def test_registry_builds_the_self_preference_judge_on_the_run_policy(ckpt: str, 
         build_judge(cfg.judge, cfg)
     with pytest.raises(ValueError, match="needs the run config"):
         build_judge(cfg.judge)
+
+
+def test_arena_policy_judges_like_gold() -> None:
+    """The issue's bar: >= 0.60 agreement on the 320 held-out pairs with distinct gold scores (docs/judges.md)."""
+    from sparring.shared.arena_model import build_arena_model
+    from sparring.workers.judges.arena_strong import gold_agreement, heldout_pairs
+
+    judge = SelfPreferenceJudge.from_pretrained(build_arena_model(0))
+    agreement = gold_agreement(judge, heldout_pairs())
+    assert agreement.num_pairs == 320
+    assert agreement.agreement >= 0.60 and agreement.ci_low > 0.5, agreement
+    consistency = judge.flip_consistency()
+    assert consistency is not None and 0.5 < consistency <= 1.0
