@@ -321,12 +321,15 @@ class RunService:
     # ------------------------------------------------------------------------------------------ checkpoints
 
     def checkpoints(self, run_id: str) -> list[dict[str, Any]]:
-        run_dir = Path(self.store.get_run(run_id)["run_dir"]) if self.store.get_run(run_id) else None
+        run = self.store.get_run(run_id)
+        if run is None:
+            raise RunNotFound(run_id)
+        run_dir = Path(run["run_dir"]).resolve()
         out = []
-        for rec in self.iterations(run_id):
+        for rec in self.store.iterations(run_id):
             path = Path(rec.checkpoint)
-            if not rec.checkpoint or run_dir is None or run_dir.resolve() not in path.resolve().parents or not path.is_dir():
-                continue
+            if not rec.checkpoint or run_dir not in path.resolve().parents or not path.is_dir():
+                continue  # only checkpoints inside the run's own directory are ever listed or served
             files = [{"name": f.name, "bytes": f.stat().st_size} for f in sorted(path.iterdir()) if f.is_file()]
             out.append(
                 {
@@ -339,9 +342,14 @@ class RunService:
         return out
 
     def checkpoint_dir(self, run_id: str, version: int) -> Path:
-        for rec in self.iterations(run_id):
-            if rec.policy_version_out == version and rec.checkpoint:
-                return Path(rec.checkpoint)
+        run = self.store.get_run(run_id)
+        if run is None:
+            raise RunNotFound(run_id)
+        run_dir = Path(run["run_dir"]).resolve()
+        for rec in self.store.iterations(run_id):
+            path = Path(rec.checkpoint)
+            if rec.policy_version_out == version and rec.checkpoint and run_dir in path.resolve().parents and path.is_dir():
+                return path
         raise CheckpointNotFound(f"run {run_id!r} has no recorded checkpoint for policy version {version}")
 
     def checkpoint_file(self, run_id: str, version: int, name: str) -> Path:
