@@ -52,7 +52,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-
 class SelfPreferenceJudge:
     """P[i][j] from the policy's own A/B verdicts, averaged over both orders (see the module docstring)."""
 
