@@ -3,8 +3,8 @@
     .venv/bin/python bench/judges.py [--groups 16] [--k 4] [--batch-size 32] [--rounds 3] [--threads 1]
         [--model DIR]
 
-The model is `--model` (a PairRM dir) or a randomly initialised arena-shaped PairRM (DeBERTa-v2, hidden
-128, 2 layers, the arena PairRM tokenizer) built in a temp dir. The pairs are all K(K-1) ordered pairs of
+The model is `--model` (a PairRM dir) or a randomly initialised arena-shaped PairRM (DeBERTa-v2 with the
+arena PairRM's build settings and tokenizer) built in a temp dir. The pairs are all K(K-1) ordered pairs of
 `--groups` held-out arena prompts with K arena-corpus responses each. "Batched" is `PairRM.rank` (all
 pairs of all groups, length-sorted, `--batch-size` rows per forward); "loop" runs one forward per pair
 (llm-blender's per-pair loop with batch size 1). Rounds alternate after one warm-up of each; the median
@@ -32,8 +32,12 @@ def _model_dir(tmp: Path) -> Path:
     rng = random.Random(0)
     train = arena.arena_prompts("train")
     texts = [p.prompt for p in train] + [arena.corpus_response(p.topic, rng) for p in train for _ in range(2)]
-    tok = pt.train_pairrm_tokenizer(texts, pt.DEFAULT_SETTINGS.vocab_size, tmp)
-    pt.tiny_pairrm(tok, seed=0).save_pretrained(tmp)
+    s = pt.DEFAULT_SETTINGS
+    tok = pt.train_pairrm_tokenizer(texts, s.vocab_size, tmp)
+    pt.tiny_pairrm(
+        tok, seed=0, hidden_size=s.hidden_size, num_hidden_layers=s.num_layers, num_attention_heads=s.num_heads,
+        intermediate_size=s.intermediate_size, position_buckets=s.position_buckets,
+    ).save_pretrained(tmp)
     return tmp
 
 

@@ -59,8 +59,8 @@ PREFIX_FIELDS = ["source_prefix_id", "cand1_prefix_id", "cand2_prefix_id", "cand
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("pairrm")
     tok = pt.train_pairrm_tokenizer(TEXTS, 120, out)
-    # initializer_range 0.3: attention far from uniform, so candidates get clearly different prefix states
-    model = pt.tiny_pairrm(tok, seed=3, hidden_size=32, intermediate_size=64, num_hidden_layers=2, initializer_range=0.3)
+    # initializer_range 0.1 (as the arena build): attention not uniform, so candidates get clearly different prefix states
+    model = pt.tiny_pairrm(tok, seed=3, hidden_size=32, intermediate_size=64, num_hidden_layers=2, initializer_range=0.1)
     with torch.no_grad():  # O(1) logits, so the 1e-5 comparisons below are not trivially met
         for layer in (model.head_layer[1], model.head_layer[4]):
             layer.weight.normal_(0.0, 3.0 / layer.weight.shape[1] ** 0.5)
@@ -215,7 +215,7 @@ def test_judge_protocol(tiny_dir: Path, scorer: prm.PairRM) -> None:
     assert len(out) == 2 and [len(j.scores or []) for j in out] == [4, 2]
     expected = scorer.rank([(g.prompt, [c.text for c in g.completions]) for g in groups])
     for j, s in zip(out, expected, strict=True):
-        assert torch.allclose(torch.tensor(j.scores, dtype=torch.float64), s, atol=1e-6)
+        assert torch.allclose(torch.tensor(j.scores, dtype=torch.float64), s, atol=1e-5)  # fp32, other batches
         assert j.win_matrix is not None and all(abs(j.win_matrix[i][i] - 0.5) < 1e-12 for i in range(len(s)))
     ref = prm.PairRMJudge(tiny_dir, mode="reference", ref_mode="anchor", scorer=scorer).judge(groups)
     assert [len(j.scores or []) for j in ref] == [4, 2]
@@ -277,7 +277,7 @@ def test_registry_builds_pairrm_from_a_local_dir(tiny_dir: Path, scorer: prm.Pai
     cands = ["glad you asked. otters are fun.", "well.", "people often talk about otters.", "i see. i see."]
     (out,) = judge.judge([_group("Tell me about otters.", cands)])
     s = torch.tensor(out.scores, dtype=torch.float64)
-    assert torch.allclose(s, scorer.rank([("Tell me about otters.", cands)])[0], atol=1e-6)
+    assert torch.allclose(s, scorer.rank([("Tell me about otters.", cands)])[0], atol=1e-5)  # fp32, other batches
     assert float(s.abs().max()) > 1e-3 and abs(float(s.sum())) < 1e-9
     p = torch.tensor(out.win_matrix, dtype=torch.float64)
     assert torch.allclose(p, torch.sigmoid(s[:, None] - s[None, :]), atol=1e-12)
