@@ -261,6 +261,8 @@ def test_config_pairrm_kinds_validate(tiny_dir: Path, tmp_path: Path) -> None:
     hub = load_config(_run_yaml(tmp_path, "judge:\n  kind: pairrm\n  model: llm-blender/PairRM-hf\n"))
     assert hub.judge.model == "llm-blender/PairRM-hf"  # a hub id is resolved when the judge is built
     assert load_config(_run_yaml(tmp_path, "judge:\n  kind: arena_pairrm\n")).judge.kind == "arena_pairrm"
+    example = load_config(Path(__file__).resolve().parents[2] / "examples" / "arena-sppo-pairrm.yaml")
+    assert (example.judge.kind, example.preset, example.is_arena) == ("arena_pairrm", "sppo", True)
     logs = tmp_path / "logs.jsonl"
     logs.write_text("{}\n")
     with pytest.raises(ConfigError, match="arena_pairrm scores arena prompts"):
