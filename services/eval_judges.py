@@ -29,7 +29,7 @@ from typing import Any
 
 DEFAULT_PAIRS = 320
 BATCH_GROUPS = 32  # the judge worker's read size
-UNNAMED_MODEL_KINDS = ("density_ratio", "none")  # need models a user names: not buildable here by default
+UNNAMED_MODEL_KINDS = ("density_ratio", "pairrm", "none")  # need models a user names: not built by default
 # NAME+SUFFIX: the judge composed with the uncertainty filter (default `judge.uncertainty` settings)
 UPO_SUFFIXES: dict[str, dict[str, Any] | None] = {"": None, "upo": {}, "upo_head": {"head_only": True}}
 
