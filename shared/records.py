@@ -181,6 +181,9 @@ class PreferencePair(Record):
         None, ge=0.0, le=1.0, description="P-hat(rejected beats pi_t), same estimate (SPPO)"
     )
     judge: str
+    weight: float = Field(
+        1.0, gt=0.0, le=1.0, description="per-pair loss weight: the judge's confidence (uncertainty `weight` mode); 1 = plain"
+    )
 
     @field_validator("chosen_score", "rejected_score")
     @classmethod

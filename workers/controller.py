@@ -59,6 +59,38 @@ def derive_seed(*parts: object) -> int:
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
+# Judge-pool counters that add up across drains; rates are recomputed from them, maxima take the max.
+_JUDGE_COUNTERS = (
+    "calls", "groups", "call_seconds", "timeouts", "failed_groups", "isolation_retries", "cache_hits",
+    "cache_misses", "flip_pairs", "pairs_filtered", "uncertainty_pairs", "uncertainty_dropped", "uncertainty_disagreed",
+)  # fmt: skip
+
+
+def combine_judge_metrics(drains: list[dict[str, float]]) -> dict[str, float]:
+    """The `judge/*` metrics of one iteration from every judge drain call of it."""
+    out: dict[str, float] = {}
+    for name in _JUDGE_COUNTERS:
+        values = [d[f"judge/{name}"] for d in drains if f"judge/{name}" in d]
+        if values:
+            out[f"judge/{name}"] = float(sum(values))
+    maxima = [d["judge/latency_s_max"] for d in drains if "judge/latency_s_max" in d]
+    if maxima:
+        out["judge/latency_s_max"] = max(maxima)
+    if out.get("judge/calls"):
+        out["judge/latency_s_mean"] = out["judge/call_seconds"] / out["judge/calls"]
+    looked_up = out.get("judge/cache_hits", 0.0) + out.get("judge/cache_misses", 0.0)
+    if looked_up:
+        out["judge/cache_hit_rate"] = out["judge/cache_hits"] / looked_up
+    flips = [(d["judge/flip_pairs"], d["judge/flip_consistency"]) for d in drains if d.get("judge/flip_pairs")]
+    if flips:
+        out["judge/flip_consistency"] = sum(n * c for n, c in flips) / sum(n for n, _ in flips)
+    for name in ("bald_mean", "weight_mean"):
+        weighted = [(d.get("judge/uncertainty_pairs", 0.0), d[f"judge/uncertainty_{name}"]) for d in drains if f"judge/uncertainty_{name}" in d]
+        if weighted and sum(n for n, _ in weighted):
+            out[f"judge/uncertainty_{name}"] = sum(n * v for n, v in weighted) / sum(n for n, _ in weighted)
+    return out
+
+
 class RunController:
     """Drives one run from version 0 through `schedule.iterations` iterations."""
 
@@ -314,6 +346,7 @@ class RunController:
             }
         )
         metrics.update({f"queue/peak/{stage}": float(n) for stage, n in self.queue_peaks.items()})
+        metrics.update(combine_judge_metrics(self.judge_drains))
         record = IterationRecord(
             run_id=self.run_id,
             iteration=t,
@@ -372,6 +405,7 @@ class RunController:
         import ray
 
         stats = {"tokens": 0.0, "gen_seconds": 0.0, "judge_seconds": 0.0}
+        self.judge_drains: list[dict[str, float]] = []
         self.queue_peaks = {"prompts": 0, "generations": 0}
         groups_before, pairs_before = self.queue.written("generations"), self.queue.written("pairs")
         running: dict[Any, tuple[str, str]] = {}  # ObjectRef of a drain call -> (role, consumer)
@@ -419,6 +453,7 @@ class RunController:
                     stats["gen_seconds"] += out["seconds"]
                 else:
                     stats["judge_seconds"] += out["seconds"]
+                    self.judge_drains.append({k: v for k, v in out.items() if k.startswith("judge/")})
 
     def _replace_generator(self, consumer: str) -> None:
         import ray

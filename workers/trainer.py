@@ -102,6 +102,7 @@ class TokenizedPair:
     win_prob: float
     chosen_win_rate: float | None = None  # P-hat(chosen beats pi_t), SPPO
     rejected_win_rate: float | None = None
+    weight: float = 1.0  # the pair's loss weight (judge confidence); 1 = plain
 
     @property
     def width(self) -> int:
@@ -421,7 +422,10 @@ class PolicyTrainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 for micro in step_indices.split(cfg.batch_size):
                     out = self._loss(examples, micro, anchors)
-                    (out.losses.sum() / len(step_indices)).backward()
+                    weights = torch.tensor(
+                        [examples[i].weight for i in micro.tolist()], dtype=out.losses.dtype, device=out.losses.device
+                    )
+                    ((out.losses * weights).sum() / len(step_indices)).backward()  # weights: judge confidences
                     sums.add(out, last_epoch)
                     sums.tokens += sum(examples[i].num_tokens for i in micro.tolist())
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
@@ -487,6 +491,7 @@ class PolicyTrainer:
             win_prob=float(pair.win_prob),
             chosen_win_rate=pair.chosen_win_rate,
             rejected_win_rate=pair.rejected_win_rate,
+            weight=float(pair.weight),
         )
 
     def _completion_ids(self, token_ids: Sequence[int], finish_reason: str) -> list[int]:

@@ -375,3 +375,37 @@ def test_bf16_autocast_on_cpu_keeps_fp32_logps_and_trains(ckpt: Path) -> None:
     result = trainer.train_iteration(synthetic_pairs(16), iteration=1)
     assert math.isfinite(result.metrics["loss/mean"]) and result.metrics["train/steps"] == 2
     assert abs(result.metrics["loss/mean"] - math.log(2)) < 0.05
+
+
+def test_pair_weights_scale_each_pairs_gradient(ckpt: Path) -> None:
+    """A pair's loss weight (judge confidence, the uncertainty `weight` mode) scales its gradient: with plain
+    SGD, one step on pairs weighted w moves every parameter w times as far as with weight 1."""
+    pairs = synthetic_pairs(8)
+    sgd = dict(optimizer="sgd", max_grad_norm=None, batch_size=8)
+    base = make_trainer(ckpt, **sgd)
+    w0 = weights(base)
+    base.train_iteration(pairs, iteration=1)
+    half = make_trainer(ckpt, **sgd)
+    half.train_iteration([p.model_copy(update={"weight": 0.25}) for p in pairs], iteration=1)
+    for name, before in w0.items():
+        full_step = weights(base)[name] - before
+        quarter_step = weights(half)[name] - before
+        torch.testing.assert_close(quarter_step, 0.25 * full_step, rtol=1e-3, atol=1e-7)
+    assert any(float((weights(base)[n] - w0[n]).abs().max()) > 0 for n in w0)
+
+
+def test_judge_metrics_of_an_iteration_combine_every_drain() -> None:
+    from sparring.workers.controller import combine_judge_metrics
+
+    drains = [
+        {"judge/calls": 2.0, "judge/call_seconds": 1.0, "judge/latency_s_max": 0.7, "judge/cache_hits": 1.0,
+         "judge/cache_misses": 3.0, "judge/flip_pairs": 10.0, "judge/flip_consistency": 0.9},
+        {"judge/calls": 1.0, "judge/call_seconds": 2.0, "judge/latency_s_max": 2.0, "judge/cache_hits": 0.0,
+         "judge/cache_misses": 4.0, "judge/flip_pairs": 30.0, "judge/flip_consistency": 0.5},
+    ]  # fmt: skip
+    m = combine_judge_metrics(drains)
+    assert m["judge/calls"] == 3.0 and m["judge/latency_s_max"] == 2.0
+    assert m["judge/latency_s_mean"] == pytest.approx(1.0)
+    assert m["judge/cache_hit_rate"] == pytest.approx(1 / 8)
+    assert m["judge/flip_consistency"] == pytest.approx((9 + 15) / 40)
+    assert combine_judge_metrics([]) == {}

@@ -202,6 +202,14 @@ def test_weight_and_sampling_modes() -> None:
     w = u.UncertaintyJudge(LengthJudge(), TaggedEstimator(), mode="weight", passes=6).judge(groups)
     for jd in w:
         assert 0.0 < jd.confidence[0][1] < 1.0 and jd.confidence[0][1] == jd.confidence[1][0]
+    # the pool carries a weight-mode confidence to the trainer as the pair's loss weight
+    from sparring.workers.judges.pool import apply_confidence
+    from sparring.workers.recipes.pairs import build_pairs
+
+    pairs, dropped = apply_confidence(build_pairs(groups[0], w[0], "all_pairs"), w[0])
+    assert dropped == 0 and pairs
+    for pair in pairs:
+        assert pair.weight == pytest.approx(w[0].confidence[pair.chosen.index][pair.rejected.index]) and pair.weight < 1
     hard = u.UncertaintyJudge(LengthJudge(), TaggedEstimator(), mode="hard", passes=6, sample_rate=0.5)
     out = hard.judge(groups)
     kept = sum(1 for jd in out for i, j in ((0, 1), (0, 2), (2, 1)) if jd.confidence[i][j] == 1.0)

@@ -423,10 +423,14 @@ def reverse_group(group: GenerationGroup) -> GenerationGroup:
 
 
 def apply_confidence(pairs: Sequence[PreferencePair], judgement: Judgement) -> tuple[list[PreferencePair], int]:
-    """Drop the pairs whose comparison has confidence 0 (an uncertainty filter/sampler rejected them); returns
-    (kept, number dropped). Confidences in (0, 1) (the `weight` mode) are not carried to the trainer yet:
-    `PreferencePair` has no weight field (see docs/judges.md, "Uncertainty")."""
+    """Drop the pairs whose comparison has confidence 0 (an uncertainty filter/sampler rejected them) and carry
+    the others' confidence as the pair's loss weight (the `weight` mode; 1 for filter/easy/hard); returns
+    (kept, number dropped)."""
     if judgement.confidence is None:
         return list(pairs), 0
-    kept = [p for p in pairs if float(judgement.confidence[p.chosen.index][p.rejected.index]) > 0.0]
+    kept = []
+    for p in pairs:
+        c = min(1.0, float(judgement.confidence[p.chosen.index][p.rejected.index]))
+        if c > 0.0:
+            kept.append(p if c == 1.0 else p.model_copy(update={"weight": c}))
     return kept, len(pairs) - len(kept)
