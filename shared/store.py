@@ -50,16 +50,6 @@ redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'kind', 'run_created', 
 return 1
 """
 
-# KEYS: meta, events. ARGV: state, reason, now, event data, maxlen. Returns 0 if the run does not exist.
-_STATE_LUA = """
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  return 0
-end
-redis.call('HSET', KEYS[1], 'state', ARGV[1], 'reason', ARGV[2], 'updated_at', ARGV[3])
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'kind', 'state', 'data', ARGV[4])
-return 1
-"""
-
 # KEYS: meta, events. ARGV: state, reason, now, event data, maxlen, allowed states (space-separated).
 # Returns '' after the change, else the current state (or '-' if the run does not exist).
 _TRANSITION_LUA = """
@@ -137,7 +127,6 @@ class RunStore:
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
         self._create = client.register_script(_CREATE_LUA)
-        self._state = client.register_script(_STATE_LUA)
         self._iter = client.register_script(_ITER_LUA)
         self._transition = client.register_script(_TRANSITION_LUA)
 
@@ -194,23 +183,8 @@ class RunStore:
         }
 
     def set_state(self, run_id: str, state: str, reason: str = "") -> None:
-        """Set the run's lifecycle state (one of `RUN_STATES`) and emit a `state` event."""
-        if state not in RUN_STATES:
-            raise ValueError(f"unknown run state {state!r}; expected one of {', '.join(RUN_STATES)}")
-        now = time.time()
-        ok = self._state(
-            keys=[_meta(run_id), _events(run_id)],
-            args=[
-                state,
-                reason,
-                repr(now),
-                _pack({"state": state, "reason": reason, "ts": now}),
-                EVENTS_MAXLEN,
-            ],
-        )
-        if not int(ok):
-            raise RunNotFound(run_id)
-        logger.info("run %s -> %s%s", run_id, state, f" ({reason})" if reason else "")
+        """Set the run's lifecycle state (one of `RUN_STATES`), whatever it was, and emit a `state` event."""
+        self.transition(run_id, RUN_STATES, state, reason)
 
     def transition(self, run_id: str, allowed_from: tuple[str, ...], state: str, reason: str = "") -> None:
         """Atomically move the run to `state` if it is in one of `allowed_from`, else `InvalidTransition`."""
