@@ -38,7 +38,7 @@ from sparring.services.settings import ServiceSettings
 from sparring.shared.config import ARENA_MODEL, ConfigError, RunConfig, looks_local, parse_config
 from sparring.shared.prompts import PromptPoolError, load_run_prompts
 from sparring.shared.queue import StreamQueue
-from sparring.shared.records import IterationRecord, PreferencePair, decode
+from sparring.shared.records import IterationRecord, PreferencePair
 from sparring.shared.store import ACTIVE_STATES, InvalidTransition, RunNotFound, RunStore
 
 log = logging.getLogger(__name__)
@@ -249,23 +249,7 @@ class RunService:
         return out
 
     def _pair_entries(self, run_id: str, newest_first: bool = False) -> Iterator[PreferencePair]:
-        q = self.queue(run_id)
-        key = q.stream("pairs")
-        cursor = "+" if newest_first else "-"
-        while True:
-            if newest_first:
-                batch = self.client.xrevrange(key, max=cursor, min="-", count=500)
-            else:
-                batch = self.client.xrange(key, min=cursor, max="+", count=500)
-            for _, fields in batch:
-                try:
-                    yield decode(PreferencePair, fields[b"data"])
-                except Exception:  # noqa: BLE001 - a foreign entry; export what can be read
-                    continue
-            if len(batch) < 500:
-                return
-            last = batch[-1][0].decode()
-            cursor = f"({last}"
+        return (pair for _, pair in self.queue(run_id).iter_records("pairs", PreferencePair, newest_first))
 
     def recent_pairs(self, run_id: str, limit: int, iteration: int | None = None) -> list[dict[str, Any]]:
         out = []
@@ -320,16 +304,21 @@ class RunService:
 
     # ------------------------------------------------------------------------------------------ checkpoints
 
-    def checkpoints(self, run_id: str) -> list[dict[str, Any]]:
+    def _recorded_checkpoints(self, run_id: str) -> Iterator[tuple[IterationRecord, Path]]:
+        """Each recorded iteration's checkpoint that exists inside the run's own directory (nothing outside
+        it is ever listed or served)."""
         run = self.store.get_run(run_id)
         if run is None:
             raise RunNotFound(run_id)
         run_dir = Path(run["run_dir"]).resolve()
-        out = []
         for rec in self.store.iterations(run_id):
             path = Path(rec.checkpoint)
-            if not rec.checkpoint or run_dir not in path.resolve().parents or not path.is_dir():
-                continue  # only checkpoints inside the run's own directory are ever listed or served
+            if rec.checkpoint and run_dir in path.resolve().parents and path.is_dir():
+                yield rec, path
+
+    def checkpoints(self, run_id: str) -> list[dict[str, Any]]:
+        out = []
+        for rec, path in self._recorded_checkpoints(run_id):
             files = [{"name": f.name, "bytes": f.stat().st_size} for f in sorted(path.iterdir()) if f.is_file()]
             out.append(
                 {
@@ -342,13 +331,8 @@ class RunService:
         return out
 
     def checkpoint_dir(self, run_id: str, version: int) -> Path:
-        run = self.store.get_run(run_id)
-        if run is None:
-            raise RunNotFound(run_id)
-        run_dir = Path(run["run_dir"]).resolve()
-        for rec in self.store.iterations(run_id):
-            path = Path(rec.checkpoint)
-            if rec.policy_version_out == version and rec.checkpoint and run_dir in path.resolve().parents and path.is_dir():
+        for rec, path in self._recorded_checkpoints(run_id):
+            if rec.policy_version_out == version:
                 return path
         raise CheckpointNotFound(f"run {run_id!r} has no recorded checkpoint for policy version {version}")
 

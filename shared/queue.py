@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Literal
 
@@ -482,20 +482,31 @@ class StreamQueue:
 
     def read_all(self, stage: str, cls: type[R]) -> list[tuple[str, R]]:
         """Every (entry id, record) still in the stream, oldest first; undecodable entries are skipped (logged)."""
+        return list(self.iter_records(stage, cls))
+
+    def iter_records(
+        self, stage: str, cls: type[R], newest_first: bool = False, page: int = 1000
+    ) -> Iterator[tuple[str, R]]:
+        """(entry id, record) of every entry still in the stream, a page at a time (for exports of any size);
+        undecodable entries are skipped (logged)."""
         key = self.stream(stage)
-        out: list[tuple[str, R]] = []
-        start = "-"
+        cursor = "+" if newest_first else "-"
         while True:
-            batch = self.client.xrange(key, min=start, max="+", count=1000)
+            if newest_first:
+                batch = self.client.xrevrange(key, max=cursor, min="-", count=page)
+            else:
+                batch = self.client.xrange(key, min=cursor, max="+", count=page)
             for eid, fields in batch:
                 eid_s = _s(eid)
                 try:
-                    out.append((eid_s, decode(cls, fields[b"data"])))
+                    record = decode(cls, fields[b"data"])
                 except Exception as exc:  # noqa: BLE001
                     logger.warning("skipping undecodable entry %s of %s: %s", eid_s, key, exc)
-            if len(batch) < 1000:
-                return out
-            start = f"({_s(batch[-1][0])}"
+                    continue
+                yield eid_s, record
+            if len(batch) < page:
+                return
+            cursor = f"({_s(batch[-1][0])}"
 
     def dead_letters(self) -> list[DeadLetter]:
         return [rec for _, rec in self.read_all(DEAD, DeadLetter)]

@@ -71,6 +71,16 @@ def test_put_dedups_by_record_id(q: StreamQueue) -> None:
     assert q.read_all("prompts", PromptTask)[0][0] == first
 
 
+def test_iter_records_pages_in_both_directions(q: StreamQueue) -> None:
+    tasks = [task(q.run_id, i) for i in range(5)]
+    for t in tasks:
+        q.put("prompts", t)
+    q.client.xadd(q.stream("prompts"), {"data": b"not msgpack"})  # an undecodable entry is skipped
+    assert [rec for _, rec in q.iter_records("prompts", PromptTask, page=2)] == tasks
+    assert [rec for _, rec in q.iter_records("prompts", PromptTask, newest_first=True, page=2)] == tasks[::-1]
+    assert [rec for _, rec in q.read_all("prompts", PromptTask)] == tasks
+
+
 def test_read_then_complete_acks_only_with_output(q: StreamQueue) -> None:
     fill(q, 3)
     assert q.lag("prompts", G) == 3
