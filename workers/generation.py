@@ -41,22 +41,28 @@ prompts x 4 samples x 48 tokens): auto 5.3k tok/s, 1 unbound thread 5.9k, 2 unbo
 and several engines on one host should get disjoint `cpu_threads` core lists (auto binds them all to the
 same core).
 
-This module knows nothing about Ray or Redis.
+The `vllm.LLM` itself is built by `sparring.workers.vllm_llm`; checkpoint manifests and eos ids come from
+`sparring.workers.checkpoints`. This module knows nothing about Ray or Redis.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+from sparring.workers.checkpoints import (
+    TensorManifest,
+    checkpoint_manifest,
+    compare_manifests,
+    eos_token_ids,
+    load_state_dir,
+)
+from sparring.workers.vllm_llm import build_vllm_llm, shutdown_vllm_llm
 
 if TYPE_CHECKING:
     import torch
@@ -139,76 +145,7 @@ class GenerationEngine(Protocol):
 
 
 # --------------------------------------------------------------------------------------------------
-# Checkpoint helpers shared by both backends (and by weight_sync)
-
-TensorManifest = dict[str, tuple[tuple[int, ...], str]]
-
-
-def safetensors_files(path: str | Path) -> list[Path]:
-    """The `*.safetensors` files of a checkpoint dir (sharded or not); raises if there are none."""
-    p = Path(path)
-    if not p.is_dir():
-        raise FileNotFoundError(f"checkpoint directory {str(p)!r} does not exist")
-    files = sorted(p.glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"checkpoint directory {str(p)!r} has no *.safetensors files")
-    return files
-
-
-def checkpoint_manifest(path: str | Path) -> TensorManifest:
-    """{tensor name: (shape, dtype)} of a safetensors checkpoint dir, read from the headers only."""
-    from safetensors import safe_open
-
-    manifest: TensorManifest = {}
-    for f in safetensors_files(path):
-        with safe_open(str(f), framework="pt") as fh:
-            for name in fh.keys():  # noqa: SIM118 - safe_open has keys(), not __iter__
-                sl = fh.get_slice(name)
-                manifest[name] = (tuple(int(d) for d in sl.get_shape()), str(sl.get_dtype()))
-    return manifest
-
-
-def compare_manifests(
-    expected: TensorManifest, got: TensorManifest, *, ignore_missing: set[str]
-) -> str | None:
-    """A human-readable reason why `got` cannot replace `expected` (names and shapes), or None if it can."""
-    problems: list[str] = []
-    missing = sorted(set(expected) - set(got) - ignore_missing)
-    extra = sorted(set(got) - set(expected))
-    if missing:
-        problems.append(f"missing tensors {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-    if extra:
-        problems.append(f"unexpected tensors {extra[:5]}{' ...' if len(extra) > 5 else ''}")
-    for name in sorted(set(expected) & set(got)):
-        if expected[name][0] != got[name][0]:
-            problems.append(f"{name}: shape {list(got[name][0])} != serving {list(expected[name][0])}")
-            if len(problems) > 8:
-                break
-    return "; ".join(problems) if problems else None
-
-
-def eos_token_ids(model_dir: str | Path) -> set[int]:
-    """End-of-sequence ids of a checkpoint: `eos_token_id` of config.json and generation_config.json."""
-    ids: set[int] = set()
-    for fname in ("config.json", "generation_config.json"):
-        f = Path(model_dir) / fname
-        if not f.is_file():
-            continue
-        value = json.loads(f.read_text()).get("eos_token_id")
-        if isinstance(value, int):
-            ids.add(value)
-        elif isinstance(value, list):
-            ids.update(int(v) for v in value)
-    return ids
-
-
-def _resolve_dtype(dtype: str) -> str:
-    """The project's dtype names -> an explicit dtype (`auto` = float32 on CPU, bfloat16 on GPU)."""
-    import torch
-
-    if dtype != "auto":
-        return dtype
-    return "bfloat16" if torch.cuda.is_available() else "float32"
+# Shared by both backends
 
 
 def _validate_batch(
@@ -240,28 +177,6 @@ def _strip_eos(
 # vLLM
 
 
-@contextmanager
-def _cpu_thread_env(cpu_threads: int | str | None) -> Iterator[None]:
-    """Set vLLM-CPU's thread-binding env vars while the engine's processes are spawned (they inherit it)."""
-    if cpu_threads is None:
-        yield
-        return
-    if isinstance(cpu_threads, int):
-        new = {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": str(cpu_threads)}
-    else:
-        new = {"VLLM_CPU_OMP_THREADS_BIND": cpu_threads}
-    old = {k: os.environ.get(k) for k in new}
-    os.environ.update(new)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 class VLLMEngine:
     """A `vllm.LLM` in eager mode fed token-id prompts. Build it inside a function/actor (spawn pitfall)."""
 
@@ -277,8 +192,6 @@ class VLLMEngine:
         cpu_threads: int | str | None = None,
         max_num_seqs: int | None = None,
     ) -> None:
-        from vllm import LLM
-
         from sparring.shared.models import check_model_path
 
         self.engine_id = engine_id or f"vllm-{uuid.uuid4().hex[:8]}"
@@ -288,14 +201,7 @@ class VLLMEngine:
         self._eos = eos_token_ids(self.model_path)
         self._unusable: str | None = None
         self._lock = threading.Lock()
-        kwargs: dict[str, Any] = dict(
-            model=self.model_path,
-            tokenizer=self.model_path,
-            dtype=_resolve_dtype(dtype),
-            max_model_len=max_model_len,
-            kv_cache_memory_bytes=kv_cache_memory_bytes,
-            enforce_eager=True,
-            seed=seed,
+        extra: dict[str, Any] = dict(
             # Chunked prefill splits a long prompt across steps and then rewinds the request's seeded
             # generator, which CPU generators cannot do ("CPU Generator does not use offset": the engine
             # dies). Whole-prompt prefill keeps per-request seeds (one group = one reproducible draw).
@@ -303,10 +209,17 @@ class VLLMEngine:
             max_num_batched_tokens=max(8192, max_model_len),
         )
         if max_num_seqs is not None:
-            kwargs["max_num_seqs"] = max_num_seqs
+            extra["max_num_seqs"] = max_num_seqs
         t0 = time.perf_counter()
-        with _cpu_thread_env(cpu_threads):
-            self._llm: Any = LLM(**kwargs)
+        self._llm: Any = build_vllm_llm(
+            self.model_path,
+            max_model_len=max_model_len,
+            kv_cache_memory_bytes=kv_cache_memory_bytes,
+            dtype=dtype,
+            seed=seed,
+            cpu_threads=cpu_threads,
+            extra=extra,
+        )
         self._tokenizer: Any = self._llm.get_tokenizer()
         self.start_seconds = time.perf_counter() - t0
         log.info("vLLM engine %s started in %.1f s from %s", self.engine_id, self.start_seconds, model_path)
@@ -389,10 +302,7 @@ class VLLMEngine:
         llm = getattr(self, "_llm", None)
         if llm is None:
             return
-        try:
-            llm.llm_engine.engine_core.shutdown()
-        except Exception:  # shutting down a dead engine must not mask the original failure
-            log.exception("engine %s: error during shutdown", self.engine_id)
+        shutdown_vllm_llm(llm, f"engine {self.engine_id}")
         del self._llm
 
 
@@ -575,7 +485,6 @@ class TransformersEngine:
     def load_weights(self, path: str) -> float:
         """Copy a checkpoint dir's tensors into the live model (validated first; all-or-nothing on refusal)."""
         import torch
-        from safetensors.torch import load_file
 
         with self._lock:
             self._check_usable()
@@ -584,9 +493,7 @@ class TransformersEngine:
             expected: TensorManifest = {k: (tuple(v.shape), str(v.dtype)) for k, v in live.items()}
             tied = self._tied_names()
             try:
-                state: dict[str, torch.Tensor] = {}
-                for f in safetensors_files(path):
-                    state.update(load_file(str(f)))
+                state = load_state_dir(path)
                 got: TensorManifest = {k: (tuple(v.shape), str(v.dtype)) for k, v in state.items()}
                 reason = compare_manifests(expected, got, ignore_missing=tied)
             except (OSError, ValueError) as err:

@@ -29,7 +29,7 @@ wraps this class. One iteration (`train_iteration`) does, in order:
    Tokens count prompt+chosen plus prompt+rejected per pair per epoch; the time includes the
    reference pass (as trainer-performance.md measures TRL).
 
-Log-probs (`sequence_logps`): chosen and rejected rows go through ONE forward (2B rows, right padded,
+Log-probs (`sequence_logps`, in `sparring.workers.logps`, shared with the judges): chosen and rejected rows go through ONE forward (2B rows, right padded,
 attention mask), and each sequence's log-prob is the SUM of its completion tokens' log-probs in fp32
 (prompt and padding masked; algorithms.md §0). Only completion positions are projected through the LM
 head, and each target's log-prob is `logit[target] - logsumexp(logits)` in fp32, so the full
@@ -67,6 +67,7 @@ from torch import Tensor
 from sparring.shared.config import AlgorithmConfig, TrainerConfig
 from sparring.shared.models import load_causal_lm, load_tokenizer
 from sparring.shared.records import PreferencePair
+from sparring.workers.logps import SequenceBatch, collate_sequences, sequence_logps, sequence_logps_reference
 from sparring.workers.objectives.base import LossInputs, LossOutput, Objective
 from sparring.workers.objectives.registry import build_objective
 
@@ -77,18 +78,10 @@ log = logging.getLogger(__name__)
 
 TRAINER_STATE_FILE = "trainer_state.pt"
 TRAINER_STATE_FORMAT = 1
-# Config attributes that change logits after the LM head; a model with any of them set takes the plain
-# full-logits path in `sequence_logps` instead of projecting hidden states itself.
-_LOGIT_POSTPROCESSING_ATTRS = (
-    "final_logit_softcapping",
-    "logit_scale",
-    "logits_scaling",
-    "output_multiplier",
-)
 
 
 # --------------------------------------------------------------------------------------------------
-# Batches and per-sequence log-probs
+# Pairs as token ids
 
 
 @dataclass(frozen=True)
@@ -115,100 +108,11 @@ class TokenizedPair:
         return 2 * len(self.prompt_ids) + len(self.chosen_ids) + len(self.rejected_ids)
 
 
-@dataclass(frozen=True)
-class SequenceBatch:
-    """Right-padded rows for one forward: 2B rows for B pairs, the B chosen rows first.
-
-    `completion_mask[i, t]` is True where token t of row i is a completion token (its log-prob counts).
-    """
-
-    input_ids: Tensor  # (N, T) int64
-    attention_mask: Tensor  # (N, T) int64, 1 on real tokens
-    completion_mask: Tensor  # (N, T) bool
-
-    @property
-    def num_rows(self) -> int:
-        return int(self.input_ids.shape[0])
-
-    def to(self, device: str | torch.device) -> SequenceBatch:
-        return SequenceBatch(
-            self.input_ids.to(device), self.attention_mask.to(device), self.completion_mask.to(device)
-        )
-
-
-def collate_sequences(
-    prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], pad_token_id: int
-) -> SequenceBatch:
-    """Rows `prompt + completion`, right padded to the longest row."""
-    lengths = [len(p) + len(c) for p, c in zip(prompts, completions, strict=True)]
-    width = max(lengths)
-    n = len(lengths)
-    input_ids = torch.full((n, width), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((n, width), dtype=torch.long)
-    completion_mask = torch.zeros((n, width), dtype=torch.bool)
-    for i, (p, c) in enumerate(zip(prompts, completions, strict=True)):
-        row = list(p) + list(c)
-        input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        attention_mask[i, : len(row)] = 1
-        completion_mask[i, len(p) : len(row)] = True
-    return SequenceBatch(input_ids, attention_mask, completion_mask)
-
-
 def collate_pairs(pairs: Sequence[TokenizedPair], pad_token_id: int) -> SequenceBatch:
     """2B rows: chosen of every pair, then rejected of every pair (same order)."""
     prompts = [p.prompt_ids for p in pairs] * 2
     completions = [p.chosen_ids for p in pairs] + [p.rejected_ids for p in pairs]
     return collate_sequences(prompts, completions, pad_token_id)
-
-
-def _needs_full_logits(model: PreTrainedModel) -> bool:
-    """True when hidden states cannot simply be projected by the output embedding to get the logits."""
-    if model.base_model is model or model.get_output_embeddings() is None:
-        return True
-    cfg = getattr(model, "config", None)
-    return any(getattr(cfg, attr, None) not in (None, 0, 1, 1.0) for attr in _LOGIT_POSTPROCESSING_ATTRS)
-
-
-def sequence_logps(model: PreTrainedModel, batch: SequenceBatch) -> tuple[Tensor, Tensor]:
-    """Per-row SUM of completion-token log-probs (fp32) and completion lengths, from one forward.
-
-    Token t is predicted by position t-1. Only positions that predict a completion token are projected
-    through the LM head, giving an (M, vocab) logits matrix for M completion tokens; each log-prob is
-    `logit[target] - logsumexp(logits)` in fp32. Models whose logits are post-processed after the head
-    (soft-capping, scaling) take the full-logits path, which computes the same quantity.
-    Returns (logps (N,), lengths (N,)), both float32 on the model's device.
-    """
-    device = next(model.parameters()).device
-    batch = batch.to(device)
-    target_mask = batch.completion_mask[:, 1:]  # (N, T-1) position t-1 predicts token t
-    targets = batch.input_ids[:, 1:][target_mask]  # (M,)
-    rows = target_mask.nonzero(as_tuple=True)[0]  # (M,) row of each target
-    if _needs_full_logits(model):
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        selected = logits[:, :-1][target_mask].float()  # (M, V)
-    else:
-        hidden = model.base_model(
-            input_ids=batch.input_ids, attention_mask=batch.attention_mask
-        ).last_hidden_state  # (N, T, H)
-        head = model.get_output_embeddings()
-        assert head is not None  # guaranteed by _needs_full_logits
-        selected = head(hidden[:, :-1][target_mask]).float()  # (M, V)
-    token_logps = selected.gather(1, targets.unsqueeze(1)).squeeze(1) - torch.logsumexp(selected, dim=-1)
-    n = batch.num_rows
-    logps = torch.zeros(n, dtype=torch.float32, device=device).index_add(0, rows, token_logps)  # (N,)
-    lengths = target_mask.sum(dim=1).to(torch.float32)  # (N,)
-    return logps, lengths
-
-
-def sequence_logps_reference(model: PreTrainedModel, batch: SequenceBatch) -> tuple[Tensor, Tensor]:
-    """Slow reference for `sequence_logps`: full fp32 log-softmax over every position (tests only)."""
-    device = next(model.parameters()).device
-    batch = batch.to(device)
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.float()
-    logprobs = torch.log_softmax(logits[:, :-1], dim=-1)  # (N, T-1, V)
-    token_logps = logprobs.gather(2, batch.input_ids[:, 1:].unsqueeze(2)).squeeze(2)  # (N, T-1)
-    mask = batch.completion_mask[:, 1:].to(torch.float32)
-    return (token_logps * mask).sum(dim=1), mask.sum(dim=1)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -11,7 +11,9 @@ One control message per engine per sync, never one per tensor. Two transports:
 
 A checksum mismatch (or a malformed update) raises `WeightSyncError` *before* the engine is touched, so the
 engine stays on its previous weights. Engine-side failures surface as `EngineLoadError` (see
-`sparring.workers.generation` for when the engine remains usable).
+`sparring.workers.generation` for when the engine remains usable). The target is any `WeightLoader`
+(`sparring.workers.checkpoints`): a generation engine or a judge that follows the policy's weights; this
+module imports neither the engines nor the trainer.
 
 Trainer side: `object_store_update(state, version)` and `safetensors_dir_update(path, version)` build the
 message. This module imports Ray lazily (only the object-store transport needs it).
@@ -31,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sparring.workers.generation import GenerationEngine, safetensors_files
+from sparring.workers.checkpoints import WeightLoader, load_state_dir
 
 if TYPE_CHECKING:
     import torch
@@ -104,16 +106,6 @@ def state_checksum(state: Mapping[str, torch.Tensor], *, full: bool | None = Non
         for b in range(_SAMPLE_BLOCKS):
             h.update(raw[b * step : b * step + _SAMPLE_BLOCK_BYTES])
     return f"{'b2' if full else 'b2s'}:{h.hexdigest()}"
-
-
-def load_state_dir(path: str | Path) -> dict[str, torch.Tensor]:
-    """All tensors of a safetensors checkpoint dir (sharded or not), on CPU."""
-    from safetensors.torch import load_file
-
-    state: dict[str, torch.Tensor] = {}
-    for f in safetensors_files(path):
-        state.update(load_file(str(f)))
-    return state
 
 
 # --------------------------------------------------------------------------------------------------
@@ -199,7 +191,7 @@ def _clean_staging(engine_dir: Path, keep: Path | None) -> None:
 
 
 def apply_update(
-    engine: GenerationEngine,
+    engine: WeightLoader,
     update: WeightUpdate,
     base_model_dir: str | Path,
     staging_root: str | Path | None = None,

@@ -14,14 +14,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sparring.shared.models import load_tokenizer, prompt_token_ids
-from sparring.workers.generation import (
-    EngineLoadError,
-    Sample,
-    SamplingSpec,
-    TransformersEngine,
-    VLLMEngine,
-    eos_token_ids,
-)
+from sparring.workers.checkpoints import eos_token_ids
+from sparring.workers.generation import EngineLoadError, Sample, SamplingSpec, TransformersEngine, VLLMEngine
 from tests.helpers import make_tiny_checkpoint
 
 pytestmark = pytest.mark.integration

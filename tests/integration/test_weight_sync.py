@@ -14,13 +14,13 @@ import pytest
 import torch
 
 from sparring.shared.models import load_tokenizer, prompt_token_ids
+from sparring.workers.checkpoints import load_state_dir
 from sparring.workers.generation import Sample, SamplingSpec, TransformersEngine, VLLMEngine
 from sparring.workers.weight_sync import (
     WeightSyncError,
     WeightUpdate,
     apply_update,
     default_staging_root,
-    load_state_dir,
     object_store_update,
     safetensors_dir_update,
     state_checksum,

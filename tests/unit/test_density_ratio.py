@@ -23,7 +23,7 @@ from sparring.workers.judges.density_ratio import (
     render_context,
     win_matrix,
 )
-from sparring.workers.trainer import collate_sequences, sequence_logps_reference
+from sparring.workers.logps import collate_sequences, sequence_logps_reference
 from tests.helpers import make_tiny_checkpoint
 
 RESPONSES = ["the cat runs", "hello world and the dog", "a big blue bird sees the river", "yes"]

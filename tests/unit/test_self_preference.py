@@ -141,11 +141,11 @@ def test_answers_must_be_single_tokens(ckpts: tuple[Path, Path]) -> None:
 
 
 def test_weights_follow_a_sync(ckpts: tuple[Path, Path], tmp_path: Path) -> None:
+    from sparring.workers.checkpoints import load_state_dir
     from sparring.workers.weight_sync import (
         TRANSPORT_OBJECT_STORE,
         WeightUpdate,
         apply_update,
-        load_state_dir,
         safetensors_dir_update,
         state_checksum,
     )

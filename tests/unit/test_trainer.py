@@ -12,15 +12,8 @@ from transformers import AutoModelForCausalLM
 
 from sparring.shared.config import AlgorithmConfig, TrainerConfig
 from sparring.shared.records import Completion, PreferencePair
-from sparring.workers.trainer import (
-    TRAINER_STATE_FILE,
-    PolicyTrainer,
-    WarmupSchedule,
-    collate_pairs,
-    collate_sequences,
-    sequence_logps,
-    sequence_logps_reference,
-)
+from sparring.workers.logps import collate_sequences, sequence_logps, sequence_logps_reference
+from sparring.workers.trainer import TRAINER_STATE_FILE, PolicyTrainer, WarmupSchedule, collate_pairs
 from tests.helpers import make_tiny_checkpoint
 
 CHOSEN_END = 7  # the synthetic preference: a chosen response always ends with this token ...

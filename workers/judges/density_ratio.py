@@ -34,7 +34,7 @@ generation prompt, so the response tokens sit where the model expects an assista
 
 Two scoring backends behind one `LogProbScorer` protocol, which must agree (tests check < 1e-3 on the
 arena model): `TransformersScorer` (one right-padded batch per chunk through
-`sparring.workers.trainer.sequence_logps`) and `VLLMScorer` (`prompt_logprobs=0` on context+response,
+`sparring.workers.logps.sequence_logps`) and `VLLMScorer` (`prompt_logprobs=0` on context+response,
 summing the response positions). The judge returns per-response scores and, optionally, the K x K
 matrix P[i][j] = sigmoid(scale * (s_i - s_j)).
 """
@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from sparring.shared.models import check_model_path, load_tokenizer, text_token_ids
 from sparring.shared.records import Completion, GenerationGroup, Judgement
+from sparring.workers.vllm_llm import build_vllm_llm, shutdown_vllm_llm
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -103,7 +104,7 @@ class LogProbScorer(Protocol):
 
 
 class TransformersScorer:
-    """Scores rows with a transformers causal LM through the trainer's `sequence_logps` (fp32 sums)."""
+    """Scores rows with a transformers causal LM through `sequence_logps` (fp32 sums, as the trainer)."""
 
     def __init__(
         self,
@@ -128,7 +129,7 @@ class TransformersScorer:
     def response_logps(self, rows: Sequence[ScoredTokens]) -> list[float]:
         import torch
 
-        from sparring.workers.trainer import collate_sequences, sequence_logps
+        from sparring.workers.logps import collate_sequences, sequence_logps
 
         _check_rows(rows)
         out = [0.0] * len(rows)
@@ -151,7 +152,8 @@ class VLLMScorer:
 
     vLLM returns, for every prompt position but the first, the log-prob of the actual token there given
     all tokens before it; the response's log-prob is the sum over positions >= len(context). Build it
-    inside a function or actor (vLLM's spawn pitfall, reference/vllm-cpu.md).
+    inside a function or actor (vLLM's spawn pitfall, reference/vllm-cpu.md); `cpu_threads` is the
+    engine's thread budget (`sparring.workers.vllm_llm`).
     """
 
     def __init__(
@@ -162,22 +164,20 @@ class VLLMScorer:
         kv_cache_memory_bytes: int = 64 * 2**20,
         dtype: str = "float32",
         seed: int = 0,
+        cpu_threads: int | str | None = None,
         llm: Any | None = None,
     ) -> None:
         self.model_path = check_model_path(model_path)
         self.max_model_len = max_model_len
         if llm is None:
-            from vllm import LLM
-
             t0 = time.perf_counter()
-            llm = LLM(
-                model=self.model_path,
-                tokenizer=self.model_path,
-                dtype=dtype,
+            llm = build_vllm_llm(
+                self.model_path,
                 max_model_len=max_model_len,
                 kv_cache_memory_bytes=kv_cache_memory_bytes,
-                enforce_eager=True,
+                dtype=dtype,
                 seed=seed,
+                cpu_threads=cpu_threads,
             )
             log.info("vLLM scorer for %s started in %.1f s", model_path, time.perf_counter() - t0)
         self.llm: Any | None = llm
@@ -187,10 +187,7 @@ class VLLMScorer:
         llm, self.llm = self.llm, None
         if llm is None:
             return
-        try:
-            llm.llm_engine.engine_core.shutdown()
-        except Exception:  # shutting down a dead engine must not raise over the caller's own error
-            log.exception("vLLM scorer for %s: error during shutdown", self.model_path)
+        shutdown_vllm_llm(llm, f"vLLM scorer for {self.model_path}")
 
     def response_logps(self, rows: Sequence[ScoredTokens]) -> list[float]:
         from vllm import SamplingParams

