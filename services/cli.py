@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from sparring.services.launch import init_ray, parse_sets
 from sparring.shared.config import ConfigError, RunConfig, load_config
 
 log = logging.getLogger("sparring")
@@ -30,40 +31,11 @@ log = logging.getLogger("sparring")
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "examples" / "arena-demo.yaml"
 
 
-def _parse_sets(items: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE (e.g. trainer.epochs=2)")
-        key, value = item.split("=", 1)
-        out[key] = yaml.safe_load(value)
-    return out
-
-
 def resolve_model_path(cfg: RunConfig) -> str:
     """The policy checkpoint to start from; builds (or reuses) the arena policy for `policy.path: arena`."""
     from sparring.shared.models import resolve_policy_path
 
     return resolve_policy_path(cfg.policy.path, cfg.seed, progress=lambda m: print(f"  [arena] {m}", flush=True))
-
-
-def init_ray(address: str | None = None) -> None:
-    """Join the Ray cluster at `address` (or RAY_ADDRESS), else start a local one inside this process."""
-    import ray
-
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, namespace="sparring", log_to_driver=False, logging_level=logging.WARNING)
-    else:
-        # Logical CPUs are scheduling tokens; actors keep their own thread budgets (see docs/operations.md).
-        ray.init(
-            address="local",  # never join whatever cluster this machine ran last: RAY_ADDRESS says which
-            num_cpus=max(4, os.cpu_count() or 1),
-            include_dashboard=False,
-            namespace="sparring",
-            log_to_driver=False,
-            logging_level=logging.WARNING,
-        )
 
 
 def _fmt(x: float | None, spec: str = ".3f") -> str:
@@ -189,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2 if err.status < 500 else 1
     try:
         path = DEMO_CONFIG if args.command == "demo" else Path(args.config)
-        cfg = load_config(path, _parse_sets(args.set))
+        cfg = load_config(path, parse_sets(args.set))
         summary = execute(cfg)
     except (ConfigError, RedisUnavailable, ModelLoadError, PromptPoolError, DSATError) as err:
         print(f"error: {err}", file=sys.stderr)

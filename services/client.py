@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from sparring.services.launch import init_ray, parse_sets
+
 DEFAULT_API = "http://127.0.0.1:8321"
 DEFAULT_PORT = 8321
 
@@ -85,7 +87,6 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from sparring.services.api import create_app
-    from sparring.services.cli import init_ray
     from sparring.services.settings import load_settings
     from sparring.shared.redis_server import open_redis
 
@@ -117,13 +118,12 @@ def _client(args: argparse.Namespace) -> ApiClient:
 
 
 def submit(args: argparse.Namespace) -> int:
-    from sparring.services.cli import _parse_sets
     from sparring.shared.config import set_dotted
 
     config = yaml.safe_load(Path(args.config).read_text()) or {}
     if not isinstance(config, dict):
         raise ApiError(0, f"{args.config}: top level must be a mapping")
-    for dotted, value in _parse_sets(args.set).items():
+    for dotted, value in parse_sets(args.set).items():
         set_dotted(config, dotted, value)
     api = _client(args)
     pool_id = None
