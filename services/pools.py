@@ -20,11 +20,11 @@ from typing import Any, Literal
 
 import redis
 
+from sparring.shared import keys
 from sparring.shared.dsat import DSATError, parse_dsat_jsonl
 from sparring.shared.prompts import PromptPoolError, dsat_item, parse_jsonl_prompts
 
 PoolKind = Literal["prompts", "dsat"]
-POOLS_KEY = "pools"
 MAX_REPORTED_DUPLICATES = 100
 
 
@@ -94,11 +94,11 @@ class PoolStore:
             "duplicates": duplicates[:MAX_REPORTED_DUPLICATES],
             "created_at": time.time(),
         }
-        created = bool(self.client.hsetnx(POOLS_KEY, pool_id, json.dumps(pool)))
+        created = bool(self.client.hsetnx(keys.POOLS, pool_id, json.dumps(pool)))
         return (pool if created else self.get(pool_id) or pool), created
 
     def get(self, pool_id: str) -> dict[str, Any] | None:
-        raw = self.client.hget(POOLS_KEY, pool_id)
+        raw = self.client.hget(keys.POOLS, pool_id)
         return None if raw is None else json.loads(raw)
 
     def require(self, pool_id: str) -> dict[str, Any]:
@@ -112,5 +112,5 @@ class PoolStore:
         return self.pools_dir / f"{pool_id}.jsonl"
 
     def list(self) -> list[dict[str, Any]]:
-        pools = [json.loads(v) for v in self.client.hvals(POOLS_KEY)]
+        pools = [json.loads(v) for v in self.client.hvals(keys.POOLS)]
         return sorted(pools, key=lambda p: p["created_at"])

@@ -35,6 +35,7 @@ import yaml
 
 from sparring.services.pools import PoolStore
 from sparring.services.settings import ServiceSettings
+from sparring.shared import keys
 from sparring.shared.config import ARENA_MODEL, ConfigError, RunConfig, looks_local, parse_config
 from sparring.shared.prompts import PromptPoolError, load_run_prompts
 from sparring.shared.queue import StreamQueue
@@ -166,7 +167,7 @@ class RunService:
         """Create a queued run; returns (run view, created). The same Idempotency-Key returns the same run."""
         fingerprint = hashlib.sha256(json.dumps([raw_config, pool_id], sort_keys=True).encode()).hexdigest()
         if idempotency_key is not None:
-            key = f"idempotency:{hashlib.sha256(idempotency_key.encode()).hexdigest()}"
+            key = keys.idempotency(idempotency_key)
             existing = self.client.get(key)
             if existing is not None:
                 return self._replay(json.loads(existing), fingerprint)
@@ -440,7 +441,7 @@ class RunService:
             self.store.clear_control(run_id)
             return
         done = self.store.last_complete_iteration(run_id)
-        attempts = int(self.client.hincrby(f"run:{run_id}:kv", f"orphan_restarts:{done}", 1))
+        attempts = int(self.client.hincrby(keys.kv(run_id), f"orphan_restarts:{done}", 1))
         if attempts > MAX_ORPHAN_RESTARTS:
             self.store.transition(
                 run_id, ("running",), "failed", reason=f"controller lost {attempts - 1} times after iteration {done}"

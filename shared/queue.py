@@ -1,10 +1,10 @@
 """The per-run work queue: Redis Streams with consumer groups, idempotent by record id, with a dead-letter stream.
 
-Knows: the stream key layout of a run (`run:{run_id}:{stage}` plus a per-stage seen-set
-`run:{run_id}:seen:{stage}`), the entry layout (fields `id` = record id, `data` = msgpack of the record),
-at-least-once delivery (`XREADGROUP`/`XACK`/`XAUTOCLAIM`/`XCLAIM`), and how to make it effectively-once:
-every write of a record is deduplicated by its deterministic `record_id` in the same Lua script that
-writes it, and `complete()` writes a stage's outputs and acknowledges its input in one script.
+Knows: the streams of a run (one per stage plus a per-stage seen-set, named by `keys.stream` and
+`keys.seen`), the entry layout (fields `id` = record id, `data` = msgpack of the record), at-least-once
+delivery (`XREADGROUP`/`XACK`/`XAUTOCLAIM`/`XCLAIM`), and how to make it effectively-once: every write of
+a record is deduplicated by its deterministic `record_id` in the same Lua script that writes it, and
+`complete()` writes a stage's outputs and acknowledges its input in one script.
 Does not know: what a stage does with a record, Ray, staleness rules, or run state (see `store.py`).
 
 Operational notes:
@@ -24,6 +24,7 @@ from typing import Any, Generic, Literal
 
 import redis
 
+from . import keys
 from .records import DeadLetter, R, Record, decode, encode
 
 logger = logging.getLogger(__name__)
@@ -65,16 +66,6 @@ return n
 """
 
 
-def stream_name(run_id: str, stage: str) -> str:
-    """Key of a stage's stream: `run:{run_id}:{stage}`."""
-    return f"run:{run_id}:{stage}"
-
-
-def seen_name(run_id: str, stage: str) -> str:
-    """Key of the set of record ids ever written to a stage: `run:{run_id}:seen:{stage}`."""
-    return f"run:{run_id}:seen:{stage}"
-
-
 def _s(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -107,11 +98,11 @@ class StreamQueue:
 
     def stream(self, stage: str) -> str:
         self._check_stage(stage)
-        return stream_name(self.run_id, stage)
+        return keys.stream(self.run_id, stage)
 
     def _seen(self, stage: str) -> str:
         self._check_stage(stage)
-        return seen_name(self.run_id, stage)
+        return keys.seen(self.run_id, stage)
 
     @staticmethod
     def _check_stage(stage: str) -> None:
@@ -153,15 +144,15 @@ class StreamQueue:
         Outputs are deduplicated by record id, so completing a redelivered entry again writes nothing
         twice. Returns how many outputs were new.
         """
-        keys = [self.stream(stage)]
+        script_keys = [self.stream(stage)]
         args: list[Any] = [group, entry_id, self.maxlen]
         if out_records:
             if out_stage is None:
                 raise ValueError("out_records given without an out_stage")
-            keys += [self._seen(out_stage), self.stream(out_stage)]
+            script_keys += [self._seen(out_stage), self.stream(out_stage)]
             for rec in out_records:
                 args += [rec.record_id, encode(rec)]
-        return int(self._complete_script(keys=keys, args=args))
+        return int(self._complete_script(keys=script_keys, args=args))
 
     def dead_letter(
         self, stage_of_failure: str, record_id: str, reason: str, payload: bytes = b"", attempts: int = 1
@@ -513,5 +504,5 @@ class StreamQueue:
 
     def delete_run(self) -> int:
         """Delete every stream and seen-set of this run; returns the number of keys removed."""
-        keys = [stream_name(self.run_id, s) for s in STAGES] + [seen_name(self.run_id, s) for s in STAGES]
-        return int(self.client.delete(*keys))
+        names = [keys.stream(self.run_id, s) for s in STAGES] + [keys.seen(self.run_id, s) for s in STAGES]
+        return int(self.client.delete(*names))

@@ -1,17 +1,15 @@
 """Run state in Redis: runs and their lifecycle state, iteration records, small per-run blobs, run events.
 
-Key layout (all per run under `run:{run_id}:`, plus one global index):
-- `runs`                     sorted set of run ids, scored by creation time;
-- `run:{id}:meta`            hash: run_id, config (JSON), run_dir, state, reason, created_at, updated_at;
-- `run:{id}:iterations`      hash: iteration number -> msgpack `IterationRecord` (first write wins);
-- `run:{id}:kv`              hash: small named blobs (e.g. cached iteration-0 eval samples);
-- `run:{id}:events`          stream of small events (fields `kind`, `data` = msgpack dict) for dashboards;
-- `run:{id}:control`         string: a pending "pause" / "stop" request for the run's controller.
+Keys (named in `keys.py`, which lists every key with its type and writers): the `runs` index (`keys.RUNS`)
+and per run `keys.meta` (run_id, config JSON, run_dir, state, reason, labels, timestamps), `keys.iterations`
+(iteration number -> msgpack `IterationRecord`, first write wins), `keys.kv` (small named blobs, e.g.
+cached iteration-0 eval samples), `keys.events` (small events, fields `kind` and `data` = msgpack dict, for
+dashboards) and `keys.control` (a pending "pause" / "stop" request for the run's controller).
 
 Run states: created -> running -> completed | failed; running -> pausing -> paused -> running (resume);
 running | pausing | paused -> stopping -> stopped (a paused run has no controller and stops at once).
 
-Knows: this layout and the run states. Does not know: how a run is executed, the work streams and their
+Knows: these keys and the run states. Does not know: how a run is executed, the work streams and their
 seen-sets (see `queue.py`), or checkpoints (which live on disk / fsspec, referenced by path only).
 """
 
@@ -26,6 +24,7 @@ from typing import Any, Literal
 import msgpack
 import redis
 
+from . import keys
 from .records import IterationRecord, decode, encode
 
 logger = logging.getLogger(__name__)
@@ -35,7 +34,6 @@ RUN_STATES: tuple[str, ...] = ("created", "running", "pausing", "paused", "stopp
 # A run in one of these states has (or should have) a live controller; the others are at rest.
 ACTIVE_STATES: tuple[str, ...] = ("running", "pausing", "stopping")
 TERMINAL_STATES: tuple[str, ...] = ("stopped", "completed", "failed")
-RUNS_KEY = "runs"
 EVENTS_MAXLEN = 10_000
 
 # KEYS: meta, runs index, events. ARGV: run_id, config json, run_dir, now, event data, events maxlen, labels json.
@@ -85,26 +83,6 @@ class RunNotFound(KeyError):
     """No run with this id."""
 
 
-def _meta(run_id: str) -> str:
-    return f"run:{run_id}:meta"
-
-
-def _iterations(run_id: str) -> str:
-    return f"run:{run_id}:iterations"
-
-
-def _kv(run_id: str) -> str:
-    return f"run:{run_id}:kv"
-
-
-def _events(run_id: str) -> str:
-    return f"run:{run_id}:events"
-
-
-def _control(run_id: str) -> str:
-    return f"run:{run_id}:control"
-
-
 class InvalidTransition(ValueError):
     """The run is not in a state that allows the requested change."""
 
@@ -144,7 +122,7 @@ class RunStore:
         config_json = json.dumps(dict(config), sort_keys=True)
         now = time.time()
         created = self._create(
-            keys=[_meta(run_id), RUNS_KEY, _events(run_id)],
+            keys=[keys.meta(run_id), keys.RUNS, keys.events(run_id)],
             args=[
                 run_id,
                 config_json,
@@ -165,7 +143,7 @@ class RunStore:
 
     def get_run(self, run_id: str) -> dict[str, Any] | None:
         """The run's metadata (`config` parsed back to a dict), or None if there is no such run."""
-        raw = self.client.hgetall(_meta(run_id))
+        raw = self.client.hgetall(keys.meta(run_id))
         return self._parse_meta(raw) if raw else None
 
     @staticmethod
@@ -193,7 +171,7 @@ class RunStore:
         now = time.time()
         current = _s(
             self._transition(
-                keys=[_meta(run_id), _events(run_id)],
+                keys=[keys.meta(run_id), keys.events(run_id)],
                 args=[
                     state,
                     reason,
@@ -212,31 +190,31 @@ class RunStore:
 
     def request_control(self, run_id: str, action: Literal["pause", "stop"]) -> None:
         """Ask the run's controller to pause or stop at its next iteration boundary (a stop overrides a pause)."""
-        self.client.set(_control(run_id), action)
+        self.client.set(keys.control(run_id), action)
 
     def control(self, run_id: str) -> str | None:
         """The pending control request ("pause" / "stop") or None."""
-        v = self.client.get(_control(run_id))
+        v = self.client.get(keys.control(run_id))
         return None if v is None else _s(v)
 
     def clear_control(self, run_id: str) -> None:
-        self.client.delete(_control(run_id))
+        self.client.delete(keys.control(run_id))
 
     def list_runs(self) -> list[dict[str, Any]]:
         """Every run, oldest first."""
-        ids = [_s(i) for i in self.client.zrange(RUNS_KEY, 0, -1)]
+        ids = [_s(i) for i in self.client.zrange(keys.RUNS, 0, -1)]
         if not ids:
             return []
         pipe = self.client.pipeline(transaction=False)
         for run_id in ids:
-            pipe.hgetall(_meta(run_id))
+            pipe.hgetall(keys.meta(run_id))
         return [self._parse_meta(raw) for raw in pipe.execute() if raw]
 
     def delete_run(self, run_id: str) -> None:
         """Forget the run's metadata, iterations, blobs and events (not its work streams: see StreamQueue)."""
         pipe = self.client.pipeline(transaction=True)
-        pipe.delete(_meta(run_id), _iterations(run_id), _kv(run_id), _events(run_id), _control(run_id))
-        pipe.zrem(RUNS_KEY, run_id)
+        pipe.delete(*(key(run_id) for key in (keys.meta, keys.iterations, keys.kv, keys.events, keys.control)))
+        pipe.zrem(keys.RUNS, run_id)
         pipe.execute()
 
     # ------------------------------------------------------------------------------------------------
@@ -244,7 +222,7 @@ class RunStore:
 
     def put_iteration(self, record: IterationRecord) -> bool:
         """Store an iteration record (the first write for an iteration number wins); True if it was new."""
-        if not self.client.exists(_meta(record.run_id)):
+        if not self.client.exists(keys.meta(record.run_id)):
             raise RunNotFound(record.run_id)
         event = {
             "iteration": record.iteration,
@@ -254,7 +232,7 @@ class RunStore:
         }
         new = int(
             self._iter(
-                keys=[_iterations(record.run_id), _events(record.run_id)],
+                keys=[keys.iterations(record.run_id), keys.events(record.run_id)],
                 args=[record.iteration, encode(record), _pack(event), EVENTS_MAXLEN],
             )
         )
@@ -265,23 +243,23 @@ class RunStore:
 
     def iterations(self, run_id: str) -> list[IterationRecord]:
         """Every recorded iteration of the run, by iteration number."""
-        raw = self.client.hgetall(_iterations(run_id))
+        raw = self.client.hgetall(keys.iterations(run_id))
         recs = [decode(IterationRecord, v) for v in raw.values()]
         return sorted(recs, key=lambda r: r.iteration)
 
     def last_complete_iteration(self, run_id: str) -> int:
         """Highest recorded iteration number, 0 if none."""
-        keys = self.client.hkeys(_iterations(run_id))
-        return max((int(k) for k in keys), default=0)
+        numbers = self.client.hkeys(keys.iterations(run_id))
+        return max((int(k) for k in numbers), default=0)
 
     # ------------------------------------------------------------------------------------------------
     # small blobs and events
 
     def set_value(self, run_id: str, key: str, value: bytes) -> None:
-        self.client.hset(_kv(run_id), key, value)
+        self.client.hset(keys.kv(run_id), key, value)
 
     def get_value(self, run_id: str, key: str) -> bytes | None:
-        v = self.client.hget(_kv(run_id), key)
+        v = self.client.hget(keys.kv(run_id), key)
         return None if v is None else bytes(v)
 
     def events(
@@ -289,7 +267,7 @@ class RunStore:
     ) -> list[tuple[str, str, dict[str, Any]]]:
         """Up to `count` events after stream id `after`, as (entry id, kind, data)."""
         rows = self.client.xrange(
-            _events(run_id), min=f"({after}" if after != "0-0" else "-", max="+", count=count
+            keys.events(run_id), min=f"({after}" if after != "0-0" else "-", max="+", count=count
         )
         out: list[tuple[str, str, dict[str, Any]]] = []
         for eid, fields in rows:

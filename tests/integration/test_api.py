@@ -19,6 +19,7 @@ import httpx
 import pytest
 import yaml
 
+from sparring.shared import keys
 from sparring.shared.arena import arena_prompts
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -246,7 +247,7 @@ def test_api_restart_mid_run_loses_nothing(api_server, redis_client, tmp_path: P
     assert api_server.starts == starts + 1
     done = api_server.wait_for(run_id, lambda run: run["state"] == "completed", what="completed after restart")
     assert done["iterations_done"] == 3
-    assert int(redis_client.get(f"run:{run_id}:epoch")) == 1  # one controller, never resumed or replaced
+    assert int(redis_client.get(keys.epoch(run_id))) == 1  # one controller, never resumed or replaced
 
     with api_server.client(api_server.read_token) as c:
         iterations = c.get(f"/v1/runs/{run_id}/iterations").json()["iterations"]

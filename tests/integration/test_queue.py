@@ -11,7 +11,8 @@ import msgpack
 import pytest
 import redis
 
-from sparring.shared.queue import Entry, StreamQueue, seen_name, stream_name
+from sparring.shared import keys
+from sparring.shared.queue import Entry, StreamQueue
 from sparring.shared.records import Completion, DeadLetter, GenerationGroup, PromptTask, decode
 
 pytestmark = pytest.mark.integration
@@ -52,7 +53,9 @@ def fill(q: StreamQueue, n: int) -> list[PromptTask]:
 
 
 def test_stream_names(q: StreamQueue) -> None:
-    assert stream_name("abc", "pairs") == "run:abc:pairs"
+    assert keys.stream("abc", "pairs") == "run:abc:pairs"
+    assert keys.seen("abc", "pairs") == "run:abc:seen:pairs"
+    assert keys.events("abc") == "run:abc:events" == keys.stream("abc", "events")
     assert q.stream("dead") == f"run:{q.run_id}:dead"
     with pytest.raises(ValueError, match="unknown stage"):
         q.stream("nope")
@@ -328,8 +331,8 @@ def test_delete_run_removes_every_key(q: StreamQueue, redis_client: redis.Redis)
     q.dead_letter("x", "y", "z")
     assert q.delete_run() >= 3
     run = q.run_id
-    assert redis_client.keys(f"run:{run}:*") == []
-    assert not redis_client.exists(seen_name(run, "prompts"))
+    assert redis_client.keys(keys.run_pattern(run)) == []
+    assert not redis_client.exists(keys.seen(run, "prompts"))
 
 
 def test_read_creates_a_missing_group(q: StreamQueue) -> None:
