@@ -41,6 +41,11 @@ policy's log-probs before the first step equal the reference's and the loss star
 
 Deviation from TRL's DPOTrainer: prompts and completions are never truncated; a pair longer than the
 model's context is rejected instead (the sampler already bounds lengths by `max_model_len`).
+
+This module is the loop; the parts it drives live beside it: `sparring.workers.logps` (batches and
+per-sequence log-probs), `sparring.workers.optim` (optimizer and LR schedule),
+`sparring.workers.trainer_state` (`trainer_state.pt`, RNG states, atomic checkpoint writes) and
+`sparring.workers.batching` (length-sorted chunks for the anchor pass).
 """
 
 from __future__ import annotations
@@ -50,34 +55,36 @@ import copy
 import hashlib
 import logging
 import math
-import os
-import random
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from sparring.shared.config import AlgorithmConfig, TrainerConfig
 from sparring.shared.models import load_causal_lm, load_tokenizer
 from sparring.shared.records import PreferencePair
-from sparring.workers.logps import SequenceBatch, collate_sequences, sequence_logps, sequence_logps_reference
+from sparring.workers.batching import map_by_length
+from sparring.workers.logps import SequenceBatch, collate_sequences, sequence_logps
 from sparring.workers.objectives.base import LossInputs, LossOutput, Objective
 from sparring.workers.objectives.registry import build_objective
+from sparring.workers.optim import build_optimizer, build_scheduler
+from sparring.workers.trainer_state import (
+    TRAINER_STATE_FILE,
+    TRAINER_STATE_FORMAT,
+    load_trainer_state,
+    rng_states,
+    set_rng_states,
+    write_dir_atomically,
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
-
-TRAINER_STATE_FILE = "trainer_state.pt"
-TRAINER_STATE_FORMAT = 1
 
 
 # --------------------------------------------------------------------------------------------------
@@ -116,51 +123,7 @@ def collate_pairs(pairs: Sequence[TokenizedPair], pad_token_id: int) -> Sequence
 
 
 # --------------------------------------------------------------------------------------------------
-# Optimizer and schedule
-
-
-def build_optimizer(params: Sequence[torch.nn.Parameter], cfg: TrainerConfig) -> torch.optim.Optimizer:
-    """AdamW / RMSprop / SGD with the config's learning rate and weight decay (torch defaults otherwise)."""
-    factories: dict[str, Callable[[], torch.optim.Optimizer]] = {
-        "adamw": lambda: torch.optim.AdamW(
-            params, lr=cfg.learning_rate, betas=cfg.adam_betas, weight_decay=cfg.weight_decay
-        ),
-        "rmsprop": lambda: torch.optim.RMSprop(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay),
-        "sgd": lambda: torch.optim.SGD(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay),
-    }
-    return factories[cfg.optimizer]()
-
-
-class WarmupSchedule:
-    """LR multiplier at step s: linear warmup over `warmup_steps`, then constant / linear / cosine decay.
-
-    Same curves as transformers' `get_{constant,linear,cosine}_schedule_with_warmup`; warmup_steps =
-    ceil(warmup_ratio * total_steps) as in `TrainingArguments.get_warmup_steps`. A callable object (not a
-    closure) so `LambdaLR.state_dict()` saves it.
-    """
-
-    def __init__(self, kind: str, total_steps: int, warmup_steps: int) -> None:
-        self.kind = kind
-        self.total_steps = total_steps
-        self.warmup_steps = warmup_steps
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup_steps:
-            return step / max(1, self.warmup_steps)
-        progress = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
-        decays: dict[str, Callable[[float], float]] = {
-            "constant": lambda _p: 1.0,
-            "linear": lambda p: max(0.0, 1.0 - p),
-            "cosine": lambda p: max(0.0, 0.5 * (1.0 + math.cos(math.pi * p))),
-        }
-        return decays[self.kind](progress)
-
-
-def build_scheduler(
-    optimizer: torch.optim.Optimizer, cfg: TrainerConfig, total_steps: int
-) -> torch.optim.lr_scheduler.LambdaLR:
-    warmup = math.ceil(cfg.warmup_ratio * total_steps)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupSchedule(cfg.scheduler, total_steps, warmup))
+# Data order
 
 
 def shuffle_seed(seed: int, iteration: int, epoch: int) -> int:
@@ -470,18 +433,15 @@ class PolicyTrainer:
 
     def _all_logps(self, model: PreTrainedModel, examples: Sequence[TokenizedPair]) -> tuple[Tensor, Tensor]:
         """(chosen (P,), rejected (P,)) log-probs of every pair; sorted by length to cut padding."""
-        chosen = torch.zeros(len(examples), dtype=torch.float32)
-        rejected = torch.zeros(len(examples), dtype=torch.float32)
-        order = sorted(range(len(examples)), key=lambda i: examples[i].num_tokens)
-        chunk = 2 * self.trainer_cfg.batch_size  # no activations kept: larger batches are cheap
-        for start in range(0, len(order), chunk):
-            idx = order[start : start + chunk]
+
+        def forward(idx: list[int]) -> Tensor:
             with self._autocast():
                 logps, _ = sequence_logps(model, collate_pairs([examples[i] for i in idx], self.pad_token_id))
-            logps = logps.float().cpu()
-            index = torch.tensor(idx)
-            chosen[index] = logps[: len(idx)]
-            rejected[index] = logps[len(idx) :]
+            return logps.float().cpu().view(2, len(idx))  # (2, b): chosen row, rejected row
+
+        chunk = 2 * self.trainer_cfg.batch_size  # no activations kept: larger batches are cheap
+        out = torch.zeros(2, len(examples), dtype=torch.float32)
+        chosen, rejected = map_by_length([e.num_tokens for e in examples], chunk, forward, out, dim=1)
         return chosen, rejected
 
     def _loss(self, examples: Sequence[TokenizedPair], indices: Tensor, anchors: _Anchors) -> LossOutput:
@@ -574,17 +534,13 @@ class PolicyTrainer:
         the data position (iteration, epoch, step) and the policy version; it loads with
         `torch.load(weights_only=True)`.
         """
-        out_dir = Path(out_dir)
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-        try:
+
+        def write(tmp: Path) -> None:
             self.model.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)
             torch.save(self._trainer_state(version, iteration), tmp / TRAINER_STATE_FILE)
-            _replace_dir(tmp, out_dir)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+
+        out_dir = write_dir_atomically(Path(out_dir), write)
         self.policy_version = version
         log.info("saved checkpoint v%d (iteration %d) to %s", version, iteration, out_dir)
         return out_dir
@@ -592,9 +548,7 @@ class PolicyTrainer:
     def load_checkpoint(self, ckpt_dir: Path) -> tuple[int, int]:
         """Restore weights, optimizer/scheduler, RNG states and position from `ckpt_dir`; (version, iteration)."""
         ckpt_dir = Path(ckpt_dir)
-        state: dict[str, Any] = torch.load(ckpt_dir / TRAINER_STATE_FILE, weights_only=True)
-        if state.get("format") != TRAINER_STATE_FORMAT:
-            raise ValueError(f"{ckpt_dir}: unsupported trainer state format {state.get('format')!r}")
+        state = load_trainer_state(ckpt_dir)
         dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
         loaded = load_causal_lm(str(ckpt_dir), dtype=dtype, device=self.device)
         self.model.load_state_dict(loaded.state_dict())
@@ -611,7 +565,7 @@ class PolicyTrainer:
             self.scheduler.load_state_dict(state["scheduler"])
         if self.objective.stateful and state.get("objective_state") is not None:
             self.objective.load_state_dict(state["objective_state"])
-        _set_rng_states(state["rng"])
+        set_rng_states(state["rng"])
         self._position = {k: int(v) for k, v in state["position"].items()}
         self.policy_version = int(state["policy_version"])
         return self.policy_version, int(state["iteration"])
@@ -628,7 +582,7 @@ class PolicyTrainer:
             "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
             "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
             "scheduler_total_steps": self._scheduler_total_steps,
-            "rng": _rng_states(),
+            "rng": rng_states(),
         }
 
 
@@ -660,50 +614,12 @@ def _safe_record_id(pair: PreferencePair, position: int) -> str:
         return f"<pair #{position}>"
 
 
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Rename `src` to `dst`; an existing `dst` is moved aside first and removed only after the rename."""
-    if not dst.exists():
-        os.replace(src, dst)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
-    os.replace(dst, old / dst.name)
-    os.replace(src, dst)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _rng_states() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    states: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "python": random.getstate(),
-        # numpy arrays are not allowed by torch.load(weights_only=True): store the key as a list
-        "numpy": (np_state[0], np_state[1].tolist(), *np_state[2:]),
-    }
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def _set_rng_states(states: dict[str, Any]) -> None:
-    torch.set_rng_state(states["torch"])
-    version, internal, gauss = states["python"]
-    random.setstate((version, tuple(internal), gauss))
-    kind, key, *rest = states["numpy"]
-    np.random.set_state((kind, np.asarray(key, dtype=np.uint32), *rest))
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-
 __all__ = [
     "IterationResult",
     "PolicyTrainer",
-    "SequenceBatch",
     "TokenizedPair",
-    "build_optimizer",
-    "build_scheduler",
     "collate_pairs",
-    "collate_sequences",
-    "sequence_logps",
-    "sequence_logps_reference",
+    "collate_sequences",  # re-exported from sparring.workers.logps for workers/actors.py (being rewritten)
+    "sequence_logps",  # idem
     "shuffle_seed",
 ]

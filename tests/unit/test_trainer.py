@@ -12,8 +12,10 @@ from transformers import AutoModelForCausalLM
 
 from sparring.shared.config import AlgorithmConfig, TrainerConfig
 from sparring.shared.records import Completion, PreferencePair
+from sparring.workers.batching import WarmupSchedule
 from sparring.workers.logps import collate_sequences, sequence_logps, sequence_logps_reference
-from sparring.workers.trainer import TRAINER_STATE_FILE, PolicyTrainer, WarmupSchedule, collate_pairs
+from sparring.workers.trainer import PolicyTrainer, collate_pairs
+from sparring.workers.trainer_state import TRAINER_STATE_FILE
 from tests.helpers import make_tiny_checkpoint
 
 CHOSEN_END = 7  # the synthetic preference: a chosen response always ends with this token ...

@@ -129,22 +129,23 @@ class TransformersScorer:
     def response_logps(self, rows: Sequence[ScoredTokens]) -> list[float]:
         import torch
 
+        from sparring.workers.batching import map_by_length
         from sparring.workers.logps import collate_sequences, sequence_logps
 
         _check_rows(rows)
-        out = [0.0] * len(rows)
+
+        def forward(idx: list[int]) -> torch.Tensor:
+            batch = collate_sequences(
+                [rows[i].context_ids for i in idx], [rows[i].response_ids for i in idx], self.pad_token_id
+            )
+            return sequence_logps(self.model, batch)[0]  # (b,) float32
+
         # length-sorted chunks cut padding; results are scattered back to the input order
-        order = sorted(range(len(rows)), key=lambda i: len(rows[i].context_ids) + len(rows[i].response_ids))
+        lengths = [len(r.context_ids) + len(r.response_ids) for r in rows]
         with torch.inference_mode():
-            for start in range(0, len(order), self.batch_size):
-                idx = order[start : start + self.batch_size]
-                batch = collate_sequences(
-                    [rows[i].context_ids for i in idx], [rows[i].response_ids for i in idx], self.pad_token_id
-                )
-                logps, _ = sequence_logps(self.model, batch)
-                for i, v in zip(idx, logps.tolist(), strict=True):
-                    out[i] = float(v)
-        return out
+            out = torch.zeros(len(rows), dtype=torch.float32)
+            out = map_by_length(lengths, self.batch_size, forward, out)
+        return [float(v) for v in out.tolist()]
 
 
 class VLLMScorer:

@@ -46,6 +46,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.models.deberta_v2.modeling_deberta_v2 import DebertaV2PreTrainedModel
 
 from sparring.shared.records import GenerationGroup, Judgement
+from sparring.workers.batching import map_by_length, right_pad
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -352,17 +353,6 @@ def format_pair(
     return pair_input_ids(src, a, b, *ids)
 
 
-def pad_batch(rows: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded (input_ids, attention_mask) to the longest row."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-        mask[i, : len(r)] = 1
-    return ids, mask
-
-
 # --------------------------------------------------------------------------------------------------
 # Aggregation
 
@@ -432,14 +422,14 @@ class PairRM:
     @torch.inference_mode()
     def logits(self, rows: Sequence[list[int]]) -> torch.Tensor:
         """f for each input row (float64, CPU), in order; length-sorted batches of <= max_batch_size."""
-        out = torch.zeros(len(rows), dtype=torch.float64)
-        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
-        for start in range(0, len(order), self.max_batch_size):
-            chunk = order[start : start + self.max_batch_size]
-            ids, mask = pad_batch([rows[i] for i in chunk], self.pad_id)
+
+        def forward(chunk: list[int]) -> torch.Tensor:
+            ids, mask = right_pad([rows[i] for i in chunk], self.pad_id)
             logit = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
-            out[torch.tensor(chunk)] = logit.double().cpu()
-        return out
+            return logit.double().cpu()  # (b,)
+
+        out = torch.zeros(len(rows), dtype=torch.float64)
+        return map_by_length([len(r) for r in rows], self.max_batch_size, forward, out)
 
     def compare(self, sources: Sequence[str], cands_a: Sequence[str], cands_b: Sequence[str],
                 both_orders: bool = True) -> torch.Tensor:

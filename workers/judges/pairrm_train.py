@@ -48,6 +48,7 @@ import torch
 
 from sparring.shared import arena
 from sparring.shared.cache import build_once, default_cache_dir
+from sparring.workers.batching import WarmupSchedule, right_pad
 from sparring.workers.judges import pairrm as prm
 
 if TYPE_CHECKING:
@@ -225,8 +226,6 @@ def train_pairwise(
     log_every: int = 100,
 ) -> list[float]:
     """AdamW on the instructgpt pairwise loss with warmup + cosine decay; returns the per-step losses."""
-    import math
-
     rng = random.Random(f"pairrm-order-{seed}")
     decay = [p for _, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for _, p in model.named_parameters() if p.ndim < 2]
@@ -235,11 +234,9 @@ def train_pairwise(
         lr=learning_rate,
     )
 
-    def lr_at(step: int) -> float:
-        if step < warmup_steps:
-            return learning_rate * (step + 1) / warmup_steps
-        frac = (step - warmup_steps) / max(1, steps - warmup_steps)
-        return learning_rate * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
+    lr_at = WarmupSchedule(
+        "cosine", steps, warmup_steps, min_ratio=min_lr_ratio, peak=learning_rate, warmup_offset=1
+    )
 
     model.train()
     order: list[int] = []
@@ -253,7 +250,7 @@ def train_pairwise(
             order += fresh
         batch = [examples[i] for i in order[:batch_size]]
         del order[:batch_size]
-        ids, mask = prm.pad_batch([e.input_ids for e in batch], pad_id)
+        ids, mask = right_pad([e.input_ids for e in batch], pad_id)
         labels = torch.tensor([e.label for e in batch])
         for group in opt.param_groups:
             group["lr"] = lr_at(step)

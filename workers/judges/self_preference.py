@@ -123,29 +123,26 @@ class SelfPreferenceJudge:
         """p_AB = P(A) / (P(A) + P(B)) at the position after each row; one forward per `batch_size` rows."""
         import torch
 
-        out = [0.0] * len(rows)
-        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))  # similar lengths share a batch
+        from sparring.workers.batching import map_by_length, right_pad
+
         device = next(self.model.parameters()).device
         a_id, b_id = self.answer_ids
+
+        def forward(idx: list[int]) -> torch.Tensor:
+            ids, mask = right_pad([rows[i] for i in idx], self.pad_token_id)
+            ids, mask = ids.to(device), mask.to(device)
+            # right padding: a real token never attends to padding, and position ids start at 0
+            hidden = self.model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+            last = mask.sum(dim=1) - 1
+            h = hidden[torch.arange(len(idx), device=device), last]  # (B, H)
+            logits = self.model.get_output_embeddings()(h).float()  # (B, V)
+            return torch.sigmoid(logits[:, a_id] - logits[:, b_id])  # (B,) float32
+
+        # similar lengths share a batch; results come back in input order
         with torch.inference_mode():
-            for start in range(0, len(order), self.batch_size):
-                idx = order[start : start + self.batch_size]
-                width = max(len(rows[i]) for i in idx)
-                ids = torch.full((len(idx), width), self.pad_token_id, dtype=torch.long)
-                mask = torch.zeros((len(idx), width), dtype=torch.long)
-                for r, i in enumerate(idx):
-                    ids[r, : len(rows[i])] = torch.tensor(list(rows[i]), dtype=torch.long)
-                    mask[r, : len(rows[i])] = 1
-                ids, mask = ids.to(device), mask.to(device)
-                # right padding: a real token never attends to padding, and position ids start at 0
-                hidden = self.model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
-                last = mask.sum(dim=1) - 1
-                h = hidden[torch.arange(len(idx), device=device), last]  # (B, H)
-                logits = self.model.get_output_embeddings()(h).float()  # (B, V)
-                p = torch.sigmoid(logits[:, a_id] - logits[:, b_id])
-                for i, v in zip(idx, p.tolist(), strict=True):
-                    out[i] = float(v)
-        return out
+            out = torch.zeros(len(rows), dtype=torch.float32)
+            out = map_by_length([len(r) for r in rows], self.batch_size, forward, out)
+        return [float(v) for v in out.tolist()]
 
     def judge(self, groups: Sequence[GenerationGroup]) -> list[Judgement]:
         t0 = time.perf_counter()

@@ -184,14 +184,12 @@ class PairRMEstimator:
     @torch.inference_mode()
     def prefix_states(self, rows: Sequence[list[int]]) -> torch.Tensor:
         """(3, R, H) last hidden states at the source / candidate1 / candidate2 prefix of each row (eval mode)."""
-        from sparring.workers.judges.pairrm import pad_batch
+        from sparring.workers.batching import map_by_length, right_pad
 
         model = self.scorer.model
-        out = torch.zeros(3, len(rows), model.config.hidden_size, dtype=torch.float32)
-        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
-        for start in range(0, len(order), self.scorer.max_batch_size):
-            chunk = order[start : start + self.scorer.max_batch_size]
-            ids, mask = pad_batch([rows[i] for i in chunk], self.scorer.pad_id)
+
+        def forward(chunk: list[int]) -> torch.Tensor:
+            ids, mask = right_pad([rows[i] for i in chunk], self.scorer.pad_id)
             ids, mask = ids.to(self.scorer.device), mask.to(self.scorer.device)
             index = torch.arange(ids.shape[0], device=ids.device)
             positions = [
@@ -203,9 +201,10 @@ class PairRMEstimator:
                 )
             ]
             hidden = model.pretrained_model(input_ids=ids, attention_mask=mask).last_hidden_state
-            for k, pos in enumerate(positions):
-                out[k, torch.tensor(chunk)] = hidden[index, pos].float().cpu()
-        return out
+            return torch.stack([hidden[index, pos].float().cpu() for pos in positions])  # (3, b, H)
+
+        out = torch.zeros(3, len(rows), model.config.hidden_size, dtype=torch.float32)
+        return map_by_length([len(r) for r in rows], self.scorer.max_batch_size, forward, out, dim=1)
 
     @torch.inference_mode()
     def _head_logits(self, states: torch.Tensor) -> torch.Tensor:
