@@ -24,9 +24,9 @@ from typing import Any
 
 import torch
 
-from sparring.shared import arena
-from sparring.shared.arena_model import build_arena_model
 from sparring.shared.models import load_causal_lm, load_tokenizer, prompt_token_ids
+from sparring.tasks.arena import rules as arena
+from sparring.tasks.arena.policy import build_arena_model
 
 
 def sample(
@@ -182,7 +182,7 @@ def main() -> None:
     wr = arena.gold_win_rate(topics, best, first)
     print(
         f"best-of-{args.k} vs one random sample: win rate {wr.win_rate:.3f} [{wr.ci_low:.3f}, {wr.ci_high:.3f}], "
-        f"mean gold {wr.mean_gold_b:.3f} vs {wr.mean_gold_a:.3f}"
+        f"mean gold {arena.arena_stats(topics, best)['gold/mean']:.3f} vs {arena.arena_stats(topics, first)['gold/mean']:.3f}"
     )
     for p, rs in zip(heldout[:4], texts[:4], strict=True):
         print(f"  {p.prompt!r} -> {rs[0]!r} (gold {arena.gold_score(p.topic, rs[0])})")
@@ -209,8 +209,8 @@ def main() -> None:
             st = arena.arena_stats(topics, ev)
             print(
                 f"DPO iteration {it}: {n_pairs} pairs, {time.monotonic() - t2:.1f}s; win rate vs iter0 "
-                f"{wr.win_rate:.3f} [{wr.ci_low:.3f}, {wr.ci_high:.3f}]; gold {wr.mean_gold_b:.2f} vs "
-                f"{wr.mean_gold_a:.2f}; " + " ".join(f"{k}={v:.2f}" for k, v in st.items())
+                f"{wr.win_rate:.3f} [{wr.ci_low:.3f}, {wr.ci_high:.3f}]; gold {st['gold/mean']:.2f} vs "
+                f"{arena.arena_stats(topics, base_eval)['gold/mean']:.2f}; " + " ".join(f"{k}={v:.2f}" for k, v in st.items())
             )
 
 

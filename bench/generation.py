@@ -13,10 +13,10 @@ import argparse
 import json
 import time
 
-from sparring.shared.arena import arena_prompts
-from sparring.shared.arena_model import build_arena_model
 from sparring.shared.config import GenerationConfig
 from sparring.shared.models import load_tokenizer, prompt_token_ids
+from sparring.tasks.arena.policy import build_arena_model
+from sparring.tasks.arena.rules import arena_prompts
 from sparring.workers.generation import SamplingSpec, make_engine
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from sparring.shared import arena
+from sparring.tasks.arena import rules as arena
 from sparring.workers.judges import pairrm as prm
 from sparring.workers.judges import pairrm_train as pt
 

@@ -44,11 +44,11 @@ from typing import Any
 
 import torch
 
-from sparring.shared import arena
-from sparring.shared.arena_model import build_arena_model
 from sparring.shared.config import AlgorithmConfig, TrainerConfig
 from sparring.shared.models import load_causal_lm, load_tokenizer, prompt_token_ids
 from sparring.shared.records import Completion, PreferencePair
+from sparring.tasks.arena import rules as arena
+from sparring.tasks.arena.policy import build_arena_model
 from sparring.workers.trainer import PolicyTrainer
 
 QWEN2_05B_SHAPE: dict[str, Any] = dict(

@@ -1,7 +1,8 @@
 """The `sparring` command line.
 
-    sparring demo [--iterations N] [--set KEY=VALUE ...]   the built-in arena run (examples/arena-demo.yaml)
+    sparring demo [--set KEY=VALUE ...]                     the demo run (examples/demo.yaml)
     sparring run CONFIG.yaml [--set KEY=VALUE ...]          run a config to completion
+    sparring tasks                                           installed tasks and the components they register
     sparring serve [--host H] [--port P]                     the API service (services/api.py)
     sparring submit | status | export ...                    talk to a running API (services/client.py)
 
@@ -28,32 +29,56 @@ from sparring.shared.config import ConfigError, RunConfig, load_config
 
 log = logging.getLogger("sparring")
 
-DEMO_CONFIG = Path(__file__).resolve().parent.parent / "examples" / "arena-demo.yaml"
+DEMO_CONFIG = Path(__file__).resolve().parent.parent / "examples" / "demo.yaml"
 
 
 def resolve_model_path(cfg: RunConfig) -> str:
-    """The policy checkpoint to start from; builds (or reuses) the arena policy for `policy.path: arena`."""
-    from sparring.shared.models import resolve_policy_path
+    """The policy checkpoint to start from (a model a task registers is built, or reused, for the seed)."""
+    from sparring.shared.models import resolve_model_path as resolve
 
-    return resolve_policy_path(cfg.policy.path, cfg.seed, progress=lambda m: print(f"  [arena] {m}", flush=True))
+    return resolve(cfg.policy.path, cfg.seed, progress=lambda m: print(f"  [{cfg.policy.path}] {m}", flush=True))
 
 
 def _fmt(x: float | None, spec: str = ".3f") -> str:
     return "-" if x is None else format(x, spec)
 
 
+def _win(ev: dict[str, float], key: str) -> str:
+    """`0.912 [0.880,0.944]` for the win-rate metric `key` of an iteration's eval mapping, or `-`."""
+    if key not in ev:
+        return "-"
+    return f"{ev[key]:.3f} [{ev[key + '_ci_low']:.3f},{ev[key + '_ci_high']:.3f}]"
+
+
+def eval_columns(iterations: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(header, eval key) of the win-rate columns present: the evaluation judge's, then each task
+    evaluator's `eval/<name>/win_rate_vs_iter0`."""
+    keys = {k for it in iterations for k in it.get("eval", {})}
+    cols = [("win vs iter0", "eval/win_rate_vs_iter0")] if "eval/win_rate_vs_iter0" in keys else []
+    for key in sorted(keys):
+        parts = key.split("/")
+        if len(parts) == 3 and parts[2] == "win_rate_vs_iter0":
+            cols.append((f"{parts[1]} vs iter0", key))
+    return cols
+
+
 def print_table(summary: dict[str, Any]) -> None:
-    header = f"{'iter':>4} {'pairs':>6} {'loss':>7} {'acc':>5} {'gold win vs iter0':>22} {'gen+judge':>9} {'train':>6} {'sync':>5} {'eval':>5}"
+    """One row per iteration: pairs, loss, reward accuracy, the eval win rates with their 95% intervals,
+    KL to the initial policy, mean response length, truncated share, and the stage times."""
+    iterations = summary["iterations"]
+    cols = eval_columns(iterations)
+    header = f"{'iter':>4} {'pairs':>6} {'loss':>7} {'acc':>5} " + " ".join(f"{h:>22}" for h, _ in cols)
+    header += f" {'KL':>6} {'len':>5} {'trunc':>5} {'gen+judge':>9} {'train':>6} {'sync':>5} {'eval':>5}"
     print(header)
     print("-" * len(header))
-    for it in summary["iterations"]:
-        ci = it["gold_win_rate_ci95"]
-        win = f"{_fmt(it['gold_win_rate_vs_iter0'])} [{_fmt(ci[0])},{_fmt(ci[1])}]" if ci else "-"
-        s = it["stage_seconds"]
+    for it in iterations:
+        ev, s = it.get("eval", {}), it["stage_seconds"]
         print(
-            f"{it['iteration']:>4} {it['pairs']:>6} {_fmt(it['loss'], '.4f'):>7} {_fmt(it['reward_accuracy'], '.2f'):>5} "
-            f"{win:>22} {s.get('generate_judge', 0):>8.1f}s {s.get('train', 0):>5.1f}s {s.get('sync', 0):>4.1f}s "
-            f"{s.get('eval', 0):>4.1f}s"
+            f"{it['iteration']:>4} {it['pairs']:>6} {_fmt(it['loss'], '.4f'):>7} {_fmt(it['rewards/accuracies'], '.2f'):>5} "
+            + " ".join(f"{_win(ev, key):>22}" for _, key in cols)
+            + f" {_fmt(ev.get('eval/kl_vs_iter0'), '.2f'):>6} {_fmt(ev.get('eval/response_length_mean'), '.1f'):>5}"
+            f" {_fmt(ev.get('eval/truncated_fraction'), '.2f'):>5} {s.get('generate_judge', 0):>8.1f}s"
+            f" {s.get('train', 0):>5.1f}s {s.get('sync', 0):>4.1f}s {s.get('eval', 0):>4.1f}s"
         )
 
 
@@ -68,23 +93,35 @@ def _print_event(kind: str, ev: dict[str, Any]) -> None:
         print(f"iteration {ev['iteration']} (policy version {ev['policy_version']})", flush=True)
     elif kind == "iteration_done":
         r = ev["record"]
-        w = r.get("gold_win_rate_vs_iter0")
-        win = f", gold win rate vs iter0 {w['win_rate']:.3f} [{w['ci_low']:.3f}, {w['ci_high']:.3f}]" if w else ""
-        print(f"iteration {r['iteration']} done: {r['num_pairs']} pairs, loss {r['metrics'].get('loss/mean', float('nan')):.4f}{win}", flush=True)
+        wins = "".join(f", {h} {_win(r.get('eval', {}), key)}" for h, key in eval_columns([r]))
+        print(f"iteration {r['iteration']} done: {r['num_pairs']} pairs, loss {r['metrics'].get('loss/mean', float('nan')):.4f}{wins}", flush=True)
     elif kind == "worker_died":
         print(f"  worker {ev['consumer']} died; replaced (iteration {ev['iteration']})", flush=True)
     elif kind == "failed":
         print(f"run failed: {ev['reason']}", flush=True)
 
 
+def print_tasks() -> None:
+    """Every installed task (entry points `sparring.tasks`) and what a config can name from it."""
+    from sparring.shared import tasks
+
+    for task in tasks.registry().values():
+        print(f"{task.name}: {task.description}")
+        for kind, label in (("prompt_sources", "prompts.source"), ("models", "model names"), ("judges", "judge.kind"),
+                            ("evaluators", "eval.evaluators")):  # fmt: skip
+            names = sorted(getattr(task, kind))
+            if names:
+                print(f"  {label:<16} {', '.join(names)}")
+
+
 def execute(cfg: RunConfig) -> Path:
     """Run `cfg` to completion; returns the path of summary.json."""
     import ray
 
-    from sparring.shared.prompts import load_prompt_pool
+    from sparring.shared.prompts import run_prompts
     from sparring.shared.redis_server import open_redis
     from sparring.shared.store import RunStore
-    from sparring.workers.controller import RunController
+    from sparring.workers.controller import launch_controller
 
     run_id = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
     run_dir = Path(cfg.storage.run_dir).expanduser().resolve() / run_id
@@ -92,18 +129,14 @@ def execute(cfg: RunConfig) -> Path:
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     print(f"run {run_id} in {run_dir}", flush=True)
 
-    load_prompt_pool(cfg.prompts)  # a bad prompt or DSAT file fails here, before anything starts
+    run_prompts(cfg)  # a bad prompt file, or prompts the run's judges cannot score, fail here, before anything starts
     with open_redis(cfg.storage.redis_url, run_dir) as (client, url):
         model_path = resolve_model_path(cfg)
         store = RunStore(client)
         store.create_run(run_id, cfg.model_dump(mode="json"), str(run_dir))
         init_ray()
         try:
-            controller = (
-                ray.remote(RunController)
-                .options(name=f"{run_id}:controller", num_cpus=0, max_restarts=0)
-                .remote(run_id, cfg.model_dump_json(), url, str(run_dir), model_path)
-            )
+            controller = launch_controller(run_id, cfg, url, str(run_dir), model_path)
             done = controller.run.remote()
             last = "0-0"
             while True:
@@ -127,11 +160,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sparring", description="online iterative self-play alignment")
     parser.add_argument("--log-level", default=os.environ.get("SPARRING_LOG_LEVEL", "WARNING"))
     sub = parser.add_subparsers(dest="command", required=True)
-    p_demo = sub.add_parser("demo", help="run the built-in arena demo (3 iterations)")
+    p_demo = sub.add_parser("demo", help="run the demo (examples/demo.yaml, 3 iterations)")
     p_demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p_run = sub.add_parser("run", help="run CONFIG.yaml to completion")
     p_run.add_argument("config")
     p_run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    sub.add_parser("tasks", help="installed tasks and the prompt sources, models, judges, evaluators they register")
     from sparring.services import client
 
     client.add_parsers(sub)
@@ -159,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
         except client.ApiError as err:
             print(f"error: {err.detail}" + "".join(f"\n  {p}" for p in err.problems), file=sys.stderr)
             return 2 if err.status < 500 else 1
+    if args.command == "tasks":
+        print_tasks()
+        return 0
     try:
         path = DEMO_CONFIG if args.command == "demo" else Path(args.config)
         cfg = load_config(path, parse_sets(args.set))

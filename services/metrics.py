@@ -9,10 +9,12 @@ Metric names (all gauges unless noted; `run` label = run id):
     sparring_pairs_per_second{run}               pairs per second of generate+judge in the last iteration
     sparring_queue_depth{run,stream}             entries not yet consumed, per stream (prompts, generations,
                                                  pairs) and dead letters (stream=dead), now
-    sparring_policy_staleness{run}               max versions a trained pair lagged the trainer, last iteration
+    sparring_stale_pairs_dropped{run}            pairs from another policy version dropped by the trainer, last iteration
     sparring_weight_sync_seconds{run}            slowest engine's weight load, last iteration
     sparring_judge_latency_seconds{run}          judge seconds per group, last iteration
-    sparring_gold_win_rate{run}                  arena gold win rate vs iteration 0, last iteration
+    sparring_eval{run,metric}                    every `eval/*` metric of the last iteration (metric = its name
+                                                 without `eval/`: win_rate_vs_iter0, kl_vs_iter0, response_length_mean,
+                                                 <evaluator>/win_rate_vs_iter0, ...)
     sparring_http_requests_total{method,route,status}  API requests served by this process (counter)
 
 Queue depths are read for executing runs only (a finished run's streams are idle by definition).
@@ -48,11 +50,11 @@ class RunCollector(Collector):
         gauges = {
             "tokens": GaugeMetricFamily("sparring_generation_tokens_per_second", "Sampler tokens/s, last iteration", labels=["run"]),
             "pairs_s": GaugeMetricFamily("sparring_pairs_per_second", "Pairs/s of generate+judge, last iteration", labels=["run"]),
-            "stale": GaugeMetricFamily("sparring_policy_staleness", "Max policy versions a pair lagged, last iteration", labels=["run"]),
+            "stale": GaugeMetricFamily("sparring_stale_pairs_dropped", "Pairs of another policy version dropped, last iteration", labels=["run"]),
             "sync": GaugeMetricFamily("sparring_weight_sync_seconds", "Slowest engine weight load, last iteration", labels=["run"]),
             "judge": GaugeMetricFamily("sparring_judge_latency_seconds", "Judge seconds per group, last iteration", labels=["run"]),
-            "gold": GaugeMetricFamily("sparring_gold_win_rate", "Arena gold win rate vs iteration 0, last iteration", labels=["run"]),
         }
+        evals = GaugeMetricFamily("sparring_eval", "Evaluation metrics of the last iteration (eval/*)", labels=["run", "metric"])
         depth = GaugeMetricFamily("sparring_queue_depth", "Unconsumed entries per stream", labels=["run", "stream"])
         for run in runs:
             run_id = run["run_id"]
@@ -64,20 +66,21 @@ class RunCollector(Collector):
                 for key, metric in (
                     ("gen/tokens_per_s", "tokens"),
                     ("pairs/per_s", "pairs_s"),
-                    ("staleness/max", "stale"),
+                    ("pairs/stale_dropped", "stale"),
                     ("sync/max_engine_s", "sync"),
                     ("judge/latency_s", "judge"),
                 ):
                     if key in m:
                         gauges[metric].add_metric([run_id], m[key])
-                if records[-1].gold_win_rate_vs_iter0 is not None:
-                    gauges["gold"].add_metric([run_id], records[-1].gold_win_rate_vs_iter0.win_rate)
+                for name, value in records[-1].eval.items():
+                    evals.add_metric([run_id, name.removeprefix("eval/")], value)
             if run["state"] in ACTIVE_STATES:
                 for stream, n in self.service.queue_depths(run_id).items():
                     depth.add_metric([run_id, stream], n)
         yield iterations
         yield pairs
         yield from gauges.values()
+        yield evals
         yield depth
 
 

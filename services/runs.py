@@ -35,8 +35,8 @@ import yaml
 
 from sparring.services.pools import PoolStore
 from sparring.services.settings import ServiceSettings
-from sparring.shared import keys
-from sparring.shared.config import ARENA_MODEL, ConfigError, RunConfig, looks_local, parse_config
+from sparring.shared import keys, tasks
+from sparring.shared.config import ConfigError, RunConfig, looks_local, parse_config
 from sparring.shared.prompts import PromptPoolError, load_run_prompts
 from sparring.shared.queue import StreamQueue
 from sparring.shared.records import IterationRecord, PreferencePair
@@ -44,11 +44,14 @@ from sparring.shared.store import ACTIVE_STATES, InvalidTransition, RunNotFound,
 
 log = logging.getLogger(__name__)
 
-# Fields of a run config that name a model: each must be `arena`, a Hugging Face id, or a directory inside
-# one of the configured model roots.
-MODEL_FIELDS = ("policy.path", "judge.strong_model", "judge.weak_model", "judge.model")
+# Fields of a run config that name a model: each must be a model a task registers, a Hugging Face id, or a
+# directory inside one of the configured model roots.
+MODEL_FIELDS = (
+    "policy.path", "judge.strong_model", "judge.weak_model", "judge.model", "judge.uncertainty.estimator",
+    "eval.judge.strong_model", "eval.judge.weak_model", "eval.judge.model", "eval.judge.uncertainty.estimator",
+)  # fmt: skip
 # Fields only the service sets.
-SERVICE_FIELDS = ("storage.run_dir", "storage.redis_url", "prompts.path")
+SERVICE_FIELDS = ("storage.run_dir", "storage.redis_url", "prompts.path", "eval.prompts.path")
 HF_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
 MAX_ORPHAN_RESTARTS = 3
 IDEMPOTENCY_TTL_S = 7 * 24 * 3600
@@ -91,7 +94,7 @@ def check_model_reference(field: str, value: Any, roots: tuple[Path, ...]) -> st
     """Why `value` may not be used as a model reference through the API, or None if it may."""
     if not isinstance(value, str):
         return None  # the config validation reports the type
-    if value == ARENA_MODEL:
+    if tasks.lookup("models", value) is not None:
         return None
     shown = value if len(value) <= 200 else value[:200] + "..."
     if looks_local(value) or value.startswith(".") or Path(value).exists():
@@ -380,24 +383,12 @@ class RunService:
         return True
 
     def _start_controller(self, run: dict[str, Any]) -> None:
-        ray = _ray()
-        from sparring.workers.controller import WORKER_ENV, RunController
+        _ray()
+        from sparring.workers.controller import launch_controller
 
         run_id = run["run_id"]
         cfg = RunConfig.model_validate(run["config"])
-        actor = (
-            ray.remote(RunController)
-            .options(
-                name=f"{run_id}:controller",
-                namespace="sparring",
-                lifetime="detached",
-                num_cpus=0,
-                max_restarts=0,
-                runtime_env={"env_vars": WORKER_ENV},
-            )
-            .remote(run_id, cfg.model_dump_json(), self.redis_url, run["run_dir"], None)
-        )
-        actor.start.remote()
+        launch_controller(run_id, cfg, self.redis_url, run["run_dir"], detached=True).start.remote()
         self._started[run_id] = time.monotonic()
         log.info("started controller of run %s", run_id)
 

@@ -1,4 +1,4 @@
-"""Build-once caches for locally built artefacts (the arena policy, its judges): one directory per key.
+"""Build-once caches for locally built artefacts (a task's tiny policy and judges): one directory per key.
 
 `build_once(final, build)` returns `final` if a complete build is there; otherwise, under an fcntl lock
 beside it (so two processes never build the same key twice), it removes temp directories left by killed

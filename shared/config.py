@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-ARENA_MODEL = "arena"  # `policy.path: arena` = the built-in arena base policy (built once per seed, cached)
+# Judge kinds and prompt sources the core provides; tasks register more (`shared/tasks.py`).
+CORE_JUDGE_KINDS = ("density_ratio", "none", "pairrm", "self_preference")
+CORE_PROMPT_SOURCES = ("dsat", "jsonl")
 
 
 class ConfigError(ValueError):
@@ -28,7 +30,8 @@ class Section(BaseModel):
 
 class ModelConfig(Section):
     path: str = Field(
-        description="Hugging Face model id, local checkpoint directory, or `arena` for the built-in arena policy"
+        description="Hugging Face model id, local checkpoint directory, or the name of a model a task registers "
+        "(`sparring tasks` lists them; built once and cached)"
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="weights dtype; auto = float32 on CPU, bfloat16 on GPU"
@@ -39,6 +42,16 @@ class ModelConfig(Section):
         if looks_local(self.path) and not Path(self.path).expanduser().is_dir():
             raise ValueError(f"model directory {self.path!r} does not exist")
         return self
+
+
+def _registered(kind: str, name: str, core: tuple[str, ...], field: str) -> str:
+    """`name` if the core or an installed task provides it; a ValueError naming the alternatives otherwise."""
+    from sparring.shared import tasks
+
+    if name in core or tasks.lookup(kind, name) is not None:
+        return name
+    known = sorted(set(core) | set(tasks.names(kind)))
+    raise ValueError(f"unknown {field} {name!r}; known: {', '.join(known)}")
 
 
 def looks_local(path: str) -> bool:
@@ -74,9 +87,8 @@ class UncertaintyConfig(Section):
         "sampler); weight: keep every pair with loss weight 1 - BALD/ln 2",
     )
     estimator: str = Field(
-        "arena_pairrm",
-        description="pairwise ranker with dropout: a PairRM checkpoint (dir or hub id), or `arena_pairrm` (the "
-        "arena's tiny PairRM, built once)",
+        description="pairwise ranker with dropout: a PairRM checkpoint (dir or hub id), or the name of a PairRM "
+        "model a task registers",
     )
     passes: int = Field(10, ge=1, description="T stochastic passes per pair (UPO main.py: 10)")
     head_only: bool = Field(False, description="dropout only in the head: the encoder runs once (cheap, weaker)")
@@ -91,14 +103,11 @@ class UncertaintyConfig(Section):
 
 
 class JudgeConfig(Section):
-    kind: Literal[
-        "arena_oracle", "arena_cdr", "arena_pairrm", "density_ratio", "pairrm", "self_preference", "none"
-    ] = Field(
-        "arena_oracle",
-        description="judge family: the arena's gold oracle; the arena's CDR density ratio (strong tiny model over "
-        "the base policy); the arena's tiny PairRM ranker (built once); a density ratio between two models you "
-        "name; a PairRM checkpoint you name (`model`); the policy judging its own samples "
-        "through the A/B judge prompt (OSP; its weights follow every sync); `none` for recipes that need no judge",
+    kind: str = Field(
+        description="judge family: `density_ratio` between two models you name; `pairrm`, a PairRM checkpoint "
+        "you name (`model`); `self_preference`, the policy judging its own samples through the A/B judge prompt "
+        "(OSP; its weights follow every sync); `none` for recipes that need no judge; or a judge a task "
+        "registers (`sparring tasks` lists them)",
     )
     model: str | None = Field(
         None,
@@ -119,6 +128,16 @@ class JudgeConfig(Section):
     cache_size: int = Field(
         100_000, ge=0, description="judge pool: cached scores by (prompt, response) hash (0 = no cache)"
     )
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, kind: str) -> str:
+        return _registered("judges", kind, CORE_JUDGE_KINDS, "judge kind")
+
+    @property
+    def follows_policy(self) -> bool:
+        """The judge judges with the run's policy (its weights follow every sync)."""
+        return self.kind == "self_preference"
 
     @model_validator(mode="after")
     def _uncertainty_needs_a_primary(self) -> JudgeConfig:
@@ -275,13 +294,17 @@ class ScheduleConfig(Section):
 
 
 class PromptsConfig(Section):
-    source: Literal["arena", "jsonl", "dsat", "arena_dsat"] = Field(
-        "arena",
-        description="arena train prompts, a JSONL prompt file, a JSONL dissatisfaction log (DRIFT; schema in "
-        "shared/dsat.py), or the arena's generated dissatisfaction logs",
+    source: str = Field(
+        description="`jsonl`: a JSONL prompt file; `dsat`: a JSONL dissatisfaction log (DRIFT; schema in "
+        "shared/dsat.py); or a prompt source a task registers (`sparring tasks` lists them)",
     )
     path: str | None = Field(None, description="the JSONL file when source is jsonl or dsat")
-    dsat_count: int = Field(512, ge=1, description="arena_dsat: how many logs to generate")
+    count: int = Field(512, ge=1, description="task sources that generate their prompts: how many")
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, source: str) -> str:
+        return _registered("prompt_sources", source, CORE_PROMPT_SOURCES, "prompt source")
 
     @model_validator(mode="after")
     def _path(self) -> PromptsConfig:
@@ -294,8 +317,40 @@ class PromptsConfig(Section):
 
 
 class EvalConfig(Section):
-    gold_win_rate: bool = Field(True, description="arena only: gold win rate of each iteration vs iteration 0")
-    num_prompts: int = Field(256, ge=16, description="held-out prompts, one temperature-1 sample per policy")
+    """Evaluation of every iteration's policy on held-out prompts (`workers/evaluation.py`)."""
+
+    enabled: bool = Field(True, description="evaluate the policy after every iteration (and version 0 at start)")
+    num_prompts: int = Field(
+        64,
+        ge=1,
+        description="held-out prompts, one temperature-1 sample each per policy version. Without `prompts`, this "
+        "many prompts of the run's own pool are held out (never trained on), at most half of the pool",
+    )
+    prompts: PromptsConfig | None = Field(None, description="a separate held-out prompt pool; None = a split of the run's pool")
+    judge: JudgeConfig | None = Field(
+        None,
+        description="the evaluation judge of the win rates (any judge kind, independent of training); None = the "
+        "training judge's kind, unless that is `none` or judges with the policy (then no win rates)",
+    )
+    evaluators: list[str] = Field(
+        default_factory=list, description="task evaluators run on the same samples (`sparring tasks` lists them)"
+    )
+    kl: bool = Field(
+        True,
+        description="estimate KL(policy || initial policy) on the held-out samples: mean over samples of the summed "
+        "log-ratio, policy log-probs from the sampler, initial-policy log-probs from the trainer",
+    )
+
+    @field_validator("evaluators")
+    @classmethod
+    def _known_evaluators(cls, evaluators: list[str]) -> list[str]:
+        return [_registered("evaluators", name, (), "evaluator") for name in evaluators]
+
+    @model_validator(mode="after")
+    def _judge_has_a_kind(self) -> EvalConfig:
+        if self.judge is not None and self.judge.kind == "none":
+            raise ValueError("eval.judge.kind=none: leave eval.judge unset to use the training judge")
+        return self
 
 
 class StorageConfig(Section):
@@ -316,13 +371,13 @@ class RunConfig(Section):
         None, description="paper recipe whose values fill every key this config leaves out (shared/presets.py)"
     )
     seed: int = 0
-    policy: ModelConfig = Field(default_factory=lambda: ModelConfig(path=ARENA_MODEL))
+    policy: ModelConfig
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
-    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    judge: JudgeConfig
     algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
-    prompts: PromptsConfig = Field(default_factory=PromptsConfig)
+    prompts: PromptsConfig
     eval: EvalConfig = Field(default_factory=EvalConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
 
@@ -336,15 +391,13 @@ class RunConfig(Section):
     @model_validator(mode="after")
     def _cross_field(self) -> RunConfig:
         drift = self.algorithm.pairs == "drift"
-        if self.judge.kind == "density_ratio" and not (self.judge.strong_model and self.judge.weak_model):
-            raise ValueError("judge.kind=density_ratio needs judge.strong_model and judge.weak_model")
-        if self.judge.kind.startswith("arena_") and self.prompts.source not in ("arena", "arena_dsat", "jsonl"):
-            raise ValueError(
-                f"judge.kind={self.judge.kind} scores arena prompts: prompts.source must be arena, arena_dsat, or a "
-                "jsonl pool of arena prompts"
-            )
-        if drift != (self.prompts.source in ("dsat", "arena_dsat")):
-            raise ValueError("algorithm.pairs=drift and a dissatisfaction-log prompt source (dsat, arena_dsat) go together")
+        for where, judge in (("judge", self.judge), ("eval.judge", self.eval.judge)):
+            if judge is not None and judge.kind == "density_ratio" and not (judge.strong_model and judge.weak_model):
+                raise ValueError(f"{where}.kind=density_ratio needs {where}.strong_model and {where}.weak_model")
+        if drift and self.prompts.source == "jsonl":
+            raise ValueError("algorithm.pairs=drift needs a dissatisfaction-log prompt source (dsat or a task's), not jsonl")
+        if self.prompts.source == "dsat" and not drift:
+            raise ValueError("prompts.source=dsat holds dissatisfaction logs: they go with algorithm.pairs=drift")
         if self.judge.kind == "none" and not drift:
             raise ValueError("judge.kind=none only fits algorithm.pairs=drift (other recipes rank with a judge)")
         if not drift and self.generation.samples_per_prompt < 2:
@@ -355,12 +408,14 @@ class RunConfig(Section):
         return self
 
     @property
-    def is_arena(self) -> bool:
-        """Prompts are arena prompts, so the gold preference (and gold win-rate evaluation) applies: the arena's
-        own sources, or a JSONL pool judged by an arena judge (its lines are checked to be arena prompts)."""
-        return self.prompts.source in ("arena", "arena_dsat") or (
-            self.prompts.source == "jsonl" and self.judge.kind.startswith("arena_")
-        )
+    def eval_judge(self) -> JudgeConfig | None:
+        """The judge of the evaluation win rates: `eval.judge`, else the training judge unless it is `none` or
+        judges with the policy (a policy judging itself is no independent measure)."""
+        if self.eval.judge is not None:
+            return self.eval.judge
+        if self.judge.kind == "none" or self.judge.follows_policy:
+            return None
+        return self.judge.model_copy(update={"uncertainty": None})
 
 
 def format_validation_error(err: ValidationError, source: str = "config") -> str:

@@ -22,7 +22,7 @@ Per run, all under `run:{run_id}:`:
                              (SSE, CLI). It is also the `events` stage of `StreamQueue` (same key).
 - `run:{id}:control`         string "pause" / "stop"; `RunStore.request_control` (API) -> the controller;
                              cleared by the controller and `RunService`.
-- `run:{id}:epoch`           counter; the controller INCRs it once per start (it names its workers) -> tests.
+- `run:{id}:incarnation`     counter; the controller INCRs it once per start (it names its workers) -> tests.
                              Neither `delete_run` removes it.
 - `run:{id}:{stage}`         stream per work stage; `StreamQueue`: `prompts` by the controller,
                              `generations` by generators, `pairs` by judges, `dead` by any consumer ->
@@ -62,9 +62,9 @@ def control(run_id: str) -> str:
     return f"run:{run_id}:control"
 
 
-def epoch(run_id: str) -> str:
+def incarnation(run_id: str) -> str:
     """Counter: how many controllers the run has had."""
-    return f"run:{run_id}:epoch"
+    return f"run:{run_id}:incarnation"
 
 
 def stream(run_id: str, stage: str) -> str:

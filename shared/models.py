@@ -1,6 +1,6 @@
 """Loading models and tokenizers from Hugging Face ids or local directories, and rendering prompts.
 
-One code path for real and tiny models: the arena policy is an ordinary checkpoint directory loaded
+One code path for real and tiny models: a model a task builds is an ordinary checkpoint directory loaded
 here like any other. `prompt_token_ids` is the single place where a user message becomes the token ids
 every backend (vLLM, transformers, trainer) sees, so the sampler and the trainer can never disagree about
 where the prompt ends and the response starts.
@@ -38,14 +38,18 @@ def check_model_path(path: str) -> str:
     return path  # a Hugging Face id; resolved by transformers (network or local cache)
 
 
-def resolve_policy_path(path: str, seed: int, progress: Callable[[str], None] | None = None) -> str:
-    """The checkpoint a run's policy starts from: `arena` builds (or reuses) the arena policy for `seed`."""
-    from sparring.shared.config import ARENA_MODEL
+def resolve_model_path(path: str, seed: int, progress: Callable[[str], None] | None = None) -> str:
+    """The checkpoint directory or hub id a config's model field means.
 
-    if path == ARENA_MODEL:
-        from sparring.shared.arena_model import build_arena_model
+    A name a task registers as a model (`shared/tasks.py`) is built for `seed` on first use and cached by
+    the task; anything else must be a checkpoint directory or a hub id (`check_model_path`). Raises
+    `ModelLoadError`.
+    """
+    from sparring.shared import tasks
 
-        return str(build_arena_model(seed, progress=progress))
+    found = tasks.lookup("models", path)
+    if found is not None:
+        return str(found[1](seed, progress))
     return check_model_path(path)
 
 

@@ -62,7 +62,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # OSP (algorithms.md §4.2, an UNVERIFIED reconstruction: no reference code exists): K samples judged
     # pairwise by the policy itself (self-preference: A/B judge prompt, both orders averaged, weights follow
     # every sync), ranked pairing with preference strengths, SPCE against the initial (SFT) policy. K, beta
-    # and the optimiser are not published: RunConfig defaults (K=4, beta 0.1). On the arena the
+    # and the optimiser are not published: RunConfig defaults (K=4, beta 0.1). On the built-in test task the
     # self-preference judge agrees with gold on 0.76 of held-out pairs (docs/judges.md).
     "osp": {
         "algorithm": {"objective": "spce", "beta": 0.1, "pairs": "ranked", "reference": "initial"},

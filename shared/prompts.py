@@ -1,8 +1,11 @@
 """Prompt pools: what the controller draws from each iteration, as `PromptItem`s.
 
-Sources: the arena's train split; a JSONL file of `{"id"?, "prompt"}` or `{"id"?, "messages"}` lines; a JSONL dissatisfaction log
-(DRIFT, schema in `shared/dsat.py`); or the arena's generated dissatisfaction logs. A bad file is rejected
-whole, every bad line named with its number and reason.
+Sources: a JSONL file of `{"id"?, "prompt"}` or `{"id"?, "messages"}` lines; a JSONL dissatisfaction log
+(DRIFT, schema in `shared/dsat.py`); or a prompt source a task registers (`shared/tasks.py`). A bad file
+is rejected whole, every bad line named with its number and reason.
+
+`run_prompts` splits a run's pool into the prompts training draws from and the held-out prompts the
+evaluation samples (`eval.prompts`, or a deterministic split of the run's own pool that is never trained on).
 """
 
 from __future__ import annotations
@@ -93,14 +96,11 @@ def dsat_item(log: DSATLog) -> PromptItem:
 
 
 def load_prompt_pool(cfg: PromptsConfig) -> list[PromptItem]:
-    if cfg.source == "arena":
-        from sparring.shared.arena import arena_prompts
+    """The pool `cfg.source` names; raises `PromptPoolError` naming every bad line of a file."""
+    if cfg.source not in ("jsonl", "dsat"):
+        from sparring.shared import tasks
 
-        return [PromptItem(p.prompt_id, p.prompt) for p in arena_prompts("train")]
-    if cfg.source == "arena_dsat":
-        from sparring.shared.arena_dsat import arena_dsat_logs
-
-        return [dsat_item(DSATLog.model_validate(d)) for d in arena_dsat_logs(cfg.dsat_count)]
+        return tasks.require("prompt_sources", cfg.source)(cfg)
     assert cfg.path is not None
     path = Path(cfg.path).expanduser()
     lines = path.read_text().splitlines()
@@ -109,18 +109,64 @@ def load_prompt_pool(cfg: PromptsConfig) -> list[PromptItem]:
     return parse_jsonl_prompts(lines, str(path))
 
 
-def load_run_prompts(cfg: RunConfig) -> list[PromptItem]:
-    """The prompt pool of a run; a JSONL pool judged by an arena judge must hold only arena prompts."""
-    pool = load_prompt_pool(cfg.prompts)
-    if cfg.is_arena and cfg.prompts.source == "jsonl":
-        from sparring.shared.arena import topic_of
+def check_pool(pool: list[PromptItem], prompts: PromptsConfig, cfg: RunConfig, where: str = "prompts") -> None:
+    """Refuse a pool the run cannot use, naming every bad prompt: prompts a task's judge cannot score (a
+    judge registered by a task with a `prompt_check`, used on a pool from another source), and logged
+    responses without DRIFT (or DRIFT without them)."""
+    from sparring.shared import tasks
 
-        bad = []
-        for item in pool:
-            try:
-                topic_of(item.prompt)
-            except ValueError:
-                bad.append(f"id {item.prompt_id!r}: not an arena prompt (judge.kind={cfg.judge.kind} needs them)")
-        if bad:
-            raise PromptPoolError(f"{cfg.prompts.path}: {len(bad)} bad prompt(s)\n  " + "\n  ".join(bad[:50]))
+    origin = tasks.lookup("prompt_sources", prompts.source)
+    bad: list[str] = []
+    for judge in (cfg.judge, cfg.eval_judge):
+        found = None if judge is None else tasks.lookup("judges", judge.kind)
+        if judge is None or found is None or found[0].prompt_check is None or (origin and origin[0] is found[0]):
+            continue
+        check = found[0].prompt_check
+        bad += [f"id {item.prompt_id!r}: {reason} (judge.kind={judge.kind})" for item in pool if (reason := check(item.prompt))]
+    if where == "prompts" and (cfg.algorithm.pairs == "drift") != all(item.anchor_text is not None for item in pool):
+        bad.append(
+            f"algorithm.pairs={cfg.algorithm.pairs} needs "
+            + ("a logged response on every prompt (a dissatisfaction-log source)" if cfg.algorithm.pairs == "drift"
+               else "a prompt source without logged responses (those are DRIFT's)")
+        )  # fmt: skip
+    if bad:
+        raise PromptPoolError(f"{prompts.path or where + '.source=' + prompts.source}: {len(bad)} bad prompt(s)\n  " + "\n  ".join(bad[:50]))
+
+
+def load_run_prompts(cfg: RunConfig) -> list[PromptItem]:
+    """The prompt pool of a run, checked against its judges and recipe (`check_pool`)."""
+    pool = load_prompt_pool(cfg.prompts)
+    check_pool(pool, cfg.prompts, cfg)
     return pool
+
+
+@dataclass(frozen=True)
+class RunPrompts:
+    """A run's prompts: those training draws from, and the held-out ones the evaluation samples."""
+
+    train: list[PromptItem]
+    heldout: list[PromptItem]
+
+
+def run_prompts(cfg: RunConfig) -> RunPrompts:
+    """Train and held-out prompts of a run.
+
+    With `eval.prompts` the held-out prompts are the first `eval.num_prompts` of that pool and training
+    uses the whole run pool. Without it, min(eval.num_prompts, len(pool) // 2) prompts of the run's pool,
+    chosen by a permutation seeded with the run seed, are held out and never dispatched for training.
+    With `eval.enabled: false` nothing is held out. Raises `PromptPoolError`.
+    """
+    import random
+
+    pool = load_run_prompts(cfg)
+    if not cfg.eval.enabled:
+        return RunPrompts(pool, [])
+    if cfg.eval.prompts is not None:
+        heldout = load_prompt_pool(cfg.eval.prompts)
+        check_pool(heldout, cfg.eval.prompts, cfg, where="eval.prompts")
+        return RunPrompts(pool, heldout[: cfg.eval.num_prompts])
+    n = min(cfg.eval.num_prompts, len(pool) // 2)
+    order = list(range(len(pool)))
+    random.Random(f"eval-split:{cfg.seed}").shuffle(order)
+    held = set(order[:n])
+    return RunPrompts([p for i, p in enumerate(pool) if i not in held], [pool[i] for i in sorted(held)])

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import msgpack
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: IterationRecord.eval replaces the task-specific win rate
 
 
 class Record(BaseModel):
@@ -225,17 +225,6 @@ class DeadLetter(Record):
         return f"{self.stage}:{self.item_id}"
 
 
-class WinRate(Record):
-    """Gold win rate of one policy against another on held-out prompts, with a 95% interval."""
-
-    win_rate: float
-    ci_low: float
-    ci_high: float
-    num_prompts: int
-    mean_gold_a: float
-    mean_gold_b: float
-
-
 class IterationRecord(Record):
     """Everything measured in one iteration, written to Redis when the iteration completes."""
 
@@ -249,7 +238,12 @@ class IterationRecord(Record):
     num_dead: int
     metrics: dict[str, float] = Field(default_factory=dict, description="loss/*, rewards/*, gen/*, ...")
     stage_seconds: dict[str, float] = Field(default_factory=dict)
-    gold_win_rate_vs_iter0: WinRate | None = None
+    eval: dict[str, float] = Field(
+        default_factory=dict,
+        description="evaluation of the policy this iteration produced on held-out prompts (workers/evaluation.py): "
+        "eval/win_rate_vs_iter0, eval/win_rate_vs_prev (+ _ci_low/_ci_high), eval/response_length_mean, "
+        "eval/truncated_fraction, eval/kl_vs_iter0, and eval/<evaluator>/<metric> from task evaluators",
+    )
     checkpoint: str = ""
     started_at: float
     finished_at: float

@@ -1,6 +1,6 @@
 """Tiny local models and tokenizers, saved as ordinary checkpoint directories.
 
-Tests and the arena build their models here and load them back through `sparring.shared.models`, the same
+Tests and tasks build their tiny models here and load them back through `sparring.shared.models`, the same
 code path a real Hugging Face checkpoint takes. Nothing here touches the network.
 vLLM's CPU attention needs head_dim >= 64, hence hidden 128 with 2 heads.
 """

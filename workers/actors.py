@@ -3,6 +3,7 @@
     GeneratorWorker: PromptTask        -> GenerationGroup   (stream prompts     -> stream generations)
     JudgeWorker:     GenerationGroup   -> PreferencePair(s) (stream generations -> stream pairs)
     TrainerWorker:   PreferencePair(s) -> weights v+1       (stream pairs       -> checkpoint + WeightUpdate)
+    EvalWorker:      held-out responses -> eval metrics     (the evaluation judge and task evaluators)
 
 Each worker is a plain class (testable without Ray) that talks to Redis through `StreamQueue`: it reads
 entries of its consumer group, writes its outputs and acknowledges the inputs in one atomic step
@@ -15,6 +16,7 @@ decides what is dispatched and when a stage is done.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,16 +28,13 @@ from sparring.shared.models import load_tokenizer, prompt_token_ids, text_token_
 from sparring.shared.queue import Entry, StreamQueue
 from sparring.shared.records import Completion, GenerationGroup, PreferencePair, PromptTask
 from sparring.shared.redis_server import connect
+from sparring.workers.groups import VersionMismatch
 
 log = logging.getLogger(__name__)
 
 GENERATORS_GROUP = "generators"
 JUDGES_GROUP = "judges"
 TRAINER_GROUP = "trainer"
-
-
-class VersionMismatch(RuntimeError):
-    """A task asks for a policy version this engine does not hold; the controller must sync it first."""
 
 
 def _queue(run_id: str, redis_url: str, cfg: RunConfig) -> StreamQueue:
@@ -47,10 +46,12 @@ def _drain(
     claim: Callable[[], list[Entry[Any]]],
     process: Callable[[list[Entry[Any]]], None],
     idle_rounds: int,
+    stopped: Callable[[], bool] = lambda: False,
 ) -> int:
-    """Process batches until the input is idle for `idle_rounds` reads; returns entries processed."""
+    """Process batches until the input is idle for `idle_rounds` reads (or `stopped()`); returns entries
+    processed."""
     done, idle = 0, 0
-    while idle < idle_rounds:
+    while idle < idle_rounds and not stopped():
         entries = read() or claim()
         if not entries:
             idle += 1
@@ -96,6 +97,11 @@ class GeneratorWorker:
         self.version = version
         self.tokens_generated = 0
         self.generate_seconds = 0.0
+        self._stopped = threading.Event()
+
+    def stop(self) -> None:
+        """Make a running `drain` return at its next read (an in-process worker being replaced)."""
+        self._stopped.set()
 
     def info(self) -> dict[str, Any]:
         return {"consumer": self.consumer, "version": self.version, "engine_id": self.engine.engine_id}
@@ -111,6 +117,7 @@ class GeneratorWorker:
             ),
             self._process,
             idle_rounds,
+            self._stopped.is_set,
         )
         return {
             "groups": n,
@@ -147,12 +154,7 @@ class GeneratorWorker:
                     prompt_id=task.prompt_id,
                     prompt=task.prompt,
                     prompt_token_ids=ids,
-                    completions=[
-                        Completion(
-                            index=i, text=s.text, token_ids=s.token_ids, logprobs=s.logprobs, finish_reason=s.finish_reason
-                        )
-                        for i, s in enumerate(samples)
-                    ],
+                    completions=samples,
                     anchor=None
                     if task.anchor_text is None
                     else Completion(
@@ -198,14 +200,18 @@ class GeneratorWorker:
             sampler_prompts.append(sampler_ids)
         return kept, prompts, sampler_prompts
 
-    def sample(self, prompts: list[str], seeds: list[int]) -> list[str]:
-        """One sample per prompt at the configured temperature (evaluation; bypasses the streams)."""
+    def sample(
+        self, prompts: list[str | list[dict[str, str]]], seeds: list[int]
+    ) -> list[tuple[list[int], Completion]]:
+        """One temperature-1 sample per prompt (a user message or a whole conversation) for evaluation,
+        bypassing the streams: (prompt token ids, the response with its sampled log-probs) per prompt.
+        Raises `VersionMismatch` never: the caller knows which version this engine holds (`info`)."""
         from sparring.workers.generation import SamplingSpec
 
         g = self.cfg.generation
         ids = [prompt_token_ids(self.tokenizer, p) for p in prompts]
         specs = [SamplingSpec(n=1, temperature=1.0, top_p=1.0, max_new_tokens=g.max_new_tokens, seed=s) for s in seeds]
-        return [out[0].text for out in self.engine.generate(ids, specs)]
+        return [(prompt_ids, samples[0]) for prompt_ids, samples in zip(ids, self.engine.generate(ids, specs), strict=True)]
 
     def greedy(self, prompts: list[str], max_new_tokens: int) -> list[list[int]]:
         from sparring.workers.generation import SamplingSpec
@@ -246,6 +252,11 @@ class JudgeWorker:
         self.pairs_written = 0
         self.pairs_filtered = 0
         self.judge_seconds = 0.0
+        self._stopped = threading.Event()
+
+    def stop(self) -> None:
+        """Make a running `drain` return at its next read (an in-process worker being replaced)."""
+        self._stopped.set()
 
     def drain(self, idle_rounds: int = 3) -> dict[str, float]:
         """Judge groups until the generations stream is idle; returns counters and `judge/*` metrics of this
@@ -262,6 +273,7 @@ class JudgeWorker:
             ),
             self._process,
             idle_rounds,
+            self._stopped.is_set,
         )
         out: dict[str, float] = {"groups": n, "pairs": self.pairs_written - pairs0, "seconds": self.judge_seconds - secs0}
         if self.pool is not None:
@@ -343,7 +355,37 @@ class TrainerWorker:
         self.trainer = PolicyTrainer(
             model_path, self.cfg.trainer, self.cfg.algorithm, seed=self.cfg.seed, dtype=self.cfg.policy.dtype
         )
+        self.model_path = model_path
+        self._initial: Any = None  # the initial policy for evaluation's KL, loaded on first use
         self._uncommitted: list[str] = []
+
+    def initial_logps(self, prompts: list[list[int]], completions: list[Completion], batch_size: int = 16) -> list[float]:
+        """Summed log-prob of each completion's tokens (as sampled; no stop token appended) under the initial
+        policy (version 0), in nats: the reference side of evaluation's KL estimate. The initial policy is the
+        trainer's frozen reference when it has one, else it is loaded once from the starting checkpoint."""
+        import torch
+
+        from sparring.shared.models import load_causal_lm
+        from sparring.workers.trainer import collate_sequences, sequence_logps
+
+        model = self.trainer.initial_model
+        if model is None:
+            if self._initial is None:
+                self._initial = load_causal_lm(self.model_path, dtype=self.cfg.policy.dtype, device=self.trainer.device)
+                self._initial.eval().requires_grad_(False)
+            model = self._initial
+        out: list[float] = []
+        with torch.no_grad():
+            for i in range(0, len(prompts), batch_size):
+                rows = [list(c.token_ids) for c in completions[i : i + batch_size]]
+                batch = collate_sequences(prompts[i : i + batch_size], rows, self.trainer.pad_token_id)
+                logps, _ = sequence_logps(model, batch)
+                out += [float(x) for x in logps.tolist()]
+        return out
+
+    def info(self) -> dict[str, Any]:
+        """The policy version the trainer holds and its device (a readiness probe)."""
+        return {"version": self.trainer.policy_version, "device": str(self.trainer.device)}
 
     def restore(self, checkpoint: str) -> int:
         """Continue from a checkpoint this trainer wrote (a resumed run); returns its policy version."""
@@ -398,7 +440,53 @@ class TrainerWorker:
             "num_pairs": len(fresh),
             "num_rejected": len(result.rejected),
             "num_stale": len(entries) - len(fresh),
-            "max_staleness": max((version - e.record.policy_version for e in fresh), default=0),
             "checkpoint": str(ckpt),
             "update": update,
         }
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+class EvalWorker:
+    """Held-out responses -> `eval/*` metrics: the evaluation judge (behind the judge pool) and the task
+    evaluators of `eval.evaluators` (arithmetic and metric names: `workers/evaluation.py`)."""
+
+    def __init__(self, run_id: str, config_json: str) -> None:
+        from sparring.shared import tasks
+        from sparring.workers.judges.pool import JudgePool
+        from sparring.workers.judges.registry import build_judge
+
+        self.cfg = RunConfig.model_validate_json(config_json)
+        self.run_id = run_id
+        judge_cfg = self.cfg.eval_judge
+        judge = None if judge_cfg is None else build_judge(judge_cfg, self.cfg)
+        self.pool = None if judge is None else JudgePool(judge, judge_cfg.timeout_s, judge_cfg.cache_size)  # type: ignore[union-attr]
+        self.evaluators = [tasks.require("evaluators", name)(self.cfg) for name in self.cfg.eval.evaluators]
+
+    def evaluate(
+        self,
+        prompts: list[Any],
+        version: int,
+        current: list[Completion],
+        baseline: list[Completion],
+        previous: list[Completion] | None,
+    ) -> dict[str, float]:
+        """Win rates of `current` against `baseline` (iteration 0) and `previous` (the last iteration; None at
+        iteration 1, when it is the baseline), and every task evaluator's metrics. Raises on a judge
+        failure (the iteration is not recorded; a resumed run redoes it)."""
+        from sparring.workers.evaluation import PREFIX, pair_groups, preference, win_rate_metrics
+        from sparring.workers.judges.pool import GroupFailure
+
+        out: dict[str, float] = {}
+        if self.pool is not None:
+            for name, other in (("win_rate_vs_iter0", baseline), ("win_rate_vs_prev", previous or baseline)):
+                outcomes = self.pool.judge_groups(pair_groups(self.run_id, prompts, current, other, version))
+                failed = [o.reason for o in outcomes if isinstance(o, GroupFailure)]
+                if failed:
+                    raise RuntimeError(f"evaluation judge failed on {len(failed)} pair(s): {failed[0]}")
+                out.update(win_rate_metrics(name, [preference(o) for o in outcomes]))  # type: ignore[arg-type]
+        for evaluator in self.evaluators:
+            metrics = evaluator.evaluate(prompts, [c.text for c in current], [c.text for c in baseline])
+            out.update({f"{PREFIX}{evaluator.name}/{k}": float(v) for k, v in metrics.items()})
+        return out

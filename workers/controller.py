@@ -2,17 +2,18 @@
 
     iteration t, policy version v (= t - 1):
       1. dispatch   draw prompts            -> stream prompts      (one PromptTask per prompt, version v)
-      2. generate   GeneratorWorker pool    -> stream generations  (K samples per prompt, all from version v)
-      3. judge      JudgeWorker pool        -> stream pairs        (judge + recipe)
+      2. generate   GeneratorWorker group   -> stream generations  (K samples per prompt, all from version v)
+      3. judge      JudgeWorker group       -> stream pairs        (judge + recipe)
       4. train      TrainerWorker           -> checkpoint v+1      (reference log-probs, objective, optimizer)
       5. sync       one WeightUpdate message per generator         (every engine now serves v+1)
-      6. evaluate   gold win rate of v+1 against version 0 (arena)
+      6. evaluate   held-out samples of v+1 -> eval/* metrics      (workers/evaluation.py)
       7. record     IterationRecord -> Redis, event -> run:{id}:events
 
-Stages 2 and 3 run concurrently. A generator or judge actor that dies is replaced by a new actor with the
-same consumer name, started on the current weights; it resumes the dead actor's pending entries first, so
-every prompt of the iteration yields its group exactly once. Ray and Redis plumbing live here; the math
-lives in the workers' modules.
+Stages 2 and 3 run concurrently. Spawning, fan-out, draining and replacing workers belong to the worker
+groups (`workers/groups.py`): a generator or judge that dies is replaced by a new worker with the same
+consumer name, started on the current weights; it resumes the dead one's pending entries first, so every
+prompt of the iteration yields its group exactly once. The controller runs on Ray (`launch_controller`) or,
+with a `LocalRuntime`, in-process without Ray.
 """
 
 from __future__ import annotations
@@ -21,36 +22,34 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from sparring.shared import keys
 from sparring.shared.config import RunConfig
 from sparring.shared.events import emit
-from sparring.shared.prompts import load_run_prompts
+from sparring.shared.prompts import PromptItem, RunPrompts, run_prompts
 from sparring.shared.queue import StreamQueue
-from sparring.shared.records import IterationRecord, PromptTask, WinRate
+from sparring.shared.records import Completion, IterationRecord, PromptTask
 from sparring.shared.redis_server import connect
 from sparring.shared.store import RunStore
 from sparring.workers.actors import (
     GENERATORS_GROUP,
     JUDGES_GROUP,
     TRAINER_GROUP,
+    EvalWorker,
     GeneratorWorker,
     JudgeWorker,
     TrainerWorker,
-    VersionMismatch,
 )
+from sparring.workers.groups import WORKER_ENV, RayRuntime, Resources, Runtime, WorkerGroup, drain_until_idle
 
 log = logging.getLogger(__name__)
-
-WORKER_ENV = {
-    # vLLM is chatty at INFO; its warnings still reach the worker logs.
-    "VLLM_LOGGING_LEVEL": "WARNING",
-    "TOKENIZERS_PARALLELISM": "false",
-    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-}
 
 
 def derive_seed(*parts: object) -> int:
@@ -91,119 +90,106 @@ def combine_judge_metrics(drains: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
+@dataclass
+class GenerationStats:
+    """What stage 2-3 of one iteration measured (exact counts come from the streams, not the workers)."""
+
+    groups: int = 0
+    tokens: float = 0.0
+    gen_seconds: float = 0.0
+    judge_seconds: float = 0.0
+    judge_drains: list[dict[str, float]] = field(default_factory=list)
+    queue_peaks: dict[str, int] = field(default_factory=dict)
+
+
 class RunController:
-    """Drives one run from version 0 through `schedule.iterations` iterations."""
+    """Drives one run from version 0 through `schedule.iterations` iterations.
+
+    `model_path` is the starting checkpoint (None: resolved from `policy.path` when the run starts);
+    `runtime` runs the workers (default: Ray actors).
+    """
 
     def __init__(
-        self, run_id: str, config_json: str, redis_url: str, run_dir: str, model_path: str | None = None
+        self,
+        run_id: str,
+        config_json: str,
+        redis_url: str,
+        run_dir: str,
+        model_path: str | None = None,
+        runtime: Runtime | None = None,
     ) -> None:
         self.run_id = run_id
         self.config_json = config_json
         self.cfg = RunConfig.model_validate_json(config_json)
         self.redis_url = redis_url
         self.run_dir = Path(run_dir)
-        self.base_model_path = model_path  # None: resolved from `policy.path` when the run starts
+        self.base_model_path = model_path
+        self.runtime = runtime or RayRuntime()
         self.client = connect(redis_url)
         self.queue = StreamQueue(self.client, run_id, self.cfg.storage.stream_maxlen)
         self.store = RunStore(self.client)
         self.version = 0
         self.checkpoint = model_path or ""  # weights of `self.version`
-        self.generators: dict[str, Any] = {}
-        self.judges: dict[str, Any] = {}
-        self.trainer: Any = None
-        self.incarnation = 0
-        self.baseline: list[str] | None = None
-        self.eval_prompts: list[Any] = []
-        self.restarts = 0
-        self.epoch = 0  # how many controllers this run has had (names of this one's workers include it)
-        self.queue_peaks: dict[str, int] = {}
+        self.incarnation = 0  # how many controllers this run has had (names of this one's workers include it)
+        self.prompts = RunPrompts([], [])
+        self.eval_samples: dict[str, list[tuple[list[int], Completion]]] = {}  # "baseline", "previous"
+        self.groups: dict[str, WorkerGroup] = {}
+        self._pending_previous: list[tuple[list[int], Completion]] | None = None
+        self._restarts_before = 0
         self._thread: Any = None
 
     # ---------------------------------------------------------------------------------------- workers
 
-    def _actor_name(self, role: str) -> str:
-        """A fresh Ray actor name `{run_id}:{role}:{n}`: operators (and the fault test) find a run's workers
-        with `ray.util.list_named_actors()`; a replacement never collides with its dead predecessor."""
-        self.incarnation += 1
-        return f"{self.run_id}:{role}:{self.epoch}.{self.incarnation}"
+    def _group(self, role: str, cls: type, args: Any, resources: Resources, on_spawn: Any = None) -> WorkerGroup:
+        group = WorkerGroup(role, cls, self.runtime, args, resources, self.run_id, on_spawn, incarnation=self.incarnation)
+        self.groups[role] = group
+        return group
 
-    def _spawn_generator(self, consumer: str) -> Any:
-        import ray
+    def _generator_args(self, consumer: str) -> tuple[Any, ...]:
+        return (self.run_id, self.redis_url, self.config_json, self.checkpoint, self.version, consumer, self._staging(consumer))
 
-        g = self.cfg.generation
-        actor = (
-            ray.remote(GeneratorWorker)
-            .options(
-                name=self._actor_name(consumer),
-                num_cpus=g.cpus_per_generator,
-                max_restarts=0,
-                runtime_env={"env_vars": WORKER_ENV},
-            )
-            .remote(
-                self.run_id,
-                self.redis_url,
-                self.config_json,
-                self.checkpoint,
-                self.version,
-                consumer,
-                str(self.run_dir / "staging" / consumer),
-            )
-        )
-        self.generators[consumer] = actor
-        return actor
-
-    def _spawn_judge(self, consumer: str) -> Any:
-        import ray
-
-        actor = (
-            ray.remote(JudgeWorker)
-            .options(name=self._actor_name(consumer), num_cpus=0.25, max_restarts=0, runtime_env={"env_vars": WORKER_ENV})
-            .remote(self.run_id, self.redis_url, self.config_json, consumer)
-        )
-        self.judges[consumer] = actor
-        if self.version > 0:  # a judge that follows the policy starts on the current weights, not version 0
+    def _judge_joined(self, consumer: str, handle: Any) -> None:
+        """A judge that follows the policy starts on the current weights, not version 0."""
+        if self.version > 0:
             from sparring.workers.weight_sync import safetensors_dir_update
 
             update = safetensors_dir_update(self.checkpoint, self.version, verify=False)
-            ray.get(actor.load_weights.remote(update, self._judge_staging(consumer)))
-        return actor
+            self.runtime.result(self.runtime.submit(handle, "load_weights", update, self._staging(consumer)))
 
     def start_workers(self) -> None:
-        import ray
-
         for stage, group in (("prompts", GENERATORS_GROUP), ("generations", JUDGES_GROUP), ("pairs", TRAINER_GROUP)):
             self.queue.ensure_group(stage, group)
-        self._emit("progress", stage="startup", message=f"starting {self.cfg.generation.num_generators} generator(s)")
+        g, j, tr = self.cfg.generation, self.cfg.judge, self.cfg.trainer
+        self._emit("progress", stage="startup", message=f"starting {g.num_generators} generator(s)")
         t0 = time.perf_counter()
-        for i in range(self.cfg.generation.num_generators):
-            self._spawn_generator(f"gen-{i}")
-        for i in range(self.cfg.judge.num_judges):
-            self._spawn_judge(f"judge-{i}")
-        self.trainer = (
-            ray.remote(TrainerWorker)
-            .options(
-                name=self._actor_name("trainer"),
-                num_cpus=self.cfg.trainer.cpus,
-                max_restarts=0,
-                runtime_env={"env_vars": WORKER_ENV},
-            )
-            .remote(self.run_id, self.redis_url, self.config_json, self.base_model_path, str(self.run_dir))
+        generators = self._group("generators", GeneratorWorker, self._generator_args, Resources(num_cpus=g.cpus_per_generator))
+        judges = self._group(
+            "judges", JudgeWorker, lambda c: (self.run_id, self.redis_url, self.config_json, c), Resources(num_cpus=0.25),
+            on_spawn=self._judge_joined,
         )
-        ray.get([a.info.remote() for a in self.generators.values()])
+        trainer = self._group(
+            "trainer", TrainerWorker,
+            lambda c: (self.run_id, self.redis_url, self.config_json, self.base_model_path, str(self.run_dir)),
+            Resources(num_cpus=tr.cpus),
+        )  # fmt: skip
+        generators.spawn(f"gen-{i}" for i in range(g.num_generators))
+        judges.spawn(f"judge-{i}" for i in range(j.num_judges))
+        trainer.spawn(["trainer"])
+        if self.cfg.eval.enabled:
+            self._group("evaluator", EvalWorker, lambda c: (self.run_id, self.config_json), Resources(num_cpus=0.25)).spawn(["eval"])
+        generators.call_all("info")
         if self.version > 0:  # a resumed run: the trainer continues from the last recorded checkpoint
-            ray.get(self.trainer.restore.remote(self.checkpoint))
-        ray.get(self.trainer.__ray_ready__.remote())
+            trainer.call("trainer", "restore", self.checkpoint)
+        trainer.call("trainer", "info")
         self._emit("progress", stage="startup", message=f"workers ready in {time.perf_counter() - t0:.1f}s")
 
     def stop_workers(self) -> None:
-        import ray
+        for group in self.groups.values():
+            group.kill_all()
 
-        for actor in list(self.generators.values()) + list(self.judges.values()) + [self.trainer]:
-            if actor is not None:
-                try:
-                    ray.kill(actor)
-                except Exception:  # already dead is fine
-                    pass
+    @property
+    def restarts(self) -> int:
+        return sum(group.restarts for group in self.groups.values())
 
     # ---------------------------------------------------------------------------------------- the loop
 
@@ -212,16 +198,18 @@ class RunController:
         call `shutdown`).
 
         A run that already has recorded iterations (resumed after a pause, a crash or a service restart)
-        continues from its last recorded iteration: version, checkpoint, trainer state and the iteration-0
-        evaluation samples all come back from Redis and the checkpoint directory. Between iterations the
-        controller honours a pending pause/stop request (`RunStore.request_control`): it stops its workers
-        and leaves the run `paused` / `stopped`; the returned summary then has `"interrupted": <state>`.
+        continues from its last recorded iteration: version, checkpoint, trainer state and the evaluation's
+        iteration-0 and previous samples all come back from Redis and the checkpoint directory. Between
+        iterations the controller honours a pending pause/stop request (`RunStore.request_control`): it stops
+        its workers and leaves the run `paused` / `stopped`; the returned summary then has
+        `"interrupted": <state>`.
         """
-        self.epoch = int(self.client.incr(f"run:{self.run_id}:epoch"))
+        self.incarnation = int(self.client.incr(keys.incarnation(self.run_id)))
         if self.store.get_run(self.run_id)["state"] == "created":  # the service moves it to running itself
             self.store.set_state(self.run_id, "running")
         try:
             self.resolve_model()
+            self.prompts = run_prompts(self.cfg)
             first = self.restore()
             self.start_workers()
             self.evaluate_baseline()
@@ -265,16 +253,16 @@ class RunController:
 
     def alive(self) -> dict[str, Any]:
         """A cheap liveness probe for the service: the run and the version the policy is at."""
-        return {"run_id": self.run_id, "version": self.version, "epoch": self.epoch}
+        return {"run_id": self.run_id, "version": self.version, "incarnation": self.incarnation}
 
     def resolve_model(self) -> None:
         if self.base_model_path is None:
-            from sparring.shared.models import resolve_policy_path
+            from sparring.shared.models import resolve_model_path
 
             def progress(message: str) -> None:
                 self._emit("progress", stage="startup", message=message)
 
-            self.base_model_path = resolve_policy_path(self.cfg.policy.path, self.cfg.seed, progress)
+            self.base_model_path = resolve_model_path(self.cfg.policy.path, self.cfg.seed, progress)
             self.checkpoint = self.checkpoint or self.base_model_path
 
     def restore(self) -> int:
@@ -300,78 +288,76 @@ class RunController:
 
     def engine_greedy(self, prompts: list[str], max_new_tokens: int) -> dict[str, Any]:
         """Greedy completion token ids from every generator, with the version each engine holds."""
-        import ray
-
-        refs = {c: (a.greedy.remote(prompts, max_new_tokens), a.info.remote()) for c, a in self.generators.items()}
-        return {c: {"tokens": ray.get(g), "version": ray.get(i)["version"]} for c, (g, i) in refs.items()}
+        group = self.groups["generators"]
+        tokens = group.call_all("greedy", prompts, max_new_tokens)
+        infos = group.call_all("info")
+        return {c: {"tokens": tokens[c], "version": infos[c]["version"]} for c in tokens}
 
     def shutdown(self) -> None:
         self.stop_workers()
 
     def run_iteration(self, t: int) -> IterationRecord:
-        started = time.time()
-        v = self.version
+        """One iteration as named stages; the record is written, then the trainer acknowledges its pairs."""
+        started, v = time.time(), self.version
         seconds: dict[str, float] = {}
         self._emit("iteration_started", iteration=t, policy_version=v)
-
-        t0 = time.perf_counter()
         dead_before = self.queue.written("dead")
-        n_prompts = self.dispatch(t, v)
-        gen_stats = self.generate_and_judge(t, n_prompts)
-        seconds["generate_judge"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        out = self.train(t, v)
-        seconds["train"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        sync_s = self.sync(out["update"], out["checkpoint"])
-        seconds["sync"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        win = self.evaluate(t)
-        seconds["eval"] = time.perf_counter() - t0
-
-        metrics = dict(out["metrics"])
-        metrics.update(
-            {
-                "gen/tokens": gen_stats["tokens"],
-                "gen/tokens_per_s": gen_stats["tokens"] / max(gen_stats["gen_seconds"], 1e-9),
-                "judge/seconds": gen_stats["judge_seconds"],
-                "judge/latency_s": gen_stats["judge_seconds"] / max(gen_stats["groups"], 1.0),
-                "pairs/per_s": out["num_pairs"] / max(seconds["generate_judge"], 1e-9),
-                "staleness/max": float(out.get("max_staleness", 0)),
-                "sync/max_engine_s": sync_s,
-                "workers/restarts": float(self.restarts),
-            }
-        )
-        metrics.update({f"queue/peak/{stage}": float(n) for stage, n in self.queue_peaks.items()})
-        metrics.update(combine_judge_metrics(self.judge_drains))
+        with _timed(seconds, "generate_judge"):
+            n_prompts = self.dispatch(t, v)
+            gen = self.generate_and_judge(t, n_prompts)
+        with _timed(seconds, "train"):
+            out = self.train(t, v)
+        with _timed(seconds, "sync"):
+            sync_s = self.sync(out["update"], out["checkpoint"])
+        with _timed(seconds, "eval"):
+            evaluation = self.evaluate(t)
         record = IterationRecord(
             run_id=self.run_id,
             iteration=t,
             policy_version_in=v,
             policy_version_out=self.version,
             num_prompts=n_prompts,
-            num_groups=int(gen_stats["groups"]),
+            num_groups=gen.groups,
             num_pairs=out["num_pairs"],
             num_dead=self.queue.written("dead") - dead_before,
-            metrics=metrics,
+            metrics=self.iteration_metrics(gen, out, seconds, sync_s),
             stage_seconds=seconds,
-            gold_win_rate_vs_iter0=win,
+            eval=evaluation,
             checkpoint=out["checkpoint"],
             started_at=started,
             finished_at=time.time(),
         )
         self.store.put_iteration(record)
+        if self._pending_previous is not None:  # the next iteration's `vs_prev` side, once this one is on record
+            self._save_samples("previous", self._pending_previous)
+            self.eval_samples["previous"], self._pending_previous = self._pending_previous, None
         self.commit()
         self._emit("iteration_done", iteration=t, record=record.model_dump(mode="json"))
         return record
 
+    def iteration_metrics(self, gen: GenerationStats, out: dict[str, Any], seconds: dict[str, float], sync_s: float) -> dict[str, float]:
+        metrics = dict(out["metrics"])
+        metrics.update(
+            {
+                "gen/tokens": gen.tokens,
+                "gen/tokens_per_s": gen.tokens / max(gen.gen_seconds, 1e-9),
+                "judge/seconds": gen.judge_seconds,
+                "judge/latency_s": gen.judge_seconds / max(gen.groups, 1),
+                "pairs/per_s": out["num_pairs"] / max(seconds["generate_judge"], 1e-9),
+                "pairs/stale_dropped": float(out["num_stale"]),
+                "sync/max_engine_s": sync_s,
+                "workers/restarts": float(self.restarts - self._restarts_before),
+            }
+        )
+        metrics.update({f"queue/peak/{stage}": float(n) for stage, n in gen.queue_peaks.items()})
+        metrics.update(combine_judge_metrics(gen.judge_drains))
+        return metrics
+
     # ---------------------------------------------------------------------------------------- stages
 
     def dispatch(self, t: int, v: int) -> int:
-        pool = load_run_prompts(self.cfg)
+        """Stage 1: draw this iteration's prompts from the training pool (never the held-out ones)."""
+        pool = self.prompts.train
         n = min(self.cfg.schedule.prompts_per_iteration, len(pool))
         rng = np.random.default_rng([self.cfg.seed, t])
         chosen = rng.choice(len(pool), size=n, replace=False)
@@ -395,158 +381,135 @@ class RunController:
             )
         return n
 
+    def generate_and_judge(self, t: int, n_prompts: int) -> GenerationStats:
+        """Stages 2-3: run generators and judges until every dispatched prompt is generated and judged."""
+        stats = GenerationStats(queue_peaks={"prompts": 0, "generations": 0})
+        groups_before = self.queue.written("generations")
+        self._restarts_before = self.restarts
+        open_: dict[str, int] = {}
+        last_done = [-1]
 
-    def generate_and_judge(self, t: int, n_prompts: int) -> dict[str, float]:
-        """Run generators and judges until every dispatched prompt is generated and judged.
+        def tick() -> None:
+            open_["prompts"] = self.queue.outstanding("prompts", GENERATORS_GROUP)
+            open_["generations"] = self.queue.outstanding("generations", JUDGES_GROUP)
+            for stage, n in open_.items():
+                stats.queue_peaks[stage] = max(stats.queue_peaks[stage], n)
+            if n_prompts - open_["prompts"] != last_done[0]:
+                last_done[0] = n_prompts - open_["prompts"]
+                self._emit("progress", stage="generate", iteration=t, done=last_done[0], total=n_prompts)
 
-        Workers drain their input stream and return when it is idle; one that returns while its stage
-        still has open entries is relaunched, one that died is replaced (same consumer name).
-        """
-        import ray
+        def on_result(group: WorkerGroup, consumer: str, out: dict[str, float]) -> None:
+            if group.role == "generators":
+                stats.tokens += out["tokens"]
+                stats.gen_seconds += out["seconds"]
+            else:
+                stats.judge_seconds += out["seconds"]
+                stats.judge_drains.append({k: v for k, v in out.items() if k.startswith("judge/")})
 
-        stats = {"tokens": 0.0, "gen_seconds": 0.0, "judge_seconds": 0.0}
-        self.judge_drains: list[dict[str, float]] = []
-        self.queue_peaks = {"prompts": 0, "generations": 0}
-        groups_before, pairs_before = self.queue.written("generations"), self.queue.written("pairs")
-        running: dict[Any, tuple[str, str]] = {}  # ObjectRef of a drain call -> (role, consumer)
-        last_done = -1
-        while True:
-            gen_open = self.queue.outstanding("prompts", GENERATORS_GROUP)
-            judge_open = self.queue.outstanding("generations", JUDGES_GROUP)
-            self.queue_peaks["prompts"] = max(self.queue_peaks["prompts"], gen_open)
-            self.queue_peaks["generations"] = max(self.queue_peaks["generations"], judge_open)
-            if gen_open == 0 and judge_open == 0 and not running:
-                # exact counts, whichever workers wrote them (a dead worker's own counters are lost)
-                stats["groups"] = float(self.queue.written("generations") - groups_before)
-                stats["pairs"] = float(self.queue.written("pairs") - pairs_before)
-                return stats
-            busy = set(running.values())
-            for role, pool, has_work in (
-                ("gen", self.generators, gen_open > 0),
-                ("judge", self.judges, judge_open > 0 or gen_open > 0),
-            ):
-                for consumer, actor in pool.items():
-                    if has_work and (role, consumer) not in busy:
-                        running[actor.drain.remote()] = (role, consumer)
-            if n_prompts - gen_open != last_done:
-                last_done = n_prompts - gen_open
-                self._emit("progress", stage="generate", iteration=t, done=last_done, total=n_prompts)
-            ready, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
-            for ref in ready:
-                role, consumer = running.pop(ref)
-                try:
-                    out = ray.get(ref)
-                except ray.exceptions.RayActorError as err:
-                    log.warning("%s died (%s); replacing it", consumer, err)
-                    self._emit("worker_died", consumer=consumer, iteration=t)
-                    self.restarts += 1
-                    (self._spawn_generator if role == "gen" else self._spawn_judge)(consumer)
-                    continue
-                except ray.exceptions.RayTaskError as err:
-                    if role == "gen" and isinstance(err.cause, VersionMismatch):
-                        log.warning("%s: %s; restarting it on version %d", consumer, err.cause, self.version)
-                        self._replace_generator(consumer)
-                        continue
-                    raise
-                if role == "gen":
-                    stats["tokens"] += out["tokens"]
-                    stats["gen_seconds"] += out["seconds"]
-                else:
-                    stats["judge_seconds"] += out["seconds"]
-                    self.judge_drains.append({k: v for k, v in out.items() if k.startswith("judge/")})
+        def on_replaced(group: WorkerGroup, consumer: str) -> None:
+            self._emit("worker_died", consumer=consumer, iteration=t)
 
-    def _replace_generator(self, consumer: str) -> None:
-        import ray
-
-        try:
-            ray.kill(self.generators[consumer])
-        except Exception:
-            pass
-        self.restarts += 1
-        actor = self._spawn_generator(consumer)
-        ray.get(actor.info.remote())
+        drain_until_idle(
+            self.runtime,
+            [
+                (self.groups["generators"], lambda: open_["prompts"] > 0),
+                (self.groups["judges"], lambda: open_["generations"] > 0 or open_["prompts"] > 0),
+            ],
+            done=lambda: open_["prompts"] == 0 and open_["generations"] == 0,
+            on_result=on_result,
+            on_tick=tick,
+            on_replaced=on_replaced,
+        )
+        # exact counts, whichever workers wrote them (a dead worker's own counters are lost)
+        stats.groups = self.queue.written("generations") - groups_before
+        return stats
 
     def train(self, t: int, v: int) -> dict[str, Any]:
-        import ray
-
+        """Stage 4: the trainer trains on version v's pairs and writes checkpoint v+1."""
         self._emit("progress", stage="train", iteration=t, message="training")
-        self.queue_peaks["pairs"] = self.queue.outstanding("pairs", TRAINER_GROUP)
-        return ray.get(self.trainer.train.remote(t, v))
+        self._pairs_open = self.queue.outstanding("pairs", TRAINER_GROUP)
+        return self.groups["trainer"].call("trainer", "train", t, v)
 
     def commit(self) -> None:
         """The iteration is on record: the trainer acknowledges the pairs it consumed."""
-        import ray
-
-        ray.get(self.trainer.commit.remote())
+        self.groups["trainer"].call("trainer", "commit")
 
     def sync(self, update: Any, checkpoint: str) -> float:
-        """Push `update` to every generator (one message each); one that fails is restarted on `checkpoint`."""
-        import ray
-
-        refs = {consumer: actor.load_weights.remote(update) for consumer, actor in self.generators.items()}
-        # judges that judge with the policy (self-preference) follow it; the others return at once
-        judge_refs = {c: a.load_weights.remote(update, self._judge_staging(c)) for c, a in self.judges.items()}
+        """Stage 5: push `update` to every generator and policy-following judge (one message each); a worker
+        that fails to load it is replaced on `checkpoint`. Returns the slowest engine's seconds."""
         self.version, self.checkpoint = update.version, checkpoint
-        worst = 0.0
-        for consumer, ref in refs.items():
-            try:
-                worst = max(worst, ray.get(ref))
-            except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as err:
-                log.warning("%s failed to load version %d (%s); restarting it on the new checkpoint", consumer, update.version, err)
-                self._replace_generator(consumer)
+        judges = self.groups["judges"]
+        judge_refs = {c: judges.submit(c, "load_weights", update, self._staging(c)) for c in list(judges.workers)}
+        loaded = self.groups["generators"].call_all("load_weights", update, replace_on_error=True, after_replace="info")
+        worst = max(loaded.values(), default=0.0)
         for consumer, ref in judge_refs.items():
             try:
-                worst = max(worst, ray.get(ref))
-            except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as err:
-                log.warning("%s failed to load version %d (%s); restarting it on the new checkpoint", consumer, update.version, err)
-                try:
-                    ray.kill(self.judges[consumer])
-                except Exception:
-                    pass
-                self.restarts += 1
-                self._spawn_judge(consumer)
+                worst = max(worst, self.runtime.result(ref))
+            except Exception as err:
+                judges.replace(consumer, f"failed to load version {update.version} ({type(err).__name__}: {err})")
         return worst
 
-    def _judge_staging(self, consumer: str) -> str:
+    def _staging(self, consumer: str) -> str:
         return str(self.run_dir / "staging" / consumer)
 
     # ---------------------------------------------------------------------------------------- evaluation
 
-    def _eval_setup(self) -> None:
-        from sparring.shared.arena import arena_prompts
+    def _sample_eval(self, version: int) -> list[tuple[list[int], Completion]]:
+        items = self.prompts.heldout
+        seeds = [derive_seed(self.cfg.seed, "eval", p.prompt_id, version) for p in items]
+        return self.groups["generators"].call_any("sample", [_conversation(p) for p in items], seeds)
 
-        self.eval_prompts = arena_prompts("heldout")[: self.cfg.eval.num_prompts]
+    def _eval_key(self, name: str) -> str:
+        """The run's kv field holding held-out samples (`baseline`: version 0, `previous`: the last recorded)."""
+        return f"eval:samples:{name}"
 
-    def _sample_eval(self, version: int) -> list[str]:
-        import ray
+    def _save_samples(self, name: str, samples: list[tuple[list[int], Completion]]) -> None:
+        blob = json.dumps([[ids, c.model_dump(mode="json")] for ids, c in samples]).encode()
+        self.store.set_value(self.run_id, self._eval_key(name), blob)
 
-        gen = next(iter(self.generators.values()))
-        prompts = [p.prompt for p in self.eval_prompts]
-        seeds = [derive_seed(self.cfg.seed, "eval", p.prompt_id, version) for p in self.eval_prompts]
-        return ray.get(gen.sample.remote(prompts, seeds))
+    def _load_samples(self, name: str) -> list[tuple[list[int], Completion]] | None:
+        blob = self.store.get_value(self.run_id, self._eval_key(name))
+        if blob is None:
+            return None
+        return [(ids, Completion.model_validate(c)) for ids, c in json.loads(blob)]
 
     def evaluate_baseline(self) -> None:
-        if not (self.cfg.eval.gold_win_rate and self.cfg.is_arena):
+        """Iteration 0's held-out samples (stored, so a resumed run compares against the same ones) and the
+        last recorded iteration's (the `vs_prev` side)."""
+        if not (self.cfg.eval.enabled and self.prompts.heldout):
             return
-        self._eval_setup()
-        stored = self.store.get_value(self.run_id, "eval:baseline")
-        if stored is not None:  # a resumed run compares against the same iteration-0 samples
-            self.baseline = json.loads(stored)
-            return
-        self.baseline = self._sample_eval(0)
-        self.store.set_value(self.run_id, "eval:baseline", json.dumps(self.baseline).encode())
+        baseline = self._load_samples("baseline")
+        if baseline is None:
+            self._emit("progress", stage="eval", message=f"sampling {len(self.prompts.heldout)} held-out prompts from version 0")
+            baseline = self._sample_eval(0)
+            self._save_samples("baseline", baseline)
+        self.eval_samples = {"baseline": baseline, "previous": self._load_samples("previous") or baseline}
 
-    def evaluate(self, t: int) -> WinRate | None:
-        if self.baseline is None:
-            return None
-        from sparring.shared.arena import gold_win_rate
+    def evaluate(self, t: int) -> dict[str, float]:
+        """Stage 6: `eval/*` metrics of the policy version just synced (workers/evaluation.py)."""
+        from sparring.workers.evaluation import PREFIX, kl_estimate, length_metrics
 
-        samples = self._sample_eval(self.version)
-        return gold_win_rate([p.topic for p in self.eval_prompts], samples, self.baseline)
+        if not self.eval_samples:
+            return {}
+        self._emit("progress", stage="eval", iteration=t, message=f"evaluating version {self.version}")
+        current = self._sample_eval(self.version)
+        prompt_ids = [ids for ids, _ in current]
+        now = [c for _, c in current]
+        baseline = [c for _, c in self.eval_samples["baseline"]]
+        previous = [c for _, c in self.eval_samples["previous"]]
+        out = self.groups["evaluator"].call("eval", "evaluate", self.prompts.heldout, self.version, now, baseline, previous)
+        out.update(length_metrics(now, previous))
+        if self.cfg.eval.kl:
+            initial = self.groups["trainer"].call("trainer", "initial_logps", prompt_ids, now)
+            out[f"{PREFIX}kl_vs_iter0"] = kl_estimate(now, initial)
+        self._pending_previous = current
+        return out
 
     # ---------------------------------------------------------------------------------------- output
 
     def write_summary(self) -> dict[str, Any]:
+        """`summary.json`: the resolved config, the final checkpoint and one row per recorded iteration
+        (counts, loss and TRL's reward metrics, stage seconds and every `eval/*` metric)."""
         records = self.store.iterations(self.run_id)
         summary = {
             "run_id": self.run_id,
@@ -556,19 +519,14 @@ class RunController:
                 {
                     "iteration": r.iteration,
                     "policy_version": r.policy_version_out,
-                    "gold_win_rate_vs_iter0": r.gold_win_rate_vs_iter0.win_rate if r.gold_win_rate_vs_iter0 else None,
-                    "gold_win_rate_ci95": [r.gold_win_rate_vs_iter0.ci_low, r.gold_win_rate_vs_iter0.ci_high]
-                    if r.gold_win_rate_vs_iter0
-                    else None,
-                    "mean_gold": r.gold_win_rate_vs_iter0.mean_gold_b if r.gold_win_rate_vs_iter0 else None,
-                    "mean_gold_iter0": r.gold_win_rate_vs_iter0.mean_gold_a if r.gold_win_rate_vs_iter0 else None,
                     "prompts": r.num_prompts,
                     "groups": r.num_groups,
                     "pairs": r.num_pairs,
                     "dead_letters": r.num_dead,
                     "loss": r.metrics.get("loss/mean"),
-                    "reward_accuracy": r.metrics.get("rewards/accuracy"),
-                    "reward_margin": r.metrics.get("rewards/margin"),
+                    "rewards/accuracies": r.metrics.get("rewards/accuracies"),
+                    "rewards/margins": r.metrics.get("rewards/margins"),
+                    "eval": r.eval,
                     "stage_seconds": r.stage_seconds,
                     "checkpoint": r.checkpoint,
                 }
@@ -581,3 +539,42 @@ class RunController:
 
     def _emit(self, kind: str, **fields: Any) -> None:
         emit(self.client, self.run_id, kind, **fields)
+
+
+@contextmanager
+def _timed(seconds: dict[str, float], stage: str) -> Iterator[None]:
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[stage] = time.perf_counter() - t0
+
+
+def _conversation(item: PromptItem) -> str | list[dict[str, str]]:
+    """What the sampler renders for a prompt: the whole conversation when multi-turn, else the message."""
+    return item.messages or item.prompt
+
+
+def launch_controller(
+    run_id: str,
+    cfg: RunConfig,
+    redis_url: str,
+    run_dir: str,
+    model_path: str | None = None,
+    detached: bool = False,
+) -> Any:
+    """The run's controller as a Ray actor named `{run_id}:controller` in namespace `sparring`: the one way
+    the CLI (`run`: attached, waits on `.run.remote()`) and the service (`detached`, `.start.remote()`, so
+    the run outlives the API process) start a run. Raises `ValueError` if the run already has a live one."""
+    import ray
+
+    options: dict[str, Any] = {
+        "name": f"{run_id}:controller",
+        "namespace": "sparring",
+        "num_cpus": 0,
+        "max_restarts": 0,
+        "runtime_env": {"env_vars": WORKER_ENV},
+    }
+    if detached:
+        options["lifetime"] = "detached"
+    return ray.remote(RunController).options(**options).remote(run_id, cfg.model_dump_json(), redis_url, run_dir, model_path)

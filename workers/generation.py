@@ -9,11 +9,11 @@ Two backends with one contract (`GenerationEngine`):
 Conventions shared by both backends (the trainer and the judges rely on them):
 
 - **EOS is stripped.** Generation stops at an end-of-sequence token (the checkpoint's `eos_token_id`s from
-  `config.json` and `generation_config.json`); the eos token is *not* included in `Sample.token_ids` nor in
-  `Sample.logprobs`, and `finish_reason == "stop"`. A sample that ran out of budget has
+  `config.json` and `generation_config.json`); the eos token is *not* included in `Completion.token_ids` nor in
+  `Completion.logprobs`, and `finish_reason == "stop"`. A sample that ran out of budget has
   `finish_reason == "length"`. When scoring a response the trainer appends eos itself iff
   `finish_reason == "stop"`.
-- **Behaviour log-probs are raw.** `Sample.logprobs[t]` is `log_softmax(logits_t)[token_t]` of the model's
+- **Behaviour log-probs are raw.** `Completion.logprobs[t]` is `log_softmax(logits_t)[token_t]` of the model's
   *unprocessed* distribution (temperature 1, no top-p), i.e. vLLM's default `logprobs_mode="raw_logprobs"`,
   and the same quantity a trainer computes for log pi(y|x). It is not the log-prob under the tempered /
   truncated sampling distribution (for temperature 1 and top_p 1 the two coincide; for greedy the raw value
@@ -55,6 +55,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
+from sparring.shared.records import Completion
 from sparring.workers.checkpoints import (
     TensorManifest,
     checkpoint_manifest,
@@ -117,23 +118,13 @@ class SamplingSpec:
         return self.temperature == 0.0
 
 
-@dataclass
-class Sample:
-    """One generated response. `token_ids` excludes eos; `logprobs[t]` is the raw log-prob of `token_ids[t]`."""
-
-    token_ids: list[int]
-    logprobs: list[float]
-    text: str
-    finish_reason: str
-
-
 @runtime_checkable
 class GenerationEngine(Protocol):
     """What a generator actor drives: batched sampling and in-place weight reloads."""
 
     engine_id: str
 
-    def generate(self, prompts: Sequence[Sequence[int]], specs: Sequence[SamplingSpec]) -> list[list[Sample]]:
+    def generate(self, prompts: Sequence[Sequence[int]], specs: Sequence[SamplingSpec]) -> list[list[Completion]]:
         """One list of `spec.n` samples per prompt, in prompt order."""
         ...
 
@@ -228,7 +219,7 @@ class VLLMEngine:
         if self._unusable is not None:
             raise EngineUnusableError(f"engine {self.engine_id} is unusable: {self._unusable}")
 
-    def generate(self, prompts: Sequence[Sequence[int]], specs: Sequence[SamplingSpec]) -> list[list[Sample]]:
+    def generate(self, prompts: Sequence[Sequence[int]], specs: Sequence[SamplingSpec]) -> list[list[Completion]]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -251,9 +242,9 @@ class VLLMEngine:
             ]
             inputs = [TokensPrompt(prompt_token_ids=[int(t) for t in p]) for p in prompts]
             outputs = self._llm.generate(inputs, params, use_tqdm=False)
-        result: list[list[Sample]] = []
+        result: list[list[Completion]] = []
         for out in outputs:
-            samples: list[Sample] = []
+            samples: list[Completion] = []
             for comp in sorted(out.outputs, key=lambda c: c.index):
                 ids = [int(t) for t in comp.token_ids]
                 lps = [float(step[tok].logprob) for tok, step in zip(ids, comp.logprobs or [], strict=False)]
@@ -261,7 +252,7 @@ class VLLMEngine:
                     raise EngineError(f"vLLM returned {len(lps)} logprobs for {len(ids)} tokens")
                 ids, lps, reason = _strip_eos(ids, lps, self._eos, comp.finish_reason == FINISH_STOP)
                 text = self._tokenizer.decode(ids, skip_special_tokens=True)
-                samples.append(Sample(token_ids=ids, logprobs=lps, text=text, finish_reason=reason))
+                samples.append(Completion(index=len(samples), text=text, token_ids=ids, logprobs=lps, finish_reason=reason))
             result.append(samples)
         return result
 
@@ -397,11 +388,11 @@ class TransformersEngine:
         if self._unusable is not None:
             raise EngineUnusableError(f"engine {self.engine_id} is unusable: {self._unusable}")
 
-    def generate(self, prompts: Sequence[Sequence[int]], specs: Sequence[SamplingSpec]) -> list[list[Sample]]:
+    def generate(self, prompts: Sequence[Sequence[int]], specs: Sequence[SamplingSpec]) -> list[list[Completion]]:
         with self._lock:
             self._check_usable()
             _validate_batch(prompts, specs, self.max_model_len)
-            result: list[list[Sample]] = []
+            result: list[list[Completion]] = []
             chunk: list[int] = []
             rows = 0
             for i, spec in enumerate(specs):
@@ -418,7 +409,7 @@ class TransformersEngine:
 
     def _generate_chunk(
         self, prompts: Sequence[Sequence[int]], specs: Sequence[SamplingSpec]
-    ) -> list[list[Sample]]:
+    ) -> list[list[Completion]]:
         import torch
         from transformers import GenerationConfig, LogitsProcessorList
 
@@ -467,18 +458,18 @@ class TransformersEngine:
         new = out.sequences[:, width:].cpu()
         steps = len(sampler.steps)
         lp = torch.stack([s[1] for s in sampler.steps], dim=1).cpu() if steps else torch.zeros(len(gens), 0)
-        rows_out: list[Sample] = []
+        rows_out: list[Completion] = []
         for r in range(len(row_prompts)):
             n_tok = min(limits[r], new.shape[1])
             ids = [int(t) for t in new[r, :n_tok]]
             lps = [float(v) for v in lp[r, :n_tok]]
             ids, lps, reason = _strip_eos(ids, lps, self._eos, stopped=False)
             text = self.tokenizer.decode(ids, skip_special_tokens=True)
-            rows_out.append(Sample(token_ids=ids, logprobs=lps, text=text, finish_reason=reason))
-        grouped: list[list[Sample]] = []
+            rows_out.append(Completion(index=0, text=text, token_ids=ids, logprobs=lps, finish_reason=reason))
+        grouped: list[list[Completion]] = []
         k = 0
         for s in specs:
-            grouped.append(rows_out[k : k + s.n])
+            grouped.append([c.model_copy(update={"index": i}) for i, c in enumerate(rows_out[k : k + s.n])])
             k += s.n
         return grouped
 

@@ -9,7 +9,7 @@ wraps this class. One iteration (`train_iteration`) does, in order:
    alignment-handbook train on the chat template's end-of-turn token the same way). Truncated completions
    (`"length"`) get no EOS. Bad pairs (empty, identical, non-finite `win_prob`, too long for the model,
    token ids outside the vocabulary, duplicate record ids) are skipped and returned with a reason.
-2. **Anchor log-probs once.** The reference (and, for objectives that need it, the iteration-start policy
+2. **Frozen log-probs once.** The reference (and, for objectives that need it, the iteration-start policy
    pi_t) log-probs are computed once, before the first step, under `no_grad`, and cached per pair
    (algorithms.md §0; trainer-performance.md "The reference model"). `algorithm.reference ==
    "iteration_start"` makes the reference the policy as it is at the start of the iteration (SPPO, DRIFT,
@@ -24,7 +24,8 @@ wraps this class. One iteration (`train_iteration`) does, in order:
    `max_grad_norm`, and the schedule advances once per step. Optional length bucketing
    (`length_bucket_steps`) sorts pairs by length within runs of a few steps to cut padding.
 5. **Metrics** are sums and counts over the iteration, divided at the end: `loss/mean`, `loss/last_epoch`,
-   `rewards/{accuracy,chosen,rejected,margin}`, the objective's own per-pair metrics, and
+   `rewards/{accuracies,chosen,rejected,margins}` and `logps/{chosen,rejected}` (TRL's names), the
+   objective's own per-pair metrics, and
    `train/{steps,pairs,rejected_pairs,tokens,tokens_per_s,seconds,reference_seconds,grad_norm}`.
    Tokens count prompt+chosen plus prompt+rejected per pair per epoch; the time includes the
    reference pass (as trainer-performance.md measures TRL).
@@ -45,7 +46,7 @@ model's context is rejected instead (the sampler already bounds lengths by `max_
 This module is the loop; the parts it drives live beside it: `sparring.workers.logps` (batches and
 per-sequence log-probs), `sparring.workers.optim` (optimizer and LR schedule),
 `sparring.workers.trainer_state` (`trainer_state.pt`, RNG states, atomic checkpoint writes) and
-`sparring.workers.batching` (length-sorted chunks for the anchor pass).
+`sparring.workers.batching` (length-sorted chunks for the frozen log-prob pass).
 """
 
 from __future__ import annotations
@@ -146,7 +147,7 @@ class IterationResult:
 
 
 @dataclass
-class _Anchors:
+class _FrozenLogps:
     """Per-pair constant log-probs computed once per iteration, indexed like the iteration's pairs."""
 
     ref_chosen: Tensor | None = None  # (P,)
@@ -268,9 +269,9 @@ class PolicyTrainer:
 
         if self.objective.stateful:
             self.objective.reset()  # like the optimizer: every iteration is a fresh training run
-        anchor_started = time.perf_counter()
-        anchors = self._anchor_logps(examples)
-        anchor_seconds = time.perf_counter() - anchor_started
+        frozen_started = time.perf_counter()
+        frozen = self._frozen_logps(examples)
+        frozen_seconds = time.perf_counter() - frozen_started
 
         pairs_per_step = cfg.batch_size * cfg.grad_accumulation
         steps_per_epoch = math.ceil(len(examples) / pairs_per_step)
@@ -288,7 +289,7 @@ class PolicyTrainer:
             for step_indices in self.epoch_steps(examples, iteration, epoch, pairs_per_step):
                 self.optimizer.zero_grad(set_to_none=True)
                 for micro in step_indices.split(cfg.batch_size):
-                    out = self._loss(examples, micro, anchors)
+                    out = self._loss(examples, micro, frozen)
                     weights = torch.tensor(
                         [examples[i].weight for i in micro.tolist()], dtype=out.losses.dtype, device=out.losses.device
                     )
@@ -319,11 +320,11 @@ class PolicyTrainer:
             self.policy_version += 1
         self._position = {"iteration": iteration, "epoch": cfg.epochs, "step": sums.steps}
         seconds = time.perf_counter() - started
-        metrics = self._metrics(sums, len(examples), seconds, anchor_seconds, len(rejected))
+        metrics = self._metrics(sums, len(examples), seconds, frozen_seconds, len(rejected))
         log.info(
             "iteration %d: %d pairs (%d rejected), %d steps, loss %.4f, accuracy %.3f, %.0f tokens/s, v%d",
             iteration, len(examples), len(rejected), sums.steps, metrics["loss/mean"],
-            metrics["rewards/accuracy"], metrics["train/tokens_per_s"], self.policy_version,
+            metrics["rewards/accuracies"], metrics["train/tokens_per_s"], self.policy_version,
         )  # fmt: skip
         return IterationResult(metrics, rejected, self.policy_version)
 
@@ -412,24 +413,24 @@ class PolicyTrainer:
                 yield steps[j]
 
     @torch.no_grad()
-    def _anchor_logps(self, examples: Sequence[TokenizedPair]) -> _Anchors:
+    def _frozen_logps(self, examples: Sequence[TokenizedPair]) -> _FrozenLogps:
         """Reference and pi_t log-probs for every pair, once per iteration, before the first step."""
-        anchors = _Anchors()
+        frozen = _FrozenLogps()
         needs_ref = self.objective.needs_reference
         needs_prev = self.objective.needs_prev_policy
         if not (needs_ref or needs_prev):
-            return anchors
+            return frozen
         start_logps: tuple[Tensor, Tensor] | None = None
         if needs_prev or (needs_ref and self.initial_model is None):
             start_logps = self._all_logps(self.model, examples)  # the policy at the iteration start (pi_t)
         if needs_prev and start_logps is not None:
-            anchors.prev_chosen, anchors.prev_rejected = start_logps
+            frozen.prev_chosen, frozen.prev_rejected = start_logps
         if needs_ref:
             initial = self.initial_model
             ref_logps = start_logps if initial is None else self._all_logps(initial, examples)
             assert ref_logps is not None
-            anchors.ref_chosen, anchors.ref_rejected = ref_logps
-        return anchors
+            frozen.ref_chosen, frozen.ref_rejected = ref_logps
+        return frozen
 
     def _all_logps(self, model: PreTrainedModel, examples: Sequence[TokenizedPair]) -> tuple[Tensor, Tensor]:
         """(chosen (P,), rejected (P,)) log-probs of every pair; sorted by length to cut padding."""
@@ -444,8 +445,8 @@ class PolicyTrainer:
         chosen, rejected = map_by_length([e.num_tokens for e in examples], chunk, forward, out, dim=1)
         return chosen, rejected
 
-    def _loss(self, examples: Sequence[TokenizedPair], indices: Tensor, anchors: _Anchors) -> LossOutput:
-        """The objective on one micro-batch: one policy forward over 2B rows, anchors from the cache."""
+    def _loss(self, examples: Sequence[TokenizedPair], indices: Tensor, frozen: _FrozenLogps) -> LossOutput:
+        """The objective on one micro-batch: one policy forward over 2B rows, frozen from the cache."""
         micro = [examples[i] for i in indices.tolist()]
         checkpointing = self.trainer_cfg.gradient_checkpointing
         if checkpointing:
@@ -472,15 +473,18 @@ class PolicyTrainer:
             policy_rejected_logps=logps[b:],
             chosen_lengths=lengths[:b],
             rejected_lengths=lengths[b:],
-            ref_chosen_logps=pick(anchors.ref_chosen),
-            ref_rejected_logps=pick(anchors.ref_rejected),
-            prev_chosen_logps=pick(anchors.prev_chosen),
-            prev_rejected_logps=pick(anchors.prev_rejected),
+            ref_chosen_logps=pick(frozen.ref_chosen),
+            ref_rejected_logps=pick(frozen.ref_rejected),
+            prev_chosen_logps=pick(frozen.prev_chosen),
+            prev_rejected_logps=pick(frozen.prev_rejected),
             win_prob=column("win_prob", self.objective.needs_win_prob),
             chosen_win_rate=column("chosen_win_rate", self.objective.needs_win_rates),
             rejected_win_rate=column("rejected_win_rate", self.objective.needs_win_rates),
         )
-        return self.objective(inputs)
+        out = self.objective(inputs)
+        # TRL's logps/chosen, logps/rejected: the policy's summed completion log-probs, averaged over pairs
+        out.metrics.update({"logps/chosen": logps[:b].detach(), "logps/rejected": logps[b:].detach()})
+        return out
 
     def _autocast(self) -> Any:
         """bf16 autocast for the forward when configured; `sequence_logps` upcasts logits to fp32."""
@@ -489,7 +493,7 @@ class PolicyTrainer:
         return torch.autocast(device_type=str(self.device).split(":")[0], dtype=self.autocast_dtype)
 
     def _metrics(
-        self, s: _Sums, num_pairs: int, seconds: float, anchor_seconds: float, num_rejected: int
+        self, s: _Sums, num_pairs: int, seconds: float, frozen_seconds: float, num_rejected: int
     ) -> dict[str, float]:
         def ratio(num: float, den: float) -> float:
             return num / den if den else 0.0
@@ -497,10 +501,10 @@ class PolicyTrainer:
         metrics = {
             "loss/mean": ratio(s.loss, s.pairs),
             "loss/last_epoch": ratio(s.last_epoch_loss, s.last_epoch_pairs),
-            "rewards/accuracy": ratio(s.correct, s.pairs),
+            "rewards/accuracies": ratio(s.correct, s.pairs),
             "rewards/chosen": ratio(s.chosen_reward, s.pairs),
             "rewards/rejected": ratio(s.rejected_reward, s.pairs),
-            "rewards/margin": ratio(s.chosen_reward - s.rejected_reward, s.pairs),
+            "rewards/margins": ratio(s.chosen_reward - s.rejected_reward, s.pairs),
             "train/steps": float(s.steps),
             "train/skipped_steps": float(s.skipped_steps),
             "train/pairs": float(num_pairs),
@@ -508,7 +512,7 @@ class PolicyTrainer:
             "train/tokens": float(s.tokens),
             "train/tokens_per_s": ratio(s.tokens, seconds),
             "train/seconds": seconds,
-            "train/reference_seconds": anchor_seconds,
+            "train/reference_seconds": frozen_seconds,
             "train/grad_norm": ratio(s.grad_norm, s.steps - s.skipped_steps),
         }
         for name, total in s.extra.items():

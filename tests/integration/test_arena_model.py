@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from sparring.shared import arena
-from sparring.shared.arena_model import arena_model_dir, build_arena_model, check_prompt_boundary
 from sparring.shared.models import load_causal_lm, load_tokenizer, prompt_token_ids
+from sparring.tasks.arena import rules as arena
+from sparring.tasks.arena.policy import arena_model_dir, build_arena_model, check_prompt_boundary
 
 pytestmark = pytest.mark.integration
 

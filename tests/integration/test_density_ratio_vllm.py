@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from sparring.shared.arena_model import build_arena_model
 from sparring.shared.models import load_tokenizer
-from sparring.workers.judges.arena_strong import build_arena_strong, gold_agreement, heldout_pairs
+from sparring.tasks.arena.policy import build_arena_model
+from sparring.tasks.arena.strong import build_arena_strong, gold_agreement, heldout_pairs
 from sparring.workers.judges.density_ratio import (
     DensityRatioJudge,
     ScoredTokens,

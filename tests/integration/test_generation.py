@@ -14,8 +14,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sparring.shared.models import load_tokenizer, prompt_token_ids
+from sparring.shared.records import Completion
 from sparring.workers.checkpoints import eos_token_ids
-from sparring.workers.generation import EngineLoadError, Sample, SamplingSpec, TransformersEngine, VLLMEngine
+from sparring.workers.generation import EngineLoadError, SamplingSpec, TransformersEngine, VLLMEngine
 from tests.helpers import make_tiny_checkpoint
 
 pytestmark = pytest.mark.integration
@@ -62,7 +63,7 @@ def engine(request: pytest.FixtureRequest) -> VLLMEngine | TransformersEngine:
     return request.getfixturevalue(name)
 
 
-def _ids(groups: list[list[Sample]]) -> list[list[list[int]]]:
+def _ids(groups: list[list[Completion]]) -> list[list[list[int]]]:
     return [[s.token_ids for s in g] for g in groups]
 
 

@@ -12,12 +12,12 @@ import pytest
 import redis
 import torch
 
-from sparring.shared import arena
 from sparring.shared.config import RunConfig
 from sparring.shared.queue import StreamQueue
 from sparring.shared.records import Completion, GenerationGroup, Judgement, PreferencePair
+from sparring.tasks.arena import rules as arena
+from sparring.tasks.arena.oracle import ArenaOracleJudge
 from sparring.workers.actors import JUDGES_GROUP, JudgeWorker
-from sparring.workers.judges.oracle import ArenaOracleJudge
 from sparring.workers.judges.pool import GroupFailure, JudgePool
 from sparring.workers.judges.uncertainty import UncertaintyJudge
 
@@ -40,7 +40,10 @@ def arena_group(n: int, k: int = 4, run_id: str = "t", seed: int = 0) -> Generat
 
 
 def config_json(timeout_s: float = 30.0) -> str:
-    cfg = RunConfig.model_validate({"judge": {"timeout_s": timeout_s}, "algorithm": {"pairs": "best_vs_worst"}})
+    cfg = RunConfig.model_validate(
+        {"policy": {"path": "arena"}, "prompts": {"source": "arena"}, "judge": {"kind": "arena_oracle", "timeout_s": timeout_s},
+         "algorithm": {"pairs": "best_vs_worst"}}  # fmt: skip
+    )
     return cfg.model_dump_json()
 
 

@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def arena_model() -> str:
-    from sparring.shared.arena_model import build_arena_model
+    from sparring.tasks.arena.policy import build_arena_model
 
     return str(build_arena_model(0))
 
@@ -44,10 +44,12 @@ def small_config(tmp_path: Path, **overrides: Any) -> RunConfig:
     data: dict[str, Any] = {
         "name": "itest",
         "policy": {"path": "arena"},
+        "judge": {"kind": "arena_oracle"},
+        "prompts": {"source": "arena"},
         "generation": {"num_generators": 2, "samples_per_prompt": 4, "prompts_per_request": 8, "max_new_tokens": 32},
         "trainer": {"learning_rate": 3e-4, "epochs": 1, "batch_size": 16, "torch_threads": 1},
         "schedule": {"iterations": 1, "prompts_per_iteration": 96},
-        "eval": {"num_prompts": 32},
+        "eval": {"num_prompts": 32, "prompts": {"source": "arena_heldout"}, "evaluators": ["arena_gold"]},
         "storage": {"run_dir": str(tmp_path), "claim_idle_ms": 60_000},
     }
     for section, values in overrides.items():
@@ -162,7 +164,9 @@ def test_transformers_backend_runs_an_iteration(
     summary = ray_local.get(done, timeout=600)
     (it,) = summary["iterations"]
     assert it["groups"] == 32 and it["pairs"] > 0 and it["policy_version"] == 1
-    assert it["gold_win_rate_vs_iter0"] is not None
+    assert 0.0 <= it["eval"]["eval/arena_gold/win_rate_vs_iter0"] <= 1.0
+    # the oracle is also the evaluation judge here: its win rate is the gold one
+    assert it["eval"]["eval/win_rate_vs_iter0"] == it["eval"]["eval/arena_gold/win_rate_vs_iter0"]
     groups = StreamQueue(redis_client, unique_run_id).read_all("generations", GenerationGroup)
     assert {g.engine_id for _, g in groups} == {"gen-0"}
 
@@ -171,12 +175,12 @@ def test_drift_pairs_fresh_samples_against_logged_responses(
     ray_local: Any, redis_url: str, redis_client: Any, arena_model: str, unique_run_id: str, tmp_path: Path
 ) -> None:
     """DRIFT end to end: no judge; each pair's rejected side is the logged dissatisfying response."""
-    from sparring.shared.arena_dsat import arena_dsat_logs
+    from sparring.tasks.arena.dsat import arena_dsat_logs
 
     data = small_config(tmp_path).model_dump(mode="json")
     data.update(
         preset="drift",
-        prompts={"source": "arena_dsat", "dsat_count": 32},
+        prompts={"source": "arena_dsat", "count": 32},
         judge={"kind": "none"},
         algorithm={"objective": "rpo", "rpo_alpha": 0.001, "pairs": "drift", "drift_guided": True},
         generation={**data["generation"], "samples_per_prompt": 1, "num_generators": 1},

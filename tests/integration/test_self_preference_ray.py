@@ -138,8 +138,8 @@ def test_registry_builds_the_self_preference_judge_on_the_run_policy(ckpt: str, 
 
 def test_arena_policy_judges_like_gold() -> None:
     """The issue's bar: >= 0.60 agreement on the 320 held-out pairs with distinct gold scores (docs/judges.md)."""
-    from sparring.shared.arena_model import build_arena_model
-    from sparring.workers.judges.arena_strong import gold_agreement, heldout_pairs
+    from sparring.tasks.arena.policy import build_arena_model
+    from sparring.tasks.arena.strong import gold_agreement, heldout_pairs
 
     judge = SelfPreferenceJudge.from_pretrained(build_arena_model(0))
     agreement = gold_agreement(judge, heldout_pairs())

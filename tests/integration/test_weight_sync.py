@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from sparring.shared.models import load_tokenizer, prompt_token_ids
+from sparring.shared.records import Completion
 from sparring.workers.checkpoints import load_state_dir
-from sparring.workers.generation import Sample, SamplingSpec, TransformersEngine, VLLMEngine
+from sparring.workers.generation import SamplingSpec, TransformersEngine, VLLMEngine
 from sparring.workers.weight_sync import (
     WeightSyncError,
     WeightUpdate,
@@ -46,7 +47,7 @@ def prompts(ckpts: tuple[Path, Path]) -> list[list[int]]:
 
 
 def _greedy(engine: VLLMEngine | TransformersEngine, prompts: list[list[int]]) -> list[list[int]]:
-    groups: list[list[Sample]] = engine.generate(prompts, [GREEDY] * len(prompts))
+    groups: list[list[Completion]] = engine.generate(prompts, [GREEDY] * len(prompts))
     return [g[0].token_ids for g in groups]
 
 

@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from sparring.shared import arena
-from sparring.shared.arena import (
+from sparring.tasks.arena import rules as arena
+from sparring.tasks.arena.rules import (
     POLITE_WORDS,
     TEMPLATES,
     TOPICS,
@@ -126,8 +126,14 @@ def test_gold_win_rate_hand_example() -> None:
     assert wr.ci_low == pytest.approx(0.625 - 1.96 * math.sqrt(0.6875 / 3) / 2)
     assert wr.ci_low == pytest.approx(0.1558607, abs=1e-6)
     assert wr.ci_high == 1.0
-    assert wr.mean_gold_a == pytest.approx(1.0)
-    assert wr.mean_gold_b == pytest.approx(1.5)
+    # the task evaluator reports the same numbers plus both mean gold scores
+    from sparring.shared.prompts import PromptItem
+    from sparring.tasks.arena.evaluation import GoldEvaluator
+
+    items = [PromptItem(f"p{i}", "Tell me about otters.") for i in range(4)]
+    metrics = GoldEvaluator().evaluate(items, b, a)
+    assert metrics["win_rate_vs_iter0"] == pytest.approx(0.625) and metrics["win_rate_vs_iter0_ci_low"] == wr.ci_low
+    assert metrics["mean_gold"] == pytest.approx(1.5) and metrics["mean_gold_iter0"] == pytest.approx(1.0)
 
 
 def test_gold_win_rate_all_equal_has_zero_width() -> None:

@@ -7,12 +7,24 @@ import pytest
 
 from sparring.shared.config import ConfigError, RunConfig, load_config
 
-DEMO = Path(__file__).resolve().parents[2] / "examples" / "arena-demo.yaml"
+DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo.yaml"
 
 
-def write(tmp_path: Path, text: str) -> Path:
+# what every config must name: the model, the judge and the prompts
+BASE = "policy:\n  path: arena\njudge:\n  kind: arena_oracle\nprompts:\n  source: arena\n"
+
+
+def write(tmp_path: Path, text: str, base: str = BASE) -> Path:
+    """A run.yaml of `base` with `text`'s top-level sections replacing base's."""
+    import yaml
+
     p = tmp_path / "run.yaml"
-    p.write_text(text)
+    if not base:
+        p.write_text(text)
+        return p
+    data = yaml.safe_load(base)
+    data.update(yaml.safe_load(text) or {})
+    p.write_text(yaml.safe_dump(data))
     return p
 
 
@@ -48,8 +60,37 @@ def test_missing_model_directory_is_named(tmp_path: Path) -> None:
 
 
 def test_hub_id_is_accepted_without_network() -> None:
-    cfg = RunConfig.model_validate({"policy": {"path": "Qwen/Qwen2-0.5B"}})
+    cfg = RunConfig.model_validate(
+        {"policy": {"path": "Qwen/Qwen2-0.5B"}, "judge": {"kind": "pairrm", "model": "llm-blender/PairRM-hf"},
+         "prompts": {"source": "jsonl", "path": __file__}}  # fmt: skip
+    )
     assert cfg.policy.path == "Qwen/Qwen2-0.5B"
+
+
+def test_model_judge_and_prompts_are_required(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, "", base=""))
+    assert all(f"{key}: Field required" in str(e.value) for key in ("policy", "judge", "prompts"))
+
+
+def test_unknown_task_components_name_the_known_ones(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"judge.kind: .*unknown judge kind 'arena_orakel'; known: .*arena_oracle.*pairrm"):
+        load_config(write(tmp_path, "judge:\n  kind: arena_orakel\n"))
+    with pytest.raises(ConfigError, match=r"prompts.source: .*unknown prompt source 'arenna'; known: arena, arena_dsat, arena_heldout, dsat, jsonl"):
+        load_config(write(tmp_path, "prompts:\n  source: arenna\n"))
+    with pytest.raises(ConfigError, match=r"eval.evaluators.*unknown evaluator 'gold'; known: arena_gold"):
+        load_config(write(tmp_path, "eval:\n  evaluators: [gold]\n"))
+
+
+def test_eval_judge_defaults_to_an_independent_training_judge(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, ""))
+    assert cfg.eval_judge is not None and cfg.eval_judge.kind == "arena_oracle"
+    osp = load_config(write(tmp_path, "preset: osp\njudge:\n  kind: self_preference\n"))
+    assert osp.eval_judge is None  # a policy judging itself is no independent measure
+    own = load_config(write(tmp_path, "preset: osp\njudge:\n  kind: self_preference\neval:\n  judge: {kind: arena_pairrm}\n"))
+    assert own.eval_judge is not None and own.eval_judge.kind == "arena_pairrm"
+    with pytest.raises(ConfigError, match="eval.judge.kind=none"):
+        load_config(write(tmp_path, "eval:\n  judge: {kind: none}\n"))
 
 
 def test_overrides_apply_dotted_keys() -> None:
@@ -59,31 +100,31 @@ def test_overrides_apply_dotted_keys() -> None:
 
 def test_not_a_mapping_and_bad_yaml(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="top level must be a mapping"):
-        load_config(write(tmp_path, "- a\n- b\n"))
+        load_config(write(tmp_path, "- a\n- b\n", base=""))
     with pytest.raises(ConfigError, match="not valid YAML"):
-        load_config(write(tmp_path, "trainer: [unclosed\n"))
+        (tmp_path / "bad.yaml").write_text("trainer: [unclosed\n")
+        load_config(tmp_path / "bad.yaml")
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")
 
 
-def test_cross_field_oracle_needs_arena_prompts(tmp_path: Path) -> None:
-    from sparring.shared.arena import arena_prompts
-    from sparring.shared.prompts import PromptPoolError, load_run_prompts
+def test_a_task_judge_checks_prompts_from_other_sources(tmp_path: Path) -> None:
+    from sparring.shared.prompts import PromptPoolError, load_run_prompts, run_prompts
+    from sparring.tasks.arena.rules import arena_prompts
 
-    logs = tmp_path / "logs.jsonl"
-    logs.write_text("{}\n")
-    with pytest.raises(ConfigError, match="arena_oracle scores arena prompts"):
-        load_config(write(tmp_path, f"algorithm:\n  pairs: drift\nprompts:\n  source: dsat\n  path: {logs}\n"))
     # a JSONL pool judged by an arena judge must hold arena prompts: each other line is named
     pool = tmp_path / "p.jsonl"
     arena = arena_prompts("train")[0]
     pool.write_text(json.dumps({"id": "ok", "prompt": arena.prompt}) + '\n{"id": "x", "prompt": "hi"}\n')
     cfg = load_config(write(tmp_path, f"prompts:\n  source: jsonl\n  path: {pool}\n"))
-    assert cfg.is_arena
-    with pytest.raises(PromptPoolError, match="id 'x': not an arena prompt"):
+    with pytest.raises(PromptPoolError, match="id 'x': not an arena prompt.*judge.kind=arena_oracle"):
         load_run_prompts(cfg)
     pool.write_text(json.dumps({"id": "ok", "prompt": arena.prompt}) + "\n")
     assert [p.prompt_id for p in load_run_prompts(cfg)] == ["ok"]
+    # the arena's own sources need no check; the held-out split of a pool is disjoint from its train part
+    split = run_prompts(load_config(write(tmp_path, "eval:\n  num_prompts: 100\n")))
+    assert len(split.heldout) == 100 and len(split.train) == 540
+    assert not {p.prompt_id for p in split.heldout} & {p.prompt_id for p in split.train}
 
 
 def test_preset_fills_missing_keys_and_user_keys_win(tmp_path: Path) -> None:
@@ -109,14 +150,19 @@ def test_unknown_preset_is_named(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", ["dpo", "sppo", "inpo", "drift", "osp"])
 def test_every_arena_example_validates(name: str) -> None:
     cfg = load_config(DEMO.parent / f"arena-{name}.yaml")
-    assert cfg.preset == name and cfg.is_arena
+    assert cfg.preset == name and "arena_gold" in cfg.eval.evaluators
 
 
 def test_drift_needs_a_dsat_source(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="drift and a dissatisfaction-log prompt source"):
-        load_config(write(tmp_path, "algorithm:\n  pairs: drift\n"))
+    from sparring.shared.prompts import PromptPoolError, load_run_prompts
+
+    cfg = load_config(write(tmp_path, "algorithm:\n  pairs: drift\n"))
+    with pytest.raises(PromptPoolError, match="algorithm.pairs=drift needs a logged response on every prompt"):
+        load_run_prompts(cfg)
+    with pytest.raises(ConfigError, match="drift needs a dissatisfaction-log prompt source"):
+        load_config(write(tmp_path, f"algorithm:\n  pairs: drift\nprompts:\n  source: jsonl\n  path: {__file__}\n"))
     with pytest.raises(ConfigError, match="prompts.path|source=dsat needs a path"):
-        load_config(write(tmp_path, "preset: drift\n"))
+        load_config(write(tmp_path, "preset: drift\nprompts:\n  source: dsat\n"))
 
 
 def test_density_ratio_judge_needs_both_models(tmp_path: Path) -> None:

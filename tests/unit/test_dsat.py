@@ -5,11 +5,11 @@ import json
 
 import pytest
 
-from sparring.shared.arena import gold_score, topic_of
-from sparring.shared.arena_dsat import arena_dsat_logs
 from sparring.shared.dsat import DSATError, DSATLog, drift_generation_prompt, parse_dsat_jsonl
 from sparring.shared.prompts import dsat_item
 from sparring.shared.records import Completion, GenerationGroup
+from sparring.tasks.arena.dsat import arena_dsat_logs
+from sparring.tasks.arena.rules import gold_score, topic_of
 from sparring.workers.recipes.pairs import build_anchor_pairs
 
 GOOD = {

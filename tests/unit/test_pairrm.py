@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from sparring.shared import arena
 from sparring.shared.records import Completion, GenerationGroup
+from sparring.tasks.arena import rules as arena
 from sparring.workers.judges import pairrm as prm
 from sparring.workers.judges import pairrm_train as pt
 
@@ -243,7 +243,7 @@ def test_training_step_learns_a_rule(scorer: prm.PairRM) -> None:
 
 def _run_yaml(tmp_path: Path, text: str) -> Path:
     p = tmp_path / "run.yaml"
-    p.write_text(text)
+    p.write_text("policy:\n  path: arena\nprompts:\n  source: arena\n" + text)
     return p
 
 
@@ -262,12 +262,7 @@ def test_config_pairrm_kinds_validate(tiny_dir: Path, tmp_path: Path) -> None:
     assert hub.judge.model == "llm-blender/PairRM-hf"  # a hub id is resolved when the judge is built
     assert load_config(_run_yaml(tmp_path, "judge:\n  kind: arena_pairrm\n")).judge.kind == "arena_pairrm"
     example = load_config(Path(__file__).resolve().parents[2] / "examples" / "arena-sppo-pairrm.yaml")
-    assert (example.judge.kind, example.preset, example.is_arena) == ("arena_pairrm", "sppo", True)
-    logs = tmp_path / "logs.jsonl"
-    logs.write_text("{}\n")
-    with pytest.raises(ConfigError, match="arena_pairrm scores arena prompts"):
-        load_config(_run_yaml(tmp_path, f"judge:\n  kind: arena_pairrm\nalgorithm:\n  pairs: drift\n"
-                                        f"prompts:\n  source: dsat\n  path: {logs}\n"))
+    assert (example.judge.kind, example.preset, example.prompts.source) == ("arena_pairrm", "sppo", "arena")
 
 
 def test_registry_builds_pairrm_from_a_local_dir(tiny_dir: Path, scorer: prm.PairRM) -> None:

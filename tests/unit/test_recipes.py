@@ -7,7 +7,7 @@ import pytest
 
 from sparring.shared.prompts import PromptPoolError, parse_jsonl_prompts
 from sparring.shared.records import Completion, GenerationGroup, Judgement
-from sparring.workers.judges.oracle import ArenaOracleJudge
+from sparring.tasks.arena.oracle import ArenaOracleJudge
 from sparring.workers.recipes.pairs import build_pairs
 
 

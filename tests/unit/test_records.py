@@ -18,7 +18,6 @@ from sparring.shared.records import (
     PreferencePair,
     PromptTask,
     Record,
-    WinRate,
     as_dict,
     decode,
     encode,
@@ -74,10 +73,6 @@ def pair() -> PreferencePair:
     )
 
 
-def win_rate() -> WinRate:
-    return WinRate(win_rate=0.6, ci_low=0.5, ci_high=0.7, num_prompts=100, mean_gold_a=1.0, mean_gold_b=0.5)
-
-
 def iteration_record() -> IterationRecord:
     return IterationRecord(
         run_id="r",
@@ -90,7 +85,7 @@ def iteration_record() -> IterationRecord:
         num_dead=0,
         metrics={"loss/total": 0.69},
         stage_seconds={"generate": 1.0},
-        gold_win_rate_vs_iter0=win_rate(),
+        eval={"eval/win_rate_vs_iter0": 0.6, "eval/win_rate_vs_iter0_ci_low": 0.5, "eval/kl_vs_iter0": 1.25},
         checkpoint="/tmp/ckpt/1",
         started_at=1.0,
         finished_at=2.0,
@@ -105,7 +100,6 @@ ALL_RECORDS: list[Record] = [
     Judgement(judge="j", scores=[1.0, 2.0, 3.0]),
     pair(),
     DeadLetter(stage="judge", item_id="p7@v3", reason="boom", attempts=3, payload=b"\x00\xffraw"),
-    win_rate(),
     iteration_record(),
 ]
 
@@ -138,7 +132,7 @@ def test_bytes_payload_survives_as_bytes() -> None:
 
 def test_as_dict_is_json_friendly() -> None:
     d = as_dict(iteration_record())
-    assert d["gold_win_rate_vs_iter0"]["win_rate"] == 0.6
+    assert d["eval"]["eval/win_rate_vs_iter0"] == 0.6 and d["eval"]["eval/kl_vs_iter0"] == 1.25
 
 
 def _error_locs(exc: ValidationError) -> list[tuple[object, ...]]:

@@ -140,7 +140,7 @@ def test_initial_dpo_loss_is_log_two(ckpt: Path) -> None:
     result = trainer.train_iteration(synthetic_pairs(16), iteration=1)  # one step: loss measured before it
     assert result.metrics["train/steps"] == 1
     assert result.metrics["loss/mean"] == pytest.approx(math.log(2.0), abs=1e-5)
-    assert abs(result.metrics["rewards/margin"]) < 1e-5
+    assert abs(result.metrics["rewards/margins"]) < 1e-5
     assert result.metrics["rewards/sigmoid_neg_margin"] == pytest.approx(0.5, abs=1e-5)
 
 
@@ -153,8 +153,8 @@ def test_training_learns_a_fixed_preference_and_changes_every_parameter(ckpt: Pa
     assert m["train/steps"] == 4 * 6 and m["train/pairs"] == 48
     assert m["loss/last_epoch"] < m["loss/mean"] < math.log(2.0)
     assert m["loss/last_epoch"] < 0.5
-    assert m["rewards/accuracy"] > 0.7
-    assert m["rewards/margin"] > 0
+    assert m["rewards/accuracies"] > 0.7
+    assert m["rewards/margins"] > 0
     assert m["train/tokens"] > 0 and m["train/tokens_per_s"] > 0 and m["train/grad_norm"] > 0
     assert messages and messages[-1].startswith("step 24/24")
     assert result.policy_version == trainer.policy_version == 1
@@ -182,7 +182,7 @@ def test_initial_reference_stays_fixed_across_iterations(ckpt: Path) -> None:
     trainer.trainer_cfg = one_step
     second = trainer.train_iteration(synthetic_pairs(32), iteration=2)
     assert second.metrics["loss/mean"] < math.log(2.0) - 0.01
-    assert second.metrics["rewards/accuracy"] > 0.6
+    assert second.metrics["rewards/accuracies"] > 0.6
 
 
 def test_bad_pairs_are_rejected_with_reasons(ckpt: Path) -> None:

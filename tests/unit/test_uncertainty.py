@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from sparring.shared import arena
 from sparring.shared.config import JudgeConfig
 from sparring.shared.records import Completion, GenerationGroup
+from sparring.tasks.arena import rules as arena
+from sparring.tasks.arena.oracle import ArenaOracleJudge
 from sparring.workers.judges import pairrm as prm
 from sparring.workers.judges import pairrm_train as pt
 from sparring.workers.judges import uncertainty as u
-from sparring.workers.judges.oracle import ArenaOracleJudge
 from sparring.workers.judges.registry import build_judge
 
 # --------------------------------------------------------------------------------------------------

@@ -27,13 +27,13 @@ Contract (judges.md section 2.5 pitfalls):
   negative and long ones when it is positive.
 
 Customisation (judges.md section 2.3): `criteria` becomes a system turn (or, for chat templates that
-drop system turns, as the tiny arena template does, a paragraph before the user message); `exemplars` are
+drop system turns, as the tiny test template does, a paragraph before the user message); `exemplars` are
 rendered as "User: ... Good Assistant: ... Bad Assistant: ..." blocks before the query, and the query is
 followed by `exemplar_suffix` ("\\nGood Assistant:"). Everything goes through the chat template with the
 generation prompt, so the response tokens sit where the model expects an assistant turn.
 
 Two scoring backends behind one `LogProbScorer` protocol, which must agree (tests check < 1e-3 on the
-arena model): `TransformersScorer` (one right-padded batch per chunk through
+tiny test models): `TransformersScorer` (one right-padded batch per chunk through
 `sparring.workers.logps.sequence_logps`) and `VLLMScorer` (`prompt_logprobs=0` on context+response,
 summing the response positions). The judge returns per-response scores and, optionally, the K x K
 matrix P[i][j] = sigmoid(scale * (s_i - s_j)).
@@ -471,19 +471,3 @@ def spa_judge(
     kwargs.setdefault("response_tokens", "ids")
     kwargs.setdefault("name", "spa")
     return build_density_ratio_judge(current_policy, initial_policy, backend=backend, **kwargs)
-
-
-class ArenaDensityRatioJudge(DensityRatioJudge):
-    """CDR on the built-in arena: strong = `build_arena_strong(0)`, weak = the arena base policy.
-
-    Zero-argument so `registry.build_judge` can build it by name; both models build on first use (cached).
-    """
-
-    def __init__(self, reduction: Reduction = "sum", backend: Backend = "transformers") -> None:
-        from sparring.shared.arena_model import build_arena_model
-        from sparring.workers.judges.arena_strong import build_arena_strong
-
-        base = build_arena_model(0)
-        strong = build_arena_strong(0, base_dir=base)
-        judge = build_density_ratio_judge(str(strong), str(base), backend=backend, reduction=reduction)
-        super().__init__(judge.strong, judge.weak, judge.tokenizer, reduction=reduction, name="arena_cdr")

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -557,12 +556,3 @@ def build_pairrm_judge(model: str | Path, max_batch_size: int = 32, name: str = 
     return PairRMJudge(model, device=device, max_batch_size=max_batch_size, name=name)
 
 
-def agreement_interval(hits: int, n: int, z: float = 1.96) -> tuple[float, float, float]:
-    """(rate, low, high): Wilson score interval of a proportion."""
-    if n == 0:
-        return math.nan, 0.0, 1.0
-    p = hits / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return p, max(0.0, centre - half), min(1.0, centre + half)

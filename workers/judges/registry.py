@@ -1,37 +1,25 @@
-"""Judge registry: config name -> judge. The only place a judge is chosen by name."""
+"""Judge registry: `judge.kind` -> judge. The only place a judge is chosen by name.
+
+The core kinds are built here; any other kind is a judge a task registers (`shared/tasks.py`), built by
+the task's builder with the judge config and the run config.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from sparring.shared.config import ARENA_MODEL, JudgeConfig, RunConfig
+from sparring.shared import tasks
+from sparring.shared.config import JudgeConfig, RunConfig
 from sparring.workers.judges.base import Judge
-from sparring.workers.judges.oracle import ArenaOracleJudge
-
-
-def _arena_cdr() -> Judge:
-    from sparring.workers.judges.density_ratio import ArenaDensityRatioJudge
-
-    return ArenaDensityRatioJudge()
-
-
-def _arena_pairrm() -> Judge:
-    from sparring.workers.judges.pairrm_train import arena_pairrm_judge
-
-    return arena_pairrm_judge()
-
-
-JUDGES: dict[str, Callable[[], Judge]] = {
-    "arena_oracle": ArenaOracleJudge, "arena_cdr": _arena_cdr, "arena_pairrm": _arena_pairrm,
-}
 
 
 def build_judge(cfg: JudgeConfig, run: RunConfig | None = None) -> Judge | None:
     """The configured judge; None for `kind: none` (recipes that pair without judging, e.g. DRIFT).
 
-    `run` is the whole run config: `self_preference` judges with the run's policy (`policy.path`, built for
-    `seed` when it is the arena policy), so it needs it.
+    `run` is the whole run config: `self_preference` judges with the run's policy (`policy.path`, resolved
+    for `seed` when a task builds it) and needs it; task judges receive it (or None). Model names a task
+    registers resolve for `run.seed` (0 without a run). Raises `KeyError` for a kind no installed task
+    registers (config validation names them first), ValueError for self_preference without `run`.
     """
+    seed = 0 if run is None else run.seed
     if cfg.kind == "none":
         return None
     if cfg.uncertainty is not None:  # composition: primary judge -> MC-dropout uncertainty
@@ -46,30 +34,26 @@ def build_judge(cfg: JudgeConfig, run: RunConfig | None = None) -> Judge | None:
         assert cfg.model  # config validation
         return build_pairrm_judge(cfg.model)
     if cfg.kind == "density_ratio":
+        from sparring.shared.models import resolve_model_path
         from sparring.workers.judges.density_ratio import build_density_ratio_judge
 
         assert cfg.strong_model and cfg.weak_model  # config validation
         return build_density_ratio_judge(
-            cfg.strong_model, cfg.weak_model, reduction=cfg.reduction, criteria=cfg.criteria
+            resolve_model_path(cfg.strong_model, seed),
+            resolve_model_path(cfg.weak_model, seed),
+            reduction=cfg.reduction,
+            criteria=cfg.criteria,
         )
     if cfg.kind == "self_preference":
-        from sparring.workers.judges.self_preference import SelfPreferenceJudge
-
         if run is None:
             raise ValueError("judge.kind=self_preference judges with the policy: build_judge needs the run config")
         import torch
 
+        from sparring.shared.models import resolve_model_path
+        from sparring.workers.judges.self_preference import SelfPreferenceJudge
+
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        return SelfPreferenceJudge.from_pretrained(policy_checkpoint(run), dtype=run.policy.dtype, device=device)
-    return JUDGES[cfg.kind]()
-
-
-def policy_checkpoint(run: RunConfig) -> str:
-    """The run's initial policy checkpoint dir (the arena policy is built once per seed, then cached)."""
-    from sparring.shared.models import check_model_path
-
-    if run.policy.path == ARENA_MODEL:
-        from sparring.shared.arena_model import build_arena_model
-
-        return str(build_arena_model(run.seed))
-    return check_model_path(run.policy.path)
+        return SelfPreferenceJudge.from_pretrained(
+            resolve_model_path(run.policy.path, run.seed), dtype=run.policy.dtype, device=device
+        )
+    return tasks.require("judges", cfg.kind)(cfg, run)

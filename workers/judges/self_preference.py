@@ -29,9 +29,9 @@ The judge's weights follow the policy: `load_weights(path)` loads a checkpoint d
 architecture in place (the controller pushes every new policy version to the judges, through
 `sparring.workers.weight_sync.apply_update`, as it does to the generators; `follows_policy` says so).
 
-The default judge prompt is the arena's (`sparring.shared.arena.JUDGE_TEMPLATE`, " A" / " B"), the one the
-arena policy is pretrained to answer. For a policy that was not taught it pass a template it understands;
-the two answers must each be one token of its tokenizer (checked).
+The default judge prompt is `DEFAULT_TEMPLATE` with the answers " A" / " B" (tasks that pretrain their
+policy to judge, such as the built-in test task, teach it this prompt). For a policy that was not taught it
+pass a template it understands; the two answers must each be one token of its tokenizer (checked).
 """
 
 from __future__ import annotations
@@ -42,7 +42,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sparring.shared.arena import JUDGE_ANSWERS, JUDGE_TEMPLATE
 from sparring.shared.models import load_causal_lm, load_tokenizer, prompt_token_ids, text_token_ids
 from sparring.shared.records import GenerationGroup, Judgement
 
@@ -50,6 +49,9 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
+
+DEFAULT_TEMPLATE = "Which answer to the question is better, A or B?\nQuestion: {question}\nA: {a}\nB: {b}"
+DEFAULT_ANSWERS = (" A", " B")  # each must be one token of the judging policy's tokenizer (checked)
 
 
 class SelfPreferenceJudge:
@@ -69,8 +71,8 @@ class SelfPreferenceJudge:
         batch_size: int = 64,
         name: str = "self_preference",
     ) -> None:
-        template = JUDGE_TEMPLATE if template is None else template
-        answers = JUDGE_ANSWERS if answers is None else answers
+        template = DEFAULT_TEMPLATE if template is None else template
+        answers = DEFAULT_ANSWERS if answers is None else answers
         for key in ("{question}", "{a}", "{b}"):
             if key not in template:
                 raise ValueError(f"judge template needs {key}; got {template!r}")
@@ -215,10 +217,3 @@ class SelfPreferenceJudge:
 
 def _sign(x: float) -> int:
     return (x > 0) - (x < 0)
-
-
-def arena_self_preference_judge(seed: int = 0, **kwargs: object) -> SelfPreferenceJudge:
-    """The arena base policy (`build_arena_model(seed)`) as its own judge."""
-    from sparring.shared.arena_model import build_arena_model
-
-    return SelfPreferenceJudge.from_pretrained(build_arena_model(seed), **kwargs)  # type: ignore[arg-type]

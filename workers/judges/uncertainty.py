@@ -369,14 +369,11 @@ class UncertaintyJudge:
 
 
 def build_estimator(cfg: UncertaintyConfig) -> PairEstimator:
-    """The configured estimator: `arena_pairrm` (the arena's tiny PairRM, built once) or a PairRM directory."""
+    """The configured estimator: a PairRM directory or hub id, or a PairRM model a task registers (built once)."""
+    from sparring.shared.models import resolve_model_path
     from sparring.workers.judges.pairrm import PairRM
 
-    path = cfg.estimator
-    if path == "arena_pairrm":
-        from sparring.workers.judges.pairrm_train import build_arena_pairrm
-
-        path = str(build_arena_pairrm(cfg.seed))
+    path = resolve_model_path(cfg.estimator, cfg.seed)
     return PairRMEstimator(PairRM.load(path, max_batch_size=cfg.batch_size), dropout=cfg.dropout)
 
 

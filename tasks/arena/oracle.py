@@ -10,8 +10,8 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from sparring.shared.arena import gold_score, topic_of
 from sparring.shared.records import GenerationGroup, Judgement
+from sparring.tasks.arena.rules import gold_score, topic_of
 
 
 class ArenaOracleJudge:

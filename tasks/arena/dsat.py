@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 
-from sparring.shared.arena import (
+from sparring.tasks.arena.rules import (
     MIN_WORDS,
     POLITE_CAP,
     arena_prompts,

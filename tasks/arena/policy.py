@@ -40,9 +40,10 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sparring.shared import arena, tiny
+from sparring.shared import tiny
 from sparring.shared.cache import build_once, default_cache_dir
 from sparring.shared.models import prompt_token_ids
+from sparring.tasks.arena import rules as arena
 
 if TYPE_CHECKING:
     import torch
@@ -191,75 +192,41 @@ def check_prompt_boundary(
 
 def _batch(examples: list[_Example], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-padded (input_ids, attention_mask, labels); labels are -100 on prompt and padding."""
-    import torch
+    from sparring.workers.logps import collate_sequences
 
-    width = max(len(e.prompt_ids) + len(e.response_ids) for e in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    labels = torch.full((len(examples), width), -100, dtype=torch.long)
-    for row, e in enumerate(examples):
-        seq = e.prompt_ids + e.response_ids
-        ids[row, : len(seq)] = torch.tensor(seq)
-        mask[row, : len(seq)] = 1
-        labels[row, len(e.prompt_ids) : len(seq)] = torch.tensor(e.response_ids)
-    return ids, mask, labels
+    batch = collate_sequences([e.prompt_ids for e in examples], [e.response_ids for e in examples], pad_id)
+    labels = batch.input_ids.masked_fill(~batch.completion_mask, -100)
+    return batch.input_ids, batch.attention_mask, labels
 
 
 def _length_bucketed_batches(
-    examples: list[_Example], batch_size: int, rng: random.Random, pool_batches: int = 16
+    examples: list[_Example],
+    batch_size: int,
+    rng: random.Random,
+    length: Callable[[_Example], int],
+    pool_batches: int = 16,
 ) -> Iterator[list[_Example]]:
-    """Endless random batches; each pool of `pool_batches` batches is sorted by length first, so a batch
+    """Endless random batches; each pool of `pool_batches` batches is sorted by `length` first, so a batch
     holds sequences of similar length and little of it is padding (responses run from 2 to ~45 words)."""
     while True:
         order = list(range(len(examples)))
         rng.shuffle(order)
         pool = batch_size * pool_batches
         for start in range(0, len(order) - batch_size + 1, pool):
-            chunk = sorted(order[start : start + pool], key=lambda i: len(examples[i].response_ids))
+            chunk = sorted(order[start : start + pool], key=lambda i: length(examples[i]))
             group = [chunk[b : b + batch_size] for b in range(0, len(chunk) - batch_size + 1, batch_size)]
             rng.shuffle(group)
             for b in group:
                 yield [examples[i] for i in b]
 
 
-def _total_length_batches(
-    examples: list[_Example], batch_size: int, rng: random.Random, pool_batches: int = 16
-) -> Iterator[list[_Example]]:
-    """Like `_length_bucketed_batches`, sorted by the whole row (judge prompts vary, their answers do not)."""
-    while True:
-        order = list(range(len(examples)))
-        rng.shuffle(order)
-        pool = batch_size * pool_batches
-        for start in range(0, len(order) - batch_size + 1, pool):
-            chunk = sorted(
-                order[start : start + pool],
-                key=lambda i: len(examples[i].prompt_ids) + len(examples[i].response_ids),
-            )
-            group = [chunk[b : b + batch_size] for b in range(0, len(chunk) - batch_size + 1, batch_size)]
-            rng.shuffle(group)
-            for b in group:
-                yield [examples[i] for i in b]
+def _response_length(e: _Example) -> int:
+    return len(e.response_ids)
 
 
-def _lr_at(step: int, s: ArenaBuildSettings) -> float:
-    import math
-
-    if step < s.warmup_steps:
-        return s.learning_rate * (step + 1) / s.warmup_steps
-    frac = (step - s.warmup_steps) / max(1, s.steps - s.warmup_steps)
-    return s.learning_rate * (s.min_lr_ratio + (1 - s.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
-
-
-def _judge_lr_at(step: int, s: ArenaBuildSettings) -> float:
-    """Learning rate of step `step` of the judge phase (counted from its start)."""
-    import math
-
-    if step < s.warmup_steps:
-        return s.judge_learning_rate * (step + 1) / s.warmup_steps
-    frac = (step - s.warmup_steps) / max(1, s.judge_steps - s.warmup_steps)
-    return s.judge_learning_rate * (
-        s.min_lr_ratio + (1 - s.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac))
-    )
+def _row_length(e: _Example) -> int:
+    """The whole row: judge prompts vary in length, their answers do not."""
+    return len(e.prompt_ids) + len(e.response_ids)
 
 
 def _build(
@@ -267,6 +234,8 @@ def _build(
 ) -> None:
     import torch
     from transformers import AutoTokenizer, GenerationConfig, LlamaForCausalLM
+
+    from sparring.workers.batching import WarmupSchedule
 
     t0 = time.monotonic()
     corpus = _corpus(seed, s)
@@ -296,20 +265,34 @@ def _build(
             lr=s.learning_rate,
         )
         pad_id = int(tok.pad_token_id)
-        batches = _length_bucketed_batches(examples, s.batch_size, random.Random(f"arena-order-{seed}"))
+        batches = _length_bucketed_batches(
+            examples, s.batch_size, random.Random(f"arena-order-{seed}"), _response_length
+        )
         judge_batches = (
-            _total_length_batches(
-                judge_examples, s.judge_batch_size, random.Random(f"arena-judge-order-{seed}")
+            _length_bucketed_batches(
+                judge_examples, s.judge_batch_size, random.Random(f"arena-judge-order-{seed}"), _row_length
             )
             if judge_examples and s.judge_batch_size > 0
             else None
+        )
+        # warmup to the peak, then cosine decay to peak * min_lr_ratio; the judge phase restarts at step 0
+        pretrain_lr = WarmupSchedule(
+            "cosine", s.steps, s.warmup_steps, min_ratio=s.min_lr_ratio, peak=s.learning_rate, warmup_offset=1
+        )
+        judge_lr = WarmupSchedule(
+            "cosine",
+            s.judge_steps,
+            s.warmup_steps,
+            min_ratio=s.min_lr_ratio,
+            peak=s.judge_learning_rate,
+            warmup_offset=1,
         )
         total_steps = s.steps + (s.judge_steps if judge_batches is not None else 0)
         loss_sum = judge_sum = 0.0
         loss_n = 0
         for step in range(total_steps):
             judging = step >= s.steps
-            lr = _judge_lr_at(step - s.steps, s) if judging else _lr_at(step, s)
+            lr = judge_lr(step - s.steps) if judging else pretrain_lr(step)
             for group in opt.param_groups:
                 group["lr"] = lr
             ids, mask, labels = _batch(next(batches), pad_id)

@@ -13,7 +13,7 @@ generation prompt), then the response tokens, then eos; the loss covers the resp
 Cache layout: `{cache_dir}/arena_strong/seed{seed}-{hash}/`, where the hash covers the settings, the
 base model directory's name (itself a hash of the base build) and the source of this module and
 `arena.py`. A build writes into a temporary sibling and renames it into place; an fcntl lock serialises
-two processes building the same model (the same scheme as `sparring.shared.arena_model`).
+two processes building the same model (the same scheme as `sparring.tasks.arena.policy`).
 """
 
 from __future__ import annotations
@@ -28,9 +28,16 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from sparring.shared import arena
-from sparring.shared.arena_model import build_arena_model
 from sparring.shared.cache import build_once, default_cache_dir
+from sparring.tasks.arena import rules as arena
+from sparring.tasks.arena.policy import build_arena_model
+from sparring.workers.judges.agreement import Agreement, LabelledPair, agreement
+from sparring.workers.judges.density_ratio import (
+    Backend,
+    DensityRatioJudge,
+    Reduction,
+    build_density_ratio_judge,
+)
 
 log = logging.getLogger(__name__)
 
@@ -108,22 +115,14 @@ def good_corpus(seed: int, settings: ArenaStrongSettings) -> list[tuple[arena.Ar
     return out
 
 
-def _lr_at(step: int, s: ArenaStrongSettings) -> float:
-    import math
-
-    if step < s.warmup_steps:
-        return s.learning_rate * (step + 1) / s.warmup_steps
-    frac = (step - s.warmup_steps) / max(1, s.steps - s.warmup_steps)
-    return s.learning_rate * (s.min_lr_ratio + (1 - s.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
-
-
 def _build(
     out: Path, base: Path, seed: int, s: ArenaStrongSettings, progress: Callable[[str], None], threads: int
 ) -> None:
     import torch
 
     from sparring.shared.models import load_causal_lm, load_tokenizer, prompt_token_ids, text_token_ids
-    from sparring.workers.trainer import collate_sequences
+    from sparring.workers.batching import WarmupSchedule
+    from sparring.workers.logps import collate_sequences
 
     t0 = time.monotonic()
     tok = load_tokenizer(str(base))
@@ -144,6 +143,10 @@ def _build(
         model = load_causal_lm(str(base), dtype="float32")
         model.train()
         opt = torch.optim.AdamW(model.parameters(), lr=s.learning_rate, weight_decay=s.weight_decay)
+        # warmup to the peak, then cosine decay to learning_rate * min_lr_ratio
+        lr_at = WarmupSchedule(
+            "cosine", s.steps, s.warmup_steps, min_ratio=s.min_lr_ratio, peak=s.learning_rate, warmup_offset=1
+        )
         rng = random.Random(f"arena-strong-order-{seed}")
         order: list[int] = []
         loss_sum, loss_n = 0.0, 0
@@ -158,7 +161,7 @@ def _build(
             )
             labels = batch.input_ids.masked_fill(~batch.completion_mask, -100)
             for group in opt.param_groups:
-                group["lr"] = _lr_at(step, s)
+                group["lr"] = lr_at(step)
             loss = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=labels).loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -189,16 +192,6 @@ def _build(
 # Measuring a judge against the gold rule on held-out arena pairs
 
 
-@dataclass(frozen=True)
-class Agreement:
-    """Fraction of held-out pairs a judge orders like the gold rule (a score tie counts one half)."""
-
-    agreement: float
-    ci_low: float
-    ci_high: float
-    num_pairs: int
-
-
 def heldout_pairs(
     num_prompts: int = 320, seed: int = 0, max_draws: int = 64
 ) -> list[tuple[arena.ArenaPrompt, str, str]]:
@@ -215,53 +208,20 @@ def heldout_pairs(
     return out
 
 
+def labelled_pairs(pairs: list[tuple[arena.ArenaPrompt, str, str]]) -> list[LabelledPair]:
+    """`heldout_pairs` as labelled pairs (prompt, a, b, 1.0 if a has the higher gold score else 0.0)."""
+    return [(p.prompt, a, b, float(arena.gold_score(p.topic, a) > arena.gold_score(p.topic, b))) for p, a, b in pairs]
+
+
 def gold_agreement(judge: Any, pairs: list[tuple[arena.ArenaPrompt, str, str]]) -> Agreement:
-    """How often `judge` (a `Judge` returning scores) prefers the higher-gold response of each pair.
+    """How often `judge` (a `Judge` returning scores) prefers the higher-gold response of each pair
+    (`workers/judges/agreement.py`: ties one half, Wilson 95% interval)."""
+    return agreement(judge, labelled_pairs(pairs))
 
-    Pairs are judged as two-response groups whose completions ended on EOS (`finish_reason="stop"`).
-    The 95% interval is Wilson's (pairs come from distinct prompts, so they are independent draws).
-    """
-    import math
 
-    from sparring.shared.records import Completion, GenerationGroup
-
-    tok = getattr(judge, "tokenizer", None)
-    groups = []
-    for i, (p, a, b) in enumerate(pairs):
-        comps = [
-            Completion(
-                index=j,
-                text=t,
-                token_ids=[]
-                if tok is None
-                else [int(x) for x in tok(t, add_special_tokens=False)["input_ids"]],
-                logprobs=None,
-                finish_reason="stop",
-            )
-            for j, t in enumerate((a, b))
-        ]
-        groups.append(
-            GenerationGroup(
-                run_id="eval",
-                iteration=0,
-                policy_version=0,
-                prompt_id=p.prompt_id,
-                prompt=p.prompt,
-                prompt_token_ids=[0],
-                completions=comps,
-                engine_id="corpus",
-                seed=i,
-                latency_s=0.0,
-            )
-        )
-    judgements = judge.judge(groups)
-    hits = 0.0
-    for (p, a, b), j in zip(pairs, judgements, strict=True):
-        sa, sb = j.scores
-        gold_a_wins = arena.gold_score(p.topic, a) > arena.gold_score(p.topic, b)
-        hits += 0.5 if sa == sb else float((sa > sb) == gold_a_wins)
-    n = len(pairs)
-    phat, z = hits / n, 1.96
-    centre = (phat + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(phat * (1 - phat) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return Agreement(phat, max(0.0, centre - half), min(1.0, centre + half), n)
+def arena_cdr_judge(reduction: Reduction = "sum", backend: Backend = "transformers") -> DensityRatioJudge:
+    """`judge.kind: arena_cdr`: CDR with strong = `build_arena_strong(0)` over weak = the arena base policy
+    (both built on first use, cached)."""
+    base = build_arena_model(0)
+    strong = build_arena_strong(0, base_dir=base)
+    return build_density_ratio_judge(str(strong), str(base), backend=backend, reduction=reduction, name="arena_cdr")

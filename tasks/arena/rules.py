@@ -18,20 +18,20 @@ examples (`corpus_judge_example`: a question, two corpus responses A and B, and 
 " A" / " B"), so the policy can judge its own samples (self-preference, OSP).
 
 It knows the prompts, the gold rule and the corpus; it knows nothing about tokenizers, torch, models or
-the wire (it only builds a `WinRate` record). Everything is deterministic: the prompt split uses a fixed
+the wire. Everything is deterministic: the prompt split uses a fixed
 internal seed that no run seed changes.
 """
 
 from __future__ import annotations
 
-import math
 import random
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from sparring.shared.records import WinRate
+from sparring.shared.stats import WinRate, win_rate
+from sparring.workers.judges.self_preference import DEFAULT_ANSWERS, DEFAULT_TEMPLATE
 
 POLITE_WORDS: frozenset[str] = frozenset({"please", "thanks", "glad", "happy", "kindly", "welcome"})
 POLITE_CAP = 2  # at most +2 from polite words
@@ -158,33 +158,14 @@ def gold_preference(topic: str, a: str, b: str) -> float:
 
 
 def gold_win_rate(topics: Sequence[str], responses_b: Sequence[str], responses_a: Sequence[str]) -> WinRate:
-    """Gold win rate of policy B against policy A, one response of each per prompt.
-
-    win_rate = mean_i gold_preference(topic_i, b_i, a_i); the 95% interval is the normal one,
-    mean +- 1.96 * sd(ddof=1) / sqrt(n), clipped to [0, 1] (with one prompt it is [0, 1]).
-    """
+    """Gold win rate of policy B against policy A, one response of each per prompt:
+    mean_i gold_preference(topic_i, b_i, a_i) with the normal 95% interval (`shared/stats.py::win_rate`)."""
     n = len(topics)
-    if n == 0:
-        raise ValueError("gold_win_rate needs at least one prompt")
     if len(responses_b) != n or len(responses_a) != n:
         raise ValueError(
             f"lengths differ: {n} topics, {len(responses_b)} responses_b, {len(responses_a)} responses_a"
         )
-    prefs = [gold_preference(t, b, a) for t, b, a in zip(topics, responses_b, responses_a, strict=True)]
-    mean = sum(prefs) / n
-    if n > 1:
-        sd = math.sqrt(sum((p - mean) ** 2 for p in prefs) / (n - 1))
-        half = 1.96 * sd / math.sqrt(n)
-    else:
-        half = math.inf
-    return WinRate(
-        win_rate=mean,
-        ci_low=max(0.0, mean - half),
-        ci_high=min(1.0, mean + half),
-        num_prompts=n,
-        mean_gold_a=sum(gold_score(t, a) for t, a in zip(topics, responses_a, strict=True)) / n,
-        mean_gold_b=sum(gold_score(t, b) for t, b in zip(topics, responses_b, strict=True)) / n,
-    )
+    return win_rate([gold_preference(t, b, a) for t, b, a in zip(topics, responses_b, responses_a, strict=True)])
 
 
 def arena_stats(topics: Sequence[str], responses: Sequence[str]) -> dict[str, float]:
@@ -338,8 +319,9 @@ def corpus_response(topic: str, rng: random.Random) -> str:
 # with label noise. The self-preference judge (`workers/judges/self_preference.py`) reads P(" A") and
 # P(" B") after exactly this prompt.
 
-JUDGE_TEMPLATE = "Which answer to the question is better, A or B?\nQuestion: {question}\nA: {a}\nB: {b}"
-JUDGE_ANSWERS = (" A", " B")  # each one token of the arena tokenizer (the build checks it)
+# the self-preference judge's default prompt (workers/judges/self_preference.py), taught to the arena policy
+JUDGE_TEMPLATE = DEFAULT_TEMPLATE
+JUDGE_ANSWERS = DEFAULT_ANSWERS  # each one token of the arena tokenizer (the build checks it)
 JUDGE_LABEL_NOISE = 0.1  # probability that a corpus verdict is flipped
 
 

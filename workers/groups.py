@@ -1,0 +1,291 @@
+"""Worker groups: the one place that spawns, calls, drains and replaces a run's workers.
+
+A `WorkerGroup` holds the named workers of one role (generators, judges, the trainer, the evaluator) and
+owns everything the controller used to spell per role (in the spirit of OpenRLHF's `RayActorGroup` and
+verl's `RayWorkerGroup`):
+
+- spawning with a fresh name (`{run_id}:{consumer}:{incarnation}.{n}`, so operators find a run's actors with
+  `ray.util.list_named_actors()` and a replacement never collides with its dead predecessor) and the
+  role's resources;
+- fan-out calls (`call_all`) that replace a worker whose call fails with `WorkerDied` and, where the caller
+  asks, a worker whose call raised (`replace_on_error`);
+- drain-until-idle (`drain_until_idle`): keep every worker of several groups draining its input stream
+  until the controller says the stage is done, replacing the dead (same consumer name, so the replacement
+  resumes the dead worker's pending stream entries first) and the ones whose engine holds a stale policy
+  version (`VersionMismatch`).
+
+Workers are plain classes; a `Runtime` runs them. `RayRuntime` makes each a Ray actor (`max_restarts=0`:
+the group, not Ray, decides about replacements). `LocalRuntime` runs them in this process, one thread per
+call, so the controller can be driven without Ray (tests/unit/test_controller_local.py); `LocalRuntime.kill`
+makes the worker's pending and later calls fail with `WorkerDied`, as a killed actor's would.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
+
+WORKER_ENV = {
+    # vLLM is chatty at INFO; its warnings still reach the worker logs.
+    "VLLM_LOGGING_LEVEL": "WARNING",
+    "TOKENIZERS_PARALLELISM": "false",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+}
+
+
+class WorkerDied(RuntimeError):
+    """The worker's process is gone (a killed or crashed actor); the call's work may be half done."""
+
+
+class VersionMismatch(RuntimeError):
+    """A task asks for a policy version this engine does not hold; the controller must sync it first."""
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one worker of a role asks the runtime for (Ray actor options)."""
+
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+
+
+class Runtime(Protocol):
+    """Runs workers: spawn one, submit a method call, wait for calls, get a result, kill one."""
+
+    def spawn(self, cls: type, args: tuple[Any, ...], name: str, resources: Resources) -> Any: ...
+
+    def submit(self, handle: Any, method: str, *args: Any) -> Any: ...
+
+    def wait(self, refs: list[Any], timeout: float) -> list[Any]: ...
+
+    def result(self, ref: Any) -> Any:
+        """The call's return value; raises `WorkerDied` if the worker died, else the exception it raised."""
+        ...
+
+    def kill(self, handle: Any) -> None: ...
+
+
+class RayRuntime:
+    """Workers as Ray actors (`ray.remote(cls).options(name=..., num_cpus=..., num_gpus=...)`)."""
+
+    def __init__(self, namespace: str | None = None) -> None:
+        self.namespace = namespace
+
+    def spawn(self, cls: type, args: tuple[Any, ...], name: str, resources: Resources) -> Any:
+        import ray
+
+        options: dict[str, Any] = {
+            "name": name,
+            "num_cpus": resources.num_cpus,
+            "max_restarts": 0,
+            "runtime_env": {"env_vars": WORKER_ENV},
+        }
+        if resources.num_gpus:
+            options["num_gpus"] = resources.num_gpus
+        return ray.remote(cls).options(**options).remote(*args)
+
+    def submit(self, handle: Any, method: str, *args: Any) -> Any:
+        return getattr(handle, method).remote(*args)
+
+    def wait(self, refs: list[Any], timeout: float) -> list[Any]:
+        import ray
+
+        ready, _ = ray.wait(refs, num_returns=1, timeout=timeout)
+        return ready
+
+    def result(self, ref: Any) -> Any:
+        import ray
+
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayActorError as err:
+            raise WorkerDied(str(err)) from err
+        except ray.exceptions.RayTaskError as err:
+            cause = err.cause if isinstance(err.cause, BaseException) else err
+            raise cause from err
+
+    def kill(self, handle: Any) -> None:
+        import ray
+
+        try:
+            ray.kill(handle)
+        except Exception:  # already dead is fine
+            pass
+
+
+class _LocalHandle:
+    def __init__(self, instance: Any, name: str) -> None:
+        self.instance, self.name, self.dead = instance, name, threading.Event()
+
+
+class LocalRuntime:
+    """Workers as objects of this process; each call runs in a thread of a shared pool."""
+
+    def __init__(self, max_workers: int = 16) -> None:
+        self.pool = cf.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="worker")
+        self.handles: list[_LocalHandle] = []
+
+    def spawn(self, cls: type, args: tuple[Any, ...], name: str, resources: Resources) -> _LocalHandle:
+        handle = _LocalHandle(cls(*args), name)
+        self.handles.append(handle)
+        return handle
+
+    def submit(self, handle: _LocalHandle, method: str, *args: Any) -> cf.Future[Any]:
+        def call() -> Any:
+            if handle.dead.is_set():
+                raise WorkerDied(f"{handle.name} was killed")
+            out = getattr(handle.instance, method)(*args)
+            if handle.dead.is_set():  # killed while the call ran: its result is lost, as an actor's would be
+                raise WorkerDied(f"{handle.name} was killed")
+            return out
+
+        return self.pool.submit(call)
+
+    def wait(self, refs: list[cf.Future[Any]], timeout: float) -> list[cf.Future[Any]]:
+        done, _ = cf.wait(refs, timeout=timeout, return_when=cf.FIRST_COMPLETED)
+        return list(done)
+
+    def result(self, ref: cf.Future[Any]) -> Any:
+        return ref.result()
+
+    def kill(self, handle: _LocalHandle) -> None:
+        handle.dead.set()
+        stop = getattr(handle.instance, "stop", None)  # lets a draining worker notice at its next read
+        if stop is not None:
+            stop()
+
+
+@dataclass(eq=False)  # identity: groups are dict keys while their drain calls run
+class WorkerGroup:
+    """The workers of one role, by consumer name (`gen-0`, `judge-1`, `trainer`, ...).
+
+    `make_args(consumer)` gives the worker's constructor arguments at spawn time (so a replacement starts
+    on the weights the controller holds *now*); `on_spawn(consumer, handle)` runs after every spawn (a judge
+    that follows the policy loads the current weights there). `restarts` counts replacements.
+    """
+
+    role: str
+    cls: type
+    runtime: Runtime
+    make_args: Callable[[str], tuple[Any, ...]]
+    resources: Resources
+    name_prefix: str
+    on_spawn: Callable[[str, Any], None] | None = None
+    incarnation: int = 0  # how many controllers the run has had: part of every worker's name
+    workers: dict[str, Any] = field(default_factory=dict)
+    restarts: int = 0
+    _spawned: int = 0
+
+    def spawn(self, consumers: Iterable[str]) -> None:
+        for consumer in consumers:
+            self._spawn(consumer)
+
+    def _spawn(self, consumer: str) -> Any:
+        self._spawned += 1
+        name = f"{self.name_prefix}:{consumer}:{self.incarnation}.{self._spawned}"
+        handle = self.runtime.spawn(self.cls, self.make_args(consumer), name, self.resources)
+        self.workers[consumer] = handle
+        if self.on_spawn is not None:
+            self.on_spawn(consumer, handle)
+        return handle
+
+    def replace(self, consumer: str, reason: str) -> Any:
+        """Kill `consumer`'s worker (if still alive) and start a new one with the same consumer name."""
+        log.warning("%s %s: %s; replacing it", self.role, consumer, reason)
+        self.runtime.kill(self.workers[consumer])
+        self.restarts += 1
+        return self._spawn(consumer)
+
+    def submit(self, consumer: str, method: str, *args: Any) -> Any:
+        return self.runtime.submit(self.workers[consumer], method, *args)
+
+    def call(self, consumer: str, method: str, *args: Any) -> Any:
+        return self.runtime.result(self.submit(consumer, method, *args))
+
+    def call_any(self, method: str, *args: Any) -> Any:
+        """`method` on the first worker (evaluation sampling, probes)."""
+        return self.call(next(iter(self.workers)), method, *args)
+
+    def call_all(
+        self, method: str, *args: Any, replace_on_error: bool = False, after_replace: str | None = None
+    ) -> dict[str, Any]:
+        """`method(*args)` on every worker at once; results by consumer.
+
+        A worker that died is replaced and its result is missing from the output; with `replace_on_error`
+        so is one whose call raised. `after_replace` names a method to call on the replacement (e.g. `info`
+        to wait until its engine is up). Other exceptions propagate.
+        """
+        refs = {consumer: self.submit(consumer, method, *args) for consumer in self.workers}
+        out: dict[str, Any] = {}
+        for consumer, ref in refs.items():
+            try:
+                out[consumer] = self.runtime.result(ref)
+            except WorkerDied as err:
+                self._replace_and_wait(consumer, f"died during {method} ({err})", after_replace)
+            except Exception as err:
+                if not replace_on_error:
+                    raise
+                self._replace_and_wait(consumer, f"{method} failed ({type(err).__name__}: {err})", after_replace)
+        return out
+
+    def _replace_and_wait(self, consumer: str, reason: str, after: str | None) -> None:
+        handle = self.replace(consumer, reason)
+        if after is not None:
+            self.runtime.result(self.runtime.submit(handle, after))
+
+    def kill_all(self) -> None:
+        for handle in self.workers.values():
+            self.runtime.kill(handle)
+        self.workers.clear()
+
+
+def drain_until_idle(
+    runtime: Runtime,
+    groups: list[tuple[WorkerGroup, Callable[[], bool]]],
+    done: Callable[[], bool],
+    on_result: Callable[[WorkerGroup, str, Any], None],
+    on_tick: Callable[[], None] = lambda: None,
+    on_replaced: Callable[[WorkerGroup, str], None] = lambda group, consumer: None,
+    poll_s: float = 0.5,
+) -> None:
+    """Keep every worker of `groups` calling `drain()` while its group `has_work()`, until `done()` holds
+    and no drain call is in flight.
+
+    A drain returns when the worker's input stream is idle; a worker whose stage still has open entries is
+    relaunched. A worker that died is replaced (same consumer name: it resumes the dead one's pending
+    entries); one that raises `VersionMismatch` is replaced on the group's current weights. Every other
+    exception propagates. `on_result(group, consumer, counters)` receives each finished drain's counters.
+    """
+    running: dict[Any, tuple[WorkerGroup, str]] = {}
+    while True:
+        on_tick()
+        if not running and done():
+            return
+        busy = set(running.values())
+        for group, has_work in groups:
+            if not has_work():
+                continue
+            for consumer in list(group.workers):
+                if (group, consumer) not in busy:
+                    running[group.submit(consumer, "drain")] = (group, consumer)
+        for ref in runtime.wait(list(running), timeout=poll_s) if running else []:
+            group, consumer = running.pop(ref)
+            try:
+                out = runtime.result(ref)
+            except WorkerDied as err:
+                group.replace(consumer, f"died ({err})")
+                on_replaced(group, consumer)
+                continue
+            except VersionMismatch as err:
+                group.replace(consumer, str(err))
+                continue
+            on_result(group, consumer, out)
+        if not running and not any(has_work() for _, has_work in groups) and not done():
+            time.sleep(poll_s)  # nothing in flight and no open work, yet not done: wait for the accounting
