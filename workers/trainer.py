@@ -30,12 +30,13 @@ wraps this class. One iteration (`train_iteration`) does, in order:
    Tokens count prompt+chosen plus prompt+rejected per pair per epoch; the time includes the
    reference pass (as trainer-performance.md measures TRL).
 
-Log-probs (`sequence_logps`, in `sparring.workers.logps`, shared with the judges): chosen and rejected rows go through ONE forward (2B rows, right padded,
-attention mask), and each sequence's log-prob is the SUM of its completion tokens' log-probs in fp32
-(prompt and padding masked; algorithms.md §0). Only completion positions are projected through the LM
-head, and each target's log-prob is `logit[target] - logsumexp(logits)` in fp32, so the full
-[2B, T, vocab] log-softmax is never materialised; the (completion tokens, vocab) logits still are (in the
-model's dtype, then fp32), and chunking them is the next lever for 100k+ vocabularies.
+Log-probs (`sequence_logps`, in `sparring.workers.logps`, shared with the judges): chosen and rejected
+rows go through ONE forward (2B rows, right padded, attention mask), and each sequence's log-prob is the
+SUM of its completion tokens' log-probs in fp32 (prompt and padding masked; algorithms.md §0). Only
+completion positions are projected through the LM head, and each target's log-prob is
+`logit[target] - logsumexp(logits)` in fp32, so the full [2B, T, vocab] log-softmax is never
+materialised; the (completion tokens, vocab) logits still are (in the model's dtype, then fp32), and
+chunking them is the next lever for 100k+ vocabularies.
 
 Dropout is disabled (the model stays in eval mode), as TRL's `disable_dropout=True` default does, so the
 policy's log-probs before the first step equal the reference's and the loss starts at log 2 for DPO.
