@@ -153,7 +153,8 @@ def settings_hash(settings: PairRMBuildSettings) -> str:
     import hashlib
 
     h = hashlib.sha256(json.dumps(asdict(settings), sort_keys=True).encode())
-    for module_file in (__file__, pairrm_train.__file__, prm.__file__, arena.__file__):
+    pairrm_files = sorted(Path(str(prm.__file__)).parent.glob("*.py"))  # every module of the package
+    for module_file in (__file__, pairrm_train.__file__, *pairrm_files, arena.__file__):
         h.update(Path(str(module_file)).read_bytes())
     return h.hexdigest()[:12]
 
