@@ -44,7 +44,7 @@ from typing import Any
 
 import torch
 
-from sparring.shared.config import AlgorithmConfig, TrainerConfig
+from sparring.shared.config import DPOConfig, TrainerConfig
 from sparring.shared.models import load_causal_lm, load_tokenizer, prompt_token_ids
 from sparring.shared.records import Completion, PreferencePair
 from sparring.tasks.arena import rules as arena
@@ -191,7 +191,7 @@ def make_ours(model_dir: str, args: argparse.Namespace) -> PolicyTrainer:
         max_grad_norm=MAX_GRAD_NORM,
         torch_threads=args.threads,
     )
-    algo_cfg = AlgorithmConfig(objective="dpo", beta=BETA, reference="initial")
+    algo_cfg = DPOConfig(beta=BETA, reference="initial")
     return PolicyTrainer(
         model_dir, trainer_cfg, algo_cfg, seed=args.seed, device=args.device, dtype=args.dtype
     )

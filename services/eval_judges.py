@@ -68,14 +68,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def _build(spec: str, task: Any, upo: dict[str, Any] | None = None) -> Any:
     """A judge from a kind name (`NAME`, `NAME+upo` or `NAME+upo_head`); `upo` adds uncertainty settings.
     Judges of the policy (self_preference) judge with the task's policy."""
-    from sparring.shared.config import JudgeConfig, RunConfig
+    from sparring.shared.config import RunConfig, judge_config
     from sparring.workers.judges.registry import build_judge
 
     kind, _, suffix = spec.partition("+")
     if suffix not in UPO_SUFFIXES:
         raise ValueError(f"unknown judge suffix {suffix!r} in {spec!r} (one of {', '.join(UPO_SUFFIXES)})")
     settings = UPO_SUFFIXES[suffix]
-    cfg = JudgeConfig(kind=kind, uncertainty=None if settings is None else {**settings, **(upo or {})})
+    cfg = judge_config(kind=kind, uncertainty=None if settings is None else {**settings, **(upo or {})})
     run = None
     if task.policy and task.prompt_sources:
         run = RunConfig.model_validate(

@@ -1,19 +1,33 @@
 """The one typed configuration tree of a run (`RunConfig`), loadable from YAML.
 
 Every section forbids unknown keys, so a typo fails at startup with its dotted path
-(`trainer.learning_rat: extra inputs are not permitted`). Cross-field rules live here as validators and
-raise; they never warn and continue. Environment variables for infrastructure (REDIS_URL, RAY_ADDRESS)
+(`trainer.learning_rat: extra inputs are not permitted`). `judge` and `algorithm` are tagged unions: one
+small model per judge kind (`JUDGE_CONFIGS`, by `kind`) and per objective (`OBJECTIVE_CONFIGS`, by
+`objective`), each with only its own fields, so another kind's or objective's field is an unknown key too.
+Cross-field rules live here as validators and raise; they never warn and continue. Environment variables for infrastructure (REDIS_URL, RAY_ADDRESS)
 are read by `Settings`, not here.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 # Judge kinds and prompt sources the core provides; tasks register more (`shared/tasks.py`).
 CORE_JUDGE_KINDS = ("density_ratio", "none", "pairrm", "self_preference")
@@ -102,22 +116,15 @@ class UncertaintyConfig(Section):
     seed: int = Field(0, description="seed of the dropout masks and the sampler (mixed with the batch's group ids)")
 
 
-class JudgeConfig(Section):
+class JudgeCommon(Section):
+    """The fields every judge kind shares; `JudgeConfig` is the union of the kinds below, by `kind`."""
+
     kind: str = Field(
-        description="judge family: `density_ratio` between two models you name; `pairrm`, a PairRM checkpoint "
-        "you name (`model`); `self_preference`, the policy judging its own samples through the A/B judge prompt "
-        "(OSP; its weights follow every sync); `none` for recipes that need no judge; or a judge a task "
-        "registers (`sparring tasks` lists them)",
+        description="judge family, which selects the fields beside it: `density_ratio` between two models you "
+        "name; `pairrm`, a PairRM checkpoint you name (`model`); `self_preference`, the policy judging its own "
+        "samples through the A/B judge prompt (OSP; its weights follow every sync); `none` for recipes that "
+        "need no judge; or a judge a task registers (`sparring tasks` lists them)",
     )
-    model: str | None = Field(
-        None,
-        description="pairrm: a PairRM checkpoint, a local directory (llm-blender/PairRM-hf layout or the original "
-        "llm-blender layout) or a Hugging Face id such as llm-blender/PairRM-hf",
-    )
-    strong_model: str | None = Field(None, description="density_ratio: model A of log p_A(y|x) - log p_B(y|x)")
-    weak_model: str | None = Field(None, description="density_ratio: model B")
-    reduction: Literal["sum", "mean"] = Field("sum", description="density ratio over response tokens: sum or per-token mean")
-    criteria: str | None = Field(None, description="density ratio: optional criteria system prompt shared by both models")
     num_judges: int = Field(1, ge=1)
     timeout_s: float = Field(
         60.0, gt=0.0, description="a judge call running longer fails its batch (retried, then dead-lettered)"
@@ -128,108 +135,103 @@ class JudgeConfig(Section):
     cache_size: int = Field(
         100_000, ge=0, description="judge pool: cached scores by (prompt, response) hash (0 = no cache)"
     )
+    # The judge judges with the run's policy (its weights follow every sync); a capability, not a name check.
+    follows_policy: ClassVar[bool] = False
 
-    @field_validator("kind")
-    @classmethod
-    def _known_kind(cls, kind: str) -> str:
-        return _registered("judges", kind, CORE_JUDGE_KINDS, "judge kind")
 
-    @property
-    def follows_policy(self) -> bool:
-        """The judge judges with the run's policy (its weights follow every sync)."""
-        return self.kind == "self_preference"
+class PairRMJudgeConfig(JudgeCommon):
+    kind: Literal["pairrm"] = Field("pairrm", description="a PairRM checkpoint you name (`model`)")
+    model: str = Field(
+        description="a PairRM checkpoint, a local directory (llm-blender/PairRM-hf layout or the original "
+        "llm-blender layout) or a Hugging Face id such as llm-blender/PairRM-hf",
+    )
 
     @model_validator(mode="after")
-    def _uncertainty_needs_a_primary(self) -> JudgeConfig:
-        if self.uncertainty is not None and self.kind == "none":
-            raise ValueError("judge.uncertainty wraps a primary judge; judge.kind=none has none")
-        if self.kind == "pairrm" and not self.model:
-            raise ValueError("judge.kind=pairrm needs judge.model (a PairRM checkpoint directory or hub id)")
-        if self.model is not None and self.kind != "pairrm":
-            raise ValueError(f"judge.model is read by judge.kind=pairrm only, not {self.kind}")
-        if self.model and looks_local(self.model) and not Path(self.model).expanduser().is_dir():
+    def _local_dir_exists(self) -> PairRMJudgeConfig:
+        if looks_local(self.model) and not Path(self.model).expanduser().is_dir():
             raise ValueError(f"judge.model directory {self.model!r} does not exist")
         return self
 
 
-class AlgorithmConfig(Section):
-    """The preference objective and its hyperparameters (formulas: `workers/objectives/`, algorithms.md §5).
+class DensityRatioJudgeConfig(JudgeCommon):
+    kind: Literal["density_ratio"] = Field(
+        "density_ratio", description="log p_A(y|x) - log p_B(y|x) between two models you name"
+    )
+    strong_model: str = Field(description="model A of log p_A(y|x) - log p_B(y|x)")
+    weak_model: str = Field(description="model B")
+    reduction: Literal["sum", "mean"] = Field("sum", description="density ratio over response tokens: sum or per-token mean")
+    criteria: str | None = Field(None, description="optional criteria system prompt shared by both models")
 
-    One meaning per name (STYLE §7 item 10): `beta` is the DPO family's inverse KL strength everywhere it
-    is read; SPPO's step size is `eta` (= 1/beta of uclaml/SPPO and TRL sppo_hard); SimPO's reward scale is
-    `simpo_beta`. Each objective reads only the fields named by its constructor; setting another loss's
-    field to a non-default value is rejected when the objective is built.
+
+class SelfPreferenceJudgeConfig(JudgeCommon):
+    kind: Literal["self_preference"] = Field(
+        "self_preference",
+        description="the policy judging its own samples through the A/B judge prompt (OSP; its weights follow "
+        "every sync)",
+    )
+    follows_policy: ClassVar[bool] = True
+
+
+class NoJudgeConfig(JudgeCommon):
+    kind: Literal["none"] = Field("none", description="no judge, for recipes that pair without judging (DRIFT)")
+
+    @model_validator(mode="after")
+    def _uncertainty_needs_a_primary(self) -> NoJudgeConfig:
+        if self.uncertainty is not None:
+            raise ValueError("judge.uncertainty wraps a primary judge; judge.kind=none has none")
+        return self
+
+
+class TaskJudgeConfig(JudgeCommon):
+    kind: str = Field(description="a judge a task registers (`sparring tasks` lists them); it has no own fields")
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, kind: str) -> str:
+        if kind in CORE_JUDGE_KINDS:
+            raise ValueError(f"judge kind {kind!r} is a core kind with its own config, not a task's")
+        return _registered("judges", kind, CORE_JUDGE_KINDS, "judge kind")
+
+
+# discriminator tag -> variant: each core kind (CORE_JUDGE_KINDS), and `task` for every kind a task registers
+JUDGE_CONFIGS: dict[str, type[JudgeCommon]] = {
+    "density_ratio": DensityRatioJudgeConfig,
+    "none": NoJudgeConfig,
+    "pairrm": PairRMJudgeConfig,
+    "self_preference": SelfPreferenceJudgeConfig,
+    "task": TaskJudgeConfig,
+}
+
+
+def _judge_tag(value: Any) -> str:
+    """The `JUDGE_CONFIGS` tag of raw judge data or a judge config: the core kind, else `task` (which names
+    an unknown or missing kind in its own error)."""
+    kind = value.get("kind") if isinstance(value, dict) else getattr(value, "kind", None)
+    return kind if kind in CORE_JUDGE_KINDS else "task"
+
+
+JudgeConfig = Annotated[
+    Union[tuple(Annotated[cls, Tag(tag)] for tag, cls in JUDGE_CONFIGS.items())],  # noqa: UP007
+    Discriminator(_judge_tag),
+]
+"""A judge: `{kind: pairrm, model: ...}`, `{kind: density_ratio, strong_model: ..., weak_model: ...}`,
+`{kind: self_preference}`, `{kind: none}`, or `{kind: <a task's judge>}`; each with the common fields."""
+
+
+class AlgorithmCommon(Section):
+    """What every objective's config shares: the objective's name and the recipe (pairing, DRIFT sampling,
+    reference schedule). `AlgorithmConfig` is the union of the objective configs below, by `objective`.
+
+    Each objective config holds exactly the hyperparameters its loss class takes (`workers/objectives/`,
+    algorithms.md §5; the objective registry checks that names and constructor parameters match), under
+    one meaning per name (STYLE §7 item 10): `beta` is the DPO family's inverse KL strength wherever it is
+    read; SPPO's step size is `eta` (= 1/beta of uclaml/SPPO and TRL sppo_hard); SimPO's `beta` is its own
+    reward scale. Another objective's field is an unknown key.
     """
 
-    # The Literal must list exactly `sparring.workers.objectives.registry.objective_names()` (shared cannot
-    # import workers; tests/unit/test_objectives.py checks that they match).
-    objective: Literal[
-        "bco_pair",
-        "cdpo",
-        "dpo",
-        "inpo",
-        "ipo",
-        "npo",
-        "rdpo",
-        "rpo",
-        "simpo",
-        "spce",
-        "sppo",
-        "sppo_hard",
-        "sppo_single",
-    ] = Field("dpo", description="loss over per-sequence log-probs (a name of the objective registry)")
-    beta: float = Field(
-        0.1,
-        gt=0.0,
-        description="inverse KL strength of dpo, cdpo, rdpo, ipo (IPO's tau), bco_pair, rpo, npo, spce and inpo "
-        "(INPO's code parameter, paper eta = 1/beta; paper default 0.0075)",
-    )
-    cdpo_epsilon: float = Field(
-        0.1,
-        ge=0.0,
-        lt=0.5,
-        description="cdpo: label smoothing eps, the probability the label is wrong (TRL <= 0.28 label_smoothing); "
-        "0.1 because 0 is plain DPO",
-    )
-    rdpo_flip_rate: float = Field(
-        0.1,
-        ge=0.0,
-        lt=0.5,
-        description="rdpo: assumed probability eps that a label is flipped; 0.1 because 0 is plain DPO",
-    )
-    ipo_length_normalize: bool = Field(
-        False,
-        description="ipo: divide each log-prob by its completion length first (TRL's ipo); False = the paper's "
-        "summed form, as SPPO's fork and INPO",
-    )
-    bco_running_mean: bool = Field(
-        True,
-        description="bco_pair: shift rewards by the running mean delta (TRL <= 0.28); False = delta 0 (TRL >= 0.29)",
-    )
-    rpo_alpha: float = Field(
-        1.0,
-        ge=0.0,
-        description="rpo: weight of the token-mean NLL on chosen completions (paper 1.0; DRIFT uses 0.001)",
-    )
-    simpo_beta: float = Field(
-        2.0, gt=0.0, description="simpo: reward scale on the length-averaged log-prob (paper 2.0-10)"
-    )
-    simpo_gamma: float = Field(
-        1.0,
-        ge=0.0,
-        description="simpo: target reward margin gamma, absolute (paper Llama-3-8B-Base: beta 2.0, gamma/beta 0.5)",
-    )
-    eta: float = Field(
-        1000.0,
-        gt=0.0,
-        description="sppo, sppo_single, sppo_hard: multiplicative-weights step size eta = 1/beta of uclaml/SPPO "
-        "(its scripts: beta 0.001 = eta 1000) and of TRL sppo_hard",
-    )
-    inpo_ratio: float = Field(
-        1.0 / 3.0,
-        gt=0.0,
-        lt=1.0,
-        description="inpo: weight eta*tau of the fixed reference vs 1 - ratio of pi_t (paper default 1/3)",
+    objective: str = Field(
+        description="loss over per-sequence log-probs (a name of the objective registry; it selects the fields "
+        "beside it); default dpo"
     )
     pairs: Literal["best_vs_worst", "all_pairs", "ranked", "drift"] = Field(
         "best_vs_worst",
@@ -246,13 +248,189 @@ class AlgorithmConfig(Section):
         "iteration_start", description="reference policy: pi_t (iterative DPO/SPPO) or the fixed initial policy"
     )
 
+    @classmethod
+    def hyperparameter_names(cls) -> list[str]:
+        """The objective's own fields: its loss class's constructor parameters, in declaration order."""
+        return [name for name in cls.model_fields if name not in AlgorithmCommon.model_fields]
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """The loss class's keyword arguments."""
+        return {name: getattr(self, name) for name in self.hyperparameter_names()}
+
+
+def _beta(note: str = "") -> Any:
+    """The DPO family's `beta`, one meaning wherever it is read."""
+    return Field(0.1, gt=0.0, description="inverse KL strength beta of the DPO family" + (f"; {note}" if note else ""))
+
+
+def _eta() -> Any:
+    return Field(
+        1000.0,
+        gt=0.0,
+        description="multiplicative-weights step size eta = 1/beta of uclaml/SPPO (its scripts: beta 0.001 = "
+        "eta 1000) and of TRL sppo_hard",
+    )
+
+
+class DPOConfig(AlgorithmCommon):
+    objective: Literal["dpo"] = "dpo"
+    beta: float = _beta()
+
+
+class CDPOConfig(AlgorithmCommon):
+    objective: Literal["cdpo"] = "cdpo"
+    beta: float = _beta()
+    epsilon: float = Field(
+        0.1,
+        ge=0.0,
+        lt=0.5,
+        description="label smoothing eps, the probability the label is wrong (TRL <= 0.28 label_smoothing); "
+        "0.1 because 0 is plain DPO",
+    )
+
+
+class RDPOConfig(AlgorithmCommon):
+    objective: Literal["rdpo"] = "rdpo"
+    beta: float = _beta()
+    flip_rate: float = Field(
+        0.1, ge=0.0, lt=0.5, description="assumed probability eps that a label is flipped; 0.1 because 0 is plain DPO"
+    )
+
+
+class IPOConfig(AlgorithmCommon):
+    objective: Literal["ipo"] = "ipo"
+    beta: float = _beta("IPO's tau (regression target 1/(2 beta))")
+    length_normalize: bool = Field(
+        False,
+        description="divide each log-prob by its completion length first (TRL's ipo); False = the paper's "
+        "summed form, as SPPO's fork and INPO",
+    )
+
+
+class BCOPairConfig(AlgorithmCommon):
+    objective: Literal["bco_pair"] = "bco_pair"
+    beta: float = _beta()
+    running_mean: bool = Field(
+        True, description="shift rewards by the running mean delta (TRL <= 0.28); False = delta 0 (TRL >= 0.29)"
+    )
+
+
+class RPOConfig(AlgorithmCommon):
+    objective: Literal["rpo"] = "rpo"
+    beta: float = _beta()
+    alpha: float = Field(
+        1.0,
+        ge=0.0,
+        description="weight of the token-mean NLL on chosen completions (TRL rpo_alpha; paper 1.0; DRIFT uses "
+        "0.001)",
+    )
+
+
+class SimPOConfig(AlgorithmCommon):
+    objective: Literal["simpo"] = "simpo"
+    beta: float = Field(
+        2.0,
+        gt=0.0,
+        description="SimPO's own reward scale on the length-averaged log-prob (paper 2.0-10), not the DPO "
+        "family's beta (no reference)",
+    )
+    gamma: float = Field(
+        1.0,
+        ge=0.0,
+        description="target reward margin gamma, absolute (paper Llama-3-8B-Base: beta 2.0, gamma/beta 0.5)",
+    )
+
+
+class NPOConfig(AlgorithmCommon):
+    objective: Literal["npo"] = "npo"
+    beta: float = _beta()
+
+
+class SPCEConfig(AlgorithmCommon):
+    objective: Literal["spce"] = "spce"
+    beta: float = _beta()
+
+
+class SPPOConfig(AlgorithmCommon):
+    objective: Literal["sppo"] = "sppo"
+    eta: float = _eta()
+
+
+class SPPOHardConfig(AlgorithmCommon):
+    objective: Literal["sppo_hard"] = "sppo_hard"
+    eta: float = _eta()
+
+
+class SPPOSingleConfig(AlgorithmCommon):
+    objective: Literal["sppo_single"] = "sppo_single"
+    eta: float = _eta()
+
+
+class INPOConfig(AlgorithmCommon):
+    objective: Literal["inpo"] = "inpo"
+    beta: float = _beta("INPO's code parameter, paper eta = 1/beta (paper default 0.0075)")
+    ratio: float = Field(
+        1.0 / 3.0,
+        gt=0.0,
+        lt=1.0,
+        description="weight eta*tau of the fixed reference vs 1 - ratio of pi_t (paper default 1/3)",
+    )
+
     @model_validator(mode="after")
-    def _inpo_needs_fixed_reference(self) -> AlgorithmConfig:
+    def _needs_fixed_reference(self) -> INPOConfig:
         # INPO mixes a FIXED pi_ref with pi_t (the iteration start); with reference=iteration_start both are
-        # pi_t and inpo_ratio silently does nothing (algorithms.md §2.2).
-        if self.objective == "inpo" and self.reference != "initial":
+        # pi_t and `ratio` silently does nothing (algorithms.md §2.2).
+        if self.reference != "initial":
             raise ValueError("objective=inpo needs reference=initial (pi_ref is the fixed initial policy)")
         return self
+
+
+# objective name -> its config; `workers/objectives/registry.py` checks it against the loss classes
+OBJECTIVE_CONFIGS: dict[str, type[AlgorithmCommon]] = {
+    cls.model_fields["objective"].default: cls
+    for cls in (
+        DPOConfig,
+        CDPOConfig,
+        RDPOConfig,
+        IPOConfig,
+        BCOPairConfig,
+        RPOConfig,
+        SimPOConfig,
+        NPOConfig,
+        SPCEConfig,
+        SPPOConfig,
+        SPPOHardConfig,
+        SPPOSingleConfig,
+        INPOConfig,
+    )
+}
+
+
+def _default_objective(value: Any) -> Any:
+    return {"objective": "dpo", **value} if isinstance(value, dict) and "objective" not in value else value
+
+
+AlgorithmConfig = Annotated[
+    # sorted, as error messages list them; Union[] because `|` cannot spread a tuple
+    Union[tuple(OBJECTIVE_CONFIGS[name] for name in sorted(OBJECTIVE_CONFIGS))],  # noqa: UP007
+    Field(discriminator="objective"),
+    BeforeValidator(_default_objective),
+]
+"""The objective and its hyperparameters beside the recipe fields, flat: `{objective: cdpo, beta: 0.1,
+epsilon: 0.1, pairs: best_vs_worst}`; `objective` defaults to dpo."""
+
+_ALGORITHM: TypeAdapter[Any] = TypeAdapter(AlgorithmConfig)
+_JUDGE: TypeAdapter[Any] = TypeAdapter(JudgeConfig)
+
+
+def algorithm_config(**fields: Any) -> AlgorithmConfig:
+    """The objective config of `fields` (`objective` defaults to dpo); a ValidationError names bad fields."""
+    return _ALGORITHM.validate_python(fields)
+
+
+def judge_config(**fields: Any) -> JudgeConfig:
+    """The judge config of `fields`, by `kind`; a ValidationError names bad fields."""
+    return _JUDGE.validate_python(fields)
 
 
 class TrainerConfig(Section):
@@ -368,13 +546,17 @@ class RunConfig(Section):
 
     name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$", description="run name (used in the run id)")
     preset: str | None = Field(
-        None, description="paper recipe whose values fill every key this config leaves out (shared/presets.py)"
+        None,
+        description="paper recipe whose values fill every key this config leaves out (shared/presets/NAME.yaml)",
     )
     seed: int = 0
     policy: ModelConfig
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
-    judge: JudgeConfig
-    algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
+    judge: JudgeConfig = Field(description="who ranks a group's samples: `{kind: ...}` and that kind's fields")
+    algorithm: AlgorithmConfig = Field(
+        default_factory=DPOConfig,
+        description="the objective (`objective` and its own hyperparameters) and the recipe (pairs, reference)",
+    )
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     prompts: PromptsConfig
@@ -386,14 +568,11 @@ class RunConfig(Section):
     def _preset(cls, data: Any) -> Any:
         from sparring.shared.presets import apply_preset
 
-        return apply_preset(data) if isinstance(data, dict) else data
+        return apply_preset(data, _variant_fields) if isinstance(data, dict) else data
 
     @model_validator(mode="after")
     def _cross_field(self) -> RunConfig:
         drift = self.algorithm.pairs == "drift"
-        for where, judge in (("judge", self.judge), ("eval.judge", self.eval.judge)):
-            if judge is not None and judge.kind == "density_ratio" and not (judge.strong_model and judge.weak_model):
-                raise ValueError(f"{where}.kind=density_ratio needs {where}.strong_model and {where}.weak_model")
         if drift and self.prompts.source == "jsonl":
             raise ValueError("algorithm.pairs=drift needs a dissatisfaction-log prompt source (dsat or a task's), not jsonl")
         if self.prompts.source == "dsat" and not drift:
@@ -418,13 +597,50 @@ class RunConfig(Section):
         return self.judge.model_copy(update={"uncertainty": None})
 
 
+def _variant_fields(section: str, values: dict[str, Any]) -> Collection[str] | None:
+    """The keys of the variant that the top-level `section`'s raw `values` select (algorithm: by objective,
+    judge: by kind); None for a section that is no union or a name no variant has (validation names it)."""
+    if section == "algorithm":
+        cls = OBJECTIVE_CONFIGS.get(_default_objective(values)["objective"])
+    elif section == "judge":
+        cls = JUDGE_CONFIGS[_judge_tag(values)]
+    else:
+        return None
+    return None if cls is None else cls.model_fields
+
+
+# Fields holding a tagged union: in an error's location pydantic puts the variant's tag after the field name.
+_UNIONS: dict[str, tuple[str, Collection[str]]] = {
+    "algorithm": ("objective", OBJECTIVE_CONFIGS),
+    "judge": ("judge kind", JUDGE_CONFIGS),
+}
+
+
+def _user_location(loc: tuple[int | str, ...]) -> tuple[str, str]:
+    """An error location as the user writes it (without the union tags) and the section the last tag names."""
+    parts: list[str] = []
+    section = "this section"
+    for p in loc:
+        what, tags = _UNIONS.get(parts[-1], ("", ())) if parts else ("", ())
+        if isinstance(p, str) and p in tags:
+            section = "a task's judge kind" if p == "task" else f"{what} {p}"
+            continue
+        parts.append(str(p))
+    return ".".join(parts) or "(top level)", section
+
+
 def format_validation_error(err: ValidationError, source: str = "config") -> str:
     lines = [f"{source}: {err.error_count()} problem(s)"]
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        loc, section = _user_location(e["loc"])
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            msg = "unknown key (not a field of this section)"
+            msg = f"unknown key (not a field of {section})"
+        elif e["type"] == "union_tag_invalid":  # a discriminator value no variant has (`algorithm.objective`)
+            ctx = e.get("ctx", {})
+            field = str(ctx.get("discriminator", "")).strip("'")
+            known = str(ctx.get("expected_tags", "")).replace("'", "")
+            loc, msg = f"{loc}.{field}", f"unknown {field} {ctx.get('tag')!r}; known: {known}"
         value = e.get("input")
         shown = "" if isinstance(value, dict) or e["type"] == "missing" else f" (got {value!r})"
         lines.append(f"  {loc}: {msg}{shown}")

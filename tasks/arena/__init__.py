@@ -73,7 +73,7 @@ def _oracle(cfg: JudgeConfig, run: RunConfig | None) -> Any:
 def _cdr(cfg: JudgeConfig, run: RunConfig | None) -> Any:
     from sparring.tasks.arena.strong import arena_cdr_judge
 
-    return arena_cdr_judge(reduction=cfg.reduction)
+    return arena_cdr_judge()
 
 
 def _pairrm(cfg: JudgeConfig, run: RunConfig | None) -> Any:

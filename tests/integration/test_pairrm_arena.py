@@ -13,7 +13,7 @@ import json
 import pytest
 import torch
 
-from sparring.shared.config import JudgeConfig
+from sparring.shared.config import judge_config
 from sparring.tasks.arena.strong import gold_agreement, heldout_pairs
 from sparring.workers.judges import pairrm as prm
 from sparring.workers.judges.pairrm_train import arena_pairrm_dir, build_arena_pairrm
@@ -28,7 +28,7 @@ def test_arena_pairrm_agrees_with_gold() -> None:
     meta = json.loads((path / "pairrm_build.json").read_text())
     assert meta["seed"] == 0 and meta["settings"]["label_noise"] > 0  # trained on noisy labels
     torch.set_num_threads(1)
-    judge = build_judge(JudgeConfig(kind="arena_pairrm"))
+    judge = build_judge(judge_config(kind="arena_pairrm"))
     assert isinstance(judge, prm.PairRMJudge) and judge.name == "arena_pairrm"
     pairs = heldout_pairs(320)
     result = gold_agreement(judge, pairs)

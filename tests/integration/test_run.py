@@ -182,7 +182,7 @@ def test_drift_pairs_fresh_samples_against_logged_responses(
         preset="drift",
         prompts={"source": "arena_dsat", "count": 32},
         judge={"kind": "none"},
-        algorithm={"objective": "rpo", "rpo_alpha": 0.001, "pairs": "drift", "drift_guided": True},
+        algorithm={"objective": "rpo", "alpha": 0.001, "pairs": "drift", "drift_guided": True},
         generation={**data["generation"], "samples_per_prompt": 1, "num_generators": 1},
         schedule={"iterations": 1, "prompts_per_iteration": 32},
     )

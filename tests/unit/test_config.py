@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from sparring.shared.config import ConfigError, RunConfig, load_config
+from sparring.shared.config import CORE_JUDGE_KINDS, JUDGE_CONFIGS, ConfigError, RunConfig, load_config
 
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo.yaml"
 
@@ -166,7 +166,73 @@ def test_drift_needs_a_dsat_source(tmp_path: Path) -> None:
 
 
 def test_density_ratio_judge_needs_both_models(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="needs judge.strong_model and judge.weak_model"):
+    with pytest.raises(ConfigError, match="judge.weak_model: Field required"):
         load_config(write(tmp_path, "judge:\n  kind: density_ratio\n  strong_model: a/b\n"))
+    with pytest.raises(ConfigError, match="eval.judge.strong_model: Field required"):
+        load_config(write(tmp_path, "eval:\n  judge: {kind: density_ratio, weak_model: a/b}\n"))
     cfg = load_config(write(tmp_path, "judge:\n  kind: arena_cdr\n"))
     assert cfg.judge.kind == "arena_cdr"
+
+
+def test_each_objective_takes_only_its_own_fields(tmp_path: Path) -> None:
+    """`algorithm` is flat in YAML but validated per objective: another objective's field is refused with the
+    path the user wrote, and the message names the objective whose fields apply."""
+    cfg = load_config(write(tmp_path, "algorithm: {objective: cdpo, beta: 0.2, epsilon: 0.05, pairs: all_pairs}\n"))
+    assert (cfg.algorithm.objective, cfg.algorithm.beta, cfg.algorithm.epsilon) == ("cdpo", 0.2, 0.05)
+    assert cfg.algorithm.hyperparameters() == {"beta": 0.2, "epsilon": 0.05}
+    assert load_config(write(tmp_path, "algorithm: {objective: simpo, beta: 2.5, gamma: 1.375}\n")).algorithm.gamma == 1.375
+    assert load_config(write(tmp_path, "algorithm: {pairs: all_pairs}\n")).algorithm.objective == "dpo"
+    with pytest.raises(ConfigError, match=r"algorithm\.epsilon: unknown key \(not a field of objective dpo\)"):
+        load_config(write(tmp_path, "algorithm: {objective: dpo, epsilon: 0.1}\n"))
+    with pytest.raises(ConfigError, match=r"algorithm\.beta: unknown key \(not a field of objective sppo\)"):
+        load_config(write(tmp_path, "algorithm: {objective: sppo, beta: 0.001}\n"))
+    with pytest.raises(ConfigError, match=r"algorithm\.objective: unknown objective 'dpoo'; known: bco_pair, cdpo, dpo"):
+        load_config(write(tmp_path, "algorithm: {objective: dpoo}\n"))
+    with pytest.raises(ConfigError, match=r"algorithm: Value error, objective=inpo needs reference=initial"):
+        load_config(write(tmp_path, "algorithm: {objective: inpo}\n"))
+    with pytest.raises(ConfigError, match=r"algorithm\.ratio: Input should be less than 1"):
+        load_config(write(tmp_path, "algorithm: {objective: inpo, ratio: 1.0, reference: initial}\n"))
+
+
+def test_each_judge_kind_takes_only_its_own_fields(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"judge\.strong_model: unknown key \(not a field of judge kind pairrm\)"):
+        load_config(write(tmp_path, "judge: {kind: pairrm, model: a/b, strong_model: c/d}\n"))
+    with pytest.raises(ConfigError, match=r"judge\.reduction: unknown key \(not a field of a task's judge kind\)"):
+        load_config(write(tmp_path, "judge: {kind: arena_oracle, reduction: mean}\n"))
+    with pytest.raises(ConfigError, match=r"eval\.judge\.model: unknown key \(not a field of judge kind self_preference\)"):
+        load_config(write(tmp_path, "eval:\n  judge: {kind: self_preference, model: a/b}\n"))
+    with pytest.raises(ConfigError, match=r"judge\.kind: Field required"):
+        load_config(write(tmp_path, "judge: {num_judges: 2}\n"))
+    cfg = load_config(write(tmp_path, "judge: {kind: density_ratio, strong_model: a/b, weak_model: c/d, reduction: mean}\n"))
+    assert (cfg.judge.strong_model, cfg.judge.reduction, cfg.judge.num_judges) == ("a/b", "mean", 1)
+    assert not cfg.judge.follows_policy
+    task = load_config(write(tmp_path, "judge: {kind: arena_oracle, num_judges: 2, timeout_s: 5}\n")).judge
+    assert (task.kind, task.num_judges, task.timeout_s, task.follows_policy) == ("arena_oracle", 2, 5.0, False)
+    assert load_config(write(tmp_path, "preset: osp\njudge: {kind: self_preference}\n")).judge.follows_policy
+    assert sorted(JUDGE_CONFIGS) == sorted([*CORE_JUDGE_KINDS, "task"])  # one variant per core kind + tasks'
+
+
+def test_a_preset_keeps_only_what_the_chosen_objective_reads(tmp_path: Path) -> None:
+    """Choosing another objective than the preset's drops the preset's fields the new one does not have."""
+    cfg = load_config(write(tmp_path, "preset: sppo\nalgorithm: {objective: dpo}\n"))
+    assert (cfg.algorithm.objective, cfg.algorithm.beta) == ("dpo", 0.1)  # sppo's eta is gone
+    cfg = load_config(write(tmp_path, "preset: inpo\nalgorithm: {objective: ipo}\n"))
+    assert (cfg.algorithm.objective, cfg.algorithm.beta, cfg.algorithm.reference) == ("ipo", 0.0075, "initial")
+    with pytest.raises(ConfigError, match=r"algorithm\.eta: unknown key"):  # the user's own keys are checked
+        load_config(write(tmp_path, "preset: sppo\nalgorithm: {objective: dpo, eta: 10}\n"))
+
+
+def test_presets_are_data_files() -> None:
+    from importlib import resources
+
+    import yaml
+
+    from sparring.shared.presets import load_preset, preset_names
+
+    assert preset_names() == ["dpo", "drift", "inpo", "osp", "sppo"]
+    for name in preset_names():
+        text = resources.files("sparring.shared.presets").joinpath(f"{name}.yaml").read_text()
+        assert text.startswith("# "), f"{name}: the paper sources come first, as comments"
+        assert yaml.safe_load(text) == load_preset(name)
+        assert set(load_preset(name)) <= set(RunConfig.model_fields), name
+    assert load_preset("inpo")["algorithm"]["ratio"] == 1.0 / 3.0

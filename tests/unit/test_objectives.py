@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
 import random
 import sys
@@ -18,8 +19,10 @@ from dataclasses import dataclass, field
 
 import pytest
 import torch
+from pydantic import ValidationError
 
-from sparring.shared.config import AlgorithmConfig
+from sparring.shared.config import OBJECTIVE_CONFIGS, AlgorithmConfig, DPOConfig, algorithm_config
+from sparring.workers.objectives import registry
 from sparring.workers.objectives.base import (
     LossInputs,
     MissingInputError,
@@ -76,7 +79,7 @@ def algo(objective: str, **fields: typing.Any) -> AlgorithmConfig:
     """A valid config for `objective` (INPO needs the fixed initial reference)."""
     if objective == "inpo":
         fields.setdefault("reference", "initial")
-    return AlgorithmConfig(objective=objective, **fields)
+    return algorithm_config(objective=objective, **fields)
 
 
 # The §6 base pair: lc = -10 - (-11) = 1.0, lr = -12 - (-11.5) = -0.5, h = 1.5.
@@ -96,16 +99,16 @@ class Vector:
 
 VECTORS: dict[str, Vector] = {
     "dpo": Vector("dpo", {"beta": 0.1}, BASE, 0.6209570478, rewards=(0.1, -0.05)),
-    "cdpo": Vector("cdpo", {"beta": 0.1, "cdpo_epsilon": 0.1}, BASE, 0.6359570478, rewards=(0.1, -0.05)),
+    "cdpo": Vector("cdpo", {"beta": 0.1, "epsilon": 0.1}, BASE, 0.6359570478, rewards=(0.1, -0.05)),
     "ipo": Vector("ipo", {"beta": 0.1}, BASE, 12.25, metrics={"ipo/residual": -3.5}),
     "ipo_length_normalized": Vector(
         "ipo",
-        {"beta": 0.1, "ipo_length_normalize": True},
+        {"beta": 0.1, "length_normalize": True},
         {**BASE, "chosen_lengths": [20.0], "rejected_lengths": [25.0]},
         24.3049,
         rewards=(0.005, -0.002),
     ),
-    "rdpo": Vector("rdpo", {"beta": 0.1, "rdpo_flip_rate": 0.1}, BASE, 0.6022070478),
+    "rdpo": Vector("rdpo", {"beta": 0.1, "flip_rate": 0.1}, BASE, 0.6022070478),
     "sppo_hard": Vector("sppo_hard", {"eta": 10.0}, BASE, 36.25, rewards=(0.1, -0.05)),
     "sppo": Vector(
         "sppo",
@@ -125,18 +128,18 @@ VECTORS: dict[str, Vector] = {
     "bco_pair_first_step": Vector(
         "bco_pair", {"beta": 0.1}, BASE, 1.3127002817, rewards=(0.1, -0.05), metrics={"bco/delta": 0.025}
     ),
-    "bco_pair_no_shift": Vector("bco_pair", {"beta": 0.1, "bco_running_mean": False}, BASE, 1.3128563081),
+    "bco_pair_no_shift": Vector("bco_pair", {"beta": 0.1, "running_mean": False}, BASE, 1.3128563081),
     "spce": Vector("spce", {"beta": 0.1}, {**BASE, "win_prob": [0.8]}, 0.6509570478),
     "inpo": Vector(
         "inpo",
-        {"beta": 0.1, "inpo_ratio": 1.0 / 3.0},
+        {"beta": 0.1, "ratio": 1.0 / 3.0},
         {**BASE, "tc": [-10.5], "tr": [-11.8]},
         16.2677777778,
         rtol=1e-6,
     ),
     "simpo": Vector(
         "simpo",
-        {"simpo_beta": 2.5, "simpo_gamma": 1.375},
+        {"beta": 2.5, "gamma": 1.375},
         {"pc": [-10.0], "pr": [-12.0], "chosen_lengths": [20.0], "rejected_lengths": [25.0]},
         1.6405213465,
         rewards=(-1.25, -1.2),
@@ -146,7 +149,7 @@ VECTORS: dict[str, Vector] = {
     ),
     "rpo": Vector(
         "rpo",
-        {"beta": 0.1, "rpo_alpha": 1.0},
+        {"beta": 0.1, "alpha": 1.0},
         {**BASE, "chosen_lengths": [4.0]},
         3.1209570478,
         metrics={"rpo/nll": 2.5},
@@ -218,7 +221,7 @@ def test_rdpo_can_be_negative() -> None:
     loss = [0.9 * softplus(-10) - 0.1 * softplus(10)] / 0.8 = [0.9 * 4.5399e-5 - 0.1 * 10.0000454] / 0.8
          = -1.2499546 (negative, as the unbiased estimator allows)
     """
-    out = build_objective(algo("rdpo", rdpo_flip_rate=0.1))(pair_inputs([0.0], [-100.0], [0.0], [0.0]))
+    out = build_objective(algo("rdpo", flip_rate=0.1))(pair_inputs([0.0], [-100.0], [0.0], [0.0]))
     expected = (0.9 * math.log1p(math.exp(-10.0)) - 0.1 * (10.0 + math.log1p(math.exp(-10.0)))) / 0.8
     assert expected < 0
     torch.testing.assert_close(out.losses, torch.tensor([expected]), atol=1e-6, rtol=0)
@@ -319,11 +322,11 @@ def test_rpo_nll_is_a_token_mean_over_the_batch() -> None:
     inputs = pair_inputs(
         [-10.0, -6.0], [-12.0, -7.0], [-11.0, -6.5], [-11.5, -7.5], chosen_lengths=[4.0, 12.0]
     )
-    out = build_objective(algo("rpo", rpo_alpha=1.0))(inputs)
+    out = build_objective(algo("rpo", alpha=1.0))(inputs)
     dpo = DPOLoss(beta=0.1)(inputs)
     torch.testing.assert_close(out.metrics["rpo/nll"], torch.tensor([1.25, 0.75]), atol=1e-6, rtol=0)
     torch.testing.assert_close(out.losses.mean(), dpo.losses.mean() + 1.0, atol=1e-6, rtol=0)
-    no_nll = build_objective(algo("rpo", rpo_alpha=0.0))(inputs)
+    no_nll = build_objective(algo("rpo", alpha=0.0))(inputs)
     torch.testing.assert_close(no_nll.losses, dpo.losses, atol=0, rtol=0)
 
 
@@ -331,7 +334,7 @@ def test_cdpo_is_spce_with_constant_strength() -> None:
     """cDPO(eps) == SPCE(p = 1 - eps) pair by pair."""
     gen = torch.Generator().manual_seed(3)
     pc, pr, rc, rr = ((-30.0 * torch.rand(6, generator=gen)).tolist() for _ in range(4))
-    cdpo = build_objective(algo("cdpo", cdpo_epsilon=0.2))(pair_inputs(pc, pr, rc, rr))
+    cdpo = build_objective(algo("cdpo", epsilon=0.2))(pair_inputs(pc, pr, rc, rr))
     spce = build_objective(algo("spce"))(pair_inputs(pc, pr, rc, rr, win_prob=[0.8] * 6))
     torch.testing.assert_close(cdpo.losses, spce.losses, atol=1e-6, rtol=0)
 
@@ -422,8 +425,8 @@ def test_inpo_at_first_iteration_equals_ipo(ratio: float) -> None:
     pairs = random_pairs(16, seed=5)
     inpo_in = pair_inputs(pairs.pc, pairs.pr, pairs.rc, pairs.rr, True, tc=pairs.rc, tr=pairs.rr)
     ipo_in = pair_inputs(pairs.pc, pairs.pr, pairs.rc, pairs.rr, True)
-    inpo = INPOLoss(beta=0.05, inpo_ratio=ratio)(inpo_in)
-    ipo = IPOLoss(beta=0.05, ipo_length_normalize=False)(ipo_in)
+    inpo = INPOLoss(beta=0.05, ratio=ratio)(inpo_in)
+    ipo = IPOLoss(beta=0.05, length_normalize=False)(ipo_in)
     torch.testing.assert_close(inpo.losses, ipo.losses, atol=1e-3, rtol=1e-5)  # losses ~1e2; ~1 ulp apart
     inpo.losses.sum().backward()
     ipo.losses.sum().backward()
@@ -523,13 +526,13 @@ def _rpo(cfg: AlgorithmConfig, p: Pairs) -> list[float]:
     # the per-pair split: pair i carries -pc_i * B / sum(lengths), whose mean is nll
     shares = [-p.pc[i] * len(p.pc) / sum(p.chosen_lengths) for i in range(len(p.pc))]
     assert math.isclose(sum(shares) / len(shares), nll)
-    return [d + cfg.rpo_alpha * s for d, s in zip(dpo, shares, strict=True)]
+    return [d + cfg.alpha * s for d, s in zip(dpo, shares, strict=True)]
 
 
 def _bco(cfg: AlgorithmConfig, p: Pairs) -> list[float]:
     rewards = [cfg.beta * (p.pc[i] - p.rc[i]) for i in range(len(p.pc))]
     rewards += [cfg.beta * (p.pr[i] - p.rr[i]) for i in range(len(p.pc))]
-    delta = sum(rewards) / len(rewards) if cfg.bco_running_mean else 0.0  # a fresh loss: delta = batch mean
+    delta = sum(rewards) / len(rewards) if cfg.running_mean else 0.0  # a fresh loss: delta = batch mean
     return [
         -log_sigmoid(cfg.beta * (p.pc[i] - p.rc[i]) - delta)
         - log_sigmoid(-(cfg.beta * (p.pr[i] - p.rr[i]) - delta))
@@ -539,13 +542,13 @@ def _bco(cfg: AlgorithmConfig, p: Pairs) -> list[float]:
 
 def _ipo(cfg: AlgorithmConfig, p: Pairs, i: int) -> float:
     lc, lr = p.pc[i] - p.rc[i], p.pr[i] - p.rr[i]
-    if cfg.ipo_length_normalize:
+    if cfg.length_normalize:
         lc, lr = lc / p.chosen_lengths[i], lr / p.rejected_lengths[i]
     return (lc - lr - 1.0 / (2.0 * cfg.beta)) ** 2
 
 
 def _inpo(cfg: AlgorithmConfig, p: Pairs, i: int) -> float:
-    r = cfg.inpo_ratio
+    r = cfg.ratio
     h = (p.pc[i] - p.pr[i]) - r * (p.rc[i] - p.rr[i]) - (1.0 - r) * (p.tc[i] - p.tr[i])
     return (h - 1.0 / (2.0 * cfg.beta)) ** 2
 
@@ -554,17 +557,17 @@ REFERENCE: dict[str, Reference] = {
     "dpo": _per_pair(lambda c, p, i: -log_sigmoid(c.beta * _h(p, i))),
     "cdpo": _per_pair(
         lambda c, p, i: (
-            -(1 - c.cdpo_epsilon) * log_sigmoid(c.beta * _h(p, i))
-            - c.cdpo_epsilon * log_sigmoid(-c.beta * _h(p, i))
+            -(1 - c.epsilon) * log_sigmoid(c.beta * _h(p, i))
+            - c.epsilon * log_sigmoid(-c.beta * _h(p, i))
         )
     ),
     "rdpo": _per_pair(
         lambda c, p, i: (
             (
-                -(1 - c.rdpo_flip_rate) * log_sigmoid(c.beta * _h(p, i))
-                + c.rdpo_flip_rate * log_sigmoid(-c.beta * _h(p, i))
+                -(1 - c.flip_rate) * log_sigmoid(c.beta * _h(p, i))
+                + c.flip_rate * log_sigmoid(-c.beta * _h(p, i))
             )
-            / (1 - 2 * c.rdpo_flip_rate)
+            / (1 - 2 * c.flip_rate)
         )
     ),
     "ipo": _per_pair(_ipo),
@@ -573,9 +576,9 @@ REFERENCE: dict[str, Reference] = {
     "simpo": _per_pair(
         lambda c, p, i: (
             -log_sigmoid(
-                c.simpo_beta * p.pc[i] / p.chosen_lengths[i]
-                - c.simpo_beta * p.pr[i] / p.rejected_lengths[i]
-                - c.simpo_gamma
+                c.beta * p.pc[i] / p.chosen_lengths[i]
+                - c.beta * p.pr[i] / p.rejected_lengths[i]
+                - c.gamma
             )
         )
     ),
@@ -614,8 +617,8 @@ REFERENCE: dict[str, Reference] = {
 
 # Non-default settings exercised too, so that every switch is covered by the reference comparison.
 VARIANTS: list[tuple[str, dict[str, typing.Any]]] = [(name, {}) for name in objective_names()] + [
-    ("ipo", {"ipo_length_normalize": True}),
-    ("bco_pair", {"bco_running_mean": False}),
+    ("ipo", {"length_normalize": True}),
+    ("bco_pair", {"running_mean": False}),
     ("sppo", {"eta": 10.0}),
 ]
 
@@ -641,9 +644,9 @@ def test_batched_equals_per_pair_loop(name: str) -> None:
     Two objectives couple a batch by design, and the test holds them fixed: RPO's NLL is a token mean over
     the batch's chosen tokens, so chosen lengths are equal within the batch here (random lengths are covered
     by `test_matches_scalar_reference`); BCO's running-mean delta depends on the batch, so it runs with
-    `bco_running_mean=False` here (the delta form: `test_bco_batched_equals_loop_at_the_batch_delta`).
+    `running_mean=False` here (the delta form: `test_bco_batched_equals_loop_at_the_batch_delta`).
     """
-    cfg = algo(name, **({"bco_running_mean": False} if OBJECTIVES[name].stateful else {}))
+    cfg = algo(name, **({"running_mean": False} if OBJECTIVES[name].stateful else {}))
     pairs = random_pairs(7, seed=0, equal_chosen_lengths=True)
     objective = build_objective(cfg)
     batched = objective(pairs.inputs())
@@ -738,56 +741,75 @@ def test_registered_objectives_declare_their_capabilities(name: str) -> None:
 
 
 def test_build_objective_from_config() -> None:
-    objective = build_objective(AlgorithmConfig(objective="dpo", beta=0.25))
+    objective = build_objective(DPOConfig(beta=0.25))
     assert isinstance(objective, DPOLoss)
     assert isinstance(objective, Objective)
     assert objective.beta == 0.25
 
 
-def test_build_objective_passes_each_field_by_name() -> None:
-    cfg = AlgorithmConfig(objective="inpo", beta=0.0075, inpo_ratio=0.5, reference="initial")
-    inpo = build_objective(cfg)
+def test_build_objective_passes_the_config_fields() -> None:
+    inpo = build_objective(algo("inpo", beta=0.0075, ratio=0.5))
     assert isinstance(inpo, INPOLoss) and (inpo.beta, inpo.ratio) == (0.0075, 0.5)
-    ipo = build_objective(AlgorithmConfig(objective="ipo", ipo_length_normalize=True))
+    ipo = build_objective(algo("ipo", length_normalize=True))
     assert isinstance(ipo, IPOLoss) and ipo.length_normalize
+    # the recipe fields stay out of the loss; the config round-trips (actors re-parse the resolved config)
+    cfg = algorithm_config(objective="sppo", eta=10.0, pairs="all_pairs")
+    assert cfg.hyperparameters() == {"eta": 10.0}
+    assert algorithm_config(**json.loads(cfg.model_dump_json())) == cfg
 
 
-def test_build_objective_rejects_a_changed_field_the_objective_does_not_read() -> None:
+def test_another_objectives_field_is_refused_with_its_path() -> None:
     """`beta` means the DPO family's beta; SPPO takes `eta` = 1/beta, so beta = 0.001 with sppo is a mistake."""
-    with pytest.raises(ValueError, match=r"does not read algorithm\.beta; it takes eta"):
-        build_objective(AlgorithmConfig(objective="sppo", beta=0.001))
-    with pytest.raises(ValueError, match=r"algorithm\.rpo_alpha"):
-        build_objective(AlgorithmConfig(objective="dpo", rpo_alpha=0.001))
-    # defaults of other objectives' fields are fine, including after a dump/re-parse round trip
-    cfg = AlgorithmConfig.model_validate_json(AlgorithmConfig(objective="sppo", eta=10.0).model_dump_json())
-    assert build_objective(cfg).name == "sppo"
+    with pytest.raises(ValidationError) as e:
+        algorithm_config(objective="sppo", beta=0.001)
+    assert [(err["loc"], err["type"]) for err in e.value.errors()] == [(("sppo", "beta"), "extra_forbidden")]
+    with pytest.raises(ValidationError, match=r"dpo\.alpha"):
+        algorithm_config(objective="dpo", alpha=0.001)
+    with pytest.raises(ValidationError, match="does not match any of the expected tags: 'bco_pair', 'cdpo'"):
+        algorithm_config(objective="nope")
+    assert algorithm_config().objective == "dpo"  # the default objective
 
 
 def test_build_objective_unknown_name_lists_the_registry() -> None:
-    cfg = AlgorithmConfig.model_construct(objective="nope", beta=0.1)
+    cfg = DPOConfig.model_construct(objective="nope", beta=0.1)
     with pytest.raises(ValueError, match="registered: bco_pair, cdpo, dpo"):
         build_objective(cfg)
 
 
-def test_config_literal_lists_exactly_the_registry() -> None:
-    """`AlgorithmConfig.objective`'s Literal (shared cannot import workers) must match the registry."""
-    literal = AlgorithmConfig.model_fields["objective"].annotation
-    assert sorted(typing.get_args(literal)) == objective_names()
+def test_config_union_and_registry_agree() -> None:
+    """The objective configs (shared cannot import workers) name exactly the registry's objectives, and each
+    class takes exactly its config's hyperparameters (checked on import of the registry; repeated here)."""
+    assert sorted(OBJECTIVE_CONFIGS) == objective_names()
+    for name, cls in OBJECTIVES.items():
+        assert registry.objective_parameters(cls) == OBJECTIVE_CONFIGS[name].hyperparameter_names(), name
+    registry.check_objective_configs()
+
+
+def test_coverage_check_names_a_mismatch(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Renamed(DPOLoss):
+        def __init__(self, dpo_beta: float) -> None:
+            super().__init__(dpo_beta)
+
+    monkeypatch.setitem(registry.OBJECTIVES, "dpo", Renamed)
+    with pytest.raises(TypeError, match=r"'dpo': Renamed takes \['dpo_beta'\], DPOConfig has \['beta'\]"):
+        registry.check_objective_configs()
+    monkeypatch.setitem(registry.OBJECTIVES, "extra", DPOLoss)
+    with pytest.raises(TypeError, match=r"classes without a config \['extra'\]"):
+        registry.check_objective_configs()
 
 
 def test_config_cross_field_rules() -> None:
     with pytest.raises(ValueError, match="reference=initial"):
-        AlgorithmConfig(objective="inpo")
-    for bad in (
-        {"rdpo_flip_rate": 0.5},
-        {"rdpo_flip_rate": -0.1},
-        {"cdpo_epsilon": 0.5},
-        {"inpo_ratio": 1.0},
+        algorithm_config(objective="inpo")
+    for objective, bad in (
+        ("rdpo", {"flip_rate": 0.5}),
+        ("rdpo", {"flip_rate": -0.1}),
+        ("cdpo", {"epsilon": 0.5}),
+        ("inpo", {"ratio": 1.0, "reference": "initial"}),
+        ("sppo", {"eta": 0.0}),
     ):
         with pytest.raises(ValueError):
-            AlgorithmConfig(**bad)
-    with pytest.raises(ValueError):
-        AlgorithmConfig(eta=0.0)
+            algorithm_config(objective=objective, **bad)
 
 
 # --------------------------------------------------------------------------------------------------

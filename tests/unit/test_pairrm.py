@@ -250,11 +250,11 @@ def _run_yaml(tmp_path: Path, text: str) -> Path:
 def test_config_pairrm_kinds_validate(tiny_dir: Path, tmp_path: Path) -> None:
     from sparring.shared.config import ConfigError, load_config
 
-    with pytest.raises(ConfigError, match="judge.kind=pairrm needs judge.model"):
+    with pytest.raises(ConfigError, match="judge.model: Field required"):
         load_config(_run_yaml(tmp_path, "judge:\n  kind: pairrm\n"))
     with pytest.raises(ConfigError, match="judge.model directory '/nope/pairrm' does not exist"):
         load_config(_run_yaml(tmp_path, "judge:\n  kind: pairrm\n  model: /nope/pairrm\n"))
-    with pytest.raises(ConfigError, match="judge.model is read by judge.kind=pairrm only"):
+    with pytest.raises(ConfigError, match=r"judge.model: unknown key \(not a field of a task's judge kind\)"):
         load_config(_run_yaml(tmp_path, f"judge:\n  kind: arena_pairrm\n  model: {tiny_dir}\n"))
     cfg = load_config(_run_yaml(tmp_path, f"judge:\n  kind: pairrm\n  model: {tiny_dir}\n"))
     assert (cfg.judge.kind, cfg.judge.model) == ("pairrm", str(tiny_dir))
@@ -266,10 +266,10 @@ def test_config_pairrm_kinds_validate(tiny_dir: Path, tmp_path: Path) -> None:
 
 
 def test_registry_builds_pairrm_from_a_local_dir(tiny_dir: Path, scorer: prm.PairRM) -> None:
-    from sparring.shared.config import JudgeConfig
+    from sparring.shared.config import judge_config
     from sparring.workers.judges.registry import build_judge
 
-    judge = build_judge(JudgeConfig(kind="pairrm", model=str(tiny_dir)))
+    judge = build_judge(judge_config(kind="pairrm", model=str(tiny_dir)))
     assert isinstance(judge, prm.PairRMJudge) and judge.name == "pairrm"
     cands = ["glad you asked. otters are fun.", "well.", "people often talk about otters.", "i see. i see."]
     (out,) = judge.judge([_group("Tell me about otters.", cands)])

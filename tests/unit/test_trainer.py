@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from sparring.shared.config import AlgorithmConfig, TrainerConfig
+from sparring.shared.config import AlgorithmConfig, DPOConfig, SPPOConfig, TrainerConfig
 from sparring.shared.records import Completion, PreferencePair
 from sparring.workers.batching import WarmupSchedule
 from sparring.workers.logps import collate_sequences, sequence_logps, sequence_logps_reference
@@ -73,7 +73,7 @@ def trainer_cfg(**overrides: object) -> TrainerConfig:
 def make_trainer(
     ckpt: Path, seed: int = 0, algo: AlgorithmConfig | None = None, **overrides: object
 ) -> PolicyTrainer:
-    return PolicyTrainer(str(ckpt), trainer_cfg(**overrides), algo or AlgorithmConfig(beta=0.1), seed=seed)
+    return PolicyTrainer(str(ckpt), trainer_cfg(**overrides), algo or DPOConfig(beta=0.1), seed=seed)
 
 
 def weights(trainer: PolicyTrainer) -> dict[str, torch.Tensor]:
@@ -175,7 +175,7 @@ def test_training_learns_a_fixed_preference_and_changes_every_parameter(ckpt: Pa
 
 def test_initial_reference_stays_fixed_across_iterations(ckpt: Path) -> None:
     """reference: initial -> iteration 2 starts away from log 2 (the policy moved, the reference did not)."""
-    algo = AlgorithmConfig(beta=0.1, reference="initial")
+    algo = DPOConfig(beta=0.1, reference="initial")
     trainer = make_trainer(ckpt, algo=algo, batch_size=8, epochs=2)
     trainer.train_iteration(synthetic_pairs(32), iteration=1)
     one_step = trainer.trainer_cfg.model_copy(update={"batch_size": 32, "epochs": 1, "learning_rate": 1e-9})
@@ -317,7 +317,7 @@ def test_warmup_schedules(kind: str, expected: list[float]) -> None:
 def test_length_bucketing_keeps_every_pair_once_and_cuts_padding(ckpt: Path) -> None:
     plain = make_trainer(ckpt, batch_size=8)
     bucketed = PolicyTrainer(
-        str(ckpt), trainer_cfg(batch_size=8), AlgorithmConfig(), seed=0, length_bucket_steps=4
+        str(ckpt), trainer_cfg(batch_size=8), DPOConfig(), seed=0, length_bucket_steps=4
     )
     examples, _ = plain.tokenize_pairs(synthetic_pairs(96))
 
@@ -341,7 +341,7 @@ def test_sppo_trains_on_win_rates_and_rejects_pairs_without_them(ckpt: Path) -> 
         for p in synthetic_pairs(16)
     ]
     missing = make_pair(99, [11, 12, 13], [20, 21, CHOSEN_END], [22, 23, REJECTED_END])  # no win rates
-    trainer = make_trainer(ckpt, algo=AlgorithmConfig(objective="sppo", eta=eta), epochs=1, batch_size=16)
+    trainer = make_trainer(ckpt, algo=SPPOConfig(eta=eta), epochs=1, batch_size=16)
     expected_first = ((eta * 0.2) ** 2 + (eta * -0.2) ** 2) / 2
     result = trainer.train_iteration(pairs + [missing], iteration=1)
     assert [r for r, _ in result.rejected] == [missing.record_id]

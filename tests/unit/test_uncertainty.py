@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sparring.shared.config import JudgeConfig
+from sparring.shared.config import judge_config
 from sparring.shared.records import Completion, GenerationGroup
 from sparring.tasks.arena import rules as arena
 from sparring.tasks.arena.oracle import ArenaOracleJudge
@@ -218,11 +218,11 @@ def test_weight_and_sampling_modes() -> None:
 
 
 def test_config_composition(tiny_dir: Path) -> None:
-    cfg = JudgeConfig(kind="arena_oracle", uncertainty={"estimator": str(tiny_dir), "mode": "easy", "passes": 3})
+    cfg = judge_config(kind="arena_oracle", uncertainty={"estimator": str(tiny_dir), "mode": "easy", "passes": 3})
     judge = build_judge(cfg)
     assert isinstance(judge, u.UncertaintyJudge)
     assert judge.name == "arena_oracle+upo_easy" and judge.passes == 3
     out = judge.judge(arena_groups(4))
     assert all(jd.confidence is not None for jd in out)
     with pytest.raises(ValueError, match="wraps a primary judge"):
-        JudgeConfig(kind="none", uncertainty={"estimator": str(tiny_dir)})
+        judge_config(kind="none", uncertainty={"estimator": str(tiny_dir)})

@@ -31,13 +31,11 @@ def build_judge(cfg: JudgeConfig, run: RunConfig | None = None) -> Judge | None:
     if cfg.kind == "pairrm":
         from sparring.workers.judges.pairrm import build_pairrm_judge
 
-        assert cfg.model  # config validation
         return build_pairrm_judge(cfg.model)
     if cfg.kind == "density_ratio":
         from sparring.shared.models import resolve_model_path
         from sparring.workers.judges.density_ratio import build_density_ratio_judge
 
-        assert cfg.strong_model and cfg.weak_model  # config validation
         return build_density_ratio_judge(
             resolve_model_path(cfg.strong_model, seed),
             resolve_model_path(cfg.weak_model, seed),

@@ -5,9 +5,9 @@ reward-shift loss of its §3; equation number not re-checked), as TRL `DPOTraine
     delta = running mean of mean_batch(cat(r_w, r_l))          (updated with this batch BEFORE it is read)
     loss  = -log sigmoid(r_w - delta) - log sigmoid(-(r_l - delta))
 
-`bco_running_mean = True` is TRL <= v0.28: `RunningMoments.update(batch mean)` with mean 0 and count 1e-24
+`running_mean = True` is TRL <= v0.28: `RunningMoments.update(batch mean)` with mean 0 and count 1e-24
 initially, so each call adds one observation (the batch mean) and the first call gives delta = that
-batch's mean. `bco_running_mean = False` is TRL >= v0.29: delta = 0. delta is a constant (no gradient).
+batch's mean. `running_mean = False` is TRL >= v0.29: delta = 0. delta is a constant (no gradient).
 
 State: the running mean and count (`state_dict()` / `load_state_dict()`, plain floats; `reset()` returns to
 the initial state). Every call updates it, so a batch's losses depend on the batches before it and on its
@@ -39,11 +39,11 @@ class BCOPairLoss:
     needs_lengths: ClassVar[bool] = False
     stateful: ClassVar[bool] = True
 
-    def __init__(self, beta: float, bco_running_mean: bool = True) -> None:
+    def __init__(self, beta: float, running_mean: bool = True) -> None:
         if not beta > 0.0:
             raise ValueError(f"BCO beta must be > 0, got {beta}")
         self.beta = float(beta)
-        self.running_mean = bool(bco_running_mean)
+        self.running_mean = bool(running_mean)
         self.mean = 0.0
         self.count = INITIAL_COUNT
 

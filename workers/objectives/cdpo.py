@@ -9,7 +9,7 @@ the soft label 1 - eps and is minimised at the finite margin beta * h = logit(1 
 `DPOTrainer(loss_type="sigmoid", label_smoothing=eps)` up to v0.28 (v0.29+ ignores `label_smoothing`
 there). The same loss with a per-pair label is SPCE (`spce.py`): cDPO(eps) == SPCE(p = 1 - eps).
 
-Deviations: none (config name `cdpo_epsilon`, not TRL's `label_smoothing`, which also means rDPO's flip
+Deviations: none (config name `epsilon`, not TRL's `label_smoothing`, which also means rDPO's flip
 rate in TRL).
 """
 
@@ -34,13 +34,13 @@ class CDPOLoss:
     needs_lengths: ClassVar[bool] = False
     stateful: ClassVar[bool] = False
 
-    def __init__(self, beta: float, cdpo_epsilon: float) -> None:
+    def __init__(self, beta: float, epsilon: float) -> None:
         if not beta > 0.0:
             raise ValueError(f"cDPO beta must be > 0, got {beta}")
-        if not 0.0 <= cdpo_epsilon < 0.5:
-            raise ValueError(f"cDPO epsilon must be in [0, 0.5), got {cdpo_epsilon}")
+        if not 0.0 <= epsilon < 0.5:
+            raise ValueError(f"cDPO epsilon must be in [0, 0.5), got {epsilon}")
         self.beta = float(beta)
-        self.epsilon = float(cdpo_epsilon)
+        self.epsilon = float(epsilon)
 
     def __call__(self, inputs: LossInputs) -> LossOutput:
         inputs = inputs.float32()

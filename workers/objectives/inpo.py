@@ -39,13 +39,13 @@ class INPOLoss:
     needs_lengths: ClassVar[bool] = False
     stateful: ClassVar[bool] = False
 
-    def __init__(self, beta: float, inpo_ratio: float) -> None:
+    def __init__(self, beta: float, ratio: float) -> None:
         if not beta > 0.0:
             raise ValueError(f"INPO beta must be > 0, got {beta}")
-        if not 0.0 < inpo_ratio < 1.0:
-            raise ValueError(f"INPO ratio (= eta * tau) must be in (0, 1), got {inpo_ratio}")
+        if not 0.0 < ratio < 1.0:
+            raise ValueError(f"INPO ratio (= eta * tau) must be in (0, 1), got {ratio}")
         self.beta = float(beta)
-        self.ratio = float(inpo_ratio)
+        self.ratio = float(ratio)
 
     def __call__(self, inputs: LossInputs) -> LossOutput:
         inputs = inputs.float32()

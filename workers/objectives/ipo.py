@@ -4,9 +4,9 @@ Learning from Human Preferences", arXiv 2310.12036, eq. 17).
     h    = (logp_theta(y_w) - logp_ref(y_w)) - (logp_theta(y_l) - logp_ref(y_l))
     loss = (h - 1 / (2 * beta))^2                 (beta plays the paper's tau)
 
-`ipo_length_normalize = False` (the default) is the paper form on summed log-probs, as in the SPPO fork
+`length_normalize = False` (the default) is the paper form on summed log-probs, as in the SPPO fork
 and the INPO re-implementations; INPO at its first iteration (pi_t = pi_ref) equals this loss with the same
-beta. `ipo_length_normalize = True` is TRL's `loss_type="ipo"` (every version checked): each log-prob,
+beta. `length_normalize = True` is TRL's `loss_type="ipo"` (every version checked): each log-prob,
 policy and reference, is divided by its completion-token count before h is formed,
 
     h = (logp_theta(y_w) - logp_ref(y_w)) / |y_w| - (logp_theta(y_l) - logp_ref(y_l)) / |y_l|,
@@ -35,11 +35,11 @@ class IPOLoss:
     needs_lengths: ClassVar[bool] = True
     stateful: ClassVar[bool] = False
 
-    def __init__(self, beta: float, ipo_length_normalize: bool = False) -> None:
+    def __init__(self, beta: float, length_normalize: bool = False) -> None:
         if not beta > 0.0:
             raise ValueError(f"IPO beta must be > 0, got {beta}")
         self.beta = float(beta)
-        self.length_normalize = bool(ipo_length_normalize)
+        self.length_normalize = bool(length_normalize)
 
     def __call__(self, inputs: LossInputs) -> LossOutput:
         inputs = inputs.float32()

@@ -8,7 +8,7 @@ with eps the known probability that a label was flipped. The loss is an unbiased
 on the clean labels; a single pair's loss can be NEGATIVE (the second term is subtracted). TRL
 `DPOTrainer(loss_type="robust", label_smoothing=eps)`.
 
-Deviations: none (config name `rdpo_flip_rate`, not TRL's shared `label_smoothing`).
+Deviations: none (config name `flip_rate`, not TRL's shared `label_smoothing`).
 """
 
 from __future__ import annotations
@@ -32,13 +32,13 @@ class RDPOLoss:
     needs_lengths: ClassVar[bool] = False
     stateful: ClassVar[bool] = False
 
-    def __init__(self, beta: float, rdpo_flip_rate: float) -> None:
+    def __init__(self, beta: float, flip_rate: float) -> None:
         if not beta > 0.0:
             raise ValueError(f"rDPO beta must be > 0, got {beta}")
-        if not 0.0 <= rdpo_flip_rate < 0.5:
-            raise ValueError(f"rDPO flip rate must be in [0, 0.5), got {rdpo_flip_rate}")
+        if not 0.0 <= flip_rate < 0.5:
+            raise ValueError(f"rDPO flip rate must be in [0, 0.5), got {flip_rate}")
         self.beta = float(beta)
-        self.flip_rate = float(rdpo_flip_rate)
+        self.flip_rate = float(flip_rate)
 
     def __call__(self, inputs: LossInputs) -> LossOutput:
         inputs = inputs.float32()

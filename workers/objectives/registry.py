@@ -1,17 +1,18 @@
 """Objective registry: the one place where a config name becomes a loss class.
 
-`OBJECTIVES` maps `AlgorithmConfig.objective` values to classes; `build_objective` constructs one from the
-config by passing the constructor parameters the class declares (read from its signature) from the
-config fields of the same name. Adding a loss = one module + one line here; nothing branches on names.
+`OBJECTIVES` maps `algorithm.objective` values to classes. Each objective's hyperparameters are a small
+pydantic model in shared (`sparring.shared.config.OBJECTIVE_CONFIGS`; shared cannot import workers), so
+`check_objective_configs` verifies, when this module is imported, that both cover the same names and that
+each class's constructor parameters are exactly its config's fields; `build_objective` then passes the
+config's fields straight to the class. Adding a loss = one module + one line here + its config in shared.
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from typing import Any
 
-from sparring.shared.config import AlgorithmConfig
+from sparring.shared.config import OBJECTIVE_CONFIGS, AlgorithmConfig
 from sparring.workers.objectives.base import Objective
 from sparring.workers.objectives.bco import BCOPairLoss
 from sparring.workers.objectives.cdpo import CDPOLoss
@@ -51,45 +52,46 @@ def objective_names() -> list[str]:
 
 
 def objective_parameters(cls: type[Objective]) -> list[str]:
-    """The constructor parameter names of an objective class (= the `AlgorithmConfig` fields it reads)."""
+    """The constructor parameter names of an objective class, in order."""
     return list(inspect.signature(cls).parameters)
 
 
-def build_objective(cfg: AlgorithmConfig) -> Objective:
-    """Instantiate `cfg.objective`, taking each constructor argument from the `cfg` field of that name.
+def check_objective_configs() -> None:
+    """Raise TypeError unless `OBJECTIVES` and the config union name the same objectives and every class
+    takes exactly its config's hyperparameters (a constructor default, where one exists, equal to the
+    config's)."""
+    if set(OBJECTIVES) != set(OBJECTIVE_CONFIGS):
+        raise TypeError(
+            f"objective registry and config union differ: classes without a config "
+            f"{sorted(set(OBJECTIVES) - set(OBJECTIVE_CONFIGS))}, configs without a class "
+            f"{sorted(set(OBJECTIVE_CONFIGS) - set(OBJECTIVES))}"
+        )
+    for name, cls in OBJECTIVES.items():
+        config = OBJECTIVE_CONFIGS[name]
+        params, fields = inspect.signature(cls).parameters, config.hyperparameter_names()
+        if sorted(params) != sorted(fields):
+            raise TypeError(
+                f"objective {name!r}: {cls.__name__} takes {sorted(params)}, {config.__name__} has {sorted(fields)}"
+            )
+        for pname, param in params.items():
+            default = config.model_fields[pname].get_default(call_default_factory=True)
+            if param.default is not inspect.Parameter.empty and param.default != default:
+                raise TypeError(
+                    f"objective {name!r}: {cls.__name__}({pname}={param.default!r}) but {config.__name__}."
+                    f"{pname} defaults to {default!r}"
+                )
 
-    A loss hyperparameter that some objective reads, that the chosen one does not, and whose value is not
-    its default is an error: `beta: 0.001` with `objective: sppo` (which reads `eta`) fails instead of
-    being silently ignored. "Not the default" rather than "set explicitly" because the resolved config is
-    dumped and re-parsed (CLI -> actors), which marks every field as set. Fields no objective reads
-    (`pairs`, `reference`) are exempt.
-    """
+
+check_objective_configs()
+
+
+def build_objective(cfg: AlgorithmConfig) -> Objective:
+    """Instantiate `cfg.objective` with the hyperparameters of its config (the recipe fields stay out)."""
     try:
         cls = OBJECTIVES[cfg.objective]
     except KeyError:
         raise ValueError(
             f"unknown objective {cfg.objective!r}; registered: {', '.join(objective_names())}"
         ) from None
-    reads = set(objective_parameters(cls))
-    loss_fields = {p for other in OBJECTIVES.values() for p in objective_parameters(other)}
-    fields = type(cfg).model_fields
-    unread = sorted(
-        name
-        for name in (loss_fields & set(fields)) - reads
-        if getattr(cfg, name) != fields[name].get_default(call_default_factory=True)
-    )
-    if unread:
-        raise ValueError(
-            f"objective {cfg.objective!r} does not read algorithm.{', algorithm.'.join(unread)}; "
-            f"it takes {', '.join(sorted(reads)) or 'no parameters'}"
-        )
-    kwargs: dict[str, Any] = {}
-    for pname, param in inspect.signature(cls).parameters.items():
-        if pname in type(cfg).model_fields:
-            kwargs[pname] = getattr(cfg, pname)
-        elif param.default is inspect.Parameter.empty:
-            raise ValueError(
-                f"objective {cfg.objective!r} needs algorithm.{pname}, which AlgorithmConfig does not have"
-            )
     factory: Callable[..., Objective] = cls  # a Protocol type has no declared constructor
-    return factory(**kwargs)
+    return factory(**cfg.hyperparameters())

@@ -40,13 +40,13 @@ class RPOLoss:
     needs_lengths: ClassVar[bool] = True
     stateful: ClassVar[bool] = False
 
-    def __init__(self, beta: float, rpo_alpha: float) -> None:
+    def __init__(self, beta: float, alpha: float) -> None:
         if not beta > 0.0:
             raise ValueError(f"RPO beta must be > 0, got {beta}")
-        if not rpo_alpha >= 0.0:
-            raise ValueError(f"RPO alpha must be >= 0, got {rpo_alpha}")
+        if not alpha >= 0.0:
+            raise ValueError(f"RPO alpha must be >= 0, got {alpha}")
         self.beta = float(beta)
-        self.alpha = float(rpo_alpha)
+        self.alpha = float(alpha)
 
     def __call__(self, inputs: LossInputs) -> LossOutput:
         inputs = inputs.float32()

@@ -6,8 +6,9 @@ NeurIPS 2024, eq. 6 [number from memory, not re-checked]).
 
 |y| is the completion-token count (`chosen_lengths` / `rejected_lengths`). TRL `CPOTrainer(loss_type=
 "simpo", simpo_gamma=gamma, cpo_alpha=0)` computes the same value as -log sigmoid(beta * (D_avg - gamma /
-beta)). Its beta (2.0-10 in the paper's recipes) is not the DPO family's beta (0.1), hence its own config
-name `simpo_beta`; `simpo_gamma` is the absolute margin gamma (the official configs give gamma/beta).
+beta)). Its beta (2.0-10 in the paper's recipes) is not the DPO family's beta (0.1): it is the `beta` of
+the simpo objective config only (`algorithm: {objective: simpo, beta: 2.0, gamma: 1.0}`, TRL's names);
+`gamma` is the absolute margin gamma (the official configs give gamma/beta).
 Logged rewards are r(y_w), r(y_l).
 
 Deviations: none (pure SimPO: no CPO NLL term, i.e. TRL's `cpo_alpha = 0`).
@@ -34,13 +35,13 @@ class SimPOLoss:
     needs_lengths: ClassVar[bool] = True
     stateful: ClassVar[bool] = False
 
-    def __init__(self, simpo_beta: float, simpo_gamma: float) -> None:
-        if not simpo_beta > 0.0:
-            raise ValueError(f"SimPO beta must be > 0, got {simpo_beta}")
-        if not simpo_gamma >= 0.0:
-            raise ValueError(f"SimPO gamma must be >= 0, got {simpo_gamma}")
-        self.beta = float(simpo_beta)
-        self.gamma = float(simpo_gamma)
+    def __init__(self, beta: float, gamma: float) -> None:
+        if not beta > 0.0:
+            raise ValueError(f"SimPO beta must be > 0, got {beta}")
+        if not gamma >= 0.0:
+            raise ValueError(f"SimPO gamma must be >= 0, got {gamma}")
+        self.beta = float(beta)
+        self.gamma = float(gamma)
 
     def __call__(self, inputs: LossInputs) -> LossOutput:
         inputs = inputs.float32()
