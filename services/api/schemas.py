@@ -32,19 +32,35 @@ class PoolList(BaseModel):
     pools: list[Pool]
 
 
+# A run config as POST /v1/runs takes it with a pool: the service sets `prompts` to the uploaded pool.
+RUN_CONFIG_EXAMPLE: dict[str, Any] = {
+    "name": "qwen-sppo",
+    "preset": "sppo",
+    "policy": {"path": "Qwen/Qwen2.5-0.5B-Instruct"},
+    "judge": {"kind": "pairrm", "model": "llm-blender/PairRM-hf"},
+    "schedule": {"iterations": 3, "prompts_per_iteration": 128},
+}
+
+
 class CreateRun(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"config": RUN_CONFIG_EXAMPLE, "pool_id": "pool-3f2a9c0b1d4e5f60"}]}
+    )
 
     config: dict[str, Any] = Field(
-        description="a RunConfig (docs/operations.md); model paths must be `arena`, Hugging Face ids or inside "
-        "the service's model roots; storage.* and prompts.path are set by the service",
-        examples=[{"name": "arena-sppo", "preset": "sppo", "schedule": {"iterations": 3, "prompts_per_iteration": 128}}],
+        description="a RunConfig (docs/operations.md): `policy`, `judge` (with `kind`) and `prompts` (with "
+        "`source`) are required, except that with `pool_id` the service sets `prompts` to the pool. Model "
+        "references must be Hugging Face ids, model names a task registers (`sparring tasks`), or directories "
+        "inside the service's model roots; storage.*, prompts.path and eval.prompts.path are set by the service",
+        examples=[RUN_CONFIG_EXAMPLE],
     )
-    pool_id: str | None = Field(None, description="a pool uploaded with POST /v1/pools (default: the config's prompts)")
+    pool_id: str | None = Field(
+        None, description="a pool uploaded with POST /v1/pools; the run's prompts (`prompts` is then set by the service)"
+    )
 
 
 class Run(BaseModel):
-    run_id: str = Field(examples=["arena-sppo-20261125-150102-a1b2c3"])
+    run_id: str = Field(examples=["qwen-sppo-20261125-150102-a1b2c3"])
     name: str
     state: Literal["created", "running", "pausing", "paused", "stopping", "stopped", "completed", "failed"]
     reason: str = Field(description="why the run is in its state (failure reason, who paused it)")
@@ -54,7 +70,7 @@ class Run(BaseModel):
     iterations_total: int | None
     pool_id: str | None
     algorithm: str | None = Field(description="the objective, e.g. sppo")
-    judge: str | None = Field(description="the judge kind, e.g. arena_oracle")
+    judge: str | None = Field(description="the judge kind, e.g. pairrm")
 
 
 class RunList(BaseModel):
@@ -63,9 +79,11 @@ class RunList(BaseModel):
 
 class IterationList(BaseModel):
     iterations: list[dict[str, Any]] = Field(
-        description="IterationRecords: iteration, policy versions, counts, metrics{loss/mean, rewards/margin, "
-        "rewards/accuracy, gen/tokens_per_s, pairs/per_s, queue/peak/*, staleness/max, sync/max_engine_s, "
-        "judge/latency_s, ...}, stage_seconds, gold_win_rate_vs_iter0, checkpoint, started_at, finished_at"
+        description="IterationRecords: iteration, policy versions, counts, metrics{loss/mean, rewards/margins, "
+        "rewards/accuracies, gen/tokens_per_s, pairs/per_s, pairs/stale_dropped, queue/peak/*, sync/max_engine_s, "
+        "judge/latency_s, ...}, stage_seconds, eval{eval/win_rate_vs_iter0, eval/win_rate_vs_prev (+ _ci_low, "
+        "_ci_high), eval/kl_vs_iter0, eval/response_length_mean, eval/truncated_fraction, "
+        "eval/<evaluator>/<metric>, ...; any key may be absent}, checkpoint, started_at, finished_at"
     )
 
 

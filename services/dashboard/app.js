@@ -5,9 +5,10 @@
 // The token is only ever sent in the Authorization header of same-origin /v1 calls; the live event
 // stream is read with fetch() + a ReadableStream reader (EventSource cannot send headers).
 //
-// Test hooks: every chart is <svg data-chart="NAME" data-points="N"> (N = iterations with a point), each
-// point a <circle data-iteration="I" data-series="KEY">; the run view root has data-run-id, and
-// data-iterations (iterations known to the page).
+// Test hooks: every chart is <svg data-chart="NAME" data-points="N" data-series="KEY KEY ..."> (N =
+// iterations with a point), each point a <circle data-iteration="I" data-series="KEY" data-value="V">, with
+// data-low / data-high when the point has a 95% interval; the iteration table is described above
+// iterationRow; the run view root has data-run-id, and data-iterations (iterations known to the page).
 "use strict";
 
 (() => {
@@ -20,44 +21,123 @@
   const SVG_NS = "http://www.w3.org/2000/svg";
 
   // ------------------------------------------------------------------------------------ charts spec
-  // Each chart: series read from an IterationRecord; a missing key is no point (never an error).
+  // Each chart: series read from an IterationRecord; a missing key is no point (never an error). A chart's
+  // series are fixed (`series`) or found in the records (`seriesOf(recs)`); `group` is the section it is in.
   const metric = (key) => (rec) => num(rec.metrics && rec.metrics[key]);
+  const evalValue = (key) => (rec) => num(rec.eval && rec.eval[key]);
+  const evalBand = (key) => (rec) => [evalValue(`${key}_ci_low`)(rec), evalValue(`${key}_ci_high`)(rec)];
+
+  // The evaluation mapping (IterationRecord.eval) is read generically, whatever judge and task evaluators a
+  // run has: "eval/<metric>" comes from the evaluation itself (the evaluation judge's win rates, KL, lengths),
+  // "eval/<evaluator>/<metric>" from a task evaluator; "<key>_ci_low" / "<key>_ci_high" are the 95% interval
+  // of "<key>". Every "...win_rate_vs_<other>" key is a series of the win-rate chart; the core's KL, length
+  // and truncation keys have their own charts; every other key is a series of its evaluator's chart (or of
+  // the "other" chart for a core key this page does not know).
+  const EVAL_PREFIX = "eval/";
+  const CI_SUFFIX = /_ci_(low|high)$/;
+  const WIN_RATE_KEY = /^eval\/(?:(.+)\/)?win_rate_vs_([^/]+)$/;
+  const EVAL_OWN_CHART = new Set(["eval/kl_vs_iter0", "eval/response_length_mean", "eval/truncated_fraction"]);
+  const EVAL_TABLE_ONLY = new Set(["eval/num_prompts", "eval/response_length_delta"]);
+
+  // Every eval key with a value in some record (interval bounds excluded), sorted.
+  function evalKeys(recs) {
+    const keys = new Set();
+    for (const r of recs) {
+      for (const [k, v] of Object.entries(r.eval || {})) {
+        if (k.startsWith(EVAL_PREFIX) && !CI_SUFFIX.test(k) && num(v) !== null) keys.add(k);
+      }
+    }
+    return [...keys].sort();
+  }
+
+  // A win-rate key's parts: who judged (the evaluation judge, or an evaluator) and against which policy.
+  function winRateKey(key) {
+    const m = WIN_RATE_KEY.exec(key);
+    if (!m) return null;
+    const source = m[1] || "judge";
+    const other = m[2];
+    const versus = other === "iter0" ? "" : other === "prev" ? " vs previous" : ` vs ${other}`;
+    return { key, source, other, label: source + versus, order: [other === "iter0" ? 0 : 1, m[1] ? 1 : 0, source, other] };
+  }
+
+  function compareOrder(a, b) {
+    for (let i = 0; i < a.order.length; i++) {
+      if (a.order[i] < b.order[i]) return -1;
+      if (a.order[i] > b.order[i]) return 1;
+    }
+    return 0;
+  }
+
+  function winRateSeries(recs) {
+    return evalKeys(recs).map(winRateKey).filter((w) => w !== null).sort(compareOrder)
+      .map((w) => ({ key: w.key, label: w.label, get: evalValue(w.key), band: evalBand(w.key) }));
+  }
+
+  // The eval keys no fixed chart shows, by group: evaluator name, or "" for a core key.
+  function otherEvalKeys(recs) {
+    const groups = new Map();
+    for (const key of evalKeys(recs)) {
+      if (WIN_RATE_KEY.test(key) || EVAL_OWN_CHART.has(key) || EVAL_TABLE_ONLY.has(key)) continue;
+      const rest = key.slice(EVAL_PREFIX.length);
+      const slash = rest.lastIndexOf("/");
+      const group = slash < 0 ? "" : rest.slice(0, slash);
+      if (!groups.has(group)) groups.set(group, []);
+      groups.get(group).push({ key, label: slash < 0 ? rest : rest.slice(slash + 1) });
+    }
+    return groups;
+  }
+
+  // One chart per evaluator (and one for unknown core keys) holding the keys no fixed chart shows.
+  function evalGroupCharts(recs) {
+    return [...otherEvalKeys(recs)].map(([group, keys]) => ({
+      name: group ? `evaluator/${group}` : "eval_other",
+      title: group ? `Evaluator ${group}` : "Other evaluation metrics",
+      group: "eval",
+      legend: true, // the series names are the evaluator's metric names
+      seriesOf: () => keys.map((k) => ({ key: k.key, label: k.label, get: evalValue(k.key), band: evalBand(k.key) })),
+    }));
+  }
+
   const CHARTS = [
-    { name: "loss", title: "Loss (mean over pairs)", series: [{ key: "loss/mean", label: "loss", get: metric("loss/mean") }] },
-    { name: "margin", title: "Reward margin (chosen − rejected)",
-      series: [{ key: "rewards/margin", label: "margin", get: metric("rewards/margin") }] },
-    { name: "accuracy", title: "Reward accuracy", range: [0, 1],
-      series: [{ key: "rewards/accuracy", label: "accuracy", get: metric("rewards/accuracy") }] },
-    { name: "winrate", title: "Win rate vs iteration 0 (gold, 95% interval) / judge", range: [0, 1], ref: 0.5,
-      series: [
-        { key: "gold", label: "gold",
-          get: (r) => num(r.gold_win_rate_vs_iter0 && r.gold_win_rate_vs_iter0.win_rate),
-          band: (r) => r.gold_win_rate_vs_iter0
-            ? [num(r.gold_win_rate_vs_iter0.ci_low), num(r.gold_win_rate_vs_iter0.ci_high)] : null },
-        { key: "judge/win_rate", label: "judge", get: metric("judge/win_rate") },
-      ] },
-    { name: "pairs_per_s", title: "Pairs / s", series: [{ key: "pairs/per_s", label: "pairs/s", get: metric("pairs/per_s") }] },
-    { name: "tokens_per_s", title: "Generated tokens / s",
+    { name: "winrate", group: "eval", range: [0, 1], ref: 0.5,
+      title: "Win rate vs iteration 0 (95% interval), and vs the previous iteration",
+      seriesOf: winRateSeries },
+    { name: "kl", group: "eval", title: "KL(policy ‖ iteration 0), nats per response", ref: 0,
+      series: [{ key: "eval/kl_vs_iter0", label: "KL", get: evalValue("eval/kl_vs_iter0") }] },
+    { name: "response_length", group: "eval", title: "Response length (mean tokens)",
+      series: [{ key: "eval/response_length_mean", label: "length", get: evalValue("eval/response_length_mean") }] },
+    { name: "truncated", group: "eval", title: "Truncated responses (fraction at max_new_tokens)", range: [0, 1],
+      series: [{ key: "eval/truncated_fraction", label: "truncated", get: evalValue("eval/truncated_fraction") }] },
+    { name: "loss", group: "train", title: "Loss (mean over pairs)",
+      series: [{ key: "loss/mean", label: "loss", get: metric("loss/mean") }] },
+    { name: "margin", group: "train", title: "Reward margin (chosen − rejected)",
+      series: [{ key: "rewards/margins", label: "margin", get: metric("rewards/margins") }] },
+    { name: "accuracy", group: "train", title: "Reward accuracy", range: [0, 1],
+      series: [{ key: "rewards/accuracies", label: "accuracy", get: metric("rewards/accuracies") }] },
+    { name: "pairs_per_s", group: "train", title: "Pairs / s",
+      series: [{ key: "pairs/per_s", label: "pairs/s", get: metric("pairs/per_s") }] },
+    { name: "tokens_per_s", group: "train", title: "Generated tokens / s",
       series: [{ key: "gen/tokens_per_s", label: "tokens/s", get: metric("gen/tokens_per_s") }] },
-    { name: "queues", title: "Queue depth (peak per iteration)",
+    { name: "queues", group: "train", title: "Queue depth (peak per iteration)",
       series: [
         { key: "queue/peak/prompts", label: "prompts", get: metric("queue/peak/prompts") },
         { key: "queue/peak/generations", label: "generations", get: metric("queue/peak/generations") },
         { key: "queue/peak/pairs", label: "pairs", get: metric("queue/peak/pairs") },
       ] },
-    { name: "staleness", title: "Staleness (max policy versions behind)",
-      series: [{ key: "staleness/max", label: "staleness", get: metric("staleness/max") }] },
-    { name: "sync", title: "Weight sync (s)",
+    { name: "stale_dropped", group: "train", title: "Stale pairs dropped (from another policy version)",
+      series: [{ key: "pairs/stale_dropped", label: "dropped", get: metric("pairs/stale_dropped") }] },
+    { name: "sync", group: "train", title: "Weight sync (s)",
       series: [
         { key: "sync/max_engine_s", label: "slowest engine", get: metric("sync/max_engine_s") },
         { key: "stage/sync", label: "sync stage", get: (r) => num(r.stage_seconds && r.stage_seconds.sync) },
       ] },
-    { name: "judge_latency", title: "Judge latency (s)",
+    { name: "judge_latency", group: "train", title: "Judge latency (s)",
       series: [{ key: "judge/latency_s", label: "latency", get: metric("judge/latency_s") }] },
-    { name: "stages", title: "Stage time (s)",
+    { name: "stages", group: "train", title: "Stage time (s)",
       series: ["generate_judge", "train", "sync", "eval"].map((s) => ({
         key: `stage/${s}`, label: s, get: (r) => num(r.stage_seconds && r.stage_seconds[s]) })) },
   ];
+  const SERIES_COLOURS = 8; // .s0 ... .s7 in app.css
 
   // ------------------------------------------------------------------------------------ small helpers
   function num(v) {
@@ -258,14 +338,24 @@
     const progress = el("p", { class: "progress", id: "progress" }, "waiting for events…");
     const note = el("p", { class: "error", id: "run-error", role: "alert" });
     const queues = el("dl", { class: "queues", id: "queues" });
-    const charts = el("div", { class: "charts" });
+    const chartGroups = { eval: el("div", { class: "charts", id: "eval-charts" }), train: el("div", { class: "charts", id: "train-charts" }) };
     const chartNodes = new Map();
-    for (const spec of CHARTS) {
-      const node = svg("svg", { class: "chart", viewBox: "0 0 360 210", role: "img", "aria-label": spec.title,
-        "data-chart": spec.name, "data-points": "0" });
-      chartNodes.set(spec.name, node);
-      charts.append(el("figure", { class: "chart-box" }, el("figcaption", {}, spec.title), node));
-    }
+    const chartNode = (spec) => { // created on first use: evaluator charts appear with their first values
+      let node = chartNodes.get(spec.name);
+      if (!node) {
+        node = svg("svg", { class: "chart", viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": spec.title,
+          "data-chart": spec.name, "data-points": "0" });
+        chartNodes.set(spec.name, node);
+        chartGroups[spec.group].append(el("figure", { class: "chart-box" }, el("figcaption", {}, spec.title), node));
+      }
+      return node;
+    };
+    CHARTS.forEach(chartNode);
+    const evalNote = el("p", { class: "muted", id: "eval-note" });
+    const iterBody = el("tbody", {});
+    const iterTable = el("table", { class: "iterations", id: "iterations" },
+      el("thead", {}, el("tr", {}, ITERATION_COLUMNS.map((c) => el("th", { title: c.tip || null }, c.title)))),
+      iterBody);
     const pairsBody = el("tbody", {});
     const pairs = el("table", { class: "pairs", id: "pairs" },
       el("thead", {}, el("tr", {}, ["Iter", "Prompt", "Chosen", "Rejected", "Scores", "P(chosen wins)", "Judge"].map((h) => el("th", {}, h)))),
@@ -274,7 +364,9 @@
       el("p", {}, el("a", { href: "#/" }, "← all runs")),
       head, progress, note,
       el("h2", {}, "Queues (live)"), queues,
-      el("h2", {}, "By iteration"), charts,
+      el("h2", {}, "Evaluation (held-out prompts)"), evalNote, chartGroups.eval,
+      el("h2", {}, "Training, by iteration"), chartGroups.train,
+      el("h2", {}, "Iterations"), iterTable,
       el("h2", {}, `Recent pairs (latest ${PAIRS_LIMIT})`), pairs);
     $("app").replaceChildren(root);
 
@@ -297,7 +389,13 @@
 
     function drawCharts() {
       const recs = [...iterations.values()].sort((a, b) => a.iteration - b.iteration);
-      for (const spec of CHARTS) drawChart(chartNodes.get(spec.name), spec, recs);
+      for (const spec of [...CHARTS, ...evalGroupCharts(recs)]) drawChart(chartNode(spec), spec, recs);
+      iterBody.replaceChildren(...recs.slice().reverse().map(iterationRow));
+      const last = recs.length ? recs[recs.length - 1] : null;
+      const n = last ? evalValue("eval/num_prompts")(last) : null;
+      evalNote.textContent = !last ? "" : n !== null
+        ? `${fmt(n)} held-out prompts, one sample per policy version; series and charts follow the run's evaluation keys.`
+        : "This run's records carry no evaluation.";
       root.dataset.iterations = String(recs.length);
     }
 
@@ -402,6 +500,52 @@
       el("td", {}, p.judge || "–"));
   }
 
+  // ------------------------------------------------------------------------------------ iteration table
+  // One row per iteration, newest first. Test hooks: tr[data-iteration]; a value cell is td[data-key] with
+  // data-value (absent when the record has no value); a win-rate cell holds one span[data-key][data-value]
+  // per win-rate key of the record.
+  const numCell = (key, get, digits) => (rec) => {
+    const v = get(rec);
+    return el("td", { class: "num", dataset: v === null ? { key } : { key, value: v } },
+      v === null ? "–" : digits === undefined ? fmt(v) : v.toFixed(digits));
+  };
+
+  const winRateCell = (wanted, labelOf) => (rec) => {
+    const keys = Object.keys(rec.eval || {}).filter((k) => !CI_SUFFIX.test(k) && num(rec.eval[k]) !== null)
+      .map(winRateKey).filter((w) => w !== null && wanted(w)).sort(compareOrder);
+    if (!keys.length) return el("td", { class: "num" }, "–");
+    return el("td", { class: "num" }, keys.map((w, i) => {
+      const v = num(rec.eval[w.key]);
+      const [lo, hi] = evalBand(w.key)(rec);
+      const ci = lo !== null && hi !== null ? ` [${lo.toFixed(2)}, ${hi.toFixed(2)}]` : "";
+      return el("span", { class: "wr", dataset: { key: w.key, value: v }, title: w.key },
+        i ? el("br", {}) : null, `${labelOf(w)} ${v.toFixed(3)}${ci}`);
+    }));
+  };
+
+  const ITERATION_COLUMNS = [
+    { title: "Iter", cell: (r) => el("td", {}, r.iteration) },
+    { title: "Pairs", cell: numCell("num_pairs", (r) => num(r.num_pairs)) },
+    { title: "Loss", cell: numCell("loss/mean", metric("loss/mean")) },
+    { title: "Accuracy", tip: "rewards/accuracies", cell: numCell("rewards/accuracies", metric("rewards/accuracies"), 3) },
+    { title: "Win rate vs iter 0", tip: "eval …win_rate_vs_iter0 [95% interval], per judge / evaluator",
+      cell: winRateCell((w) => w.other === "iter0", (w) => w.label) },
+    { title: "Win rate vs previous", tip: "eval …win_rate_vs_prev [95% interval], per judge / evaluator",
+      cell: winRateCell((w) => w.other !== "iter0", (w) => (w.other === "prev" ? w.source : w.label)) },
+    { title: "KL vs iter 0", tip: "eval/kl_vs_iter0 (nats per response)", cell: numCell("eval/kl_vs_iter0", evalValue("eval/kl_vs_iter0"), 3) },
+    { title: "Length", tip: "eval/response_length_mean (tokens)",
+      cell: numCell("eval/response_length_mean", evalValue("eval/response_length_mean"), 1) },
+    { title: "Truncated", tip: "eval/truncated_fraction",
+      cell: numCell("eval/truncated_fraction", evalValue("eval/truncated_fraction"), 3) },
+    { title: "Stale dropped", tip: "pairs/stale_dropped", cell: numCell("pairs/stale_dropped", metric("pairs/stale_dropped")) },
+    { title: "Time (s)", cell: numCell("seconds", (r) => (num(r.finished_at) !== null && num(r.started_at) !== null
+      ? r.finished_at - r.started_at : null), 1) },
+  ];
+
+  function iterationRow(rec) {
+    return el("tr", { dataset: { iteration: rec.iteration } }, ITERATION_COLUMNS.map((c) => c.cell(rec)));
+  }
+
   // ------------------------------------------------------------------------------------ event stream
   // Server-sent events over fetch(): resumes with ?after=<last id> on reconnect, with a growing pause.
   // The server closes the stream with an "end" event when the run is at rest: a finished run is not
@@ -482,22 +626,38 @@
   const W = 360, H = 210, M = { top: 26, right: 12, bottom: 26, left: 46 };
 
   function drawChart(node, spec, recs) {
-    const series = spec.series.map((s, i) => ({
+    const series = (spec.seriesOf ? spec.seriesOf(recs) : spec.series).map((s, i) => ({
       ...s, index: i,
-      pts: recs.map((r) => ({ x: r.iteration, y: s.get(r), band: s.band ? s.band(r) : null })).filter((p) => p.y !== null),
+      pts: recs.map((r) => ({ x: r.iteration, y: s.get(r), band: s.band ? interval(s.band(r)) : null }))
+        .filter((p) => p.y !== null),
     }));
     const withData = new Set(series.flatMap((s) => s.pts.map((p) => p.x)));
     node.dataset.points = String(withData.size);
+    node.dataset.series = series.map((s) => s.key).join(" ");
     node.replaceChildren();
     if (!withData.size) {
-      node.append(svg("text", { x: W / 2, y: H / 2, "text-anchor": "middle", class: "empty" }, "no data yet"));
+      node.append(svg("text", { x: W / 2, y: H / 2, "text-anchor": "middle", class: "empty" },
+        recs.length ? "not in this run's records" : "no data yet"));
       return;
     }
+    // the legend (several series, or one with an interval) wraps onto as many rows as it needs
+    const legendItems = [];
+    if (spec.legend || series.length > 1 || series.some((s) => s.pts.some((p) => p.band))) {
+      let lx = M.left, row = 0;
+      for (const s of series) {
+        const text = s.label + (s.pts.length ? "" : " (none)");
+        const width = 22 + 6.5 * text.length;
+        if (lx > M.left && lx + width > W - M.right) { lx = M.left; row += 1; }
+        legendItems.push({ s, text, x: lx, y: 8 + 14 * row });
+        lx += width;
+      }
+    }
+    const top = M.top + (legendItems.length ? legendItems[legendItems.length - 1].y - 8 : 0);
     // x: iteration numbers; y: values, interval bounds and the fixed range if any
     const xs = [...withData];
     let x0 = Math.min(...xs), x1 = Math.max(...xs);
     if (x0 === x1) { x0 -= 1; x1 += 1; }
-    const ys = series.flatMap((s) => s.pts.flatMap((p) => [p.y, ...(p.band || []).filter((v) => v !== null)]));
+    const ys = series.flatMap((s) => s.pts.flatMap((p) => [p.y, ...(p.band || [])]));
     let y0 = Math.min(...ys), y1 = Math.max(...ys);
     if (spec.range) { y0 = Math.min(y0, spec.range[0]); y1 = Math.max(y1, spec.range[1]); }
     const nonNegative = y0 >= 0;
@@ -505,7 +665,7 @@
     else if (!spec.range) { const pad = (y1 - y0) * 0.08; y0 -= pad; y1 += pad; }
     if (nonNegative && y0 < 0) y0 = 0; // counts, rates and times never go below zero
     const px = (x) => M.left + ((x - x0) / (x1 - x0)) * (W - M.left - M.right);
-    const py = (y) => H - M.bottom - ((y - y0) / (y1 - y0)) * (H - M.top - M.bottom);
+    const py = (y) => H - M.bottom - ((y - y0) / (y1 - y0)) * (H - top - M.bottom);
 
     const grid = svg("g", { class: "grid" });
     const yTicks = ticks(y0, y1, 4);
@@ -524,11 +684,14 @@
     }
 
     const legend = svg("g", { class: "legend" });
-    let lx = M.left;
+    for (const { s, text, x, y } of legendItems) {
+      legend.append(svg("rect", { class: `swatch s${s.index % SERIES_COLOURS}`, x, y, width: 10, height: 10 }),
+        svg("text", { x: x + 13, y: y + 9, "data-series": s.key }, text));
+    }
     for (const s of series) {
-      const g = svg("g", { class: `series s${s.index}`, "data-series": s.key, "data-points": s.pts.length });
+      const g = svg("g", { class: `series s${s.index % SERIES_COLOURS}`, "data-series": s.key, "data-points": s.pts.length });
       for (const p of s.pts) {
-        if (p.band && p.band[0] !== null && p.band[1] !== null) {
+        if (p.band) {
           const x = px(p.x);
           g.append(svg("path", { class: "band",
             d: `M${x - 3},${py(p.band[0])}H${x + 3}M${x},${py(p.band[0])}V${py(p.band[1])}M${x - 3},${py(p.band[1])}H${x + 3}` }));
@@ -540,16 +703,17 @@
       for (const p of s.pts) {
         const tip = `${s.label}, iteration ${p.x}: ${fmt(p.y)}` + (p.band ? ` [${fmt(p.band[0])}, ${fmt(p.band[1])}]` : "");
         g.append(svg("circle", { class: "point", cx: px(p.x).toFixed(1), cy: py(p.y).toFixed(1), r: 3,
-          "data-iteration": p.x, "data-series": s.key, "data-value": p.y }, svg("title", {}, tip)));
+          "data-iteration": p.x, "data-series": s.key, "data-value": p.y,
+          "data-low": p.band ? p.band[0] : null, "data-high": p.band ? p.band[1] : null }, svg("title", {}, tip)));
       }
       node.append(g);
-      if (series.length > 1 || s.band) {
-        legend.append(svg("rect", { class: `swatch s${s.index}`, x: lx, y: 8, width: 10, height: 10 }),
-          svg("text", { x: lx + 13, y: 17 }, s.label + (s.pts.length ? "" : " (none)")));
-        lx += 22 + 6.5 * (s.label.length + (s.pts.length ? 0 : 7));
-      }
     }
     node.append(legend);
+  }
+
+  // [low, high] when both bounds are numbers, else null (no interval is drawn).
+  function interval(band) {
+    return Array.isArray(band) && num(band[0]) !== null && num(band[1]) !== null ? [band[0], band[1]] : null;
   }
 
   // A tick label with just enough decimals to tell neighbouring ticks `step` apart.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 import sys
 import tarfile
@@ -20,7 +21,7 @@ import pytest
 import yaml
 
 from sparring.shared import keys
-from sparring.shared.arena import arena_prompts
+from sparring.tasks.arena.rules import arena_prompts
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -117,8 +118,13 @@ def test_configs_cannot_read_arbitrary_files(api_server) -> None:
             "storage.run_dir: set by the service, not by a run config",
             "prompts.path: set by the service, not by a run config",
         ]
-        r = c.post("/v1/runs", json={"config": {"trainer": {"learning_rat": 1}}})
+        valid = {**_small(iterations=1), "prompts": {"source": "arena"}}
+        r = c.post("/v1/runs", json={"config": {**valid, "trainer": {**valid["trainer"], "learning_rat": 1}}})
         assert r.status_code == 422 and r.json()["problems"] == ["trainer.learning_rat: unknown key (not a field of this section) (got 1)"]
+        # prompts are required unless a pool supplies them
+        no_prompts = {k: v for k, v in valid.items() if k != "prompts"}
+        r = c.post("/v1/runs", json={"config": {**no_prompts, "trainer": {**valid["trainer"], "learning_rat": 1}}})
+        assert r.status_code == 422 and "prompts: Field required" in r.json()["problems"]
         r = c.post("/v1/runs", json={"config": {}, "pool_id": "pool-missing"})
         assert r.status_code == 422 and "no pool 'pool-missing'" in r.json()["detail"]
 
@@ -177,8 +183,20 @@ def test_run_lifecycle_pause_resume_export_checkpoint(api_server, tmp_path: Path
         iterations = c.get(f"/v1/runs/{run_id}/iterations").json()["iterations"]
         assert [it["iteration"] for it in iterations] == [1, 2, 3]
         assert [it["policy_version_out"] for it in iterations] == [1, 2, 3]
-        assert all(it["num_pairs"] > 0 and it["gold_win_rate_vs_iter0"] is not None for it in iterations)
-        for key in ("pairs/per_s", "gen/tokens_per_s", "queue/peak/prompts", "staleness/max", "sync/max_engine_s", "judge/latency_s"):
+        assert all(it["num_pairs"] > 0 for it in iterations)
+        for it in iterations:
+            ev = it["eval"]
+            assert ev["eval/num_prompts"] == SMALL_EVAL["num_prompts"], ev
+            # the training judge (the oracle) is the evaluation judge; the task evaluator adds the gold win rate
+            for name in ("eval/win_rate_vs_iter0", "eval/win_rate_vs_prev", "eval/arena_gold/win_rate_vs_iter0"):
+                assert ev[f"{name}_ci_low"] <= ev[name] <= ev[f"{name}_ci_high"], (name, ev)
+                assert 0.0 <= ev[name] <= 1.0, (name, ev)
+            for name in ("eval/kl_vs_iter0", "eval/response_length_mean", "eval/truncated_fraction", "eval/arena_gold/mean_gold"):
+                assert isinstance(ev[name], float), (name, ev)
+        for key in (
+            "pairs/per_s", "gen/tokens_per_s", "queue/peak/prompts", "pairs/stale_dropped", "sync/max_engine_s",
+            "judge/latency_s", "rewards/accuracies", "rewards/margins",
+        ):  # fmt: skip
             assert key in iterations[-1]["metrics"], key
 
         lines = c.get(f"/v1/runs/{run_id}/pairs/export").text.splitlines()
@@ -210,12 +228,49 @@ def test_run_lifecycle_pause_resume_export_checkpoint(api_server, tmp_path: Path
         metrics = c.get("/metrics").text
         assert f'sparring_iterations_total{{run="{run_id}"}} 3.0' in metrics
         assert "sparring_generation_tokens_per_second" in metrics and "sparring_judge_latency_seconds" in metrics
+        samples = _prometheus_samples(metrics)
+        last = iterations[-1]["eval"]
+        for metric in ("win_rate_vs_iter0", "arena_gold/win_rate_vs_iter0", "kl_vs_iter0"):
+            got = samples.get(("sparring_eval", (("metric", metric), ("run", run_id))))
+            assert got == pytest.approx(last[f"eval/{metric}"]), (metric, [k for k in samples if k[0] == "sparring_eval"])
+        dropped = samples[("sparring_stale_pairs_dropped", (("run", run_id),))]
+        assert dropped == iterations[-1]["metrics"]["pairs/stale_dropped"]
+        assert "sparring_gold_win_rate" not in metrics and "sparring_policy_staleness" not in metrics
+
+
+# The held-out evaluation of the API's runs: the arena's held-out prompts and its gold evaluator.
+SMALL_EVAL = {"num_prompts": 32, "prompts": {"source": "arena_heldout"}, "evaluators": ["arena_gold"]}
 
 
 def _small(iterations: int) -> dict:
+    """A small arena run for the API, without `prompts`: these tests give it a pool, which sets them."""
     from tests.integration.conftest import SMALL_ARENA_RUN
 
-    return {**SMALL_ARENA_RUN, "schedule": {**SMALL_ARENA_RUN["schedule"], "iterations": iterations}}
+    config = {k: v for k, v in SMALL_ARENA_RUN.items() if k != "prompts"}
+    return {
+        **config,
+        "policy": {"path": "arena"},
+        "judge": {"kind": "arena_oracle"},
+        "eval": SMALL_EVAL,
+        "schedule": {**SMALL_ARENA_RUN["schedule"], "iterations": iterations},
+    }
+
+
+SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
+LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def _prometheus_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """(name, sorted (label, value) pairs) -> value of every sample in a Prometheus text exposition (label
+    order in the text is the exporter's business, so it is not part of the key)."""
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            m = SAMPLE.match(line)
+            assert m is not None, line
+            labels = tuple(sorted(LABEL.findall(m.group(2) or "")))
+            out[(m.group(1), labels)] = float(m.group(3))
+    return out
 
 
 def _cli(api_server, *args: str) -> subprocess.CompletedProcess[str]:
@@ -247,7 +302,7 @@ def test_api_restart_mid_run_loses_nothing(api_server, redis_client, tmp_path: P
     assert api_server.starts == starts + 1
     done = api_server.wait_for(run_id, lambda run: run["state"] == "completed", what="completed after restart")
     assert done["iterations_done"] == 3
-    assert int(redis_client.get(keys.epoch(run_id))) == 1  # one controller, never resumed or replaced
+    assert int(redis_client.get(keys.incarnation(run_id))) == 1  # one controller, never resumed or replaced
 
     with api_server.client(api_server.read_token) as c:
         iterations = c.get(f"/v1/runs/{run_id}/iterations").json()["iterations"]

@@ -4,8 +4,13 @@
   file reachable, nothing of it in the OpenAPI schema;
 - a wrong token lands on the login box with the API's reason;
 - the page of a REAL arena run (read-only token, passed once in the URL fragment): every chart holds exactly
-  the iterations the API reports, with the API's values; a NEW iteration then appears without a page reload
-  (pushed over the event stream); every request stays on the API's origin, carries the token in the
+  the iterations the API reports, with the API's values: the training metrics and the evaluation mapping
+  (one win-rate series per `*win_rate_vs_*` key, the evaluation judge's labelled "judge" and the arena's
+  gold evaluator's labelled `arena_gold`, each with its 95% interval; KL; response length; truncation; the
+  evaluator's other metrics on a chart of its own), and the iteration table shows each record's eval win
+  rates and KL. The run is paused after its first iteration while the page opens (the stream tells the page it
+  is at rest); once it is resumed, a NEW iteration appears without a page reload (the page reconnects and
+  the iteration is pushed over the event stream); every request stays on the API's origin, carries the token in the
   Authorization header only, and never in a URL. A full-page screenshot is saved under the test's tmp_path.
 
 Needs `make browser` (apt `chromium`); it does not skip when chromium is missing, it fails and says so.
@@ -13,6 +18,7 @@ Needs `make browser` (apt `chromium`); it does not skip when chromium is missing
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,7 +34,7 @@ LAUNCH_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
-RUN_ITERATIONS = 3
+RUN_ITERATIONS = 5  # it is paused after its first iteration (honoured at the next boundary): room to resume
 ITERATION_TIMEOUT_S = 600.0  # startup (Ray, two vLLM-CPU engines) plus one arena iteration on a small CPU box
 
 
@@ -36,28 +42,60 @@ def _metric(key: str) -> Callable[[dict[str, Any]], float | None]:
     return lambda rec: rec.get("metrics", {}).get(key)
 
 
-def _gold(rec: dict[str, Any]) -> float | None:
-    w = rec.get("gold_win_rate_vs_iter0")
-    return None if w is None else w.get("win_rate")
+def _eval(key: str) -> Callable[[dict[str, Any]], float | None]:
+    return lambda rec: rec.get("eval", {}).get(key)
 
+
+Series = dict[str, Callable[[dict[str, Any]], float | None]]
 
 # chart name -> {series key -> value of an IterationRecord (API JSON) or None}: the test's own reading of the
 # API contract, checked against what the page draws (data-chart / data-series / data-iteration / data-value).
-EXPECTED_SERIES: dict[str, dict[str, Callable[[dict[str, Any]], float | None]]] = {
+FIXED_SERIES: dict[str, Series] = {
+    "kl": {"eval/kl_vs_iter0": _eval("eval/kl_vs_iter0")},
+    "response_length": {"eval/response_length_mean": _eval("eval/response_length_mean")},
+    "truncated": {"eval/truncated_fraction": _eval("eval/truncated_fraction")},
     "loss": {"loss/mean": _metric("loss/mean")},
-    "margin": {"rewards/margin": _metric("rewards/margin")},
-    "accuracy": {"rewards/accuracy": _metric("rewards/accuracy")},
-    "winrate": {"gold": _gold, "judge/win_rate": _metric("judge/win_rate")},
+    "margin": {"rewards/margins": _metric("rewards/margins")},
+    "accuracy": {"rewards/accuracies": _metric("rewards/accuracies")},
     "pairs_per_s": {"pairs/per_s": _metric("pairs/per_s")},
     "tokens_per_s": {"gen/tokens_per_s": _metric("gen/tokens_per_s")},
     "queues": {f"queue/peak/{q}": _metric(f"queue/peak/{q}") for q in ("prompts", "generations", "pairs")},
-    "staleness": {"staleness/max": _metric("staleness/max")},
+    "stale_dropped": {"pairs/stale_dropped": _metric("pairs/stale_dropped")},
     "sync": {"sync/max_engine_s": _metric("sync/max_engine_s"),
              "stage/sync": lambda r: r.get("stage_seconds", {}).get("sync")},
     "judge_latency": {"judge/latency_s": _metric("judge/latency_s")},
-}
+}  # fmt: skip
+WIN_RATE_KEY = re.compile(r"^eval/(?:(.+)/)?win_rate_vs_([^/]+)$")
+CI = re.compile(r"_ci_(low|high)$")
+# eval keys of the core with a chart of their own, or shown in the table only
+EVAL_CHARTED = {"eval/kl_vs_iter0", "eval/response_length_mean", "eval/truncated_fraction"}
+EVAL_TABLE_ONLY = {"eval/num_prompts", "eval/response_length_delta"}
+# The evaluation of this run: the oracle (training judge = evaluation judge) and the arena's gold evaluator.
+RUN_EVAL = {"num_prompts": 24, "prompts": {"source": "arena_heldout"}, "evaluators": ["arena_gold"]}
 # Charts every arena iteration must fill (the rest depend on the judge, queue sampling, etc.).
-ALWAYS_FILLED = ("loss", "margin", "accuracy", "tokens_per_s", "sync")
+ALWAYS_FILLED = (
+    "loss", "margin", "accuracy", "tokens_per_s", "sync", "stale_dropped", "winrate", "kl", "response_length", "truncated",
+    "evaluator/arena_gold",
+)  # fmt: skip
+# Win-rate series this run must have: the evaluation judge's and the gold evaluator's, with their labels.
+WIN_RATE_LABELS = {
+    "eval/win_rate_vs_iter0": "judge",
+    "eval/arena_gold/win_rate_vs_iter0": "arena_gold",
+    "eval/win_rate_vs_prev": "judge vs previous",
+}
+
+
+def expected_series(records: list[dict[str, Any]]) -> dict[str, Series]:
+    """Every chart the page must draw for these records, generically from their eval keys: each
+    `...win_rate_vs_<other>` key on the win-rate chart, each evaluator's other keys on `evaluator/<name>`."""
+    keys = sorted({k for r in records for k, v in r.get("eval", {}).items() if v is not None and not CI.search(k)})
+    charts: dict[str, Series] = {"winrate": {k: _eval(k) for k in keys if WIN_RATE_KEY.match(k)}, **FIXED_SERIES}
+    for key in keys:
+        if WIN_RATE_KEY.match(key) or key in EVAL_CHARTED or key in EVAL_TABLE_ONLY:
+            continue
+        group, _, _ = key.removeprefix("eval/").rpartition("/")
+        charts.setdefault(f"evaluator/{group}" if group else "eval_other", {})[key] = _eval(key)
+    return charts
 
 
 @pytest.fixture(scope="module")
@@ -101,15 +139,28 @@ class Drawn:
             """() => ({
                 points: [...document.querySelectorAll('svg[data-chart] circle[data-iteration]')].map((c) => [
                     c.closest('svg').dataset.chart, c.dataset.series, Number(c.dataset.iteration),
-                    Number(c.dataset.value)]),
+                    Number(c.dataset.value), c.dataset.low === undefined ? null : Number(c.dataset.low),
+                    c.dataset.high === undefined ? null : Number(c.dataset.high)]),
                 counts: Object.fromEntries([...document.querySelectorAll('svg[data-chart]')].map(
                     (s) => [s.dataset.chart, Number(s.dataset.points)])),
+                legends: Object.fromEntries([...document.querySelectorAll('svg[data-chart]')].map(
+                    (s) => [s.dataset.chart, Object.fromEntries([...s.querySelectorAll('.legend text[data-series]')].map(
+                        (t) => [t.dataset.series, t.textContent]))])),
+                table: [...document.querySelectorAll('#iterations tbody tr[data-iteration]')].map((tr) => [
+                    Number(tr.dataset.iteration),
+                    Object.fromEntries([...tr.querySelectorAll('[data-key][data-value]')].map(
+                        (c) => [c.dataset.key, Number(c.dataset.value)]))]),
             })"""
         )
         self.counts: dict[str, int] = snap["counts"]
+        self.legends: dict[str, dict[str, str]] = snap["legends"]
         self.series: dict[str, dict[str, dict[int, float]]] = {}
-        for chart, series, iteration, value in snap["points"]:
+        self.bands: dict[str, dict[str, dict[int, tuple[float, float] | None]]] = {}
+        for chart, series, iteration, value, low, high in snap["points"]:
             self.series.setdefault(chart, {}).setdefault(series, {})[iteration] = value
+            band = None if low is None or high is None else (low, high)
+            self.bands.setdefault(chart, {}).setdefault(series, {})[iteration] = band
+        self.table: dict[int, dict[str, float]] = {i: cells for i, cells in snap["table"]}
 
     def iterations(self, chart: str, series: str) -> set[int]:
         return set(self.series.get(chart, {}).get(series, {}))
@@ -143,18 +194,37 @@ def check_charts_match(pics: Drawn, records: list[dict[str, Any]]) -> None:
     assert last > 0, "the loss chart is empty"
     by_iter = {r["iteration"]: r for r in records if r["iteration"] <= last}
     assert set(by_iter) == set(range(1, last + 1)), f"API iterations {sorted(by_iter)}, page up to {last}"
-    for chart, series in EXPECTED_SERIES.items():
+    expected = expected_series(list(by_iter.values()))
+    for chart, series in expected.items():
         chart_iters: set[int] = set()
+        drawn = set(pics.series.get(chart, {}))
+        assert drawn <= set(series), f"chart {chart!r} draws series {sorted(drawn - set(series))} the records lack"
         for key, get in series.items():
             want = {i: float(v) for i, r in by_iter.items() if (v := get(r)) is not None}
             got = pics.series.get(chart, {}).get(key, {})
             assert set(got) == set(want), f"chart {chart!r} series {key!r}: page has {sorted(got)}, API {sorted(want)}"
             for i, v in want.items():
                 assert got[i] == pytest.approx(v, rel=1e-9, abs=1e-12), f"{chart}/{key} iteration {i}"
+                ev = by_iter[i].get("eval", {})
+                if key.startswith("eval/") and f"{key}_ci_low" in ev:  # the 95% interval travels with the point
+                    band = pics.bands[chart][key][i]
+                    assert band == pytest.approx((ev[f"{key}_ci_low"], ev[f"{key}_ci_high"]), rel=1e-9, abs=1e-12), (
+                        f"{chart}/{key} iteration {i}: interval {band}"
+                    )
             chart_iters |= set(want)
         assert pics.counts[chart] == len(chart_iters), chart
+    assert not set(pics.counts) - set(expected) - {"stages"}, f"unexpected charts {set(pics.counts) - set(expected)}"
     for chart in ALWAYS_FILLED:
-        assert pics.counts[chart] == last, f"chart {chart!r} has {pics.counts[chart]} iterations, loss has {last}"
+        assert pics.counts.get(chart) == last, f"chart {chart!r} has {pics.counts.get(chart)} iterations, loss has {last}"
+    for key, label in WIN_RATE_LABELS.items():
+        assert pics.legends["winrate"].get(key) == label, pics.legends["winrate"]
+    # the iteration table: one row per drawn iteration, with each record's eval win rates and KL
+    assert set(pics.table) >= set(by_iter), f"table rows {sorted(pics.table)}, API {sorted(by_iter)}"
+    for i, rec in by_iter.items():
+        ev, cells = rec["eval"], pics.table[i]
+        for key in [k for k in ev if WIN_RATE_KEY.match(k) and not CI.search(k)] + ["eval/kl_vs_iter0"]:
+            assert cells.get(key) == pytest.approx(ev[key], rel=1e-9, abs=1e-12), (i, key, cells)
+        assert cells.get("loss/mean") == pytest.approx(rec["metrics"]["loss/mean"], rel=1e-9, abs=1e-12)
 
 
 def test_shell_is_static_and_outside_the_schema(api_server: Any) -> None:
@@ -197,15 +267,27 @@ def test_wrong_token_shows_the_login_box(api_server: Any, browser: Any) -> None:
 
 
 def test_live_run_page(api_server: Any, browser: Any, tmp_path: Path) -> None:
-    run_id = api_server.start_arena_run(iterations=RUN_ITERATIONS)
+    run_id = api_server.start_arena_run(
+        iterations=RUN_ITERATIONS,
+        policy={"path": "arena"},
+        judge={"kind": "arena_oracle"},
+        prompts={"source": "arena"},
+        eval=RUN_EVAL,
+    )
 
-    # 1. the run has at least one iteration before the page opens, so the charts start non-empty
+    # 1. the run has at least one iteration before the page opens, so the charts start non-empty; it is
+    # paused there (an arena iteration can take about a second, less than opening the page), and resumed
+    # once the page is open, so the page is certain to see a new iteration arrive
     def first_iteration() -> bool:
         run = api_run(api_server, run_id)
         assert run["state"] != "failed", f"run failed: {run.get('reason')}"
         return bool(api_iterations(api_server, run_id))
 
     wait_for("the run's first iteration", first_iteration, ITERATION_TIMEOUT_S, 2.0)
+    with api_server.admin as c:
+        assert c.post(f"/v1/runs/{run_id}/pause").status_code == 202
+    paused = api_server.wait_for(run_id, lambda run: run["state"] == "paused", ITERATION_TIMEOUT_S, "paused")
+    assert paused["iterations_done"] < RUN_ITERATIONS, paused
 
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
@@ -215,7 +297,7 @@ def test_live_run_page(api_server: Any, browser: Any, tmp_path: Path) -> None:
         before = api_iterations(api_server, run_id)
         page.goto(f"{api_server.url}/dashboard#/runs/{run_id}&token={api_server.read_token}")
         page.wait_for_selector('svg[data-chart="loss"]:not([data-points="0"])', timeout=30_000)
-        page.wait_for_selector("#live[data-live='live']", timeout=30_000)
+        page.wait_for_selector("#live[data-live='resting']", timeout=30_000)  # the stream said: paused
         assert page.evaluate("location.hash") == f"#/runs/{run_id}"  # token gone from the URL
         assert page.get_attribute("#run-page", "data-run-id") == run_id
         page.evaluate("window.__noReload = true")
@@ -224,10 +306,11 @@ def test_live_run_page(api_server: Any, browser: Any, tmp_path: Path) -> None:
         pics = Drawn(page)
         n0 = pics.counts["loss"]
         check_charts_match(pics, api_iterations(api_server, run_id))
-        assert n0 >= len(before)
-        assert n0 < RUN_ITERATIONS, f"the run finished all {RUN_ITERATIONS} iterations before the page loaded"
+        assert n0 == len(before) == paused["iterations_done"]
 
-        # 3. a new iteration appears without a reload
+        # 3. resumed, the run's next iteration appears without a reload (the page reconnects to the stream)
+        with api_server.admin as c:
+            assert c.post(f"/v1/runs/{run_id}/resume").status_code == 202
         def grew() -> bool:
             run = api_run(api_server, run_id)
             assert run["state"] != "failed", f"run failed: {run.get('reason')}"
