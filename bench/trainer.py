@@ -12,7 +12,7 @@ log-probs are computed on the fly by TRL (`precompute_ref_log_probs=False`, its 
 by ours. Rounds alternate (ours, TRL, ours, TRL, ...) after one untimed warm-up of each, and the median of
 the per-round ratios is reported, because these machines are noisy.
 
-"Tokens" are prompt+chosen plus prompt+rejected tokens of every pair (trainer-performance.md); the time is
+"Tokens" are prompt+chosen plus prompt+rejected tokens of every pair (docs/benchmarks.md); the time is
 the wall time of `PolicyTrainer.train_iteration` / `DPOTrainer.train` (construction, model loading and
 TRL's dataset preparation are outside it; the reference pass is inside it for both). TRL gets exactly the
 token sequences our trainer trains on (its `tokenize_pairs` output, EOS included), as a pre-tokenised

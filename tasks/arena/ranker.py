@@ -1,7 +1,8 @@
 """The arena's tiny PairRM judge checkpoint (built once, cached).
 
 Loss: PairRM's "instructgpt" pairwise loss, -log sigmoid(sign * (left - right)), on comparisons drawn from
-all pairs of a prompt's candidates with the left/right order swapped at random (judges.md 1.1).
+all pairs of a prompt's candidates with the left/right order swapped at random (yuchenlin/LLM-Blender
+`llm_blender/pair_ranker/ranker.py::CrossCompareReranker.compute_loss` and `.sampling`, mode all_pair).
 
 `build_arena_pairrm(seed)` returns an ordinary PairRM-hf-layout directory (config.json with the PairRM
 fields, model.safetensors, tokenizer) that `sparring.workers.judges.pairrm.load_pairrm` loads like a real

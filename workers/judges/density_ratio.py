@@ -1,15 +1,15 @@
 """Density-ratio judges: score(y | x) = log p_strong(y | x) - log p_weak(y | x) over the response tokens.
 
-One computation backs several judges of `reference/judges.md` (section 0, "key design observation"):
+One computation backs several judges:
 
-- **CDR** (Customizable Density Ratios, arXiv 2411.02481): strong = a better-aligned LM (DPO / instruct),
-  weak = a less-aligned one (SFT / base), optionally customised with a criteria system prompt and
-  good/bad exemplars (judges.md section 2.3).
+- **CDR** (Customizable Density Ratios, arXiv 2411.02481; the CDR repo
+  gx-ai-architect/CDR-preference-annotation): strong = a better-aligned LM (DPO / instruct), weak = a
+  less-aligned one (SFT / base), optionally customised with a criteria system prompt and good/bad exemplars.
 - **SPA / Selfie** (arXiv 2406.04412): the same judge with strong = the *current* policy and weak = the
   *initial* policy (`spa_judge`). Making the strong model's weights follow every weight sync is left
   for later; today the judge scores with the checkpoint it was built from.
 
-Contract (judges.md section 2.5 pitfalls):
+Contract:
 
 - **The same context for both models.** The context is rendered once, with the *strong* model's
   tokenizer and chat template (as the CDR repo does), and both models score the same ids. Strong and weak
@@ -22,15 +22,15 @@ Contract (judges.md section 2.5 pitfalls):
 - **EOS.** A completion that ended on EOS (`finish_reason == "stop"`; the sampler strips the EOS itself)
   gets the EOS id appended and scored when `score_eos` is true, as the trainer appends it to train on
   where to stop. The ratio then also rewards termination.
-- **Reduction.** `"sum"` is the CDR repo's `log_ratio_reward`; `"mean"` divides by the number of scored
-  tokens (reward_hub's `avg_drsow_reward`). The sum favours short responses when the per-token ratio is
-  negative and long ones when it is positive.
+- **Reduction.** `"sum"` is the CDR repo's `log_ratio_reward`; `"mean"` divides by the number of scored tokens
+  (Red-Hat-AI-Innovation-Team/reward_hub `drsow.py`, `avg_drsow_reward`). The sum favours short responses when
+  the per-token ratio is negative and long ones when it is positive.
 
-Customisation (judges.md section 2.3): `criteria` becomes a system turn (or, for chat templates that
-drop system turns, as the tiny test template does, a paragraph before the user message); `exemplars` are
-rendered as "User: ... Good Assistant: ... Bad Assistant: ..." blocks before the query, and the query is
-followed by `exemplar_suffix` ("\\nGood Assistant:"). Everything goes through the chat template with the
-generation prompt, so the response tokens sit where the model expects an assistant turn.
+Customisation (after the CDR repo's `src/prompts.py`): `criteria` becomes a system turn (or, for chat
+templates that drop system turns, as the tiny test template does, a paragraph before the user message);
+`exemplars` are rendered as "User: ... Good Assistant: ... Bad Assistant: ..." blocks before the query, and
+the query is followed by `exemplar_suffix` ("\\nGood Assistant:"). Everything goes through the chat template
+with the generation prompt, so the response tokens sit where the model expects an assistant turn.
 
 Two scoring backends behind one `LogProbScorer` protocol, which must agree (tests check < 1e-3 on the
 tiny test models): `TransformersScorer` (one right-padded batch per chunk through
@@ -151,9 +151,9 @@ class TransformersScorer:
 class VLLMScorer:
     """Scores rows with a `vllm.LLM` via `prompt_logprobs=0` on `context + response` ids.
 
-    vLLM returns, for every prompt position but the first, the log-prob of the actual token there given
-    all tokens before it; the response's log-prob is the sum over positions >= len(context). Build it
-    inside a function or actor (vLLM's spawn pitfall, reference/vllm-cpu.md); `cpu_threads` is the
+    vLLM returns, for every prompt position but the first, the log-prob of the actual token there given all
+    tokens before it; the response's log-prob is the sum over positions >= len(context). Build it inside a
+    function or actor (vLLM's spawn pitfall: vLLM docs, design/multiprocessing.md); `cpu_threads` is the
     engine's thread budget (`sparring.workers.vllm_llm`).
     """
 
@@ -461,11 +461,12 @@ def build_density_ratio_judge(
 def spa_judge(
     current_policy: str, initial_policy: str, *, backend: Backend = "transformers", **kwargs: Any
 ) -> DensityRatioJudge:
-    """SPA / Selfie self-annotation: log pi_t(y|x) - log pi_0(y|x), summed (judges.md section 5.1).
+    """SPA / Selfie self-annotation: log pi_t(y|x) - log pi_0(y|x), summed (kingdy2002/SPA `run_self.py`).
 
     The policy and its initial checkpoint share the sampler's tokenizer, so the sampler's own token ids
     are scored (`response_tokens="ids"`). The current policy's weights are read once, here; following
-    weight syncs is not implemented yet.
+    weight syncs is not implemented yet. Other keyword arguments go to `build_density_ratio_judge`;
+    raises ValueError if the two checkpoints' tokenizers have different vocabularies.
     """
     kwargs.setdefault("reduction", "sum")
     kwargs.setdefault("response_tokens", "ids")

@@ -2,7 +2,8 @@
 embeddings from a corpus, and the pairwise training loop.
 
 Loss: PairRM's "instructgpt" pairwise loss, -log sigmoid(sign * (left - right)), on comparisons drawn from
-all pairs of a prompt's candidates with the left/right order swapped at random (judges.md 1.1).
+all pairs of a prompt's candidates with the left/right order swapped at random (yuchenlin/LLM-Blender
+`llm_blender/pair_ranker/ranker.py::CrossCompareReranker.compute_loss` and `.sampling`, mode all_pair).
 
 Tokenizer choice: DeBERTa-v3 uses a SentencePiece model. `train_pairrm_tokenizer` trains a `tokenizers`
 BPE model (lower-casing normalizer; Metaspace pre-tokenizer, i.e. SentencePiece's "▁" word boundaries, then

@@ -97,7 +97,10 @@ class PoolStats:
     isolation_retries: int = 0
 
     def metrics(self) -> dict[str, float]:
-        """Namespaced `judge/*` metrics (STYLE §7 item 26); rates only where they have a denominator."""
+        """Namespaced `judge/*` metrics; rates only where they have a denominator.
+
+        The names are those docs/judges.md lists under "Judge pool".
+        """
         secs = sorted(self.call_seconds)
         out = {
             "judge/calls": float(self.calls),

@@ -10,7 +10,8 @@ and the strength that a is better is read from the next-token logits of the two 
     p_AB(a, b) = P(" A") / (P(" A") + P(" B")) = sigmoid(logit_A - logit_B)
 
 A judge prompt puts one response first, so the verdict can carry a position bias. Every unordered pair is
-judged in both orders and averaged (reference/judges.md section 3.2):
+judged in both orders and averaged (our reconstruction: OSP's judge prompt is not published; docs/judges.md,
+"Self-preference (OSP)"):
 
     P[i][j] = 1/2 + (p_AB(i, j) - p_AB(j, i)) / 2,   P[j][i] = 1/2 - (p_AB(i, j) - p_AB(j, i)) / 2
 

@@ -1,4 +1,4 @@
-"""MC-dropout uncertainty over a primary judge (UPO: Wang et al., AAAI'25, arXiv 2409.11212; reference/judges.md §4).
+"""MC-dropout uncertainty over a primary judge (UPO: Wang et al., AAAI'25, arXiv 2409.11212).
 
 `UncertaintyJudge` wraps a primary judge and a pairwise *estimator* whose model has dropout. For every pair
 the primary judge orders strictly (score_i > score_j), the estimator runs T times with dropout on; pass t
@@ -16,19 +16,24 @@ Modes (`UncertaintyConfig.mode`), all written to the judgement's symmetric `conf
   `min_prob`, or whose BALD is above `max_bald`; 1 otherwise (UPO's noise filter);
 - easy / hard: filter, then UPO's sampler: round(sample_rate * kept) pairs drawn without replacement with
   probability proportional to 1 - BALD (easy) or BALD (hard); drawn pairs 1, all others 0;
-- weight: w = 1 - BALD / ln 2 in [0, 1] (judges.md §4.3 recon), nothing dropped.
-The judge pool (`workers/judges/pool.py`) drops pairs of confidence 0. The `weight` mode's confidences are
-computed and reported (`judge/uncertainty_weight_mean`) but not yet applied by the trainer: a pair record has
-no weight field (wiring: docs/judges.md, "Uncertainty").
+- weight: w = 1 - BALD / ln 2 in [0, 1] (our choice: UPO's paper weights pairs by certainty, its released
+  trainer does not), nothing dropped.
+The judge pool (`workers/judges/pool.py`) drops pairs of confidence 0 and gives every other pair its
+confidence as `PreferencePair.weight`, by which the trainer scales that pair's loss (docs/judges.md,
+"Uncertainty").
 
 Variants. `head_only=False`: T full forwards with every dropout module of the estimator on (UPO's setup).
 `head_only=True`: the encoder runs once in eval mode and only the head is sampled T times ("last-layer MC
-dropout", judges.md §4.4): nearly free, a weaker estimate.
+dropout"): nearly free, a weaker estimate.
 
 Deviations from UPO: its estimator is a 2-way classifier reading both responses in one prompt, the RM-chosen
 one always first; ours is a pairwise ranker (PairRM layout) read in both orders, p_t = sigmoid(f(x,a,b) -
 f(x,b,a)), so position bias cancels inside each pass. UPO samples over a whole iteration's pairs; we sample
 over one judge call's batch (the pool's <= 32 groups).
+
+Upstream: wjn1996/Uncertainty-Preference-Optimization `src/alignment/inference/estimating/`
+(`mc_evaluation.py::mc_estimation`; `sampler.py::get_BALD_acquisition`, `sample_by_bald_easiness`,
+`sample_by_bald_difficulty`; the noise filter in `main.py`).
 
 Determinism: the passes run under `torch.random.fork_rng`, seeded from (seed, the batch's group ids), so one
 batch gives the same numbers whatever ran before, and the caller's RNG state is untouched.

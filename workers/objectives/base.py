@@ -1,16 +1,17 @@
 """The objective interface: per-pair loss inputs, the loss output, and the `Objective` protocol.
 
 An objective is a loss over *per-sequence* log-probs (the sum of completion-token log-probs, prompt and
-padding masked; algorithms.md §0). It never sees tokens, models or the trainer. It declares what it needs
-as class attributes, and the trainer fills exactly those fields of `LossInputs`; the trainer never
-branches on an objective's name (STYLE §7 item 9).
+padding masked, as in TRL and uclaml/SPPO). It never sees tokens, models or the trainer. It declares what it
+needs as class attributes, and the trainer fills exactly those fields of `LossInputs`; the trainer never
+branches on an objective's name.
 
-Fields cover the loss registry of algorithms.md §5/§8:
+Fields cover the inputs of every objective in `workers/objectives/registry.py`:
 - `ref_*_logps`: the reference policy (DPO, cDPO, IPO, rDPO, BCO, RPO, NPO, SPPO, SPCE; INPO's fixed pi_ref);
 - `prev_*_logps`: the iteration-start policy pi_t when it differs from the reference (INPO);
 - `*_lengths`: completion-token counts (SimPO's mean log-prob, TRL IPO normalisation, RPO's token-mean NLL);
 - `win_prob`: P(chosen beats rejected) from the judge (SPPO `sppo_single`, OSP/SPCE strength);
-- `chosen_win_rate` / `rejected_win_rate`: P(y beats pi_t), row means of the K x K matrix (SPPO, §1.3).
+- `chosen_win_rate` / `rejected_win_rate`: P(y beats pi_t), row means of the K x K matrix (SPPO;
+  `workers/recipes/winrate.py`).
 
 This module imports only torch.
 """
@@ -52,7 +53,7 @@ class LossInputs:
         """These inputs with every tensor upcast to float32 (a no-op for float32 tensors; keeps the graph).
 
         Objectives call this first so that their arithmetic runs in fp32 even when the log-probs arrive
-        in bf16 or under autocast: SPPO's targets are ~1e2 nats and its losses ~1e4 (algorithms.md §1.4).
+        in bf16 or under autocast: SPPO's targets (P - 1/2) * eta are ~1e2 nats and its losses ~1e4.
         """
         upcast = {
             f.name: value.to(torch.float32)
@@ -131,7 +132,10 @@ def require(value: Tensor | None, field_name: str, objective: str) -> Tensor:
 
 
 def reference_logratios(inputs: LossInputs, objective: str) -> tuple[Tensor, Tensor]:
-    """(lc, lr): logp_theta(y) - logp_ref(y) for chosen and rejected, each (B,) (algorithms.md §5 notation)."""
+    """(lc, lr): logp_theta(y) - logp_ref(y) for chosen and rejected, each (B,).
+
+    Raises `MissingInputError` if the reference log-probs are missing.
+    """
     ref_chosen = require(inputs.ref_chosen_logps, "ref_chosen_logps", objective)
     ref_rejected = require(inputs.ref_rejected_logps, "ref_rejected_logps", objective)
     return inputs.policy_chosen_logps - ref_chosen, inputs.policy_rejected_logps - ref_rejected

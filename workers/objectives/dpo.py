@@ -3,9 +3,9 @@
     h    = (logp_theta(y_w) - logp_ref(y_w)) - (logp_theta(y_l) - logp_ref(y_l))
     loss = -log sigmoid(beta * h)
 
-with logp the *sum* of completion-token log-probs (algorithms.md §0). Implicit rewards (logged, detached):
-r(y) = beta * (logp_theta(y) - logp_ref(y)). This is TRL `DPOTrainer(loss_type="sigmoid")` without label
-smoothing.
+with logp the *sum* of completion-token log-probs (as TRL and uclaml/SPPO). Implicit rewards (logged,
+detached): r(y) = beta * (logp_theta(y) - logp_ref(y)). This is TRL `DPOTrainer(loss_type="sigmoid")` without
+label smoothing.
 
 Deviations: none.
 """

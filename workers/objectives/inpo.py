@@ -1,6 +1,6 @@
 """INPO: Iterative Nash Policy Optimization (Zhang et al., arXiv 2407.00617, ICLR 2025; the loss L_t of
-its Algorithm 1, equation number not re-checked; algorithms.md §2, cross-checked against two
-re-implementations).
+its Algorithm 1, equation number not re-checked; cross-checked against two re-implementations: ntlfi/ENPO
+`workers/train_inpo.py::INPOTrainer.compute_loss` and XuHuang441/SimPO `inpo_scripts/`).
 
     D_theta = logp_theta(y_w) - logp_theta(y_l)        (trainable policy)
     D_ref   = logp_ref(y_w)   - logp_ref(y_l)          (fixed pi_ref, e.g. the SFT model)
@@ -8,7 +8,7 @@ re-implementations).
     h       = D_theta - ratio * D_ref - (1 - ratio) * D_t
     loss    = (h - 1 / (2 * beta))^2
 
-Parameter mapping (two "eta"s circulate, algorithms.md §2.4). This class takes the code parameterisation:
+Parameter mapping (two "eta"s circulate). This class takes the code parameterisation:
 `beta` (what the re-implementations call `eta`; the same beta as DPO/IPO) and `ratio` in (0, 1). The
 paper's OMD step is eta = 1/beta (target eta/2) and its KL strength is tau = ratio/eta = ratio * beta;
 ENPO's (eta', tau') are (beta, ratio * beta). Paper defaults: beta = 0.0075 (target ~66.7 nats),

@@ -15,8 +15,9 @@ lengths); they equal the per-pair form only when all chosen lengths in the batch
 calls the objective once per micro-batch, so with gradient accumulation the token mean is per micro-batch,
 as in TRL. `rpo/nll` reports the per-pair share, whose mean over the batch is NLL.
 
-Deviations: the paper normalises each example's NLL by its own length (a mean of per-sequence means);
-this follows TRL's batch token mean instead, which DRIFT's released configs use (algorithms.md §3, §5).
+Deviations: the paper normalises each example's NLL by its own length (a mean of per-sequence means); this
+follows TRL's batch token mean instead, which DRIFT's released configs use (cacayaya/DRIFT `configs/`,
+`rpo_alpha: 0.001`).
 """
 
 from __future__ import annotations

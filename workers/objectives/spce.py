@@ -1,5 +1,5 @@
 """SPCE: soft-preference cross-entropy of OSP, Online Self-Preferring language models (Zhai et al.;
-arXiv 2405.14103; equation number unknown: the paper body was not available, algorithms.md §4).
+arXiv 2405.14103; equation number unknown: the paper body was not available).
 
     h    = (logp_theta(y_w) - logp_ref(y_w)) - (logp_theta(y_l) - logp_ref(y_l))
     loss = -[ p * log sigmoid(beta * h) + (1 - p) * log sigmoid(-beta * h) ]
@@ -8,8 +8,8 @@ p = P(y_w > y_l) is the judged preference strength of the pair (`LossInputs.win_
 the pair is oriented so that y_w is the higher-ranked response (any p in [0, 1] is accepted). The loss is
 minimised at the finite margin beta * h = logit(p); with a constant p it is cDPO with eps = 1 - p.
 
-Deviations: the loss form is the [UNVERIFIED] reconstruction of algorithms.md §4.2 (soft-label binary
-cross-entropy on the DPO margin); how p is obtained (self-judging against a baseline response, ranked
+Deviations: the loss form is an [UNVERIFIED] reconstruction from the abstract (soft-label binary cross-entropy
+on the DPO margin; docs/algorithms.md); how p is obtained (self-judging against a baseline response, ranked
 pairing) is the pair builder's job, not this module's.
 """
 

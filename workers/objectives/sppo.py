@@ -5,11 +5,11 @@ losses of the SPPO family, all parameterised by the step size `eta` of the multi
 
 Parameter mapping: eta = 1/beta, where beta is the `beta` of uclaml/SPPO's `sppo_loss` and of TRL's
 `sppo_hard`. The SPPO scripts' beta = 0.001 is eta = 1000 (the default); TRL's default beta = 0.1 is
-eta = 10. The config name is `eta`, never `beta` (STYLE §7 item 10): here `beta` is the DPO family's.
+eta = 10. The config name is `eta`, never `beta`: here `beta` is the DPO family's.
 
 The reference is pi_t, the policy at the iteration start (`algorithm.reference: iteration_start`). With
 lc = logp_theta(y_w) - logp_t(y_w) and lr = logp_theta(y_l) - logp_t(y_l) (summed log-probs, fp32; with
-eta = 1000 the targets are ~1e2 nats and losses ~1e4, algorithms.md §1.4), logged rewards are
+eta = 1000 the targets (P - 1/2) * eta are ~1e2 nats and losses ~1e4), logged rewards are
 (1/eta) * lc and (1/eta) * lr, as uclaml/SPPO logs beta * logratio.
 """
 

@@ -1,12 +1,12 @@
 """Pair construction: one judged group of K responses -> training pairs (pure functions).
 
 `best_vs_worst` (SPPO / INPO / iterative DPO): the highest- against the lowest-ranked response.
-`all_pairs`: every ordered pair the judge prefers strictly. `ranked` (OSP's ranked pairing, algorithms.md
-§4.2 step 3): sort the K responses and pair them from the outside in, (1st, K-th), (2nd, K-1-th), ...,
-giving up to K/2 disjoint pairs, each with the judge's preference strength P(chosen beats rejected) as its
-`win_prob` (the soft label of SPCE). Responses are ranked by their scalar score when
-the judge gives one, else by the row mean of the win matrix (their estimated win rate against the group).
-A group whose responses all tie yields no pair: there is nothing to learn from it.
+`all_pairs`: every ordered pair the judge prefers strictly. `ranked` (OSP's ranked pairing, arXiv 2405.14103;
+the outside-in order is a reconstruction, docs/algorithms.md): sort the K responses and pair them from the
+outside in, (1st, K-th), (2nd, K-1-th), ..., giving up to K/2 disjoint pairs, each with the judge's preference
+strength P(chosen beats rejected) as its `win_prob` (the soft label of SPCE). Responses are ranked by their
+scalar score when the judge gives one, else by the row mean of the win matrix (their estimated win rate
+against the group). A group whose responses all tie yields no pair: there is nothing to learn from it.
 """
 
 from __future__ import annotations
@@ -35,9 +35,11 @@ def win_matrix(judgement: Judgement) -> list[list[float]]:
 
 
 def build_anchor_pairs(group: GenerationGroup) -> list[PreferencePair]:
-    """DRIFT (algorithms.md §3.1): every fresh sample is chosen over the group's fixed logged response.
+    """DRIFT: every fresh sample is chosen over the group's fixed logged response.
 
-    No judge: the user's dissatisfaction already labelled the logged response. `win_prob` is 1.
+    No judge: the user's dissatisfaction already labelled the logged response (DRIFT, arXiv 2510.02341;
+    cacayaya/DRIFT `gen-drift.py` makes it `rejected`). `win_prob` is 1. Raises ValueError if the group
+    has no logged response.
     """
     if group.anchor is None:
         raise ValueError(f"group {group.record_id} has no logged response to pair against")

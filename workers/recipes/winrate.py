@@ -1,6 +1,6 @@
 """Win rates for SPPO: a judge's K responses -> pairwise probabilities and each response's win rate.
 
-Follows uclaml/SPPO `scripts/compute_prob.py::from_ranks` (algorithms.md §1.3):
+Follows uclaml/SPPO `scripts/compute_prob.py` (`from_ranks`: P; `prepare_score`: the pair and row means):
 
     P[i][j] = sigmoid(s_i - s_j)                  (PairRM scores s; the diagonal is exactly 1/2)
     P^(y_i > pi_t) = (1/K) * sum_j P[i][j]        (row mean INCLUDING the self term 1/2)

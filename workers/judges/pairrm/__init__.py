@@ -1,6 +1,8 @@
 """PairRM: a DeBERTa-v2 pairwise ranker (checkpoint-compatible with `llm-blender/PairRM-hf`) as a judge.
 
-Reference: `reference/judges.md` section 1. One concern per module, each read top to bottom:
+Upstream: yuchenlin/LLM-Blender `llm_blender/pair_ranker/` (`pairrm.py::DebertaV2PairRM`, `collator.py`,
+`ranker.py`) and the hub configs of `llm-blender/PairRM` and `llm-blender/PairRM-hf`; measurements:
+docs/judges.md, "PairRM". One concern per module, each read top to bottom:
 
 - `inputs.py`  marker tokens, length limits and the token ids of one comparison f(x, a, b) (no torch);
 - `model.py`   `DebertaV2PairRM` (the hub's state-dict keys and config fields), its configs and loss, and

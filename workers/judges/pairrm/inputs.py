@@ -4,8 +4,9 @@ Three separately tokenised segments, each with its own [CLS] ... [SEP]:
 `[CLS] <|source|> x [SEP] [CLS] <|candidate1|> a [SEP] [CLS] <|candidate2|> b [SEP]`. The source is
 truncated (right side) to 1224 tokens; each candidate to (2048 - len(source ids)) // 2 tokens (= 412 plus
 half of what the source leaves unused). Candidates are encoded once with `<|candidate|>` and that id is
-swapped for the cand1/cand2 id (as llm-blender does). User text has "[SEP]" replaced by a space (as the
-reference collator) and the four marker strings removed (they would give a row two prefix tokens).
+swapped for the cand1/cand2 id (as llm-blender does). User text has "[SEP]" replaced by a space (as
+llm-blender's `CrossCompareCollator`) and the four marker strings removed (they would give a row two prefix
+tokens).
 
 Token ids only: no torch and no model here.
 """
@@ -31,7 +32,7 @@ MAX_LENGTH = 2048  # source_maxlength + 2 * candidate_maxlength
 
 
 def clean_text(text: str) -> str:
-    """User text as the ranker may see it: "[SEP]" -> " " (reference collator), marker strings removed."""
+    """User text as the ranker may see it: "[SEP]" -> " " (llm-blender's collator), marker strings removed."""
     text = text.replace("[SEP]", " ")
     while any(m in text for m in MARKERS):  # loop: removing one may join the halves of another
         for m in MARKERS:

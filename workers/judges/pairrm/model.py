@@ -30,7 +30,7 @@ from sparring.workers.judges.pairrm.inputs import MARKERS
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-# The hub config.json of llm-blender/PairRM-hf (judges.md 1.5): DeBERTa-v3-large plus the PairRM fields.
+# The hub config.json of llm-blender/PairRM-hf: DeBERTa-v3-large plus the PairRM fields.
 PAIRRM_HF_CONFIG: dict[str, Any] = dict(
     vocab_size=128005,
     hidden_size=1024,
@@ -220,7 +220,7 @@ def _load_tokenizer(directory: Path, original: bool) -> PreTrainedTokenizerBase:
             tok = AutoTokenizer.from_pretrained(str(directory))
     except Exception as err:
         raise PairRMLoadError(f"cannot load PairRM tokenizer from {str(directory)!r}: {err}") from err
-    tok.truncation_side = "right"  # the reference default: a long source loses its end
+    tok.truncation_side = "right"  # the tokenizer default llm-blender runs with: a long source loses its end
     return tok
 
 
