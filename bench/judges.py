@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from sparring.tasks.arena import ranker
 from sparring.tasks.arena import rules as arena
 from sparring.workers.judges import pairrm as prm
 from sparring.workers.judges import pairrm_train as pt
@@ -32,7 +33,7 @@ def _model_dir(tmp: Path) -> Path:
     rng = random.Random(0)
     train = arena.arena_prompts("train")
     texts = [p.prompt for p in train] + [arena.corpus_response(p.topic, rng) for p in train for _ in range(2)]
-    s = pt.DEFAULT_SETTINGS
+    s = ranker.DEFAULT_SETTINGS
     tok = pt.train_pairrm_tokenizer(texts, s.vocab_size, tmp)
     pt.tiny_pairrm(
         tok, seed=0, hidden_size=s.hidden_size, num_hidden_layers=s.num_layers, num_attention_heads=s.num_heads,

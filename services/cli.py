@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from sparring.services.display import eval_columns, fmt, win_cell
 from sparring.services.launch import init_ray, parse_sets
 from sparring.shared.config import ConfigError, RunConfig, load_config
 
@@ -39,29 +40,6 @@ def resolve_model_path(cfg: RunConfig) -> str:
     return resolve(cfg.policy.path, cfg.seed, progress=lambda m: print(f"  [{cfg.policy.path}] {m}", flush=True))
 
 
-def _fmt(x: float | None, spec: str = ".3f") -> str:
-    return "-" if x is None else format(x, spec)
-
-
-def _win(ev: dict[str, float], key: str) -> str:
-    """`0.912 [0.880,0.944]` for the win-rate metric `key` of an iteration's eval mapping, or `-`."""
-    if key not in ev:
-        return "-"
-    return f"{ev[key]:.3f} [{ev[key + '_ci_low']:.3f},{ev[key + '_ci_high']:.3f}]"
-
-
-def eval_columns(iterations: list[dict[str, Any]]) -> list[tuple[str, str]]:
-    """(header, eval key) of the win-rate columns present: the evaluation judge's, then each task
-    evaluator's `eval/<name>/win_rate_vs_iter0`."""
-    keys = {k for it in iterations for k in it.get("eval", {})}
-    cols = [("win vs iter0", "eval/win_rate_vs_iter0")] if "eval/win_rate_vs_iter0" in keys else []
-    for key in sorted(keys):
-        parts = key.split("/")
-        if len(parts) == 3 and parts[2] == "win_rate_vs_iter0":
-            cols.append((f"{parts[1]} vs iter0", key))
-    return cols
-
-
 def print_table(summary: dict[str, Any]) -> None:
     """One row per iteration: pairs, loss, reward accuracy, the eval win rates with their 95% intervals,
     KL to the initial policy, mean response length, truncated share, and the stage times."""
@@ -74,10 +52,10 @@ def print_table(summary: dict[str, Any]) -> None:
     for it in iterations:
         ev, s = it.get("eval", {}), it["stage_seconds"]
         print(
-            f"{it['iteration']:>4} {it['pairs']:>6} {_fmt(it['loss'], '.4f'):>7} {_fmt(it['rewards/accuracies'], '.2f'):>5} "
-            + " ".join(f"{_win(ev, key):>22}" for _, key in cols)
-            + f" {_fmt(ev.get('eval/kl_vs_iter0'), '.2f'):>6} {_fmt(ev.get('eval/response_length_mean'), '.1f'):>5}"
-            f" {_fmt(ev.get('eval/truncated_fraction'), '.2f'):>5} {s.get('generate_judge', 0):>8.1f}s"
+            f"{it['iteration']:>4} {it['pairs']:>6} {fmt(it['loss'], '.4f'):>7} {fmt(it['rewards/accuracies'], '.2f'):>5} "
+            + " ".join(f"{win_cell(ev, key):>22}" for _, key in cols)
+            + f" {fmt(ev.get('eval/kl_vs_iter0'), '.2f'):>6} {fmt(ev.get('eval/response_length_mean'), '.1f'):>5}"
+            f" {fmt(ev.get('eval/truncated_fraction'), '.2f'):>5} {s.get('generate_judge', 0):>8.1f}s"
             f" {s.get('train', 0):>5.1f}s {s.get('sync', 0):>4.1f}s {s.get('eval', 0):>4.1f}s"
         )
 
@@ -93,7 +71,7 @@ def _print_event(kind: str, ev: dict[str, Any]) -> None:
         print(f"iteration {ev['iteration']} (policy version {ev['policy_version']})", flush=True)
     elif kind == "iteration_done":
         r = ev["record"]
-        wins = "".join(f", {h} {_win(r.get('eval', {}), key)}" for h, key in eval_columns([r]))
+        wins = "".join(f", {h} {win_cell(r.get('eval', {}), key)}" for h, key in eval_columns([r]))
         print(f"iteration {r['iteration']} done: {r['num_pairs']} pairs, loss {r['metrics'].get('loss/mean', float('nan')):.4f}{wins}", flush=True)
     elif kind == "worker_died":
         print(f"  worker {ev['consumer']} died; replaced (iteration {ev['iteration']})", flush=True)

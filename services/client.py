@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from sparring.services.display import eval_columns, win_cell
 from sparring.services.launch import init_ray, parse_sets
 
 DEFAULT_API = "http://127.0.0.1:8321"
@@ -153,10 +154,12 @@ def _follow(api: ApiClient, run_id: str) -> int:
 
 
 def _iteration_line(rec: dict[str, Any]) -> str:
-    win = rec.get("gold_win_rate_vs_iter0")
-    gold = f"  gold win {win['win_rate']:.3f} [{win['ci_low']:.3f}, {win['ci_high']:.3f}]" if win else ""
+    """One iteration: pairs, loss, and every eval win rate against iteration 0 with its 95% interval."""
+    ev = rec.get("eval", {})
+    wins = "".join(f", {header} {win_cell(ev, key)}" for header, key in eval_columns([rec]))
+    kl = f", KL {ev['eval/kl_vs_iter0']:.2f}" if "eval/kl_vs_iter0" in ev else ""
     loss = rec["metrics"].get("loss/mean")
-    return f"  iteration {rec['iteration']}: {rec['num_pairs']} pairs, loss {loss if loss is None else round(loss, 4)}{gold}"
+    return f"  iteration {rec['iteration']}: {rec['num_pairs']} pairs, loss {loss if loss is None else round(loss, 4)}{wins}{kl}"
 
 
 def status(args: argparse.Namespace) -> int:

@@ -366,7 +366,7 @@ class TrainerWorker:
         import torch
 
         from sparring.shared.models import load_causal_lm
-        from sparring.workers.trainer import collate_sequences, sequence_logps
+        from sparring.workers.logps import collate_sequences, sequence_logps
 
         model = self.trainer.initial_model
         if model is None:

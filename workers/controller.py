@@ -497,10 +497,12 @@ class RunController:
         now = [c for _, c in current]
         baseline = [c for _, c in self.eval_samples["baseline"]]
         previous = [c for _, c in self.eval_samples["previous"]]
-        out = self.groups["evaluator"].call("eval", "evaluate", self.prompts.heldout, self.version, now, baseline, previous)
+        out = self.groups["evaluator"].call(
+            "eval", "evaluate", self.prompts.heldout, self.version, now, baseline, previous, retry_dead=True
+        )
         out.update(length_metrics(now, previous))
         if self.cfg.eval.kl:
-            initial = self.groups["trainer"].call("trainer", "initial_logps", prompt_ids, now)
+            initial = self.groups["trainer"].call("trainer", "initial_logps", prompt_ids, now)  # a dead trainer fails the run
             out[f"{PREFIX}kl_vs_iter0"] = kl_estimate(now, initial)
         self._pending_previous = current
         return out

@@ -206,12 +206,20 @@ class WorkerGroup:
     def submit(self, consumer: str, method: str, *args: Any) -> Any:
         return self.runtime.submit(self.workers[consumer], method, *args)
 
-    def call(self, consumer: str, method: str, *args: Any) -> Any:
-        return self.runtime.result(self.submit(consumer, method, *args))
+    def call(self, consumer: str, method: str, *args: Any, retry_dead: bool = False) -> Any:
+        """`method(*args)` on one worker. With `retry_dead`, a worker that dies during the call is replaced
+        and the call is made once more on the replacement (for calls that are safe to repeat)."""
+        try:
+            return self.runtime.result(self.submit(consumer, method, *args))
+        except WorkerDied as err:
+            if not retry_dead:
+                raise
+            self.replace(consumer, f"died during {method} ({err})")
+            return self.runtime.result(self.submit(consumer, method, *args))
 
     def call_any(self, method: str, *args: Any) -> Any:
-        """`method` on the first worker (evaluation sampling, probes)."""
-        return self.call(next(iter(self.workers)), method, *args)
+        """`method` on the first worker, replaced and retried once if it dies (evaluation sampling, probes)."""
+        return self.call(next(iter(self.workers)), method, *args, retry_dead=True)
 
     def call_all(
         self, method: str, *args: Any, replace_on_error: bool = False, after_replace: str | None = None

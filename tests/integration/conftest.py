@@ -183,7 +183,7 @@ def ray_head(ray_auth: dict[str, str]) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def arena_policy() -> str:
     """Build (or reuse) the cached arena policy before any run needs it, so runs start fast."""
-    from sparring.shared.arena_model import build_arena_model
+    from sparring.tasks.arena.policy import build_arena_model
 
     return str(build_arena_model(0))
 

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from sparring.shared.config import judge_config
+from sparring.tasks.arena.ranker import arena_pairrm_dir, build_arena_pairrm
 from sparring.tasks.arena.strong import gold_agreement, heldout_pairs
 from sparring.workers.judges import pairrm as prm
-from sparring.workers.judges.pairrm_train import arena_pairrm_dir, build_arena_pairrm
 from sparring.workers.judges.registry import build_judge
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -196,3 +196,50 @@ def test_drift_pairs_fresh_samples_against_logged_responses(
     for _, p in pairs:
         assert p.rejected.text == logged[p.prompt_id] and p.rejected.logprobs is None
         assert p.chosen.logprobs is not None and p.judge == "dsat_log"
+
+
+def test_a_non_arena_model_is_evaluated_every_iteration(
+    ray_local: Any, redis_url: str, redis_client: Any, unique_run_id: str, tmp_path: Path, capsys: Any
+) -> None:
+    """No arena anywhere: a tiny random Llama of its own tokenizer, a JSONL pool with multi-turn lines, a
+    density-ratio judge between two local checkpoints that also evaluates; vLLM engines on Ray. Every
+    iteration records the generic eval metrics, and summary.json and the CLI table carry them."""
+    from sparring.services.cli import print_table
+    from tests.helpers import make_tiny_checkpoint, tiny_corpus
+
+    policy = make_tiny_checkpoint(tmp_path / "policy", seed=0)
+    strong = make_tiny_checkpoint(tmp_path / "strong", seed=1)
+    lines = [{"id": f"p{i}", "prompt": text} for i, text in enumerate(tiny_corpus(40, seed=3))]
+    lines += [{"id": f"m{i}", "messages": [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "yes"},
+                                           {"role": "user", "content": text}]} for i, text in enumerate(tiny_corpus(8, seed=4))]  # fmt: skip
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    cfg = parse_config(
+        {
+            "name": "tiny",
+            "policy": {"path": str(policy)},
+            "judge": {"kind": "density_ratio", "strong_model": str(strong), "weak_model": str(policy)},
+            "prompts": {"source": "jsonl", "path": str(pool)},
+            "generation": {"num_generators": 1, "samples_per_prompt": 2, "prompts_per_request": 8, "max_new_tokens": 12},
+            "trainer": {"learning_rate": 1e-3, "epochs": 1, "batch_size": 8, "torch_threads": 1},
+            "schedule": {"iterations": 2, "prompts_per_iteration": 24},
+            "eval": {"num_prompts": 12},
+            "storage": {"run_dir": str(tmp_path), "claim_idle_ms": 60_000},
+        }
+    )
+    _, done, run_dir = start(ray_local, cfg, unique_run_id, redis_url, redis_client, str(policy), tmp_path)
+    summary = ray_local.get(done, timeout=900)
+    records = RunStore(redis_client).iterations(unique_run_id)
+    assert [r.iteration for r in records] == [1, 2]
+    for r in records:
+        ev = r.eval
+        assert ev["eval/num_prompts"] == 12
+        assert 0.0 <= ev["eval/win_rate_vs_iter0_ci_low"] <= ev["eval/win_rate_vs_iter0"] <= ev["eval/win_rate_vs_iter0_ci_high"] <= 1.0
+        assert 0.0 <= ev["eval/win_rate_vs_prev"] <= 1.0
+        assert 0.0 < ev["eval/response_length_mean"] <= 12 and 0.0 <= ev["eval/truncated_fraction"] <= 1.0
+        assert "eval/kl_vs_iter0" in ev and "eval/response_length_delta" in ev
+        assert not any("/" in k.removeprefix("eval/") for k in ev)  # no task evaluator ran
+    assert [it["eval"] for it in json.loads((run_dir / "summary.json").read_text())["iterations"]] == [r.eval for r in records]
+    print_table(summary)
+    table = capsys.readouterr().out
+    assert "win vs iter0" in table and f"{records[1].eval['eval/win_rate_vs_iter0']:.3f}" in table

@@ -81,7 +81,8 @@ def controller(cfg: Any, run_id: str, redis_url: str, run_dir: Path) -> Any:
 def test_pause_resume_and_a_replaced_worker_without_ray(
     models: dict[str, str], pool: str, tmp_path: Path, redis_url: str, redis_client: Any, unique_run_id: str
 ) -> None:
-    from sparring.services.cli import eval_columns, print_table
+    from sparring.services.cli import print_table
+    from sparring.services.display import eval_columns
     from sparring.services.metrics import RunCollector
 
     cfg = config(tmp_path, models, pool)
