@@ -8,7 +8,7 @@ attention mask), and each sequence's log-prob is the SUM of its completion token
 (prompt and padding masked, as uclaml/SPPO `get_batch_logps(average_log_prob=False)` and TRL's
 DPOTrainer). Only completion positions are projected through the LM head, and each target's log-prob is
 `logit[target] - logsumexp(logits)` in fp32, so the full [N, T, vocab] log-softmax is never materialised.
-`sequence_logps_reference` is the slow full-softmax version the tests compare against.
+`sequence_logps_full_softmax` is the slow full-softmax version the tests compare against.
 
 Imports torch only (no training, engines, Ray or Redis).
 """
@@ -113,7 +113,7 @@ def sequence_logps(model: PreTrainedModel, batch: SequenceBatch) -> tuple[Tensor
     return logps, lengths
 
 
-def sequence_logps_reference(model: PreTrainedModel, batch: SequenceBatch) -> tuple[Tensor, Tensor]:
+def sequence_logps_full_softmax(model: PreTrainedModel, batch: SequenceBatch) -> tuple[Tensor, Tensor]:
     """Slow reference for `sequence_logps`: full fp32 log-softmax over every position (tests only)."""
     device = next(model.parameters()).device
     batch = batch.to(device)

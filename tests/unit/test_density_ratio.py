@@ -23,7 +23,7 @@ from sparring.workers.judges.density_ratio import (
     render_context,
     win_matrix,
 )
-from sparring.workers.logps import collate_sequences, sequence_logps_reference
+from sparring.workers.logps import collate_sequences, sequence_logps_full_softmax
 from tests.helpers import make_tiny_checkpoint
 
 RESPONSES = ["the cat runs", "hello world and the dog", "a big blue bird sees the river", "yes"]
@@ -117,8 +117,8 @@ def test_score_is_strong_minus_weak_over_response_tokens(ckpts, scorers) -> None
     rows = judge.scored_tokens(group)
     batch = collate_sequences([r.context_ids for r in rows], [r.response_ids for r in rows], tok.pad_token_id)
     with torch.inference_mode():
-        s, n = sequence_logps_reference(load_causal_lm(str(ckpts[0])), batch)
-        w, _ = sequence_logps_reference(load_causal_lm(str(ckpts[1])), batch)
+        s, n = sequence_logps_full_softmax(load_causal_lm(str(ckpts[0])), batch)
+        w, _ = sequence_logps_full_softmax(load_causal_lm(str(ckpts[1])), batch)
     assert n.tolist() == [len(r.response_ids) for r in rows]
     got = judge.judge([group])[0].scores
     assert got == pytest.approx((s - w).tolist(), abs=1e-4)

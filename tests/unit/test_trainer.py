@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 from sparring.shared.config import AlgorithmConfig, DPOConfig, SPPOConfig, TrainerConfig
 from sparring.shared.records import Completion, PreferencePair
 from sparring.workers.batching import WarmupSchedule
-from sparring.workers.logps import collate_sequences, sequence_logps, sequence_logps_reference
+from sparring.workers.logps import collate_sequences, sequence_logps, sequence_logps_full_softmax
 from sparring.workers.trainer import PolicyTrainer, collate_pairs
 from sparring.workers.trainer_state import TRAINER_STATE_FILE
 from tests.helpers import make_tiny_checkpoint
@@ -100,7 +100,7 @@ def test_padding_and_prompt_masking_are_exact(ckpt: Path) -> None:
             torch.testing.assert_close(batched[i : i + 1], alone, atol=1e-5, rtol=0)
             assert lengths[i] == alone_len[0] == len(c)
         # the fast path (hidden states of completion positions only) equals a full fp32 log_softmax
-        slow, slow_lengths = sequence_logps_reference(
+        slow, slow_lengths = sequence_logps_full_softmax(
             trainer.model, collate_sequences(prompts, completions, trainer.pad_token_id)
         )
     torch.testing.assert_close(batched, slow, atol=1e-5, rtol=0)
