@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	# PyPI's torchvision/torchaudio/torchcodec are built against CUDA torch and break `import transformers`
 	# beside torch+cpu; text models need none of them.
 	$(PY) -m pip uninstall -y torchvision torchaudio torchcodec
-	$(PY) -c "import sparring.shared, sparring.workers, sparring.services"
+	$(PY) -c "import sparring.shared, sparring.workers, sparring.services, sparring.tasks.arena"
 	touch $(STAMP)
 
 redis:
@@ -47,7 +47,7 @@ test: install redis browser
 	$(PY) -m pytest
 
 lint: install
-	$(VENV)/bin/ruff check shared workers services tests bench
+	$(VENV)/bin/ruff check shared workers services tasks tests bench
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
