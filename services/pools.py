@@ -1,11 +1,12 @@
 """Prompt pools uploaded over the API: validated whole, stored once, referenced by runs.
 
 A pool is a JSONL file of prompts (`{"id"?, "prompt"}` or `{"id"?, "messages"}` lines) or of DRIFT
-dissatisfaction logs (`shared/dsat.py`). An upload is parsed line by line with the same code a run uses;
-a file with any bad line is refused whole (every bad line named) and nothing is stored. A valid pool is
-written under `pools/<pool_id>.jsonl` (pool_id = hash of kind and content, so uploading the same file twice
-gives the same pool) and described in the Redis hash `pools`. Repeated prompt texts are accepted and
-reported.
+dissatisfaction logs (`shared/dsat.py`). An upload is read with the JSONL reader a run uses (`shared/jsonl.py`:
+UTF-8, lines split on "\\n" only, strict JSON, lone surrogates refused with line and field), so what is stored
+here is what a run can read; a file with any bad line is refused whole (every bad line named) and nothing
+is stored. A valid pool is written under `pools/<pool_id>.jsonl` (pool_id = hash of kind and content, so
+uploading the same file twice gives the same pool) and described in the Redis hash `pools`. Repeated prompt
+texts are accepted and reported.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import redis
 
 from sparring.shared import keys
 from sparring.shared.dsat import DSATError, parse_dsat_jsonl
+from sparring.shared.jsonl import JSONLDecodeError, decode_lines
 from sparring.shared.prompts import PromptPoolError, dsat_item, parse_jsonl_prompts
 
 PoolKind = Literal["prompts", "dsat"]
@@ -53,11 +55,9 @@ class PoolStore:
     def add(self, name: str, kind: PoolKind, data: bytes) -> tuple[dict[str, Any], bool]:
         """Validate and store a pool; returns (pool, created). Raises `PoolRejected`."""
         try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as err:
-            line = data[: err.start].count(b"\n") + 1
-            raise PoolRejected("the upload is not UTF-8 text", [f"line {line}: invalid UTF-8 byte at offset {err.start}"]) from None
-        lines = text.splitlines()
+            lines = decode_lines(data)  # read as a run reads it (shared/jsonl.py)
+        except JSONLDecodeError as err:
+            raise PoolRejected("the upload is not UTF-8 text", [str(err)]) from None
         source = name or "upload"
         try:
             items = [dsat_item(log) for log in parse_dsat_jsonl(lines, source)] if kind == "dsat" else parse_jsonl_prompts(lines, source)

@@ -17,7 +17,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from sparring.shared.config import PromptsConfig, RunConfig
 from sparring.shared.dsat import DSATLog, Message, drift_generation_prompt, parse_dsat_jsonl
-from sparring.shared.jsonl import duplicate_id, json_lines
+from sparring.shared.jsonl import JSONLDecodeError, decode_lines, duplicate_id, json_lines
 
 
 class PromptPoolError(ValueError):
@@ -103,7 +103,10 @@ def load_prompt_pool(cfg: PromptsConfig) -> list[PromptItem]:
         return tasks.require("prompt_sources", cfg.source)(cfg)
     assert cfg.path is not None
     path = Path(cfg.path).expanduser()
-    lines = path.read_text().splitlines()
+    try:
+        lines = decode_lines(path.read_bytes())  # the reader the API upload uses (shared/jsonl.py)
+    except JSONLDecodeError as err:
+        raise PromptPoolError(f"{path}: 1 bad line(s)\n  {err}") from None
     if cfg.source == "dsat":
         return [dsat_item(log) for log in parse_dsat_jsonl(lines, str(path))]
     return parse_jsonl_prompts(lines, str(path))
