@@ -2,6 +2,8 @@
 
 Same entry format as `RunStore` (fields `kind` and `data` = msgpack dict), which reads them back with
 `RunStore.events`. Events are for people watching a run; nothing in the run's logic depends on them.
+A payload may carry a NaN metric (msgpack keeps floats as they are); every JSON view of an event (the API's
+server-sent events) is written with `shared/jsonl.py` `dumps`, where it becomes null.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from sparring.shared import keys
+from sparring.shared import jsonl, keys
 from sparring.shared.config import RunConfig
 from sparring.shared.events import emit
 from sparring.shared.prompts import PromptItem, RunPrompts, run_prompts
@@ -511,7 +511,8 @@ class RunController:
 
     def write_summary(self) -> dict[str, Any]:
         """`summary.json`: the resolved config, the final checkpoint and one row per recorded iteration
-        (counts, loss and TRL's reward metrics, stage seconds and every `eval/*` metric)."""
+        (counts, loss and TRL's reward metrics, stage seconds and every `eval/*` metric). Strict JSON: NaN and
+        infinite metrics are written as null (shared/jsonl.py `dumps`)."""
         records = self.store.iterations(self.run_id)
         summary = {
             "run_id": self.run_id,
@@ -536,7 +537,7 @@ class RunController:
             ],
         }
         path = self.run_dir / "summary.json"
-        path.write_text(json.dumps(summary, indent=2))
+        path.write_text(jsonl.dumps(summary, indent=2))  # strict JSON: a NaN loss is written as null
         return summary
 
     def _emit(self, kind: str, **fields: Any) -> None:

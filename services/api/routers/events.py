@@ -1,11 +1,11 @@
 """`GET /v1/runs/{run_id}/events`: a run's events as server-sent events, from `after` on; the stream ends
 with an `end` event once the run is at rest (terminal or paused), or after `max_seconds`. Tagged `runs` in
-the OpenAPI schema."""
+the OpenAPI schema. Each `data:` is strict JSON (shared/jsonl.py `dumps`): a NaN or infinite metric is null,
+so browsers' JSON.parse never drops an event."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated
@@ -15,6 +15,7 @@ from fastapi.responses import StreamingResponse
 
 from sparring.services.api.deps import READ, RUN_ID, Service
 from sparring.services.api.schemas import ERRORS, NOT_FOUND
+from sparring.shared import jsonl
 from sparring.shared.store import TERMINAL_STATES
 
 router = APIRouter(tags=["runs"])
@@ -41,13 +42,13 @@ async def events(
         while time.monotonic() < deadline and not await request.is_disconnected():
             batch = await asyncio.to_thread(service.store.events, run_id, cursor, 500)
             for eid, kind, data in batch:
-                yield f"id: {eid}\nevent: {kind}\ndata: {json.dumps(data, default=str)}\n\n"
+                yield f"id: {eid}\nevent: {kind}\ndata: {jsonl.dumps(data, default=str)}\n\n"
                 cursor = eid
             if batch:
                 continue
             run = await asyncio.to_thread(service.store.get_run, run_id)
             if run is None or run["state"] in (*TERMINAL_STATES, "paused"):
-                yield f"event: end\ndata: {json.dumps({'state': run['state'] if run else 'deleted'})}\n\n"
+                yield f"event: end\ndata: {jsonl.dumps({'state': run['state'] if run else 'deleted'})}\n\n"
                 return
             if time.monotonic() - last_beat > 10:
                 last_beat = time.monotonic()
