@@ -1,6 +1,6 @@
 """The `sparring` command line.
 
-    sparring demo [--set KEY=VALUE ...]                     the demo run (examples/demo.yaml)
+    sparring demo [--set KEY=VALUE ...]                     the demo run (the installed task's `demo` config)
     sparring run CONFIG.yaml [--set KEY=VALUE ...]          run a config to completion
     sparring tasks                                           installed tasks and the components they register
     sparring serve [--host H] [--port P]                     the API service (services/api.py)
@@ -30,7 +30,24 @@ from sparring.shared.config import ConfigError, RunConfig, load_config
 
 log = logging.getLogger("sparring")
 
-DEMO_CONFIG = Path(__file__).resolve().parent.parent / "examples" / "demo.yaml"
+
+
+def demo_config() -> Path:
+    """The demo config of the only installed task that ships one (`Task.demo`, package data, so it works
+    from any install, not only from a source tree); `ConfigError` when none or several do."""
+    from sparring.shared import tasks
+
+    demos = {name: task.demo for name, task in tasks.registry().items() if task.demo}
+    if len(demos) != 1:
+        found = ", ".join(f"{name}: {path}" for name, path in sorted(demos.items()))
+        raise ConfigError(
+            f"`sparring demo` runs the demo of the only installed task that has one; found {len(demos)}"
+            + (f" ({found}): run one with `sparring run PATH`" if demos else " (`sparring tasks` lists the installed tasks)")
+        )
+    path = Path(next(iter(demos.values())))
+    if not path.is_file():
+        raise ConfigError(f"the demo config {path} is not installed (package data missing?)")
+    return path
 
 
 def resolve_model_path(cfg: RunConfig) -> str:
@@ -138,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sparring", description="online iterative self-play alignment")
     parser.add_argument("--log-level", default=os.environ.get("SPARRING_LOG_LEVEL", "WARNING"))
     sub = parser.add_subparsers(dest="command", required=True)
-    p_demo = sub.add_parser("demo", help="run the demo (examples/demo.yaml, 3 iterations)")
+    p_demo = sub.add_parser("demo", help="run the demo config of the installed task that has one")
     p_demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p_run = sub.add_parser("run", help="run CONFIG.yaml to completion")
     p_run.add_argument("config")
@@ -175,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         print_tasks()
         return 0
     try:
-        path = DEMO_CONFIG if args.command == "demo" else Path(args.config)
+        path = demo_config() if args.command == "demo" else Path(args.config)
         cfg = load_config(path, parse_sets(args.set))
         summary = execute(cfg)
     except (ConfigError, RedisUnavailable, ModelLoadError, PromptPoolError, DSATError) as err:

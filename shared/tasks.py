@@ -19,7 +19,9 @@ What a task can register (every name is global: two tasks registering the same n
   held-out pairs with pref = 1.0 when `a` is better, 0.0 when `b` is (`sparring eval-judges` measures
   every judge's agreement on them, workers/judges/agreement.py);
 - `policy`: the model name of the task's own policy (the policy `sparring eval-judges` gives the
-  self-preference judge).
+  self-preference judge);
+- `demo`: the path of a run config file shipped with the task (package data, found with
+  importlib.resources), which `sparring demo` runs when this is the only installed task with one.
 
 This module imports nothing from workers, services or any task (layering test).
 """
@@ -69,6 +71,7 @@ class Task:
     prompt_check: Callable[[str], str | None] | None = None
     labelled_pairs: Callable[[int, int], list[tuple[str, str, str, float]]] | None = None
     policy: str | None = None
+    demo: str | None = None  # a run config file inside the task's package (`sparring demo`)
 
 
 class TaskRegistryError(RuntimeError):

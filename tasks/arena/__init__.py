@@ -12,13 +12,15 @@ penalises stutters and odd lengths (`rules.py`). The task registers, by the name
 - the evaluator `arena_gold` (gold win rate against iteration 0 and mean gold score, `evaluation.py`);
 - a prompt check: the arena's judges score arena prompts only;
 - labelled pairs for `sparring eval-judges`: one pair of corpus responses with distinct gold scores per
-  held-out prompt (at most 320), the pairs docs/judges.md measures every judge on.
+  held-out prompt (at most 320), the pairs docs/judges.md measures every judge on;
+- the demo: `demo.yaml` beside this module (package data), the config `sparring demo` runs.
 
 Nothing here is imported at registry time beyond this module: every builder imports its module lazily.
 """
 
 from __future__ import annotations
 
+import importlib.resources
 from typing import TYPE_CHECKING, Any
 
 from sparring.shared.tasks import Progress, Task
@@ -116,4 +118,5 @@ def task() -> Task:
         prompt_check=_check_prompt,
         labelled_pairs=_labelled_pairs,
         policy="arena",
+        demo=str(importlib.resources.files(__name__) / "demo.yaml"),
     )

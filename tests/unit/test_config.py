@@ -7,7 +7,8 @@ import pytest
 
 from sparring.shared.config import CORE_JUDGE_KINDS, JUDGE_CONFIGS, ConfigError, RunConfig, load_config
 
-DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo.yaml"
+DEMO = Path(__file__).resolve().parents[2] / "tasks" / "arena" / "demo.yaml"  # the arena task's `demo` (package data)
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 # what every config must name: the model, the judge and the prompts
@@ -149,7 +150,7 @@ def test_unknown_preset_is_named(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", ["dpo", "sppo", "inpo", "drift", "osp"])
 def test_every_arena_example_validates(name: str) -> None:
-    cfg = load_config(DEMO.parent / f"arena-{name}.yaml")
+    cfg = load_config(EXAMPLES / f"arena-{name}.yaml")
     assert cfg.preset == name and "arena_gold" in cfg.eval.evaluators
 
 
