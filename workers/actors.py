@@ -92,6 +92,7 @@ class GeneratorWorker:
             self.cfg.generation,
             consumer,
             self.cfg.seed,
+            dtype=self.cfg.policy.dtype,  # the trainer's dtype: engines sample from the weights it trains
             cpu_threads=self.cfg.generation.engine_threads,
         )
         self.version = version
