@@ -90,6 +90,11 @@ class Completion(Record):
         description="behaviour log-prob of each sampled token; None for a response the policy did not sample"
     )
     finish_reason: str = ""
+    stop_token_id: int | None = Field(
+        None,
+        description="the stop token the sampler drew (stripped from token_ids) when finish_reason is 'stop'; "
+        "None = unknown (the tokenizer's eos is assumed) or no stop token",
+    )
 
     @model_validator(mode="after")
     def _lengths_match(self) -> Completion:

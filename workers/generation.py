@@ -8,11 +8,13 @@ Two backends with one contract (`GenerationEngine`):
 
 Conventions shared by both backends (the trainer and the judges rely on them):
 
-- **EOS is stripped.** Generation stops at an end-of-sequence token (the checkpoint's `eos_token_id`s from
-  `config.json` and `generation_config.json`); the eos token is *not* included in `Completion.token_ids` nor in
-  `Completion.logprobs`, and `finish_reason == "stop"`. A sample that ran out of budget has
-  `finish_reason == "length"`. When scoring a response the trainer appends eos itself iff
-  `finish_reason == "stop"`.
+- **EOS is stripped, and recorded.** Generation stops at an end-of-sequence token (the checkpoint's
+  `eos_token_id`s from `config.json` and `generation_config.json`: several for Llama-3 and Gemma instruction
+  models); the stop token is *not* included in `Completion.token_ids` nor in `Completion.logprobs`,
+  `finish_reason == "stop"`, and `Completion.stop_token_id` is the id that was drawn. A sample that ran out
+  of budget has `finish_reason == "length"` and no stop id. When scoring a response the trainer and the
+  judges append `stop_token_id` itself iff `finish_reason == "stop"` (the token the policy really sampled,
+  not necessarily `tokenizer.eos_token_id`).
 - **Behaviour log-probs are raw.** `Completion.logprobs[t]` is `log_softmax(logits_t)[token_t]` of the model's
   *unprocessed* distribution (temperature 1, no top-p), i.e. vLLM's default `logprobs_mode="raw_logprobs"`,
   and the same quantity a trainer computes for log pi(y|x). It is not the log-prob under the tempered /
@@ -155,13 +157,19 @@ def _validate_batch(
 
 
 def _strip_eos(
-    token_ids: list[int], logprobs: list[float], eos: set[int], stopped: bool
-) -> tuple[list[int], list[float], str]:
-    """Cut at the first eos (dropping it); finish reason `stop` if one was found, else `length`."""
+    token_ids: list[int], logprobs: list[float], eos: set[int], stopped: bool, stop_reason: object = None
+) -> tuple[list[int], list[float], str, int | None]:
+    """Cut at the first eos (dropping it): (ids, logprobs, finish reason, the stop id that was cut).
+
+    Finish reason `stop` if an eos was found (or the backend says it stopped; `stop_reason` is then the
+    backend's own stop token id when it is one), else `length`.
+    """
     for t, tok in enumerate(token_ids):
         if tok in eos:
-            return token_ids[:t], logprobs[:t], FINISH_STOP
-    return token_ids, logprobs, FINISH_STOP if stopped else FINISH_LENGTH
+            return token_ids[:t], logprobs[:t], FINISH_STOP, int(tok)
+    if stopped:
+        return token_ids, logprobs, FINISH_STOP, stop_reason if isinstance(stop_reason, int) else None
+    return token_ids, logprobs, FINISH_LENGTH, None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -250,9 +258,20 @@ class VLLMEngine:
                 lps = [float(step[tok].logprob) for tok, step in zip(ids, comp.logprobs or [], strict=False)]
                 if len(lps) != len(ids):
                     raise EngineError(f"vLLM returned {len(lps)} logprobs for {len(ids)} tokens")
-                ids, lps, reason = _strip_eos(ids, lps, self._eos, comp.finish_reason == FINISH_STOP)
+                ids, lps, reason, stop_id = _strip_eos(
+                    ids, lps, self._eos, comp.finish_reason == FINISH_STOP, getattr(comp, "stop_reason", None)
+                )
                 text = self._tokenizer.decode(ids, skip_special_tokens=True)
-                samples.append(Completion(index=len(samples), text=text, token_ids=ids, logprobs=lps, finish_reason=reason))
+                samples.append(
+                    Completion(
+                        index=len(samples),
+                        text=text,
+                        token_ids=ids,
+                        logprobs=lps,
+                        finish_reason=reason,
+                        stop_token_id=stop_id,
+                    )
+                )
             result.append(samples)
         return result
 
@@ -463,9 +482,13 @@ class TransformersEngine:
             n_tok = min(limits[r], new.shape[1])
             ids = [int(t) for t in new[r, :n_tok]]
             lps = [float(v) for v in lp[r, :n_tok]]
-            ids, lps, reason = _strip_eos(ids, lps, self._eos, stopped=False)
+            ids, lps, reason, stop_id = _strip_eos(ids, lps, self._eos, stopped=False)
             text = self.tokenizer.decode(ids, skip_special_tokens=True)
-            rows_out.append(Completion(index=0, text=text, token_ids=ids, logprobs=lps, finish_reason=reason))
+            rows_out.append(
+                Completion(
+                    index=0, text=text, token_ids=ids, logprobs=lps, finish_reason=reason, stop_token_id=stop_id
+                )
+            )
         grouped: list[list[Completion]] = []
         k = 0
         for s in specs:

@@ -4,10 +4,11 @@ The explicit training loop of a run. No Ray and no Redis here: the run's trainer
 wraps this class. One iteration (`train_iteration`) does, in order:
 
 1. **Validate and tokenise.** Each pair becomes prompt ids + chosen ids + rejected ids. A completion
-   whose `finish_reason == "stop"` ended because the sampler drew EOS, which it does not return; the
-   tokenizer's EOS id is appended to it so the policy also learns *where to stop* (TRL and the
-   alignment-handbook train on the chat template's end-of-turn token the same way). Truncated completions
-   (`"length"`) get no EOS. Bad pairs (empty, identical, non-finite `win_prob`, too long for the model,
+   whose `finish_reason == "stop"` ended because the sampler drew a stop token, which it does not return
+   in `token_ids`; that token (`Completion.stop_token_id`: with several stop ids, e.g. Gemma's `<eos>` and
+   `<end_of_turn>`, the one actually sampled; the tokenizer's EOS when unknown) is appended so the policy
+   also learns *where to stop* (TRL and the alignment-handbook train on the chat template's end-of-turn
+   token the same way). Truncated completions (`"length"`) get no stop token. Bad pairs (empty, identical, non-finite `win_prob`, too long for the model,
    token ids outside the vocabulary, duplicate record ids) are skipped and returned with a reason.
 2. **Frozen log-probs once.** The reference (and, for objectives that need it, the iteration-start policy
    pi_t) log-probs are computed once, before the first step, under `no_grad`, and cached per pair
@@ -356,19 +357,27 @@ class PolicyTrainer:
         return TokenizedPair(
             record_id=record_id,
             prompt_ids=[int(t) for t in pair.prompt_token_ids],
-            chosen_ids=self._completion_ids(pair.chosen.token_ids, pair.chosen.finish_reason),
-            rejected_ids=self._completion_ids(pair.rejected.token_ids, pair.rejected.finish_reason),
+            chosen_ids=self._completion_ids(
+                pair.chosen.token_ids, pair.chosen.finish_reason, pair.chosen.stop_token_id
+            ),
+            rejected_ids=self._completion_ids(
+                pair.rejected.token_ids, pair.rejected.finish_reason, pair.rejected.stop_token_id
+            ),
             win_prob=float(pair.win_prob),
             chosen_win_rate=pair.chosen_win_rate,
             rejected_win_rate=pair.rejected_win_rate,
             weight=float(pair.weight),
         )
 
-    def _completion_ids(self, token_ids: Sequence[int], finish_reason: str) -> list[int]:
-        """Completion ids, plus EOS when the sampler stopped on it (it does not return the EOS itself)."""
+    def _completion_ids(
+        self, token_ids: Sequence[int], finish_reason: str, stop_token_id: int | None = None
+    ) -> list[int]:
+        """Completion ids, plus the stop token the sampler drew (it does not return it in `token_ids`):
+        `stop_token_id`, or the tokenizer's EOS when the completion does not say which (a logged response)."""
         ids = [int(t) for t in token_ids]
-        if ids and finish_reason == "stop" and self.eos_token_id is not None and ids[-1] != self.eos_token_id:
-            ids.append(self.eos_token_id)
+        stop = self.eos_token_id if stop_token_id is None else int(stop_token_id)
+        if ids and finish_reason == "stop" and stop is not None and ids[-1] != stop:
+            ids.append(stop)
         return ids
 
     def _reject_reason(self, pair: PreferencePair, ex: TokenizedPair, seen: set[str]) -> str | None:

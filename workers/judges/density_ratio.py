@@ -19,9 +19,13 @@ Contract:
   Response ids are either the sampler's own token ids (`response_tokens="ids"`, exact when the judge
   shares the policy's tokenizer, e.g. SPA) or the response text re-tokenised with the judge's tokenizer
   (`"text"`, the default, safe for any pair of judge models).
-- **EOS.** A completion that ended on EOS (`finish_reason == "stop"`; the sampler strips the EOS itself)
-  gets the EOS id appended and scored when `score_eos` is true, as the trainer appends it to train on
-  where to stop. The ratio then also rewards termination.
+- **EOS.** A completion that ended on a stop token (`finish_reason == "stop"`; the sampler strips it and
+  records it as `Completion.stop_token_id`) gets that token appended and scored when `score_eos` is true,
+  as the trainer appends it to train on where to stop. The ratio then also rewards termination. With
+  several stop ids (Gemma's `<eos>`/`<end_of_turn>`, Llama-3's `<|eot_id|>`/`<|eom_id|>`/...) the token
+  scored is the one sampled: the sampler's id itself with `response_tokens="ids"` (one tokenizer), and with
+  `"text"` that id if it is one of the judge's own stop ids (`stop_token_ids`), else the judge's EOS
+  (the judge's vocabulary may differ from the policy's); a completion without a recorded stop id gets EOS.
 - **Reduction.** `"sum"` is the CDR repo's `log_ratio_reward`; `"mean"` divides by the number of scored tokens
   (Red-Hat-AI-Innovation-Team/reward_hub `drsow.py`, `avg_drsow_reward`). The sum favours short responses when
   the per-token ratio is negative and long ones when it is positive.
@@ -46,6 +50,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from sparring.shared.models import check_model_path, load_tokenizer, text_token_ids
@@ -314,6 +319,7 @@ class DensityRatioJudge:
         win_matrix: bool = True,
         win_matrix_scale: float = 1.0,
         name: str = "density_ratio",
+        stop_token_ids: Sequence[int] = (),
     ) -> None:
         if reduction not in ("sum", "mean"):
             raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
@@ -335,6 +341,10 @@ class DensityRatioJudge:
         self.name = name
         eos = tokenizer.eos_token_id
         self.eos_token_id: int | None = None if eos is None else int(eos)
+        # the judge model's own stop ids (generation_config's eos list); a recorded stop id in it is scored
+        self.stop_token_ids: frozenset[int] = frozenset(int(t) for t in stop_token_ids) | (
+            frozenset() if self.eos_token_id is None else frozenset({self.eos_token_id})
+        )
         self._contexts: dict[str, list[int]] = {}
 
     # -- token layout ---------------------------------------------------------------------------------
@@ -349,20 +359,24 @@ class DensityRatioJudge:
         return list(ids)
 
     def response_ids(self, completion: Completion) -> list[int]:
-        """The ids scored for one completion (response tokens, plus EOS if it stopped on EOS and
-        `score_eos`)."""
+        """The ids scored for one completion (response tokens, plus the stop token it ended on if
+        `score_eos`: see the module docstring)."""
         if self.response_tokens == "ids":
             ids = [int(t) for t in completion.token_ids]
         else:
             ids = text_token_ids(self.tokenizer, completion.text)
-        if (
-            self.score_eos
-            and completion.finish_reason == FINISH_STOP
-            and self.eos_token_id is not None
-            and (not ids or ids[-1] != self.eos_token_id)
-        ):
-            ids.append(self.eos_token_id)
+        stop = self.stop_id(completion)
+        if self.score_eos and completion.finish_reason == FINISH_STOP and stop is not None and (not ids or ids[-1] != stop):
+            ids.append(stop)
         return ids
+
+    def stop_id(self, completion: Completion) -> int | None:
+        """The stop token scored after a completion that stopped: the one its sampler drew when this
+        judge's vocabulary has it (see the module docstring), else the judge's EOS."""
+        sampled = completion.stop_token_id
+        if sampled is not None and (self.response_tokens == "ids" or int(sampled) in self.stop_token_ids):
+            return int(sampled)
+        return self.eos_token_id
 
     def scored_tokens(self, group: GenerationGroup) -> list[ScoredTokens]:
         """One row per completion of `group`, in order: what both models score."""
@@ -441,9 +455,12 @@ def build_density_ratio_judge(
     scorer_kwargs: dict[str, Any] | None = None,
 ) -> DensityRatioJudge:
     """A CDR judge from two checkpoints (local dirs or hub ids); both load on `backend`."""
+    from sparring.workers.checkpoints import eos_token_ids
+
     tok = load_tokenizer(strong_model)
     check_same_vocab(tok, load_tokenizer(weak_model))
     kw = dict(scorer_kwargs or {})
+    stop_ids = eos_token_ids(strong_model) if Path(strong_model).is_dir() else set()
     return DensityRatioJudge(
         build_scorer(backend, strong_model, **kw),
         build_scorer(backend, weak_model, **kw),
@@ -455,6 +472,7 @@ def build_density_ratio_judge(
         score_eos=score_eos,
         win_matrix_scale=win_matrix_scale,
         name=name,
+        stop_token_ids=sorted(stop_ids),
     )
 
 
