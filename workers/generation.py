@@ -176,6 +176,46 @@ def _strip_eos(
 # vLLM
 
 
+class SyncWorkerExtension:
+    """Mixed into each vLLM worker (`LLM(worker_extension_cls=...)`): an in-place reload that leaves no
+    layer computing with stale weights.
+
+    vLLM's `reload_weights` reloads layer by layer and re-runs each loaded layer's post-load processing.
+    A layer whose weight is an alias of another's (the LM head of a tied model: Qwen2-0.5B, Llama-3.2-1B,
+    Gemma) receives no tensor of its own, so it is never re-processed; on vLLM-CPU that processing packs
+    the weight into a private GEMM buffer, and the head kept computing logits with the *old* packed
+    weights (greedy output then differed from HF on the new weights). After the reload every layer
+    sharing a weight is processed again from the (new) shared tensor; for layers whose processing keeps
+    no copy (GPU) that is a no-op.
+    """
+
+    def sparring_reload_weights(self, weights_path: str) -> int:
+        """`reload_weights` from a checkpoint dir, then refresh aliased layers; returns how many."""
+        self.reload_weights(weights_path=weights_path, is_checkpoint_format=True)  # type: ignore[attr-defined]
+        return refresh_shared_weight_layers(self.model_runner.get_model())  # type: ignore[attr-defined]
+
+
+def refresh_shared_weight_layers(model: Any) -> int:
+    """Re-run `quant_method.process_weights_after_loading` for every layer whose `weight` is shared with
+    another layer (tied embeddings); returns the number of layers processed."""
+    import torch
+
+    by_tensor: dict[int, list[Any]] = {}
+    for module in model.modules():
+        weight = module._parameters.get("weight") if isinstance(module, torch.nn.Module) else None
+        if weight is None or weight.is_meta or getattr(module, "quant_method", None) is None:
+            continue
+        by_tensor.setdefault(weight.data_ptr(), []).append(module)
+    refreshed = 0
+    for modules in by_tensor.values():
+        if len(modules) < 2:
+            continue
+        for module in modules:
+            module.quant_method.process_weights_after_loading(module)
+            refreshed += 1
+    return refreshed
+
+
 class VLLMEngine:
     """A `vllm.LLM` in eager mode fed token-id prompts. Build it inside a function/actor (spawn pitfall)."""
 
@@ -206,6 +246,7 @@ class VLLMEngine:
             # dies). Whole-prompt prefill keeps per-request seeds (one group = one reproducible draw).
             enable_chunked_prefill=False,
             max_num_batched_tokens=max(8192, max_model_len),
+            worker_extension_cls=f"{SyncWorkerExtension.__module__}.{SyncWorkerExtension.__qualname__}",
         )
         if max_num_seqs is not None:
             extra["max_num_seqs"] = max_num_seqs
@@ -276,7 +317,8 @@ class VLLMEngine:
         return result
 
     def load_weights(self, path: str) -> float:
-        """Reload a checkpoint dir in place (`reload_weights`), then drop the prefix cache."""
+        """Reload a checkpoint dir in place (`SyncWorkerExtension`: `reload_weights` + tied layers), then
+        drop the prefix cache."""
         with self._lock:
             self._check_usable()
             try:
@@ -289,9 +331,7 @@ class VLLMEngine:
                 )
             t0 = time.perf_counter()
             try:
-                self._llm.collective_rpc(
-                    "reload_weights", kwargs={"weights_path": str(path), "is_checkpoint_format": True}
-                )
+                self._llm.collective_rpc("sparring_reload_weights", kwargs={"weights_path": str(path)})
                 if not self._llm.reset_prefix_cache():
                     raise EngineError("reset_prefix_cache returned False")
             except Exception as err:

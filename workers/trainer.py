@@ -534,11 +534,16 @@ class PolicyTrainer:
     # Weights out: checkpoints and sync
 
     def state_dict_for_sync(self) -> dict[str, Tensor]:
-        """Policy weights by HF parameter name: contiguous CPU copies in the model's (saved) dtype."""
-        return {
-            name: tensor.detach().to("cpu", copy=True).contiguous()
-            for name, tensor in self.model.state_dict().items()
-        }
+        """Policy weights by HF parameter name: contiguous CPU copies in the model's (saved) dtype.
+
+        Exactly the tensors `save_pretrained` writes: a tied alias (`lm_head.weight` of Qwen2, Llama-3.2,
+        Gemma) is left out, so an object-store sync holds the same names as the checkpoint the engines
+        started from (and a safetensors_dir sync).
+        """
+        from transformers.modeling_utils import remove_tied_weights_from_state_dict
+
+        state = remove_tied_weights_from_state_dict(self.model.state_dict(), self.model)
+        return {name: tensor.detach().to("cpu", copy=True).contiguous() for name, tensor in state.items()}
 
     def save_checkpoint(self, out_dir: Path, version: int, iteration: int) -> Path:
         """Write an ordinary HF checkpoint dir at `out_dir` (+ `trainer_state.pt`), atomically.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -211,3 +212,62 @@ def test_sampled_checksum_sees_a_single_changed_element() -> None:
     changed["w"][1234, 567] += 0.01
     assert state_checksum(changed, full=False) != base
     assert state_checksum(changed, full=True) != state_checksum(big, full=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Model families (tests/families.py)
+
+
+def _trained_policy(model_dir: Path, dtype: str = "auto") -> object:
+    """A PolicyTrainer on `model_dir` after one DPO iteration with a large step (weights clearly moved)."""
+    import random
+
+    from sparring.shared.config import DPOConfig, TrainerConfig
+    from sparring.shared.records import PreferencePair
+    from sparring.workers.trainer import PolicyTrainer
+
+    rng = random.Random(0)
+
+    def comp(i: int) -> Completion:
+        ids = [rng.randrange(20, 300) for _ in range(5)]
+        return Completion(index=i, text="", token_ids=ids, logprobs=[0.0] * 5, finish_reason="stop")
+
+    pairs = [
+        PreferencePair(
+            run_id="r", iteration=1, policy_version=0, prompt_id=f"p{k}", prompt="p",
+            prompt_token_ids=[rng.randrange(20, 300) for _ in range(4)], chosen=comp(0), rejected=comp(1),
+            chosen_score=1.0, rejected_score=0.0, win_prob=0.9, judge="test",
+        )  # fmt: skip
+        for k in range(8)
+    ]
+    cfg = TrainerConfig.model_validate({"learning_rate": 5e-2, "batch_size": 8, "epochs": 2, "torch_threads": 1})
+    trainer = PolicyTrainer(str(model_dir), cfg, DPOConfig(beta=0.1), seed=0, dtype=dtype)
+    trainer.train_iteration(pairs, iteration=1)
+    return trainer
+
+
+def test_tied_model_object_store_sync_from_the_trainer(ray_local: None, tmp_path: Path) -> None:
+    """Qwen2 ties lm_head to the embeddings. The trainer's object-store state must load into a vLLM engine
+    started from the save_pretrained checkpoint (no 'unexpected tensors [lm_head.weight]' refusal, which
+    made the controller cold-restart every generator every iteration), and the engine's greedy output must
+    then equal HF generate on the trained weights."""
+    from tests.families import build_family_checkpoint
+
+    base = build_family_checkpoint("qwen2", tmp_path / "qwen2")
+    tok = load_tokenizer(str(base))
+    prompts = [prompt_token_ids(tok, t) for t in TEXTS]
+    trainer: Any = _trained_policy(base)
+    saved = trainer.save_checkpoint(tmp_path / "v1", version=1, iteration=1)
+    ref = TransformersEngine(str(saved))
+    expected = _greedy(ref, prompts)
+    ref.close()
+
+    engine = VLLMEngine(str(base), max_model_len=256, kv_cache_memory_bytes=64 * 2**20, engine_id="vllm-qwen2")
+    try:
+        before = _greedy(engine, prompts)
+        apply_update(engine, object_store_update(trainer.state_dict_for_sync(), 1), base, tmp_path / "staging")
+        after = _greedy(engine, prompts)
+    finally:
+        engine.close()
+    assert after == expected
+    assert after != before
