@@ -40,8 +40,11 @@ completion positions are projected through the LM head, and each target's log-pr
 materialised; the (completion tokens, vocab) logits still are (in the model's dtype, then fp32), and
 chunking them is the next lever for 100k+ vocabularies.
 
-Dropout is disabled (the model stays in eval mode), as TRL's `disable_dropout=True` default does, so the
-policy's log-probs before the first step equal the reference's and the loss starts at log 2 for DPO.
+Dropout is disabled at load (`disable_dropout`: every dropout probability in the model's config and in
+its modules set to 0, as TRL's `disable_dropout=True` default does for `nn.Dropout`), and the model stays in
+eval mode outside gradient-checkpointed steps, so the policy's log-probs before the first step equal the
+reference's and the loss starts at log 2 for DPO, with or without gradient checkpointing (HF attention
+applies `config.attention_dropout` functionally whenever the module is in train mode).
 
 Deviation from TRL's DPOTrainer: prompts and completions are never truncated; a pair longer than the
 model's context is rejected instead (the sampler already bounds lengths by `max_model_len`).
@@ -221,6 +224,7 @@ class PolicyTrainer:
         self.objective: Objective = build_objective(algo_cfg)
         self.tokenizer: PreTrainedTokenizerBase = load_tokenizer(model_path)
         self.model: PreTrainedModel = load_causal_lm(model_path, dtype=dtype, device=device)
+        disable_dropout(self.model)
         self.model.eval()  # dropout off for good: see the module docstring
         self.pad_token_id = int(self.tokenizer.pad_token_id)
         eos = self.tokenizer.eos_token_id
@@ -232,11 +236,7 @@ class PolicyTrainer:
             self.initial_model = copy.deepcopy(self.model)
             self.initial_model.requires_grad_(False)
         if trainer_cfg.gradient_checkpointing:
-            # HF checkpoints only in train mode; zeroing every dropout keeps train mode deterministic, as
-            # eval mode is in the default path (TRL's disable_dropout does the same).
-            for module in self.model.modules():
-                if isinstance(module, torch.nn.Dropout):
-                    module.p = 0.0
+            # HF checkpoints only in train mode; `disable_dropout` above keeps train mode deterministic.
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         use_bf16 = trainer_cfg.mixed_precision == "bf16" or (
             trainer_cfg.mixed_precision == "auto" and str(device).startswith("cuda")
@@ -610,6 +610,31 @@ class PolicyTrainer:
 # Helpers
 
 
+def _is_dropout_name(name: str) -> bool:
+    return "dropout" in name or name.endswith("pdrop")
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Set every dropout probability of `model` to 0: `nn.Dropout` modules (TRL's `disable_dropout`), the
+    dropout fields of its config (and sub-configs), and the float attributes modules copied from them at
+    construction (HF attention reads `self.attention_dropout` and drops functionally in train mode)."""
+    configs = [getattr(model, "config", None)]
+    for cfg in configs:
+        if cfg is None:
+            continue
+        for name, value in list(vars(cfg).items()):
+            if _is_dropout_name(name) and isinstance(value, float) and value:
+                setattr(cfg, name, 0.0)
+            elif hasattr(value, "to_dict") and all(value is not c for c in configs):  # text_config, ...
+                configs.append(value)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        for name, value in list(vars(module).items()):
+            if _is_dropout_name(name) and isinstance(value, float) and value:
+                setattr(module, name, 0.0)
+
+
 def _max_positions(model: PreTrainedModel) -> int | None:
     cfg = model.config
     for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
@@ -639,6 +664,7 @@ __all__ = [
     "PolicyTrainer",
     "TokenizedPair",
     "collate_pairs",
+    "disable_dropout",
     "collate_sequences",  # re-exported from sparring.workers.logps for workers/actors.py (being rewritten)
     "sequence_logps",  # idem
     "shuffle_seed",

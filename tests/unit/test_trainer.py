@@ -404,3 +404,66 @@ def test_judge_metrics_of_an_iteration_combine_every_drain() -> None:
     assert m["judge/cache_hit_rate"] == pytest.approx(1 / 8)
     assert m["judge/flip_consistency"] == pytest.approx((9 + 15) / 40)
     assert combine_judge_metrics([]) == {}
+
+
+# --------------------------------------------------------------------------------------------------
+# Model families (tests/families.py): several stop ids, tied embeddings, dropout in the config
+
+
+@pytest.mark.parametrize("family", ["gemma", "llama3"])
+def test_a_completion_is_trained_with_the_stop_token_it_was_sampled_with(family: str, tmp_path: Path) -> None:
+    """Gemma's generation_config stops on [<eos>, <end_of_turn>], Llama-3's on [<|end_of_text|>, <|eom_id|>,
+    <|eot_id|>]: a sample that stopped on a stop id other than tokenizer.eos_token_id is trained ending in
+    THAT id; a completion without a recorded stop id (a logged response) still gets the tokenizer's eos."""
+    from tests.families import build_family_checkpoint, second_stop_id
+
+    model_dir = build_family_checkpoint(family, tmp_path / family)
+    trainer = make_trainer(model_dir)
+    second = second_stop_id(family, model_dir)
+    assert trainer.eos_token_id is not None and second != trainer.eos_token_id
+    pair = make_pair(0, [11, 12], [30, 31], [40])
+    sampled = pair.model_copy(
+        update={"chosen": pair.chosen.model_copy(update={"stop_token_id": second})}
+    )
+    (example,), rejected = trainer.tokenize_pairs([sampled])
+    assert not rejected
+    assert example.chosen_ids == [30, 31, second]
+    assert example.rejected_ids == [40, trainer.eos_token_id]
+
+
+def test_tied_model_syncs_exactly_what_save_pretrained_writes(tmp_path: Path) -> None:
+    """Qwen2 ties lm_head to the embeddings: the sync state must not carry the alias `lm_head.weight`
+    (the engines' manifest, read from save_pretrained's files, has no such tensor)."""
+    from safetensors.torch import load_file
+
+    from tests.families import build_family_checkpoint
+
+    trainer = make_trainer(build_family_checkpoint("qwen2", tmp_path / "qwen2"))
+    assert trainer.model.config.tie_word_embeddings
+    trainer.train_iteration(synthetic_pairs(8), iteration=1)
+    state = trainer.state_dict_for_sync()
+    out = trainer.save_checkpoint(tmp_path / "v1", version=1, iteration=1)
+    saved = load_file(out / "model.safetensors")
+    assert "lm_head.weight" not in state
+    assert set(state) == set(saved)
+    assert all(torch.equal(state[k], saved[k]) for k in saved)
+
+
+def test_config_dropout_is_off_under_gradient_checkpointing(tmp_path: Path) -> None:
+    """attention_dropout > 0 in the config (functional dropout in HF attention, no nn.Dropout module):
+    with gradient checkpointing the policy runs in train mode, yet step-0 DPO loss is log 2 and two
+    forwards of one batch are identical."""
+    from tests.families import build_family_checkpoint
+
+    model_dir = build_family_checkpoint("qwen2", tmp_path / "qwen2", attention_dropout=0.1)
+    trainer = make_trainer(model_dir, batch_size=16, gradient_checkpointing=True)
+    examples, _ = trainer.tokenize_pairs(synthetic_pairs(16))
+    batch = collate_pairs(examples, trainer.pad_token_id)
+    trainer.model.train()
+    first, _ = sequence_logps(trainer.model, batch)
+    second, _ = sequence_logps(trainer.model, batch)
+    trainer.model.eval()
+    assert torch.equal(first, second)
+    result = trainer.train_iteration(synthetic_pairs(16), iteration=1)
+    assert result.metrics["train/steps"] == 1
+    assert result.metrics["loss/mean"] == pytest.approx(math.log(2.0), abs=1e-6)
