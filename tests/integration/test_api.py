@@ -80,6 +80,14 @@ def test_pool_upload_validates_every_line_and_stores_nothing_partial(api_server)
         r = c.post("/v1/pools", params={"kind": "dsat"}, content=dsat)
         assert r.status_code == 422 and r.json()["problems"] == ["line 1: feedback: missing field"]
 
+        # text the upload accepts is text a run accepts (shared/jsonl.py): a raw U+2028 inside a string is
+        # not a line break; a JSON-escaped lone surrogate is refused here, naming line and field
+        r = c.post("/v1/pools", params={"name": "ls"}, content='{"prompt": "one\u2028two"}\n'.encode())
+        assert r.status_code == 201 and r.json()["num_items"] == 1, r.text
+        r = c.post("/v1/pools", params={"name": "cats"}, content=b'{"prompt": "ok"}\n{"prompt": "Tell me about cats \\ud83d"}\n')
+        assert r.status_code == 422
+        assert r.json()["problems"] == ["line 2: field 'prompt': lone surrogate U+D83D (text must be encodable as UTF-8)"]
+
 
 def test_oversized_upload_and_body_are_refused(api_server) -> None:
     limit = int(api_server.env["SPARRING_MAX_UPLOAD_BYTES"])
