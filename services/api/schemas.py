@@ -132,8 +132,33 @@ class Health(BaseModel):
 
 # ------------------------------------------------------------------------------------------------ declared errors
 
+# Every error the API answers is a `Problem`, and every route lists the error statuses it can answer: ERRORS on
+# every token-gated route (401/403 from the token gate, 503 when Redis is unreachable), INVALID on every route
+# with parameters or a body (FastAPI's request validation, rendered as a Problem by services/api/errors.py).
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": Problem, "description": "missing or invalid token"},
     403: {"model": Problem, "description": "read-only token on a write route"},
+    503: {"model": Problem, "description": "Redis is unreachable; retry later"},
 }
-NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Problem, "description": "no such run"}}
+INVALID: dict[int | str, dict[str, Any]] = {
+    422: {"model": Problem, "description": "invalid parameters or body: `problems` lists each one"}
+}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Problem, "description": "no such run"}, **INVALID}
+
+# Non-JSON success bodies, documented as what they are (the routes set `response_class` to a class without a
+# media type, so FastAPI adds no `application/json` alternative).
+BINARY = {"schema": {"type": "string", "format": "binary"}}
+TEXT = {"schema": {"type": "string"}}
+# text/event-stream: `schema` describes one event (OpenAPI 3.1; clients and schemathesis read it so).
+SSE_EVENT = {
+    "schema": {
+        "type": "object",
+        "required": ["event", "data"],
+        "properties": {
+            "event": {"type": "string", "description": "state, progress, iteration_done, ...; `end` last"},
+            "data": {"type": "string", "contentMediaType": "application/json", "description": "a JSON object"},
+            "id": {"type": "string", "description": "the event's id: reconnect with `after=` it"},
+            "retry": {"type": "integer", "description": "reconnection delay, ms"},
+        },
+    }
+}

@@ -15,13 +15,14 @@ from fastapi.responses import FileResponse, StreamingResponse
 
 from sparring.services.api.deps import READ, RUN_ID, VERSION, Service
 from sparring.services.api.errors import error_response
-from sparring.services.api.schemas import ERRORS, NOT_FOUND, CheckpointList, Problem
+from sparring.services.api.schemas import BINARY, ERRORS, INVALID, NOT_FOUND, CheckpointList, Problem
 from sparring.services.runs import CheckpointNotFound
 
 router = APIRouter(tags=["checkpoints"])
 
 CKPT_MISSING: dict[int | str, dict[str, Any]] = {
     **ERRORS,
+    **INVALID,
     404: {"model": Problem, "description": "no such run, version or file"},
 }
 
@@ -41,7 +42,8 @@ def checkpoints(run_id: RUN_ID, service: Service) -> dict[str, Any]:
     "/v1/runs/{run_id}/checkpoints/{version}/archive",
     summary="One checkpoint directory as a tar stream (an ordinary Hugging Face checkpoint)",
     dependencies=READ,
-    responses={**CKPT_MISSING, 200: {"content": {"application/x-tar": {}}}},
+    response_class=StreamingResponse,
+    responses={**CKPT_MISSING, 200: {"description": "a POSIX tar stream", "content": {"application/x-tar": BINARY}}},
 )
 def checkpoint_archive(run_id: RUN_ID, version: VERSION, service: Service) -> Any:
     try:
@@ -59,7 +61,8 @@ def checkpoint_archive(run_id: RUN_ID, version: VERSION, service: Service) -> An
     "/v1/runs/{run_id}/checkpoints/{version}/files/{name}",
     summary="One file of a checkpoint",
     dependencies=READ,
-    responses={**CKPT_MISSING, 200: {"content": {"application/octet-stream": {}}}},
+    response_class=FileResponse,
+    responses={**CKPT_MISSING, 200: {"description": "the file's bytes", "content": {"application/octet-stream": BINARY}}},
 )
 def checkpoint_file(
     run_id: RUN_ID, version: VERSION, name: Annotated[str, PathParam(max_length=255)], service: Service

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
 from sparring.services.api.deps import READ, RUN_ID, Service
-from sparring.services.api.schemas import ERRORS, NOT_FOUND
+from sparring.services.api.schemas import ERRORS, NOT_FOUND, SSE_EVENT
 from sparring.shared import jsonl
 from sparring.shared.store import TERMINAL_STATES
 
@@ -25,7 +25,8 @@ router = APIRouter(tags=["runs"])
     "/v1/runs/{run_id}/events",
     summary="Live run events as server-sent events (ends when the run is at rest, or after max_seconds)",
     dependencies=READ,
-    responses={**ERRORS, **NOT_FOUND, 200: {"content": {"text/event-stream": {}}}},
+    response_class=StreamingResponse,
+    responses={**ERRORS, **NOT_FOUND, 200: {"description": "a server-sent event stream", "content": {"text/event-stream": SSE_EVENT}}},
 )
 async def events(
     request: Request,

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
 from sparring.services.api.deps import READ, RUN_ID, Service
-from sparring.services.api.schemas import ERRORS, NOT_FOUND, PairList
+from sparring.services.api.schemas import ERRORS, NOT_FOUND, TEXT, PairList
 
 router = APIRouter(tags=["pairs"])
 
@@ -34,10 +34,16 @@ def pairs(
     "/v1/runs/{run_id}/pairs/export",
     summary="Judged pairs as TRL preference JSONL (prompt / chosen / rejected)",
     dependencies=READ,
+    response_class=StreamingResponse,
     responses={
         **ERRORS,
         **NOT_FOUND,
-        200: {"content": {"application/x-ndjson": {"example": '{"prompt": "...", "chosen": "...", "rejected": "..."}\n'}}},
+        200: {
+            "description": "one JSON object a line",
+            "content": {
+                "application/x-ndjson": {**TEXT, "example": '{"prompt": "...", "chosen": "...", "rejected": "..."}\n'}
+            },
+        },
     },
 )
 def export_pairs(

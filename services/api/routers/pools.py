@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 
 from sparring.services.api.deps import READ, WRITE, Service
 from sparring.services.api.errors import error_response
-from sparring.services.api.schemas import ERRORS, Pool, PoolList, Problem
+from sparring.services.api.schemas import ERRORS, INVALID, Pool, PoolList, Problem
 
 router = APIRouter(tags=["pools"])
 
@@ -63,7 +63,7 @@ def list_pools(service: Service) -> dict[str, Any]:
     response_model=Pool,
     summary="One pool",
     dependencies=READ,
-    responses={**ERRORS, 404: {"model": Problem, "description": "no such pool"}},
+    responses={**ERRORS, **INVALID, 404: {"model": Problem, "description": "no such pool"}},
 )
 def get_pool(pool_id: Annotated[str, PathParam(max_length=200)], service: Service) -> Any:
     pool = service.pools.get(pool_id)

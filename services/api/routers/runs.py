@@ -34,6 +34,7 @@ router = APIRouter(tags=["runs"])
     responses={
         **ERRORS,
         200: {"model": Run, "description": "replay of an earlier request with the same Idempotency-Key"},
+        400: {"model": Problem, "description": "the body could not be parsed at all (e.g. not UTF-8)"},
         409: {"model": Problem, "description": "Idempotency-Key reused for a different request"},
         413: {"model": Problem, "description": "body too large"},
         422: {"model": Problem, "description": "invalid config, disallowed model path, unknown pool"},
