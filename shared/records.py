@@ -113,6 +113,9 @@ class GenerationGroup(Record):
     policy_version: int = Field(ge=0)
     prompt_id: str
     prompt: str
+    messages: list[dict[str, str]] | None = Field(
+        None, description="whole conversation ending in `prompt` (multi-turn, system turns included); None = just `prompt`"
+    )
     prompt_token_ids: list[int] = Field(description="the prompt as the TRAINER sees it (chat template)")
     completions: list[Completion] = Field(min_length=1)
     anchor: Completion | None = Field(None, description="the task's fixed logged response, tokenised (DRIFT)")
@@ -173,6 +176,9 @@ class PreferencePair(Record):
     policy_version: int = Field(ge=0, description="weights that produced both responses")
     prompt_id: str
     prompt: str
+    messages: list[dict[str, str]] | None = Field(
+        None, description="whole conversation ending in `prompt` (multi-turn, system turns included); None = just `prompt`"
+    )
     prompt_token_ids: list[int] = Field(min_length=1)
     chosen: Completion
     rejected: Completion

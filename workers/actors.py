@@ -154,6 +154,7 @@ class GeneratorWorker:
                     policy_version=self.version,
                     prompt_id=task.prompt_id,
                     prompt=task.prompt,
+                    messages=task.messages,
                     prompt_token_ids=ids,
                     completions=samples,
                     anchor=None

@@ -226,3 +226,40 @@ def test_different_vocabularies_are_rejected(tmp_path: Path, ckpts) -> None:
     other = make_tiny_checkpoint(tmp_path / "other", seed=1, vocab_size=300)
     with pytest.raises(ValueError, match="tokenizers differ"):
         build_density_ratio_judge(str(ckpts[0]), str(other))
+
+
+TURNS = [{"role": "user", "content": "what is the sun"}, {"role": "assistant", "content": "the sun is hot"},
+         {"role": "user", "content": PROMPTS[0]}]  # fmt: skip
+
+
+def test_the_whole_conversation_is_judged_system_turn_included(ckpts, scorers) -> None:
+    """A multi-turn group is judged in its whole conversation: two groups ending in the same user turn whose
+    system instructions differ get different contexts and different scores (the old judge saw only the last
+    user turn, so both scored alike)."""
+    tok = load_tokenizer(str(ckpts[0]))
+    judge = _judge(scorers, ckpts)
+    base = _group(tok, PROMPTS[0], RESPONSES)
+    french = base.model_copy(update={"messages": [{"role": "system", "content": "answer in french"}, *TURNS]})
+    german = base.model_copy(update={"messages": [{"role": "system", "content": "answer in german"}, *TURNS]})
+    text = tok.decode(judge.scored_tokens(french)[0].context_ids)
+    # the tiny template drops system turns: the system text goes before the first user message, never lost
+    assert text == f"<|user|> answer in french\n\nwhat is the sun\n<|assistant|>the sun is hot<|end|>\n<|user|> {PROMPTS[0]}\n<|assistant|>"
+    assert judge.scored_tokens(french)[0].response_ids == judge.scored_tokens(base)[0].response_ids
+    s_fr, s_de, s_base = (judge.judge([g])[0].scores for g in (french, german, base))
+    assert s_fr != s_de and s_fr != s_base
+    # without a system turn, a conversation renders exactly as the sampler renders it
+    plain = base.model_copy(update={"messages": TURNS})
+    assert judge.scored_tokens(plain)[0].context_ids == prompt_token_ids(tok, TURNS)
+
+
+def test_criteria_join_a_conversation_system_turn_on_templates_that_render_it(ckpts) -> None:
+    tok = load_tokenizer(str(ckpts[0]))
+    tok.chat_template = (
+        "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}[assistant]{% endif %}"
+    )
+    conversation = [{"role": "system", "content": "answer in french"}, *TURNS]
+    text = tok.decode(render_context(tok, conversation, criteria="be kind"))
+    assert text.startswith("[system] be kind\n\nanswer in french\n[user] what is the sun\n")  # one system turn
+    assert text.count("[system]") == 1 and text.endswith(f"[user] {PROMPTS[0]}\n[assistant]")
+    assert tok.decode(render_context(tok, TURNS, criteria="be kind")).startswith("[system] be kind\n[user]")

@@ -278,3 +278,51 @@ def test_registry_builds_pairrm_from_a_local_dir(tiny_dir: Path, scorer: prm.Pai
     assert float(s.abs().max()) > 1e-3 and abs(float(s.sum())) < 1e-9
     p = torch.tensor(out.win_matrix, dtype=torch.float64)
     assert torch.allclose(p, torch.sigmoid(s[:, None] - s[None, :]), atol=1e-12)
+
+
+CONVERSATION = [
+    {"role": "system", "content": "answer in french"},
+    {"role": "user", "content": "Tell me about otters."}, {"role": "assistant", "content": "glad you asked."},
+    {"role": "user", "content": "What do you know about foxes?"}, {"role": "assistant", "content": "well."},
+    {"role": "user", "content": "Describe foxes."},
+]  # fmt: skip
+
+
+def test_conversation_input_follows_llm_blender() -> None:
+    """llm-blender's get_pair_from_conv: its instruction + "USER: ...\\nAssistant: <Response i>" per user turn;
+    candidates "<Response i>: ..." over every assistant turn, the judged answer last; system text first."""
+    x = prm.ranker_input("Describe foxes.", CONVERSATION)
+    assert x.source == (
+        "answer in french\n" + prm.CONVERSATION_INSTRUCTION + "USER: Tell me about otters.\nAssistant: <Response 1>\n"
+        "USER: What do you know about foxes?\nAssistant: <Response 2>\nUSER: Describe foxes.\nAssistant: <Response 3>"
+    )
+    assert x.candidate("ok.") == "<Response 1>: glad you asked.\n<Response 2>: well.\n<Response 3>: ok."
+    # one user turn keeps the single-turn format; a system turn goes before it
+    assert prm.ranker_input("hi", None) == prm.RankerInput("hi")
+    one = prm.ranker_input("hi", [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}])
+    assert one.source == "be brief\nhi" and one.candidate("ok.") == "ok."
+
+
+def test_judge_sees_the_conversation_and_its_system_turn(tiny_dir: Path, scorer: prm.PairRM) -> None:
+    """Two groups ending in the same user turn with different system instructions get different inputs and
+    scores (the old judge ranked both on the last user turn alone)."""
+    judge = prm.PairRMJudge(tiny_dir, scorer=scorer)
+    base = _group("Describe foxes.", ["glad you asked. otters are fun.", "well.", "i see. hello there friend"])
+    french = base.model_copy(update={"messages": CONVERSATION})
+    german = base.model_copy(update={"messages": [{"role": "system", "content": "answer in german"}, *CONVERSATION[1:]]})
+    seen: list[list[tuple[str, list[str]]]] = []
+    rank = scorer.rank
+
+    def spy(groups):  # type: ignore[no-untyped-def]
+        seen.append([(x, list(c)) for x, c in groups])
+        return rank(groups)
+
+    scorer.rank = spy  # type: ignore[method-assign]
+    try:
+        s_fr, s_de, s_base = (judge.judge([g])[0].scores for g in (french, german, base))
+    finally:
+        del scorer.rank
+    (fr,), (de,), (plain,) = seen
+    assert fr[0] != de[0] and fr[0].startswith("answer in french\n") and plain == ("Describe foxes.", [c.text for c in base.completions])
+    assert fr[1][1] == "<Response 1>: glad you asked.\n<Response 2>: well.\n<Response 3>: well."
+    assert s_fr != s_de and s_fr != s_base

@@ -127,3 +127,11 @@ def test_ranked_pairing_goes_outside_in_with_strengths() -> None:
     ]  # row means rank: 1 > 0 > 3 > 2
     pairs = build_pairs(group(["a", "b", "c", "d"]), Judgement(judge="t", win_matrix=m), "ranked")
     assert [(p.chosen.index, p.rejected.index, p.win_prob) for p in pairs] == [(1, 2, 0.95), (0, 3, 0.6)]
+
+
+def test_pairs_carry_the_conversation() -> None:
+    messages = [{"role": "system", "content": "answer in French"}, {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": "salut"}, {"role": "user", "content": "Tell me about otters."}]  # fmt: skip
+    g = group(["a", "b"]).model_copy(update={"messages": messages})
+    (pair,) = build_pairs(g, Judgement(judge="t", scores=[1.0, 0.0]), "best_vs_worst")
+    assert pair.messages == messages and pair.prompt == "Tell me about otters."

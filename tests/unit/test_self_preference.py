@@ -177,3 +177,29 @@ def test_load_weights_refuses_a_foreign_checkpoint(ckpts: tuple[Path, Path], tmp
     with pytest.raises(ValueError, match="does not match"):
         judge.load_weights(str(other))
     assert [j.win_matrix for j in judge.judge([group(RESPONSES)])] == before
+
+
+def test_the_judge_prompt_shows_the_whole_conversation(ckpts: tuple[Path, Path]) -> None:
+    """A multi-turn group's `{question}` is its conversation, one "Role: text" line per turn, so two groups
+    ending in the same user turn with different system instructions get different judge prompts and verdicts
+    (the old judge put only the last user turn in the prompt)."""
+    from sparring.workers.judges.self_preference import conversation_question
+
+    turns = [{"role": "user", "content": "the cat"}, {"role": "assistant", "content": "the cat runs"},
+             {"role": "user", "content": "the sun and the rain"}]  # fmt: skip
+    first = [{"role": "system", "content": "answer with the dog"}, *turns]
+    second = [{"role": "system", "content": "answer with the fish"}, *turns]
+    assert conversation_question("the sun and the rain", first) == (
+        "System: answer with the dog\nUser: the cat\nAssistant: the cat runs\nUser: the sun and the rain"
+    )
+    assert conversation_question("the sun", None) == "the sun"
+    assert conversation_question("the sun", [{"role": "user", "content": "the sun"}]) == "the sun"
+    judge = judge_for(ckpts[0])
+    g = group(RESPONSES[:3])
+    a, b = (judge.judge([g.model_copy(update={"messages": m})])[0] for m in (first, second))
+    assert a.win_matrix != b.win_matrix
+    asked: list[str] = []
+    prompt_ids = judge.prompt_ids
+    judge.prompt_ids = lambda question, x, y: asked.append(question) or prompt_ids(question, x, y)  # type: ignore[method-assign]
+    judge.judge([g.model_copy(update={"messages": first})])
+    assert set(asked) == {conversation_question(g.prompt, first)}

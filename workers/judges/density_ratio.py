@@ -34,7 +34,9 @@ Customisation (after the CDR repo's `src/prompts.py`): `criteria` becomes a syst
 templates that drop system turns, as the tiny test template does, a paragraph before the user message);
 `exemplars` are rendered as "User: ... Good Assistant: ... Bad Assistant: ..." blocks before the query, and
 the query is followed by `exemplar_suffix` ("\\nGood Assistant:"). Everything goes through the chat template
-with the generation prompt, so the response tokens sit where the model expects an assistant turn.
+with the generation prompt, so the response tokens sit where the model expects an assistant turn. A
+multi-turn group (`GenerationGroup.messages`) is judged in its whole conversation, system turns included
+(`render_context`).
 
 Two scoring backends behind one `LogProbScorer` protocol, which must agree (tests check < 1e-3 on the
 tiny test models): `TransformersScorer` (one right-padded batch per chunk through
@@ -48,7 +50,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -250,29 +252,42 @@ def build_scorer(backend: Backend, model_path: str, **kwargs: Any) -> LogProbSco
 
 def render_context(
     tokenizer: PreTrainedTokenizerBase,
-    prompt: str,
+    prompt: str | Sequence[Mapping[str, str]],
     criteria: str | None = None,
     exemplars: Sequence[Exemplar] = (),
     exemplar_suffix: str = DEFAULT_EXEMPLAR_SUFFIX,
 ) -> list[int]:
     """Context ids for `prompt` through the chat template, with the generation prompt.
 
-    `criteria` becomes a system turn; if the template drops system turns (its rendering with one equals
-    its rendering without), the criteria are put before the user message instead, so they are never
-    silently lost. `exemplars` are prepended to the user message and `exemplar_suffix` appended to it.
-    With neither, this is exactly `sparring.shared.models.prompt_token_ids(tokenizer, prompt)`.
+    `prompt` is a user message or a whole conversation ending in a user turn (a multi-turn pool line): the
+    conversation is rendered whole, its system and earlier turns included. `criteria` becomes a system turn
+    first; when the conversation opens with a system turn of its own, the two are joined into that one turn
+    (criteria first), since many chat templates accept a single leading system turn. If the template drops
+    system turns (its rendering with one equals its rendering without), every system turn's text is put
+    before the first user message instead, so neither the criteria nor a conversation's own system
+    instruction is ever silently lost. `exemplars` are prepended to the last user message and
+    `exemplar_suffix` appended to it. With no criteria, no exemplars and no system turn, this is exactly
+    `sparring.shared.models.prompt_token_ids(tokenizer, prompt)`.
     """
     from sparring.shared.models import prompt_token_ids
 
-    user = prompt
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
+    users = [i for i, m in enumerate(messages) if m.get("role") == "user"]
+    if not users:
+        raise ValueError("a conversation to judge needs a user turn")
     if exemplars:
-        user = "".join(e.render() for e in exemplars) + f"User: {prompt}{exemplar_suffix}"
-    if criteria and not _template_renders_system(tokenizer):
-        user = f"{criteria}\n\n{user}"
-        criteria = None
-    messages = [{"role": "user", "content": user}]
+        last = messages[users[-1]]
+        last["content"] = "".join(e.render() for e in exemplars) + f"User: {last['content']}{exemplar_suffix}"
     if criteria:
-        messages.insert(0, {"role": "system", "content": criteria})
+        if messages[0].get("role") == "system":
+            messages[0]["content"] = f"{criteria}\n\n{messages[0]['content']}"
+        else:
+            messages.insert(0, {"role": "system", "content": criteria})
+    systems = [m["content"] for m in messages if m.get("role") == "system"]
+    if systems and not _template_renders_system(tokenizer):
+        messages = [m for m in messages if m.get("role") != "system"]
+        first = next(m for m in messages if m.get("role") == "user")
+        first["content"] = "\n\n".join([*systems, first["content"]])
     return prompt_token_ids(tokenizer, messages)
 
 
@@ -345,17 +360,19 @@ class DensityRatioJudge:
         self.stop_token_ids: frozenset[int] = frozenset(int(t) for t in stop_token_ids) | (
             frozenset() if self.eos_token_id is None else frozenset({self.eos_token_id})
         )
-        self._contexts: dict[str, list[int]] = {}
+        self._contexts: dict[str | tuple[tuple[str, str], ...], list[int]] = {}
 
     # -- token layout ---------------------------------------------------------------------------------
 
-    def context_ids(self, prompt: str) -> list[int]:
-        """The rendered context both models see for `prompt` (cached per prompt text)."""
-        ids = self._contexts.get(prompt)
+    def context_ids(self, prompt: str | Sequence[Mapping[str, str]]) -> list[int]:
+        """The rendered context both models see for `prompt`, a user message or a whole conversation (cached
+        per conversation)."""
+        key = prompt if isinstance(prompt, str) else tuple((m["role"], m["content"]) for m in prompt)
+        ids = self._contexts.get(key)
         if ids is None:
             ids = render_context(self.tokenizer, prompt, self.criteria, self.exemplars, self.exemplar_suffix)
             if len(self._contexts) < 4096:
-                self._contexts[prompt] = ids
+                self._contexts[key] = ids
         return list(ids)
 
     def response_ids(self, completion: Completion) -> list[int]:
@@ -380,7 +397,7 @@ class DensityRatioJudge:
 
     def scored_tokens(self, group: GenerationGroup) -> list[ScoredTokens]:
         """One row per completion of `group`, in order: what both models score."""
-        ctx = self.context_ids(group.prompt)
+        ctx = self.context_ids(group.messages or group.prompt)  # the whole conversation when multi-turn
         return [ScoredTokens(ctx, self.response_ids(c)) for c in group.completions]
 
     # -- scoring --------------------------------------------------------------------------------------

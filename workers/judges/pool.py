@@ -4,9 +4,9 @@
 
 - **Batching.** All groups of a worker's read (up to 32) go to the judge in one call.
 - **Cache.** A *pointwise* judge (one with `from_scores`, see `base.py`) scores a response from (prompt,
-  response) alone, so scores are cached under (sha256 of the prompt, sha256 of the response's text, token ids
-  and finish reason): a repeated response is never re-scored, and each call sends only the uncached,
-  de-duplicated responses. A *pairwise* judge (one with `compare`) is cached per ordered pair (prompt, first,
+  response) alone, so scores are cached under (sha256 of the prompt and its whole conversation, sha256 of
+  the response's text, token ids and finish reason): a repeated response is never re-scored, and each call
+  sends only the uncached, de-duplicated responses. A *pairwise* judge (one with `compare`) is cached per ordered pair (prompt, first,
   second). Judges whose weights follow the policy (`follows_policy`) are never cached. LRU, `cache_size`
   entries.
 - **Position bias.** For an `order_sensitive` judge the pool scores both orders and averages: a pairwise
@@ -70,8 +70,10 @@ def _sha(*parts: str) -> str:
 
 
 def prompt_key(group: GenerationGroup) -> str:
-    """Hash of what a judge sees of the prompt (its text and the trainer's token ids)."""
-    return _sha(group.prompt, ",".join(map(str, group.prompt_token_ids)))
+    """Hash of what a judge sees of the prompt: its text, the trainer's token ids and the whole conversation
+    (role and text of every turn), so two conversations ending in the same user turn never share scores."""
+    turns = [f"{m.get('role', '')}\x1f{m.get('content', '')}" for m in group.messages or []]
+    return _sha(group.prompt, ",".join(map(str, group.prompt_token_ids)), str(len(turns)), *turns)
 
 
 def response_key(c: Completion) -> str:

@@ -30,6 +30,9 @@ The judge's weights follow the policy: `load_weights(path)` loads a checkpoint d
 architecture in place (the controller pushes every new policy version to the judges, through
 `sparring.workers.weight_sync.apply_update`, as it does to the generators; `follows_policy` says so).
 
+A multi-turn group's `{question}` is its whole conversation, one "Role: text" line per turn
+(`conversation_question`), so a system instruction such as "answer in French" reaches the judge.
+
 The default judge prompt is `DEFAULT_TEMPLATE` with the answers " A" / " B" (tasks that pretrain their
 policy to judge, such as the built-in test task, teach it this prompt). For a policy that was not taught it
 pass a template it understands; the two answers must each be one token of its tokenizer (checked).
@@ -39,7 +42,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -153,11 +156,12 @@ class SelfPreferenceJudge:
         plans: list[tuple[list[str], dict[tuple[int, int], int]]] = []
         for g in groups:
             texts = [c.text for c in g.completions]
+            question = conversation_question(g.prompt, g.messages)
             where: dict[tuple[int, int], int] = {}
             for i in range(len(texts)):
                 for j in range(len(texts)):
                     if i != j:
-                        key = tuple(self.prompt_ids(g.prompt, texts[i], texts[j]))
+                        key = tuple(self.prompt_ids(question, texts[i], texts[j]))
                         where[(i, j)] = unique.setdefault(key, len(unique))
             plans.append((texts, where))
         probs = self.answer_probs(list(unique))
@@ -214,6 +218,18 @@ class SelfPreferenceJudge:
     def flip_consistency(self) -> float | None:
         """Fraction of all pairs judged so far whose verdict did not depend on the order (None before any)."""
         return self.flip_consistent / self.flip_pairs if self.flip_pairs else None
+
+
+ROLE_NAMES = {"system": "System", "user": "User", "assistant": "Assistant"}
+
+
+def conversation_question(prompt: str, messages: Sequence[Mapping[str, str]] | None = None) -> str:
+    """The `{question}` of the judge prompt: the user message, or for a conversation with more than that one
+    message (a system turn, earlier turns) the whole conversation rendered plainly, one "Role: text" line per
+    turn, so the judge sees the instructions the answers had to follow."""
+    if not messages or (len(messages) == 1 and messages[0].get("role") == "user"):
+        return prompt
+    return "\n".join(f"{ROLE_NAMES.get(m.get('role', ''), m.get('role', '').title())}: {m['content']}" for m in messages)
 
 
 def _sign(x: float) -> int:

@@ -11,6 +11,7 @@ from typing import Literal
 import torch
 
 from sparring.shared.records import GenerationGroup, Judgement
+from sparring.workers.judges.pairrm.inputs import ranker_input
 from sparring.workers.judges.pairrm.scorer import PairRM, reference_index, win_matrix
 
 
@@ -19,7 +20,8 @@ class PairRMJudge:
 
     mode "full": all K(K-1) ordered comparisons. mode "reference": 2 forwards per response against a
     reference chosen by `ref_mode` (a candidate by position/length, or "anchor": the group's anchor text,
-    falling back to the first candidate when a group has none).
+    falling back to the first candidate when a group has none). A multi-turn group is ranked in its whole
+    conversation, formatted as llm-blender formats conversations (`inputs.ranker_input`).
 
     The ranker itself is position-biased, but both modes already evaluate both orders of every compared
     pair, so `order_sensitive` is False (the pool must not double the work).
@@ -49,16 +51,17 @@ class PairRMJudge:
 
     def judge(self, groups: Sequence[GenerationGroup]) -> list[Judgement]:
         t0 = time.perf_counter()
-        inputs = [(g.prompt, [c.text for c in g.completions]) for g in groups]
+        conversations = [ranker_input(g.prompt, g.messages) for g in groups]  # llm-blender's multi-turn format
+        inputs = [(x.source, [x.candidate(c.text) for c in g.completions]) for x, g in zip(conversations, groups, strict=True)]
         if self.mode == "full":
             scores = self.scorer.rank(inputs)
         else:
             refs: list[str | int] = []
-            for g, (_, cands) in zip(groups, inputs, strict=True):
+            for g, x in zip(groups, conversations, strict=True):
                 if self.ref_mode == "anchor":
-                    refs.append(g.anchor.text if g.anchor is not None else 0)
-                else:
-                    refs.append(reference_index(cands, self.ref_mode))
+                    refs.append(x.candidate(g.anchor.text) if g.anchor is not None else 0)
+                else:  # by the answers' own lengths, not their multi-turn candidate texts
+                    refs.append(reference_index([c.text for c in g.completions], self.ref_mode))
             scores = self.scorer.rank_with_ref(inputs, refs)
         latency = (time.perf_counter() - t0) / max(1, len(groups))
         out = []
