@@ -129,6 +129,43 @@ def test_ranked_pairing_goes_outside_in_with_strengths() -> None:
     assert [(p.chosen.index, p.rejected.index, p.win_prob) for p in pairs] == [(1, 2, 0.95), (0, 3, 0.6)]
 
 
+def _with_empty(texts: list[str], empty: set[int]) -> GenerationGroup:
+    g = group(texts)
+    comps = [c.model_copy(update={"text": "", "token_ids": [], "logprobs": []}) if c.index in empty else c
+             for c in g.completions]  # fmt: skip
+    return g.model_copy(update={"completions": comps})
+
+
+def test_an_empty_answer_ranked_last_is_skipped_not_the_group() -> None:
+    """Empty answers are never a pair's side: best-vs-worst pairs the best with the worst non-empty answer
+    (the old code picked the empty one as the worst and dropped the whole group)."""
+    g = _with_empty(["a", "b", "c", ""], {3})
+    (pair,) = build_pairs(g, Judgement(judge="t", scores=[3.0, 1.0, 2.0, -5.0]), "best_vs_worst")
+    assert (pair.chosen.index, pair.rejected.index) == (0, 1)
+    # an empty answer ranked first is skipped the same way; ranked and all_pairs never use it either
+    g = _with_empty(["", "b", "c", "d"], {0})
+    scores = Judgement(judge="t", scores=[9.0, 1.0, 2.0, 0.0])
+    (pair,) = build_pairs(g, scores, "best_vs_worst")
+    assert (pair.chosen.index, pair.rejected.index) == (2, 3)
+    assert [(p.chosen.index, p.rejected.index) for p in build_pairs(g, scores, "ranked")] == [(2, 3)]
+    assert all(0 not in (p.chosen.index, p.rejected.index) for p in build_pairs(g, scores, "all_pairs"))
+
+
+def test_fewer_than_two_distinct_non_empty_answers_is_refused_with_the_reason() -> None:
+    from sparring.workers.recipes.pairs import NoDistinctAnswers
+
+    one_left = _with_empty(["a", "", ""], {1, 2})
+    with pytest.raises(NoDistinctAnswers, match="1 of 3 answers are non-empty"):
+        build_pairs(one_left, Judgement(judge="t", scores=[1.0, 0.0, -1.0]), "best_vs_worst")
+    same = group(["a", "a", ""]).model_copy(update={"completions": [
+        Completion(index=i, text=t, token_ids=ids, logprobs=[-0.5] * len(ids))
+        for i, (t, ids) in enumerate([("a", [5]), ("a", [5]), ("", [])])
+    ]})  # fmt: skip
+    with pytest.raises(NoDistinctAnswers):
+        build_pairs(same, Judgement(judge="t", scores=[1.0, 0.0, -1.0]), "all_pairs")
+    assert issubclass(NoDistinctAnswers, ValueError)  # the judge worker dead-letters it (stage "recipe")
+
+
 def test_pairs_carry_the_conversation() -> None:
     messages = [{"role": "system", "content": "answer in French"}, {"role": "user", "content": "hi"},
                 {"role": "assistant", "content": "salut"}, {"role": "user", "content": "Tell me about otters."}]  # fmt: skip

@@ -7,6 +7,13 @@ outside in, (1st, K-th), (2nd, K-1-th), ..., giving up to K/2 disjoint pairs, ea
 strength P(chosen beats rejected) as its `win_prob` (the soft label of SPCE). Responses are ranked by their
 scalar score when the judge gives one, else by the row mean of the win matrix (their estimated win rate
 against the group). A group whose responses all tie yields no pair: there is nothing to learn from it.
+
+Empty answers (no tokens) are never a side of a training pair, in every mode: the pairs are built from the
+non-empty answers only, so best-vs-worst pairs the best answer with the worst *non-empty* one (an empty
+answer ranked last no longer costs the group its pair). A group with fewer than two distinct non-empty
+answers cannot give a pair at all: `build_pairs` raises `NoDistinctAnswers`, which the judge worker
+dead-letters with the reason (stage "recipe"), so such groups are counted in the iteration's dead letters
+instead of vanishing.
 """
 
 from __future__ import annotations
@@ -17,6 +24,10 @@ from sparring.shared.records import GenerationGroup, Judgement, PreferencePair
 from sparring.workers.recipes.winrate import pairwise_probs_from_scores, row_win_rates
 
 PairMode = Literal["best_vs_worst", "all_pairs", "ranked"]
+
+
+class NoDistinctAnswers(ValueError):
+    """A group with fewer than two distinct non-empty answers: no training pair can come from it."""
 
 
 def ranking_scores(judgement: Judgement) -> list[float]:
@@ -66,6 +77,9 @@ def build_anchor_pairs(group: GenerationGroup) -> list[PreferencePair]:
 
 
 def build_pairs(group: GenerationGroup, judgement: Judgement, mode: PairMode) -> list[PreferencePair]:
+    """The training pairs of one judged group under `mode` (module docstring); raises `ValueError` when the
+    judgement does not match the group and `NoDistinctAnswers` for a group with fewer than two distinct
+    non-empty answers."""
     if judgement.num_responses != len(group.completions):
         raise ValueError(
             f"judge {judgement.judge} scored {judgement.num_responses} responses, group has {len(group.completions)}"
@@ -73,23 +87,30 @@ def build_pairs(group: GenerationGroup, judgement: Judgement, mode: PairMode) ->
     scores = ranking_scores(judgement)
     matrix = win_matrix(judgement)
     rates = [float(r) for r in row_win_rates(matrix)]  # P-hat(y_i beats pi_t), self term included
-    k = len(scores)
+    # Only non-empty answers can be a pair's side (module docstring); win rates stay over the whole group.
+    live = [i for i, c in enumerate(group.completions) if c.token_ids]
+    if len({tuple(group.completions[i].token_ids) for i in live}) < 2:
+        raise NoDistinctAnswers(
+            f"group {group.record_id}: {len(live)} of {len(group.completions)} answers are non-empty and fewer "
+            "than two of those are distinct; no training pair"
+        )
+    k = len(live)
     if mode == "best_vs_worst":
-        best = max(range(k), key=lambda i: (scores[i], -i))  # ties: lowest index, deterministic
-        worst = min(range(k), key=lambda i: (scores[i], i))
+        best = max(live, key=lambda i: (scores[i], -i))  # ties: lowest index, deterministic
+        worst = min(live, key=lambda i: (scores[i], i))
         candidates = [(best, worst)] if scores[best] > scores[worst] else []
     elif mode == "ranked":
-        order = sorted(range(k), key=lambda i: (-scores[i], i))  # best first; ties by index
+        order = sorted(live, key=lambda i: (-scores[i], i))  # best first; ties by index
         candidates = [
             (order[r], order[k - 1 - r]) for r in range(k // 2) if scores[order[r]] > scores[order[k - 1 - r]]
         ]
     else:
-        candidates = [(i, j) for i in range(k) for j in range(k) if scores[i] > scores[j]]
+        candidates = [(i, j) for i in live for j in live if scores[i] > scores[j]]
     pairs = []
     for i, j in candidates:
         chosen, rejected = group.completions[i], group.completions[j]
-        if chosen.token_ids == rejected.token_ids or not chosen.token_ids or not rejected.token_ids:
-            continue  # identical or empty responses carry no preference signal
+        if chosen.token_ids == rejected.token_ids:
+            continue  # identical responses carry no preference signal
         pairs.append(
             PreferencePair(
                 run_id=group.run_id,
