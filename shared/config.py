@@ -90,6 +90,17 @@ class GenerationConfig(Section):
     )
     max_model_len: int = Field(256, ge=16)
 
+    @model_validator(mode="after")
+    def _budget_fits(self) -> GenerationConfig:
+        # A prompt needs at least one token of its own: with max_new_tokens >= max_model_len no prompt fits,
+        # every one would be dead-lettered at generation and the run would train on nothing.
+        if self.max_new_tokens >= self.max_model_len:
+            raise ValueError(
+                f"generation.max_new_tokens ({self.max_new_tokens}) must be smaller than generation.max_model_len "
+                f"({self.max_model_len}): the context must hold the prompt and the answer"
+            )
+        return self
+
 
 class UncertaintyConfig(Section):
     """MC-dropout uncertainty over the primary judge (UPO; `workers/judges/uncertainty.py`)."""

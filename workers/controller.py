@@ -90,6 +90,10 @@ def combine_judge_metrics(drains: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
+class EmptyIteration(RuntimeError):
+    """An iteration produced no group or no training pair; the run fails with the counts and a reason."""
+
+
 @dataclass
 class GenerationStats:
     """What stage 2-3 of one iteration measured (exact counts come from the streams, not the workers)."""
@@ -305,8 +309,13 @@ class RunController:
         with _timed(seconds, "generate_judge"):
             n_prompts = self.dispatch(t, v)
             gen = self.generate_and_judge(t, n_prompts)
+        pairs_open = self.queue.outstanding("pairs", TRAINER_GROUP)
+        if gen.groups == 0 or pairs_open == 0:
+            self._fail_empty(t, n_prompts, gen.groups, pairs_open, dead_before)
         with _timed(seconds, "train"):
             out = self.train(t, v)
+        if out["num_pairs"] == 0:  # every pair was from another version: nothing was trained
+            self._fail_empty(t, n_prompts, gen.groups, 0, dead_before)
         with _timed(seconds, "sync"):
             sync_s = self.sync(out["update"], out["checkpoint"])
         with _timed(seconds, "eval"):
@@ -334,6 +343,17 @@ class RunController:
         self.commit()
         self._emit("iteration_done", iteration=t, record=record.model_dump(mode="json"))
         return record
+
+    def _fail_empty(self, t: int, n_prompts: int, n_groups: int, n_pairs: int, dead_before: int) -> None:
+        """An iteration with nothing to train on fails the run with the counts and the first dead letter's
+        reason: training on 0 pairs would record an iteration (and a run `completed`) that learnt nothing."""
+        n_dead = self.queue.written("dead") - dead_before
+        letters = self.queue.dead_letters()[-n_dead:] if n_dead > 0 else []
+        first = f"; first dead letter ({letters[0].stage} {letters[0].item_id}): {letters[0].reason}" if letters else ""
+        raise EmptyIteration(
+            f"iteration {t} has nothing to train on: {n_prompts} prompt(s) gave {n_groups} group(s) and {n_pairs} "
+            f"pair(s), {n_dead} dead letter(s){first}"
+        )
 
     def iteration_metrics(self, gen: GenerationStats, out: dict[str, Any], seconds: dict[str, float], sync_s: float) -> dict[str, float]:
         metrics = dict(out["metrics"])

@@ -177,3 +177,30 @@ def test_pause_resume_and_a_replaced_worker_without_ray(
     }
     key = ("sparring_eval", (("metric", "win_rate_vs_iter0"), ("run", unique_run_id)))
     assert samples[key] == records[2].eval["eval/win_rate_vs_iter0"]
+
+
+def test_an_iteration_without_pairs_fails_the_run_with_the_reason(
+    models: dict[str, str], tmp_path: Path, redis_url: str, redis_client: Any, unique_run_id: str
+) -> None:
+    """Every prompt is longer than the context leaves room for, so every one is dead-lettered at generation: the
+    run fails at iteration 1 naming the counts and the first dead letter's reason, instead of training on
+    nothing and ending `completed` with 0 pairs. The reason is one line; the traceback is in controller.log."""
+    path = tmp_path / "long.jsonl"
+    path.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"tell me about {t}. " * 6}) + "\n"
+                            for i, t in enumerate(TOPICS)))  # fmt: skip
+    cfg = config(tmp_path, models, str(path))
+    cfg = cfg.model_copy(update={
+        "generation": cfg.generation.model_copy(update={"max_new_tokens": 6, "max_model_len": 16}),
+        "eval": cfg.eval.model_copy(update={"enabled": False}),
+    })  # fmt: skip
+    run_dir = tmp_path / unique_run_id
+    run_dir.mkdir()
+    store = RunStore(redis_client)
+    store.create_run(unique_run_id, cfg.model_dump(mode="json"), str(run_dir))
+    with pytest.raises(RuntimeError, match="nothing to train on"):
+        controller(cfg, unique_run_id, redis_url, run_dir).run()
+    run = store.get_run(unique_run_id)
+    assert run["state"] == "failed" and store.iterations(unique_run_id) == []
+    reason = run["reason"]
+    assert reason.startswith("EmptyIteration: iteration 1 has nothing to train on: 8 prompt(s) gave 0 group(s)")
+    assert "8 dead letter(s)" in reason and "exceeds generation.max_model_len 16" in reason and "\n" not in reason
