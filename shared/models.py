@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sparring.shared.config import looks_local
+from sparring.shared.config import RunConfig, looks_local
 
 if TYPE_CHECKING:
     import torch
@@ -26,16 +26,101 @@ class ModelLoadError(RuntimeError):
     """A model or tokenizer could not be loaded; the message names the path and the cause."""
 
 
+# What loading a local checkpoint needs besides config.json: weights, and the files of some tokenizer
+# (`tokenizer.json` of a fast tokenizer, a sentencepiece model, Mistral's tekken.json, BPE / WordPiece vocab
+# files, tiktoken ranks).
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth")
+WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tekken.json", "spm.model", "sentencepiece.bpe.model",
+                   "vocab.json", "vocab.txt")  # fmt: skip
+TOKENIZER_PATTERNS = ("*.tiktoken", "*.spm", "spiece.model")
+
+
+def missing_model_files(directory: Path) -> list[str]:
+    """What a local checkpoint directory lacks to be loaded as a model with its tokenizer (empty: nothing).
+
+    Checked: `config.json`; weights (`*.safetensors` / `*.bin` / `*.pt`, and every shard a weights index
+    names); tokenizer files (one of `TOKENIZER_FILES`, or a file matching `TOKENIZER_PATTERNS`; `vocab.json`
+    needs its `merges.txt`). Only file names are checked, not their contents.
+    """
+    import json
+
+    missing: list[str] = []
+    if not (directory / "config.json").is_file():
+        missing.append("config.json")
+    indexes = [directory / name for name in WEIGHT_INDEXES if (directory / name).is_file()]
+    if indexes:
+        for index in indexes:
+            try:
+                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+                missing.append(f"a readable {index.name} ({type(err).__name__}: {err})")
+                continue
+            missing += [f"{shard} (named by {index.name})" for shard in shards if not (directory / shard).is_file()]
+    elif not any(f.is_file() for pattern in WEIGHT_PATTERNS for f in directory.glob(pattern)):
+        missing.append("weights (*.safetensors or pytorch_model*.bin, or a weights index with its shards)")
+    has_tokenizer = any((directory / name).is_file() for name in TOKENIZER_FILES) or any(
+        f.is_file() for pattern in TOKENIZER_PATTERNS for f in directory.glob(pattern)
+    )
+    if not has_tokenizer:
+        missing.append("tokenizer files (tokenizer.json, tokenizer.model, tekken.json, or vocab.json + merges.txt)")
+    elif (
+        (directory / "vocab.json").is_file()
+        and not (directory / "merges.txt").is_file()
+        and not any((directory / name).is_file() for name in TOKENIZER_FILES if name != "vocab.json")
+    ):
+        missing.append("merges.txt (vocab.json alone is not a BPE tokenizer)")
+    return missing
+
+
 def check_model_path(path: str) -> str:
-    """Return `path` unchanged if it is a loadable local dir or plausibly a hub id; raise otherwise."""
+    """Return `path` unchanged if it is a loadable local dir or plausibly a hub id; raise otherwise.
+
+    A local directory must hold everything loading needs (`missing_model_files`): the error names each
+    missing file, before any worker tries to load the model.
+    """
     p = Path(path).expanduser()
     if p.is_dir():
-        if not (p / "config.json").is_file():
-            raise ModelLoadError(f"{path!r} is a directory but has no config.json (not a model checkpoint)")
+        missing = missing_model_files(p)
+        if missing:
+            raise ModelLoadError(f"model directory {path!r} cannot be loaded: missing {'; '.join(missing)}")
         return str(p)
     if looks_local(path):
         raise ModelLoadError(f"model directory {path!r} does not exist")
     return path  # a Hugging Face id; resolved by transformers (network or local cache)
+
+
+def local_model_fields(cfg: RunConfig) -> list[tuple[str, str]]:
+    """(dotted field, value) of every model a run config names: the policy and each judge's models."""
+    fields = [("policy.path", cfg.policy.path)]
+    for prefix, judge in (("judge", cfg.judge), ("eval.judge", cfg.eval.judge)):
+        if judge is None:
+            continue
+        for name in ("model", "strong_model", "weak_model"):
+            value = getattr(judge, name, None)
+            if isinstance(value, str):
+                fields.append((f"{prefix}.{name}", value))
+        if judge.uncertainty is not None:
+            fields.append((f"{prefix}.uncertainty.estimator", judge.uncertainty.estimator))
+    return fields
+
+
+def check_config_models(cfg: RunConfig) -> None:
+    """Check every local model directory a run config names (`check_model_path`) before any worker starts;
+    raises one `ModelLoadError` naming each field and what its directory lacks. Names a task registers are
+    built on first use and hub ids are resolved by transformers, so neither is checked here."""
+    from sparring.shared import tasks
+
+    problems = []
+    for field, path in local_model_fields(cfg):
+        if tasks.lookup("models", path) is not None:
+            continue
+        try:
+            check_model_path(path)
+        except ModelLoadError as err:
+            problems.append(f"{field}: {err}")
+    if problems:
+        raise ModelLoadError("; ".join(problems))
 
 
 def resolve_model_path(path: str, seed: int, progress: Callable[[str], None] | None = None) -> str:

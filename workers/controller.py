@@ -260,6 +260,9 @@ class RunController:
         return {"run_id": self.run_id, "version": self.version, "incarnation": self.incarnation}
 
     def resolve_model(self) -> None:
+        from sparring.shared.models import check_config_models
+
+        check_config_models(self.cfg)  # every local model dir the config names, before any worker starts
         if self.base_model_path is None:
             from sparring.shared.models import resolve_model_path
 
