@@ -47,6 +47,7 @@ from sparring.workers.actors import (
     JudgeWorker,
     TrainerWorker,
 )
+from sparring.workers.failures import failure_reason, format_failure
 from sparring.workers.groups import WORKER_ENV, RayRuntime, Resources, Runtime, WorkerGroup, drain_until_idle
 
 log = logging.getLogger(__name__)
@@ -227,13 +228,27 @@ class RunController:
             self._emit("completed", summary=str(self.run_dir / "summary.json"))
             return summary
         except BaseException as err:
-            self.store.set_state(self.run_id, "failed", reason=f"{type(err).__name__}: {err}")
-            self._emit("failed", reason=f"{type(err).__name__}: {err}")
+            reason = failure_reason(err)  # one line; the whole traceback goes to the run's log
+            log_path = self._log_failure(err)
+            self.store.set_state(self.run_id, "failed", reason=reason)
+            self._emit("failed", reason=reason, log=log_path)
             self.stop_workers()
             raise
         finally:
             if not keep_workers:
                 self.stop_workers()
+
+    def _log_failure(self, err: BaseException) -> str:
+        """Append the full traceback of `err` to `<run_dir>/controller.log`; returns its path ("" if unwritable)."""
+        path = self.run_dir / "controller.log"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a") as f:
+                f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} run {self.run_id} failed\n{format_failure(err)}\n")
+        except OSError:
+            log.exception("cannot write %s", path)
+            return ""
+        return str(path)
 
     def start(self) -> str:
         """Service mode: run in a background thread of this (detached) actor and return at once; the actor

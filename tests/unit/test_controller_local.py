@@ -204,3 +204,4 @@ def test_an_iteration_without_pairs_fails_the_run_with_the_reason(
     reason = run["reason"]
     assert reason.startswith("EmptyIteration: iteration 1 has nothing to train on: 8 prompt(s) gave 0 group(s)")
     assert "8 dead letter(s)" in reason and "exceeds generation.max_model_len 16" in reason and "\n" not in reason
+    assert "EmptyIteration" in (run_dir / "controller.log").read_text()
