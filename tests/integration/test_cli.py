@@ -50,7 +50,10 @@ def test_missing_model_directory(tmp_path: Path) -> None:
 
 def test_unreachable_redis_fails_fast(tmp_path: Path) -> None:
     cfg = tmp_path / "run.yaml"
-    cfg.write_text(f"storage:\n  run_dir: {tmp_path}/runs\n")
+    cfg.write_text(
+        "policy: {path: arena}\njudge: {kind: arena_oracle}\nprompts: {source: arena}\n"
+        f"storage:\n  run_dir: {tmp_path}/runs\n"
+    )
     url = f"redis://127.0.0.1:{closed_port()}/0"
     code, out, seconds = run_cli("run", str(cfg), env={"REDIS_URL": url})
     assert code == 2
