@@ -44,7 +44,8 @@ def preference(judgement: Judgement) -> float:
 def pair_groups(
     run_id: str, prompts: Sequence[Any], current: Sequence[Completion], other: Sequence[Completion], version: int
 ) -> list[GenerationGroup]:
-    """One two-response group per held-out prompt: [current response, other policy's response]."""
+    """One two-response group per held-out prompt: [current response, other policy's response], with the
+    prompt's whole conversation when it is multi-turn."""
     groups = []
     for item, a, b in zip(prompts, current, other, strict=True):
         groups.append(
@@ -54,6 +55,7 @@ def pair_groups(
                 policy_version=version,
                 prompt_id=f"eval:{item.prompt_id}",
                 prompt=item.prompt,
+                messages=item.messages,  # the judge sees a multi-turn prompt's whole conversation
                 prompt_token_ids=[0],
                 completions=[a.model_copy(update={"index": 0}), b.model_copy(update={"index": 1})],
                 engine_id="eval",

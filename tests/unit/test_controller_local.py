@@ -205,3 +205,15 @@ def test_an_iteration_without_pairs_fails_the_run_with_the_reason(
     assert reason.startswith("EmptyIteration: iteration 1 has nothing to train on: 8 prompt(s) gave 0 group(s)")
     assert "8 dead letter(s)" in reason and "exceeds generation.max_model_len 16" in reason and "\n" not in reason
     assert "EmptyIteration" in (run_dir / "controller.log").read_text()
+
+
+def test_eval_pairs_carry_the_whole_conversation() -> None:
+    from sparring.shared.prompts import PromptItem
+    from sparring.shared.records import Completion
+    from sparring.workers.evaluation import pair_groups
+
+    turns = [{"role": "system", "content": "answer in French"}, {"role": "user", "content": "hello?"}]
+    a = Completion(index=0, text="bonjour", token_ids=[1], logprobs=[-0.1], finish_reason="stop")
+    b = Completion(index=0, text="hi", token_ids=[2], logprobs=[-0.2], finish_reason="stop")
+    (group,) = pair_groups("r", [PromptItem("p", "hello?", messages=turns)], [a], [b], 1)
+    assert group.messages == turns and [c.index for c in group.completions] == [0, 1]
