@@ -69,7 +69,8 @@ class ApiClient:
     def post(self, path: str) -> Any:
         return self._check(self.http.post(path)).json()
 
-    def download(self, path: str, out: Any, **params: Any) -> int:
+    def download(self, path: str, out: Any, **params: Any) -> tuple[int, dict[str, str]]:
+        """Stream a GET body into `out`; returns (bytes written, response headers)."""
         written = 0
         with self.http.stream("GET", path, params={k: v for k, v in params.items() if v is not None}) as r:
             if r.status_code >= 400:
@@ -78,7 +79,7 @@ class ApiClient:
             for chunk in r.iter_bytes():
                 out.write(chunk)
                 written += len(chunk)
-        return written
+        return written, dict(r.headers)
 
 
 # ------------------------------------------------------------------------------------------------ serve
@@ -179,14 +180,22 @@ def status(args: argparse.Namespace) -> int:
 
 
 def export(args: argparse.Namespace) -> int:
+    """Pairs with an answer cut at max_new_tokens are left out unless --include-truncated (TRL would append
+    EOS and train them as finished); how many were left out is printed to stderr."""
     api = _client(args)
     params = {"iteration": args.iteration, "sample": args.sample, "seed": args.seed, "format": args.format}
+    params["include_truncated"] = "true" if args.include_truncated else "false"
+    path = f"/v1/runs/{args.run_id}/pairs/export"
     if args.output == "-":
-        n = api.download(f"/v1/runs/{args.run_id}/pairs/export", sys.stdout.buffer, **params)
+        n, headers = api.download(path, sys.stdout.buffer, **params)
     else:
         with open(args.output, "wb") as f:
-            n = api.download(f"/v1/runs/{args.run_id}/pairs/export", f, **params)
-        print(f"wrote {n} bytes to {args.output}", file=sys.stderr)
+            n, headers = api.download(path, f, **params)
+    rows, left_out = headers.get("x-pairs-exported", "?"), headers.get("x-pairs-left-out-truncated", "0")
+    where = "stdout" if args.output == "-" else args.output
+    print(f"wrote {rows} pairs ({n} bytes) to {where}", file=sys.stderr)
+    if left_out != "0":
+        print(f"left out {left_out} pairs with an answer cut at max_new_tokens (--include-truncated keeps them)", file=sys.stderr)
     return 0
 
 
@@ -224,6 +233,16 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--iteration", type=int, default=None)
     p.add_argument("--sample", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--format", default="standard", choices=["standard", "conversational"])
+    p.add_argument(
+        "--format",
+        default="standard",
+        choices=["standard", "conversational"],
+        help="conversational carries a multi-turn prompt whole; standard only its last user turn",
+    )
+    p.add_argument(
+        "--include-truncated",
+        action="store_true",
+        help="keep pairs with an answer cut at max_new_tokens (left out by default: TRL would train them as finished)",
+    )
     common(p)
     p.set_defaults(handler=export)

@@ -151,6 +151,9 @@ def test_unknown_runs_and_invalid_transitions(api_server) -> None:
             assert r.json()["detail"] == "run 'no-such-run' not found"
 
 
+EXPORT_KEYS = ("prompt", "chosen", "rejected", "chosen_finish_reason", "rejected_finish_reason")
+
+
 def _arena_pool(n: int) -> bytes:
     return _jsonl([{"id": p.prompt_id, "prompt": p.prompt} for p in arena_prompts("train")[:n]])
 
@@ -207,13 +210,20 @@ def test_run_lifecycle_pause_resume_export_checkpoint(api_server, tmp_path: Path
         ):  # fmt: skip
             assert key in iterations[-1]["metrics"], key
 
-        lines = c.get(f"/v1/runs/{run_id}/pairs/export").text.splitlines()
-        rows = [json.loads(line) for line in lines]
+        every = c.get(f"/v1/runs/{run_id}/pairs/export", params={"include_truncated": True})
+        rows = [json.loads(line) for line in every.text.splitlines()]
         assert len(rows) >= sum(it["num_pairs"] for it in iterations)
-        assert all(set(row) == {"prompt", "chosen", "rejected"} and row["chosen"] != row["rejected"] for row in rows)
+        assert every.headers["x-pairs-exported"] == str(len(rows)) and every.headers["x-pairs-left-out-truncated"] == "0"
+        assert all(set(row) == set(EXPORT_KEYS) and row["chosen"] != row["rejected"] for row in rows)
+        assert {row["chosen_finish_reason"] for row in rows} | {row["rejected_finish_reason"] for row in rows} <= {"stop", "length"}
+        cut = [row for row in rows if "length" in (row["chosen_finish_reason"], row["rejected_finish_reason"])]
+        default = c.get(f"/v1/runs/{run_id}/pairs/export")  # pairs with an answer cut at max_new_tokens left out
+        kept = [json.loads(line) for line in default.text.splitlines()]
+        assert default.headers["x-pairs-left-out-truncated"] == str(len(cut)) and len(kept) == len(rows) - len(cut)
+        assert all(row in rows and row not in cut for row in kept)
         pool_prompts = {p.prompt for p in arena_prompts("train")[:64]}
         assert {row["prompt"] for row in rows} <= pool_prompts
-        sample = [json.loads(x) for x in c.get(f"/v1/runs/{run_id}/pairs/export", params={"sample": 5, "iteration": 2}).text.splitlines()]
+        sample = [json.loads(x) for x in c.get(f"/v1/runs/{run_id}/pairs/export", params={"sample": 5, "iteration": 2, "include_truncated": True}).text.splitlines()]
         assert len(sample) == 5 and all(row in rows for row in sample)
         recent = c.get(f"/v1/runs/{run_id}/pairs", params={"limit": 3}).json()["pairs"]
         assert len(recent) == 3 and recent[0]["iteration"] == 3
@@ -328,6 +338,10 @@ def test_api_restart_mid_run_loses_nothing(api_server, redis_client, tmp_path: P
     out = _cli(api_server, "export", run_id, "-o", str(exported), "--iteration", "3")
     assert out.returncode == 0, out.stderr
     rows = [json.loads(line) for line in exported.read_text().splitlines()]
-    assert len(rows) == iterations[2]["num_pairs"] and all(set(r) == {"prompt", "chosen", "rejected"} for r in rows)
+    assert f"wrote {len(rows)} pairs" in out.stderr
+    left_out = int(out.stderr.split("left out ")[1].split()[0]) if "left out " in out.stderr else 0
+    assert len(rows) + left_out == iterations[2]["num_pairs"] and all(set(r) == set(EXPORT_KEYS) for r in rows)
+    out = _cli(api_server, "export", run_id, "-o", str(exported), "--iteration", "3", "--include-truncated")
+    assert out.returncode == 0 and len(exported.read_text().splitlines()) == iterations[2]["num_pairs"], out.stderr
     bad = _cli(api_server, "status", "no-such-run")
     assert bad.returncode == 2 and "run 'no-such-run' not found" in bad.stderr
