@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import random
 import re
 import secrets
 import threading
@@ -278,35 +277,6 @@ class RunService:
             if len(out) >= limit:
                 break
         return out
-
-    def export_pairs(
-        self, run_id: str, iteration: int | None, sample: int | None, seed: int, conversational: bool
-    ) -> Iterator[str]:
-        """TRL preference rows (`prompt`, `chosen`, `rejected`), one JSON line each; optionally a uniform sample."""
-        pairs: Iterator[PreferencePair] = (
-            p for p in self._pair_entries(run_id) if iteration is None or p.iteration == iteration
-        )
-        if sample is not None:
-            rng = random.Random(seed)
-            reservoir: list[PreferencePair] = []
-            for n, pair in enumerate(pairs):
-                if len(reservoir) < sample:
-                    reservoir.append(pair)
-                elif (j := rng.randint(0, n)) < sample:
-                    reservoir[j] = pair
-            pairs = iter(reservoir)
-        for pair in pairs:
-            if conversational:
-                row: dict[str, Any] = {
-                    "prompt": [{"role": "user", "content": pair.prompt}],
-                    "chosen": [{"role": "assistant", "content": pair.chosen.text}],
-                    "rejected": [{"role": "assistant", "content": pair.rejected.text}],
-                }
-            else:
-                row = {"prompt": pair.prompt, "chosen": pair.chosen.text, "rejected": pair.rejected.text}
-            yield json.dumps(row, ensure_ascii=False) + "\n"
-
-    # ------------------------------------------------------------------------------------------ checkpoints
 
     def _recorded_checkpoints(self, run_id: str) -> Iterator[tuple[IterationRecord, Path]]:
         """Each recorded iteration's checkpoint that exists inside the run's own directory (nothing outside
