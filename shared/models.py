@@ -175,15 +175,35 @@ def prompt_token_ids(tokenizer: PreTrainedTokenizerBase, prompt: str | list[dict
     generation: chat template + generation prompt.
 
     Tokenizers without a chat template get the raw text of the last message (with BOS if the tokenizer
-    adds one).
+    adds one). A template that refuses system turns (Gemma's raises "System role not supported") gets the
+    system text put before the first user message instead, as the density-ratio judge's `render_context`
+    does, so a pool line with a system turn is neither fatal nor silently shortened.
     """
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
     if getattr(tokenizer, "chat_template", None):
-        ids: Any = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        try:
+            ids: Any = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        except Exception:  # jinja2's TemplateError from raise_exception(...) in the template
+            if not any(m.get("role") == "system" for m in messages):
+                raise
+            ids = tokenizer.apply_chat_template(
+                _fold_system_turns(messages), add_generation_prompt=True, tokenize=True
+            )
         if isinstance(ids, dict) or hasattr(ids, "input_ids"):
             ids = ids["input_ids"]
         return [int(i) for i in ids]
     return [int(i) for i in tokenizer(messages[-1]["content"])["input_ids"]]
+
+
+def _fold_system_turns(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The conversation without system turns, their text joined before the first user message."""
+    systems = [m["content"] for m in messages if m.get("role") == "system"]
+    rest = [dict(m) for m in messages if m.get("role") != "system"]
+    first = next((m for m in rest if m.get("role") == "user"), None)
+    if first is None:
+        return rest
+    first["content"] = "\n\n".join([*systems, first["content"]])
+    return rest
 
 
 def text_token_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:

@@ -87,3 +87,21 @@ def test_generator_builds_its_engine_in_the_policy_dtype(monkeypatch: pytest.Mon
     monkeypatch.setattr(actors, "_queue", lambda *a: None)
     actors.GeneratorWorker("run", "redis://unused", cfg.model_dump_json(), str(model), 0, "gen-0", str(tmp_path))
     assert built["dtype"] == "bfloat16"
+
+
+def test_a_system_turn_reaches_a_template_that_refuses_system_turns(gemma: tuple[Path, Path]) -> None:
+    """Gemma's template raises on a system turn: a pool line with one must still render (the system text
+    before the first user message), not kill the generator; templates with a system role keep theirs."""
+    from sparring.shared.models import load_tokenizer, prompt_token_ids
+
+    conversation = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "hello"},
+        {"role": "assistant", "content": "yes"},
+        {"role": "user", "content": "the cat"},
+    ]
+    tok = load_tokenizer(str(gemma[0]))
+    folded = [{"role": "user", "content": "be brief\n\nhello"}, *conversation[2:]]
+    assert prompt_token_ids(tok, conversation) == prompt_token_ids(tok, folded)
+    with pytest.raises(Exception, match="alternate"):  # other template errors still surface
+        prompt_token_ids(tok, [{"role": "assistant", "content": "x"}, {"role": "user", "content": "y"}])
