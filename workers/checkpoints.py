@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     import torch
@@ -96,3 +96,16 @@ def eos_token_ids(model_dir: str | Path) -> set[int]:
         elif isinstance(value, list):
             ids.update(int(v) for v in value)
     return ids
+
+
+def aliased_names(model: Any) -> set[str]:
+    """State-dict names of `model` (an `nn.Module`) that alias an earlier tensor, such as a tied `lm_head.weight`:
+    `save_pretrained` leaves them out of a checkpoint, and loading the tensor they alias sets them too."""
+    seen: set[int] = set()
+    tied: set[str] = set()
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        ptr = tensor.data_ptr()
+        if ptr in seen:
+            tied.add(name)
+        seen.add(ptr)
+    return tied

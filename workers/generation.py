@@ -60,6 +60,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 from sparring.shared.records import Completion
 from sparring.workers.checkpoints import (
     TensorManifest,
+    aliased_names,
     checkpoint_manifest,
     compare_manifests,
     eos_token_ids,
@@ -545,7 +546,7 @@ class TransformersEngine:
             t0 = time.perf_counter()
             live = self.model.state_dict()
             expected: TensorManifest = {k: (tuple(v.shape), str(v.dtype)) for k, v in live.items()}
-            tied = self._tied_names()
+            tied = aliased_names(self.model)
             try:
                 state = load_state_dir(path)
                 got: TensorManifest = {k: (tuple(v.shape), str(v.dtype)) for k, v in state.items()}
@@ -569,18 +570,6 @@ class TransformersEngine:
             seconds = time.perf_counter() - t0
         log.info("engine %s loaded %s in %.3f s", self.engine_id, path, seconds)
         return seconds
-
-    def _tied_names(self) -> set[str]:
-        """State-dict names that alias another parameter (e.g. a tied lm_head), absent from checkpoints."""
-        seen: dict[int, str] = {}
-        tied: set[str] = set()
-        for name, tensor in self.model.state_dict(keep_vars=True).items():
-            ptr = tensor.data_ptr()
-            if ptr in seen:
-                tied.add(name)
-            else:
-                seen[ptr] = name
-        return tied
 
     def close(self) -> None:
         self._unusable = "closed"

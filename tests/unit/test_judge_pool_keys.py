@@ -62,3 +62,13 @@ def test_cached_scores_do_not_cross_conversations() -> None:
     assert judge.calls == 2
     (again,) = pool.judge_groups([french])
     assert isinstance(again, Judgement) and again.scores == [1.0, 2.0] and judge.calls == 2  # still cached
+
+
+def test_the_stop_token_is_part_of_a_response_key() -> None:
+    from sparring.shared.records import Completion
+    from sparring.workers.judges.pool import response_key
+
+    eos = Completion(index=0, text="ok", token_ids=[5], logprobs=[-0.1], finish_reason="stop", stop_token_id=1)
+    eot = eos.model_copy(update={"stop_token_id": 106})
+    assert response_key(eos) != response_key(eot)
+    assert response_key(eos) == response_key(eos.model_copy(update={"index": 3}))

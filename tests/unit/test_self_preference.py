@@ -203,3 +203,27 @@ def test_the_judge_prompt_shows_the_whole_conversation(ckpts: tuple[Path, Path])
     judge.prompt_ids = lambda question, x, y: asked.append(question) or prompt_ids(question, x, y)  # type: ignore[method-assign]
     judge.judge([g.model_copy(update={"messages": first})])
     assert set(asked) == {conversation_question(g.prompt, first)}
+
+
+def test_a_tied_policy_follows_a_sync(tmp_path: Path) -> None:
+    """Qwen2-shaped (tied embeddings): the checkpoint has no lm_head.weight; the judge loads it all the same
+    and then holds exactly the weights of a judge built from the new checkpoint."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    from tests.families import build_family_checkpoint
+
+    old = build_family_checkpoint("qwen2", tmp_path / "v0", seed=0)
+    new = build_family_checkpoint("qwen2", tmp_path / "v1", seed=1)
+    assert "lm_head.weight" not in load_file(str(new / "model.safetensors"))
+    vocab = AutoTokenizer.from_pretrained(str(old))
+    answers = tuple(t for t in ("a", "b", "the", "e", "t", "s") if len(vocab(t, add_special_tokens=False)["input_ids"]) == 1)[:2]
+    assert len(answers) == 2  # the judge's answers must be single tokens of this vocabulary
+    template = "{question} A: {a} B: {b} better:"
+    judge = SelfPreferenceJudge.from_pretrained(str(old), template=template, answers=answers)  # type: ignore[arg-type]
+    assert judge.model.config.tie_word_embeddings
+    judge.load_weights(str(new))
+    fresh = SelfPreferenceJudge.from_pretrained(str(new), template=template, answers=answers)  # type: ignore[arg-type]
+    for (name, a), (_, b) in zip(judge.model.state_dict().items(), fresh.model.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name

@@ -77,8 +77,9 @@ def prompt_key(group: GenerationGroup) -> str:
 
 
 def response_key(c: Completion) -> str:
-    """Hash of what a judge sees of a response (text, token ids, and whether it ended on EOS)."""
-    return _sha(c.text, ",".join(map(str, c.token_ids)), c.finish_reason)
+    """Hash of what a judge sees of a response (text, token ids, whether it ended on a stop token, and which:
+    a judge that scores the stop token scores two different ones differently)."""
+    return _sha(c.text, ",".join(map(str, c.token_ids)), c.finish_reason, str(c.stop_token_id))
 
 
 # --------------------------------------------------------------------------------------------------

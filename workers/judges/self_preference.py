@@ -196,14 +196,14 @@ class SelfPreferenceJudge:
         Every tensor of the model must be in the checkpoint (strict), so a half or foreign checkpoint
         raises before the judge scores with mixed weights.
         """
-        from sparring.workers.checkpoints import load_state_dir
+        from sparring.workers.checkpoints import aliased_names, load_state_dir
 
         t0 = time.perf_counter()
         state = load_state_dir(path)
         own = self.model.state_dict()
-        if getattr(self.model.config, "tie_word_embeddings", False):
-            state = {k: v for k, v in state.items() if k in own}
-        missing = sorted(set(own) - set(state))
+        tied = aliased_names(self.model)  # e.g. a tied lm_head: not in the checkpoint, set with what it aliases
+        state = {k: v for k, v in state.items() if k not in tied}
+        missing = sorted(set(own) - set(state) - tied)
         unexpected = sorted(set(state) - set(own))
         if missing or unexpected:
             raise ValueError(
@@ -211,7 +211,7 @@ class SelfPreferenceJudge:
                 f"unexpected {unexpected[:5]}"
             )
         dtype = next(self.model.parameters()).dtype
-        self.model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True)
+        self.model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=False)
         self.model.eval()
         return time.perf_counter() - t0
 
