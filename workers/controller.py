@@ -327,7 +327,7 @@ class RunController:
         with _timed(seconds, "generate_judge"):
             n_prompts = self.dispatch(t, v)
             gen = self.generate_and_judge(t, n_prompts)
-        pairs_open = self.queue.outstanding("pairs", TRAINER_GROUP)
+        pairs_open = gen.queue_peaks["pairs"] = self.queue.outstanding("pairs", TRAINER_GROUP)
         if gen.groups == 0 or pairs_open == 0:
             self._fail_empty(t, n_prompts, gen.groups, pairs_open, dead_before)
         with _timed(seconds, "train"):
@@ -465,7 +465,6 @@ class RunController:
     def train(self, t: int, v: int) -> dict[str, Any]:
         """Stage 4: the trainer trains on version v's pairs and writes checkpoint v+1."""
         self._emit("progress", stage="train", iteration=t, message="training")
-        self._pairs_open = self.queue.outstanding("pairs", TRAINER_GROUP)
         return self.groups["trainer"].call("trainer", "train", t, v)
 
     def commit(self) -> None:

@@ -139,6 +139,8 @@ def test_pause_resume_and_a_replaced_worker_without_ray(
     assert [r.policy_version_out for r in records] == [1, 2, 3]
     assert records[1].metrics["workers/restarts"] >= 1  # the replaced generator, counted in its iteration
     assert records[2].metrics["workers/restarts"] == 0
+    # every stream's peak depth: 8 prompts and 8 groups dispatched, and the pairs the trainer found waiting
+    assert all(r.metrics["queue/peak/prompts"] == 8 and r.metrics["queue/peak/pairs"] == r.num_pairs for r in records)
     died = [d["consumer"] for _, kind, d in store.events(unique_run_id) if kind == "worker_died"]
     assert died == ["gen-0"]
     groups = Counter(g.record_id for _, g in queue.read_all("generations", GenerationGroup))
