@@ -9,6 +9,7 @@ where the prompt ends and the response starts.
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -148,6 +149,11 @@ def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
         raise ModelLoadError(f"cannot load tokenizer from {path!r}: {err}") from err
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
+    if not getattr(tok, "name_or_path", None):  # MistralCommonBackend (tekken.json) leaves it empty
+        try:
+            tok.name_or_path = path
+        except AttributeError:
+            pass
     return tok
 
 
@@ -174,25 +180,73 @@ def prompt_token_ids(tokenizer: PreTrainedTokenizerBase, prompt: str | list[dict
     """Token ids of a user message (or a whole conversation ending in a user turn) rendered for
     generation: chat template + generation prompt.
 
-    Tokenizers without a chat template get the raw text of the last message (with BOS if the tokenizer
-    adds one). A template that refuses system turns (Gemma's raises "System role not supported") gets the
-    system text put before the first user message instead, as the density-ratio judge's `render_context`
-    does, so a pool line with a system turn is neither fatal nor silently shortened.
+    The tokenizer renders: `apply_chat_template(messages, add_generation_prompt=True, tokenize=True)` is
+    asked whenever the tokenizer has it, whatever its attributes say (Mistral's `MistralCommonBackend`, which
+    transformers loads for a folder with `tekken.json`, renders with mistral_common and has no
+    `chat_template` string). A template that refuses system turns (Gemma's raises "System role not
+    supported") gets the system text put before the first user message instead, as the density-ratio
+    judge's `render_context` does, so a pool line with a system turn is neither fatal nor silently shortened.
+
+    Only a tokenizer that cannot render a chat at all (it cannot render even one user message, e.g. it has
+    no template) gets the raw text of the last message (with BOS if the tokenizer adds one), and a WARNING
+    is logged once per tokenizer naming its model. An error that this conversation alone causes is raised.
     """
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-    if getattr(tokenizer, "chat_template", None):
+    if callable(getattr(tokenizer, "apply_chat_template", None)):
         try:
             ids: Any = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        except Exception:  # jinja2's TemplateError from raise_exception(...) in the template
-            if not any(m.get("role") == "system" for m in messages):
-                raise
-            ids = tokenizer.apply_chat_template(
-                _fold_system_turns(messages), add_generation_prompt=True, tokenize=True
-            )
-        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
-            ids = ids["input_ids"]
-        return [int(i) for i in ids]
+            return _input_ids(ids)
+        except Exception:  # no template, or jinja2's TemplateError from raise_exception(...) in the template
+            if _renders_chat(tokenizer):
+                if not any(m.get("role") == "system" for m in messages):
+                    raise
+                ids = tokenizer.apply_chat_template(
+                    _fold_system_turns(messages), add_generation_prompt=True, tokenize=True
+                )
+                return _input_ids(ids)
+    _warn_no_template(tokenizer)
     return [int(i) for i in tokenizer(messages[-1]["content"])["input_ids"]]
+
+
+# Tokenizers (weakly held) whose missing template was warned about.
+_WARNED: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _input_ids(ids: Any) -> list[int]:
+    if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+        ids = ids["input_ids"]
+    return [int(i) for i in ids]
+
+
+def _renders_chat(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether the tokenizer renders a one-user-message chat at all (asked, not guessed from attributes)."""
+    try:
+        _input_ids(
+            tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=True)
+        )
+    except Exception as err:  # no template ("chat_template is not set"), or one that renders nothing
+        log.debug("the tokenizer of %s renders no chat: %s", _model_name(tokenizer), err)
+        return False
+    return True
+
+
+def _model_name(tokenizer: PreTrainedTokenizerBase) -> str:
+    return str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
+
+
+def _warn_no_template(tokenizer: PreTrainedTokenizerBase) -> None:
+    try:
+        if tokenizer in _WARNED:
+            return
+        _WARNED.add(tokenizer)
+    except TypeError:
+        pass
+    log.warning(
+        "the tokenizer of %s renders no chat (no chat template): each prompt is the raw text of its last "
+        "message, without the instruction format, system turn or earlier turns; a chat model needs its "
+        "template (tokenizer_config.json's chat_template, chat_template.jinja, or Mistral's tekken.json)",
+        _model_name(tokenizer),
+    )
 
 
 def _fold_system_turns(messages: list[dict[str, str]]) -> list[dict[str, str]]:

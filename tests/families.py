@@ -12,6 +12,12 @@ on a small byte-level BPE vocabulary trained here (the family's special tokens a
 - `gemma`:  GemmaForCausalLM, tied embeddings, Gemma's template (raises on a system turn), tokenizer eos
   `<eos>` while turns end with `<end_of_turn>`; generation_config eos [<eos>, <end_of_turn>] (as the
   Gemma-3 instruction models' [1, 106]).
+- `mistral`: MistralForCausalLM, untied embeddings (as Mistral-Nemo / Ministral), the real Tekken tokenizer
+  that ships inside mistral_common (`data/tekken_240718.json`, Mistral-Nemo-Instruct-2407's, saved as
+  `tekken.json`: 131,072 ids, 1,000 of them special) with no tokenizer.json / tokenizer_config.json, so
+  transformers loads `MistralCommonBackend` (no `chat_template` string; mistral_common renders Mistral's
+  instruction format `<s>[INST]...[/INST]`). Hidden size 64 keeps the 131k-row embedding and lm_head small
+  (~67 MB in float32); bos `<s>` = 1, eos `</s>` = 2. Not in `FAMILIES` (no trained BPE, no template string).
 
 `seed` sets the weights only: two seeds of one family share the tokenizer, so they can be a density-ratio
 judge's strong and weak models.
@@ -182,13 +188,15 @@ def _config(family: Family, tok: Any, **overrides: Any) -> Any:
 def build_family_checkpoint(
     family: str, out_dir: str | Path, seed: int = 0, vocab_size: int = 512, **config_overrides: Any
 ) -> Path:
-    """Save a tiny random checkpoint of `family` ('qwen2', 'llama3', 'gemma') to `out_dir`; return it.
+    """Save a tiny random checkpoint of `family` ('qwen2', 'llama3', 'gemma', 'mistral') to `out_dir`; return it.
 
     `config_overrides` go to the family's config class (e.g. `attention_dropout=0.1`).
     """
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig
 
+    if family == "mistral":
+        return build_mistral_checkpoint(out_dir, seed=seed, **config_overrides)
     fam = FAMILIES[family]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -204,6 +212,54 @@ def build_family_checkpoint(
     )
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
+    return out
+
+
+TEKKEN_FILE = "tekken_240718.json"  # Mistral-Nemo-Instruct-2407's tekken.json (v3 instruction format)
+
+
+def tekken_path() -> Path:
+    """The real Tekken tokenizer file installed with mistral_common."""
+    import mistral_common
+
+    return Path(mistral_common.__file__).parent / "data" / TEKKEN_FILE
+
+
+def build_mistral_checkpoint(out_dir: str | Path, seed: int = 0, **config_overrides: Any) -> Path:
+    """A tiny random MistralForCausalLM with Mistral's real Tekken tokenizer, laid out as Mistral publishes a
+    transformers checkpoint: config.json, generation_config.json, model.safetensors, tekken.json."""
+    import shutil
+
+    import torch
+    from transformers import GenerationConfig, MistralConfig, MistralForCausalLM
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    vocab = json.loads(tekken_path().read_text())["config"]["default_vocab_size"]  # 131072
+    cfg = MistralConfig(
+        **{
+            "vocab_size": vocab,
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 1,
+            "num_key_value_heads": 1,
+            "head_dim": 64,
+            "max_position_embeddings": 1024,
+            "rms_norm_eps": 1e-5,
+            "rope_theta": 1_000_000.0,
+            "sliding_window": None,
+            "tie_word_embeddings": False,
+            "bos_token_id": 1,
+            "eos_token_id": 2,
+            **config_overrides,
+        }
+    )
+    torch.manual_seed(seed)
+    model = MistralForCausalLM(cfg)
+    model.generation_config = GenerationConfig(bos_token_id=1, eos_token_id=2)
+    model.save_pretrained(out, safe_serialization=True)
+    shutil.copyfile(tekken_path(), out / "tekken.json")
     return out
 
 
