@@ -97,3 +97,17 @@ def test_a_template_error_of_one_conversation_is_raised_not_hidden() -> None:
     )
     with pytest.raises(Exception, match="roles must alternate"):
         prompt_token_ids(tok, [{"role": "user", "content": "hi"}, {"role": "user", "content": "hello"}])
+
+
+def test_the_density_ratio_judge_asks_the_mistral_tokenizer_to_render_the_system_turn(tmp_path: Path) -> None:
+    """Mistral's tokenizer has no `chat_template` attribute, yet renders system turns: the judge's context
+    is the sampler's rendering of the same conversation (system text placed where Mistral puts it)."""
+    from sparring.shared.models import load_tokenizer, prompt_token_ids
+    from sparring.workers.judges.density_ratio import _template_renders_system, render_context
+    from tests.families import build_family_checkpoint
+
+    path = build_family_checkpoint("mistral", tmp_path / "mistral", seed=0)
+    tok = load_tokenizer(str(path))
+    assert getattr(tok, "chat_template", None) is None and _template_renders_system(tok)
+    turns = [{"role": "system", "content": "Answer in French."}, {"role": "user", "content": "Capital of Italy?"}]
+    assert render_context(tok, turns) == prompt_token_ids(tok, turns)

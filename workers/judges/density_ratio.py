@@ -292,8 +292,8 @@ def render_context(
 
 
 def _template_renders_system(tokenizer: PreTrainedTokenizerBase) -> bool:
-    if not getattr(tokenizer, "chat_template", None):
-        return False
+    """Whether the tokenizer's own chat rendering keeps a system turn (asked, never guessed from an attribute:
+    Mistral's tokenizer renders chats without a `chat_template`)."""
     marker = "zq-system-probe-zq"
     try:
         text = tokenizer.apply_chat_template(
@@ -301,7 +301,7 @@ def _template_renders_system(tokenizer: PreTrainedTokenizerBase) -> bool:
             tokenize=False,
             add_generation_prompt=True,
         )
-    except Exception:  # templates that raise on a system role
+    except Exception:  # no template at all, or one that raises on a system role
         return False
     return marker in str(text)
 
