@@ -51,17 +51,18 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path) 
     return out
 
 
+# The tiny decoder shape every test checkpoint uses (head_dim 64: vLLM's CPU attention refuses smaller heads).
+TINY_SHAPE: dict[str, int] = dict(
+    hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=64
+)
+
+
 def tiny_llama_config(vocab_size: int, pad_token_id: int, eos_token_id: int, **overrides: object):  # -> LlamaConfig
     from transformers import LlamaConfig
 
     kwargs: dict[str, object] = dict(
         vocab_size=vocab_size,
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=64,
+        **TINY_SHAPE,
         max_position_embeddings=256,
         rms_norm_eps=1e-5,
         tie_word_embeddings=False,

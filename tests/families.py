@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sparring.shared.tiny import TINY_SHAPE
 from tests.helpers import tiny_corpus
 
 QWEN2_TEMPLATE = (
@@ -158,12 +159,7 @@ def _config(family: Family, tok: Any, **overrides: Any) -> Any:
     eos = [ids[t] for t in family.config_eos]
     common: dict[str, Any] = dict(
         vocab_size=len(tok),
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=64,
+        **TINY_SHAPE,
         max_position_embeddings=512,
         tie_word_embeddings=True,
         pad_token_id=tok.pad_token_id,
