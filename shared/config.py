@@ -369,7 +369,12 @@ class SPPOConfig(AlgorithmCommon):
 
 class SPPOHardConfig(AlgorithmCommon):
     objective: Literal["sppo_hard"] = "sppo_hard"
-    eta: float = _eta()
+    eta: float = Field(
+        10.0,
+        gt=0.0,
+        description="eta = 1/beta of TRL's sppo_hard loss (trl/trainer/dpo_trainer.py, loss_type='sppo_hard'); "
+        "TRL's default beta 0.1 = eta 10: targets of +-eta/2 = +-5 nats (SPPO's own eta 1000 would mean +-500)",
+    )
 
 
 class SPPOSingleConfig(AlgorithmCommon):

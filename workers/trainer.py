@@ -22,7 +22,8 @@ wraps this class. One iteration (`train_iteration`) does, in order:
    span this iteration's steps only, and no Adam moments carry over between iterations.
 4. **`epochs` seeded passes.** Each epoch shuffles with a generator seeded from (seed, iteration, epoch);
    an optimizer step covers `batch_size * grad_accumulation` pairs (`grad_accumulation` micro-batches of
-   `batch_size`), the loss of a step is the mean over its pairs, gradients are clipped to
+   `batch_size`), the loss of a step is the weighted mean sum(w*l)/sum(w) over its pairs (w =
+   `PreferencePair.weight`, the judge's confidence; 1 = the plain mean), gradients are clipped to
    `max_grad_norm`, and the schedule advances once per step. Optional length bucketing
    (`length_bucket_steps`) sorts pairs by length within runs of a few steps to cut padding.
 5. **Metrics** are sums and counts over the iteration, divided at the end: `loss/mean`, `loss/last_epoch`,
@@ -291,12 +292,15 @@ class PolicyTrainer:
             last_epoch = epoch == cfg.epochs - 1
             for step_indices in self.epoch_steps(examples, iteration, epoch, pairs_per_step):
                 self.optimizer.zero_grad(set_to_none=True)
+                # a step's loss is sum(w * l) / sum(w) over its pairs (w: judge confidence, 1 = plain): a weighted
+                # mean, so confidences reweight pairs against each other without rescaling the learning rate
+                step_weight = sum(examples[i].weight for i in step_indices.tolist())
                 for micro in step_indices.split(cfg.batch_size):
                     out = self._loss(examples, micro, frozen)
                     weights = torch.tensor(
                         [examples[i].weight for i in micro.tolist()], dtype=out.losses.dtype, device=out.losses.device
                     )
-                    ((out.losses * weights).sum() / len(step_indices)).backward()  # weights: judge confidences
+                    ((out.losses * weights).sum() / step_weight).backward()
                     sums.add(out, last_epoch)
                     sums.tokens += sum(examples[i].num_tokens for i in micro.tolist())
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))

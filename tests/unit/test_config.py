@@ -237,3 +237,11 @@ def test_presets_are_data_files() -> None:
         assert yaml.safe_load(text) == load_preset(name)
         assert set(load_preset(name)) <= set(RunConfig.model_fields), name
     assert load_preset("inpo")["algorithm"]["ratio"] == 1.0 / 3.0
+
+
+def test_sppo_hard_defaults_to_trls_beta() -> None:
+    """TRL's sppo_hard uses beta 0.1 (eta 10, targets +-5 nats), not SPPO's eta 1000 (issue 13 item 6)."""
+    from sparring.shared.config import algorithm_config
+
+    assert algorithm_config(objective="sppo_hard").eta == 10.0
+    assert algorithm_config(objective="sppo").eta == 1000.0

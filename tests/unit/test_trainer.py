@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -372,21 +373,27 @@ def test_bf16_autocast_on_cpu_keeps_fp32_logps_and_trains(ckpt: Path) -> None:
     assert abs(result.metrics["loss/mean"] - math.log(2)) < 0.05
 
 
-def test_pair_weights_scale_each_pairs_gradient(ckpt: Path) -> None:
-    """A pair's loss weight (judge confidence, the uncertainty `weight` mode) scales its gradient: with plain
-    SGD, one step on pairs weighted w moves every parameter w times as far as with weight 1."""
+def test_pair_weights_reweight_pairs_without_rescaling_the_step(ckpt: Path) -> None:
+    """A step's loss is sum(w * l) / sum(w) (issue 13 item 7): with plain SGD, equal weights of any size give
+    the step of weight 1, and weights w on pairs A and 1 on pairs B give the weighted mix of the A-only and
+    B-only steps, (w |A| step_A + |B| step_B) / (w |A| + |B|)."""
     pairs = synthetic_pairs(8)
+    a, b = pairs[:4], pairs[4:]
     sgd = dict(optimizer="sgd", max_grad_norm=None, batch_size=8)
-    base = make_trainer(ckpt, **sgd)
-    w0 = weights(base)
-    base.train_iteration(pairs, iteration=1)
-    half = make_trainer(ckpt, **sgd)
-    half.train_iteration([p.model_copy(update={"weight": 0.25}) for p in pairs], iteration=1)
-    for name, before in w0.items():
-        full_step = weights(base)[name] - before
-        quarter_step = weights(half)[name] - before
-        torch.testing.assert_close(quarter_step, 0.25 * full_step, rtol=1e-3, atol=1e-7)
-    assert any(float((weights(base)[n] - w0[n]).abs().max()) > 0 for n in w0)
+
+    def step(train: list[Any]) -> dict[str, torch.Tensor]:
+        trainer = make_trainer(ckpt, **sgd)
+        before = weights(trainer)
+        trainer.train_iteration(train, iteration=1)
+        return {n: w - before[n] for n, w in weights(trainer).items()}
+
+    plain, quarter = step(pairs), step([p.model_copy(update={"weight": 0.25}) for p in pairs])
+    step_a, step_b = step(a), step(b)
+    mixed = step([p.model_copy(update={"weight": 0.25}) for p in a] + b)
+    for name in plain:
+        torch.testing.assert_close(quarter[name], plain[name], rtol=1e-4, atol=1e-7)
+        torch.testing.assert_close(mixed[name], (step_a[name] + 4 * step_b[name]) / 5, rtol=1e-3, atol=1e-7)
+    assert any(float(d.abs().max()) > 0 for d in plain.values())
 
 
 def test_judge_metrics_of_an_iteration_combine_every_drain() -> None:
