@@ -274,13 +274,9 @@ def _beta(note: str = "") -> Any:
     return Field(0.1, gt=0.0, description="inverse KL strength beta of the DPO family" + (f"; {note}" if note else ""))
 
 
-def _eta() -> Any:
-    return Field(
-        1000.0,
-        gt=0.0,
-        description="multiplicative-weights step size eta = 1/beta of uclaml/SPPO (its scripts: beta 0.001 = "
-        "eta 1000) and of TRL sppo_hard",
-    )
+def _eta(default: float = 1000.0, source: str = "uclaml/SPPO's scripts: beta 0.001 = eta 1000") -> Any:
+    """The SPPO family's step size eta = 1/beta, one meaning wherever it is read; `source` names the default's."""
+    return Field(default, gt=0.0, description=f"multiplicative-weights step size eta = 1/beta ({source})")
 
 
 class DPOConfig(AlgorithmCommon):
@@ -369,11 +365,10 @@ class SPPOConfig(AlgorithmCommon):
 
 class SPPOHardConfig(AlgorithmCommon):
     objective: Literal["sppo_hard"] = "sppo_hard"
-    eta: float = Field(
+    eta: float = _eta(
         10.0,
-        gt=0.0,
-        description="eta = 1/beta of TRL's sppo_hard loss (trl/trainer/dpo_trainer.py, loss_type='sppo_hard'); "
-        "TRL's default beta 0.1 = eta 10: targets of +-eta/2 = +-5 nats (SPPO's own eta 1000 would mean +-500)",
+        "TRL's sppo_hard, trl/trainer/dpo_trainer.py loss_type='sppo_hard': its default beta 0.1 = eta 10, targets "
+        "+-eta/2 = +-5 nats; SPPO's own eta 1000 would mean +-500",
     )
 
 
