@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -119,13 +120,15 @@ def check_pool(pool: list[PromptItem], prompts: PromptsConfig, cfg: RunConfig, w
     from sparring.shared import tasks
 
     origin = tasks.lookup("prompt_sources", prompts.source)
-    bad: list[str] = []
+    checks: dict[str, tuple[str, Any]] = {}  # one check per task, named by the first of its judges the run uses
     for judge in (cfg.judge, cfg.eval_judge):
         found = None if judge is None else tasks.lookup("judges", judge.kind)
         if judge is None or found is None or found[0].prompt_check is None or (origin and origin[0] is found[0]):
             continue
-        check = found[0].prompt_check
-        bad += [f"id {item.prompt_id!r}: {reason} (judge.kind={judge.kind})" for item in pool if (reason := check(item.prompt))]
+        checks.setdefault(found[0].name, (judge.kind, found[0].prompt_check))
+    bad: list[str] = []
+    for kind, check in checks.values():
+        bad += [f"id {item.prompt_id!r}: {reason} (judge.kind={kind})" for item in pool if (reason := check(item.prompt))]
     if where == "prompts" and (cfg.algorithm.pairs == "drift") != all(item.anchor_text is not None for item in pool):
         bad.append(
             f"algorithm.pairs={cfg.algorithm.pairs} needs "

@@ -118,8 +118,10 @@ def test_a_task_judge_checks_prompts_from_other_sources(tmp_path: Path) -> None:
     arena = arena_prompts("train")[0]
     pool.write_text(json.dumps({"id": "ok", "prompt": arena.prompt}) + '\n{"id": "x", "prompt": "hi"}\n')
     cfg = load_config(write(tmp_path, f"prompts:\n  source: jsonl\n  path: {pool}\n"))
-    with pytest.raises(PromptPoolError, match="id 'x': not an arena prompt.*judge.kind=arena_oracle"):
+    with pytest.raises(PromptPoolError, match="id 'x': not an arena prompt.*judge.kind=arena_oracle") as err:
         load_run_prompts(cfg)
+    # the training judge and the evaluation judge (here the same task's) check the pool once, not twice
+    assert cfg.eval_judge is not None and ": 1 bad prompt(s)" in str(err.value)
     pool.write_text(json.dumps({"id": "ok", "prompt": arena.prompt}) + "\n")
     assert [p.prompt_id for p in load_run_prompts(cfg)] == ["ok"]
     # the arena's own sources need no check; the held-out split of a pool is disjoint from its train part
