@@ -482,12 +482,16 @@ class EvalWorker:
 
         out: dict[str, float] = {}
         if self.pool is not None:
-            for name, other in (("win_rate_vs_iter0", baseline), ("win_rate_vs_prev", previous or baseline)):
+            others = {"iter0": baseline} if previous is None else {"iter0": baseline, "prev": previous}
+            for name, other in others.items():
                 outcomes = self.pool.judge_groups(pair_groups(self.run_id, prompts, current, other, version))
                 failed = [o.reason for o in outcomes if isinstance(o, GroupFailure)]
                 if failed:
                     raise RuntimeError(f"evaluation judge failed on {len(failed)} pair(s): {failed[0]}")
-                out.update(win_rate_metrics(name, [preference(o) for o in outcomes]))  # type: ignore[arg-type]
+                prefs = [preference(o) for o in outcomes]  # type: ignore[arg-type]
+                out.update(win_rate_metrics(f"win_rate_vs_{name}", prefs))
+                if previous is None:  # iteration 1: the previous policy is version 0, judged once
+                    out.update(win_rate_metrics("win_rate_vs_prev", prefs))
         for evaluator in self.evaluators:
             metrics = evaluator.evaluate(prompts, [c.text for c in current], [c.text for c in baseline])
             out.update({f"{PREFIX}{evaluator.name}/{k}": float(v) for k, v in metrics.items()})

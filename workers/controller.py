@@ -534,8 +534,11 @@ class RunController:
         now = [c for _, c in current]
         baseline = [c for _, c in self.eval_samples["baseline"]]
         previous = [c for _, c in self.eval_samples["previous"]]
+        # iteration 1 (or a resume before any recorded evaluation): the previous samples are version 0's
+        first = self.eval_samples["previous"] is self.eval_samples["baseline"]
         out = self.groups["evaluator"].call(
-            "eval", "evaluate", self.prompts.heldout, self.version, now, baseline, previous, retry_dead=True
+            "eval", "evaluate", self.prompts.heldout, self.version, now, baseline, None if first else previous,
+            retry_dead=True,
         )
         out.update(length_metrics(now, previous))
         if self.cfg.eval.kl:

@@ -156,6 +156,8 @@ def test_pause_resume_and_a_replaced_worker_without_ray(
             assert 0.0 <= ev[f"eval/{name}_ci_low"] <= ev[f"eval/{name}"] <= ev[f"eval/{name}_ci_high"] <= 1.0
         assert 0.0 < ev["eval/response_length_mean"] <= 6 and 0.0 <= ev["eval/truncated_fraction"] <= 1.0
         assert "eval/response_length_delta" in ev and "eval/kl_vs_iter0" in ev
+    # iteration 1's previous policy is version 0: the same win rate, judged once
+    assert records[0].eval["eval/win_rate_vs_prev"] == records[0].eval["eval/win_rate_vs_iter0"]
     # the policy moved away from the initial one: the KL estimate is not ~0 after three updates at lr 1e-3
     assert abs(records[2].eval["eval/kl_vs_iter0"]) > 1e-3
 
