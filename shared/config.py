@@ -552,6 +552,35 @@ class StorageConfig(Section):
     claim_idle_ms: int = Field(30_000, ge=100, description="pending entries idle this long are re-claimed")
 
 
+class ResilienceConfig(Section):
+    """What a run survives and for how long before it pauses or fails (docs/reliability.md)."""
+
+    trainer_restarts: int = Field(
+        3, ge=0, description="times a dead trainer is restarted from the last recorded checkpoint, per run"
+    )
+    restart_backoff_s: float = Field(
+        2.0, ge=0.0, description="wait before the first trainer restart; doubles with each further restart"
+    )
+    worker_respawns_per_iteration: int = Field(
+        8, ge=0, description="generator/judge respawns allowed per iteration; past it the run pauses with the reason"
+    )
+    max_deliveries: int = Field(
+        3, ge=1, description="deliveries of one stream entry before it is dead-lettered alone (poison entries)"
+    )
+    redis_outage_s: float = Field(
+        120.0, gt=0.0, description="how long every Redis client reconnects with back-off before giving up"
+    )
+
+
+class CheckpointsConfig(Section):
+    """Which recorded checkpoints stay on disk (the newest is always kept, with its optimizer state)."""
+
+    keep_last: int = Field(2, ge=1, description="the newest N recorded checkpoints are kept whole")
+    keep_every: int = Field(
+        0, ge=0, description="also keep every M-th iteration's weights (0: none); older ones lose optimizer state"
+    )
+
+
 class RunConfig(Section):
     """A complete, validated description of one run."""
 
@@ -573,6 +602,8 @@ class RunConfig(Section):
     prompts: PromptsConfig
     eval: EvalConfig = Field(default_factory=EvalConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
+    resilience: ResilienceConfig = Field(default_factory=ResilienceConfig)
+    checkpoints: CheckpointsConfig = Field(default_factory=CheckpointsConfig)
 
     @model_validator(mode="before")
     @classmethod
