@@ -183,7 +183,7 @@ def make_ours(model_dir: str, args: argparse.Namespace) -> PolicyTrainer:
         learning_rate=args.lr,
         epochs=1,
         batch_size=args.batch_size,
-        grad_accumulation=1,
+        micro_batch_size=None,
         optimizer="adamw",
         weight_decay=0.0,
         scheduler="linear",

@@ -446,9 +446,22 @@ def judge_config(**fields: Any) -> JudgeConfig:
 
 class TrainerConfig(Section):
     learning_rate: float = Field(5e-7, gt=0.0)
-    epochs: int = Field(1, ge=1, description="passes over an iteration's pairs")
-    batch_size: int = Field(8, ge=1, description="pairs per optimizer step (before accumulation)")
-    grad_accumulation: int = Field(1, ge=1)
+    epochs: int = Field(1, ge=1, description="passes over an iteration's pairs (training stops after them)")
+    schedule_epochs: float | None = Field(
+        None,
+        gt=0.0,
+        description="epochs the learning-rate schedule spans (warmup and decay are laid over this many epochs' "
+        "steps); None = `epochs`. SPPO's released checkpoints were scheduled for 18 and stopped after 1",
+    )
+    batch_size: int = Field(
+        8, ge=1, description="the global batch: pairs per optimizer step, over every trainer rank and micro-batch"
+    )
+    micro_batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="pairs per forward/backward on one rank; batch_size must be a multiple of it (gradient "
+        "accumulation = batch_size / micro_batch_size); None = batch_size (no accumulation)",
+    )
     optimizer: Literal["adamw", "rmsprop", "sgd"] = "adamw"
     weight_decay: float = Field(0.0, ge=0.0)
     adam_betas: tuple[float, float] = (0.9, 0.999)
@@ -466,10 +479,46 @@ class TrainerConfig(Section):
     )
     cpus: float = Field(1.0, gt=0.0, description="Ray logical CPUs for the trainer actor")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "grad_accumulation" in data:
+            raise ValueError(
+                "trainer.grad_accumulation was replaced: batch_size is now the global batch (pairs per optimizer "
+                "step) and micro_batch_size the pairs per forward; e.g. batch_size 8 + grad_accumulation 2 is "
+                "batch_size 16 + micro_batch_size 8"
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _batches(self) -> TrainerConfig:
+        if self.micro_batch_size is not None and self.batch_size % self.micro_batch_size:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size ({self.micro_batch_size})"
+            )
+        if self.schedule_epochs is not None and self.schedule_epochs < self.epochs:
+            raise ValueError(
+                f"schedule_epochs ({self.schedule_epochs}) must be >= epochs ({self.epochs}): the schedule spans "
+                "at least the epochs trained"
+            )
+        return self
+
+    @property
+    def accumulation_steps(self) -> int:
+        """Micro-batches per optimizer step on one rank (batch_size / micro_batch_size)."""
+        return self.batch_size // (self.micro_batch_size or self.batch_size)
+
 
 class ScheduleConfig(Section):
     iterations: int = Field(3, ge=1)
     prompts_per_iteration: int = Field(512, ge=1)
+    prompt_schedule: Literal["random", "disjoint", "full"] = Field(
+        "random",
+        description="which training prompts an iteration dispatches: random = a fresh random draw of "
+        "prompts_per_iteration each iteration (draws overlap); disjoint = the pool shuffled once and cut into "
+        "consecutive chunks, one per iteration (SPPO, INPO, RLHFlow; needs iterations x prompts_per_iteration "
+        "prompts); full = the whole pool every iteration (DRIFT)",
+    )
     mode: Literal["sync", "async"] = Field("sync", description="sync: iteration t trains only on version t")
     max_staleness: int = Field(0, ge=0, description="async mode: versions a group may lag the trainer")
 

@@ -175,4 +175,43 @@ def run_prompts(cfg: RunConfig) -> RunPrompts:
     order = list(range(len(pool)))
     random.Random(f"eval-split:{cfg.seed}").shuffle(order)
     held = set(order[:n])
-    return RunPrompts([p for i, p in enumerate(pool) if i not in held], [pool[i] for i in sorted(held)])
+    prompts = RunPrompts([p for i, p in enumerate(pool) if i not in held], [pool[i] for i in sorted(held)])
+    check_schedule(len(prompts.train), cfg)
+    return prompts
+
+
+def check_schedule(n_train: int, cfg: RunConfig) -> None:
+    """Refuse a training pool too small for `schedule.prompt_schedule: disjoint` (PromptPoolError, numbers named)."""
+    s = cfg.schedule
+    if s.prompt_schedule == "disjoint" and n_train < s.iterations * s.prompts_per_iteration:
+        raise PromptPoolError(
+            f"schedule.prompt_schedule=disjoint needs iterations x prompts_per_iteration = {s.iterations} x "
+            f"{s.prompts_per_iteration} = {s.iterations * s.prompts_per_iteration} training prompts; the pool has "
+            f"{n_train} (after holding out the evaluation prompts). Add prompts, lower prompts_per_iteration, or "
+            "use prompt_schedule random"
+        )
+
+
+def iteration_prompt_indices(n_train: int, cfg: RunConfig, iteration: int) -> list[int]:
+    """Indices into the training pool that iteration `iteration` (1-based) dispatches, in dispatch order.
+
+    `random`: min(prompts_per_iteration, n_train) drawn without replacement by a generator seeded with (seed,
+    iteration): draws of different iterations overlap. `disjoint`: one permutation seeded with the run seed,
+    cut into consecutive chunks of prompts_per_iteration; iteration t takes chunk t (SPPO's and RLHFlow's
+    per-iteration prompt sets, `uclaml/SPPO` run_sppo_mistral.sh `sppo-iter${i}`, `RLHFlow/Online-RLHF`
+    run_loop2.sh `ultrafeedback_iter${i}`). `full`: every training prompt, shuffled per iteration (DRIFT
+    regenerates for the same dissatisfaction set each iteration). Deterministic for a config; raises
+    PromptPoolError when a disjoint chunk runs past the pool.
+    """
+    import numpy as np
+
+    s = cfg.schedule
+    if s.prompt_schedule == "random":
+        rng = np.random.default_rng([cfg.seed, iteration])
+        return [int(i) for i in rng.choice(n_train, size=min(s.prompts_per_iteration, n_train), replace=False)]
+    if s.prompt_schedule == "full":
+        return [int(i) for i in np.random.default_rng([cfg.seed, iteration]).permutation(n_train)]
+    check_schedule(n_train, cfg)
+    order = np.random.default_rng([cfg.seed, 0x5EED]).permutation(n_train)
+    start = (iteration - 1) * s.prompts_per_iteration
+    return [int(i) for i in order[start : start + s.prompts_per_iteration]]

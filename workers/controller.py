@@ -28,12 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from sparring.shared import jsonl, keys
 from sparring.shared.config import RunConfig
 from sparring.shared.events import emit
-from sparring.shared.prompts import PromptItem, RunPrompts, run_prompts
+from sparring.shared.prompts import PromptItem, RunPrompts, iteration_prompt_indices, run_prompts
 from sparring.shared.queue import StreamQueue
 from sparring.shared.records import Completion, IterationRecord, PromptTask
 from sparring.shared.redis_server import connect
@@ -396,9 +394,8 @@ class RunController:
     def dispatch(self, t: int, v: int) -> int:
         """Stage 1: draw this iteration's prompts from the training pool (never the held-out ones)."""
         pool = self.prompts.train
-        n = min(self.cfg.schedule.prompts_per_iteration, len(pool))
-        rng = np.random.default_rng([self.cfg.seed, t])
-        chosen = rng.choice(len(pool), size=n, replace=False)
+        chosen = iteration_prompt_indices(len(pool), self.cfg, t)
+        n = len(chosen)
         guided = self.cfg.algorithm.pairs == "drift" and self.cfg.algorithm.drift_guided
         for i in chosen:
             item = pool[int(i)]

@@ -21,10 +21,10 @@ wraps this class. One iteration (`train_iteration`) does, in order:
    a new training run per iteration (`run_sppo_*.sh`, alignment-handbook `run_dpo.py`): warmup and decay
    span this iteration's steps only, and no Adam moments carry over between iterations.
 4. **`epochs` seeded passes.** Each epoch shuffles with a generator seeded from (seed, iteration, epoch);
-   an optimizer step covers `batch_size * grad_accumulation` pairs (`grad_accumulation` micro-batches of
-   `batch_size`), the loss of a step is the weighted mean sum(w*l)/sum(w) over its pairs (w =
-   `PreferencePair.weight`, the judge's confidence; 1 = the plain mean), gradients are clipped to
-   `max_grad_norm`, and the schedule advances once per step. Optional length bucketing
+   an optimizer step covers `batch_size` pairs (the global batch, in micro-batches of `micro_batch_size`),
+   the learning-rate schedule spans `schedule_epochs` epochs of steps (default `epochs`), the loss of a
+   step is the weighted mean sum(w*l)/sum(w) over its pairs (w = `PreferencePair.weight`, the judge's
+   confidence; 1 = the plain mean), gradients are clipped to `max_grad_norm`, and the schedule advances once per step. Optional length bucketing
    (`length_bucket_steps`) sorts pairs by length within runs of a few steps to cut padding.
 5. **Metrics** are sums and counts over the iteration, divided at the end: `loss/mean`, `loss/last_epoch`,
    `rewards/{accuracies,chosen,rejected,margins}` and `logps/{chosen,rejected}` (TRL's names), the
@@ -277,13 +277,16 @@ class PolicyTrainer:
         frozen = self._frozen_logps(examples)
         frozen_seconds = time.perf_counter() - frozen_started
 
-        pairs_per_step = cfg.batch_size * cfg.grad_accumulation
+        pairs_per_step = cfg.batch_size
+        micro_batch = cfg.micro_batch_size or cfg.batch_size
         steps_per_epoch = math.ceil(len(examples) / pairs_per_step)
         total_steps = steps_per_epoch * cfg.epochs
+        # the schedule may span more epochs than are trained (`schedule_epochs`: SPPO's 18 scheduled, 1 trained)
+        schedule_steps = math.ceil(steps_per_epoch * (cfg.schedule_epochs or cfg.epochs))
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(params, cfg)
-        self.scheduler = build_scheduler(self.optimizer, cfg, total_steps)
-        self._scheduler_total_steps = total_steps
+        self.scheduler = build_scheduler(self.optimizer, cfg, schedule_steps)
+        self._scheduler_total_steps = schedule_steps
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else math.inf
         report_every = max(1, total_steps // 10)
 
@@ -295,7 +298,7 @@ class PolicyTrainer:
                 # a step's loss is sum(w * l) / sum(w) over its pairs (w: judge confidence, 1 = plain): a weighted
                 # mean, so confidences reweight pairs against each other without rescaling the learning rate
                 step_weight = sum(examples[i].weight for i in step_indices.tolist())
-                for micro in step_indices.split(cfg.batch_size):
+                for micro in step_indices.split(micro_batch):
                     out = self._loss(examples, micro, frozen)
                     weights = torch.tensor(
                         [examples[i].weight for i in micro.tolist()], dtype=out.losses.dtype, device=out.losses.device

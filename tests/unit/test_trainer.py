@@ -231,14 +231,42 @@ def test_no_valid_pairs_returns_empty_metrics(ckpt: Path) -> None:
 
 def test_seeded_training_is_deterministic(ckpt: Path) -> None:
     pairs = synthetic_pairs(24)
-    a, b = make_trainer(ckpt, seed=3, grad_accumulation=2), make_trainer(ckpt, seed=3, grad_accumulation=2)
+    a, b = (make_trainer(ckpt, seed=3, batch_size=16, micro_batch_size=8) for _ in range(2))
     ra, rb = a.train_iteration(pairs, iteration=1), b.train_iteration(pairs, iteration=1)
     assert ra.metrics["loss/mean"] == rb.metrics["loss/mean"]
     wa, wb = weights(a), weights(b)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    c = make_trainer(ckpt, seed=4, grad_accumulation=2)  # another seed shuffles differently
+    c = make_trainer(ckpt, seed=4, batch_size=16, micro_batch_size=8)  # another seed shuffles differently
     c.train_iteration(pairs, iteration=1)
     assert not all(torch.equal(wa[k], v) for k, v in weights(c).items())
+
+
+def test_micro_batches_leave_the_global_batch_step_unchanged(ckpt: Path) -> None:
+    """batch_size is the global batch: splitting it into micro-batches (gradient accumulation) gives the same
+    update as one forward over the whole batch, to float tolerance."""
+    pairs = synthetic_pairs(32)
+    sgd = dict(optimizer="sgd", learning_rate=0.1, max_grad_norm=None)  # the update is the gradient itself
+    whole = make_trainer(ckpt, seed=1, batch_size=16, epochs=1, **sgd)
+    split = make_trainer(ckpt, seed=1, batch_size=16, micro_batch_size=4, epochs=1, **sgd)
+    rw, rs = whole.train_iteration(pairs, iteration=1), split.train_iteration(pairs, iteration=1)
+    assert rw.metrics["train/steps"] == rs.metrics["train/steps"] == 2
+    ww, ws = weights(whole), weights(split)
+    assert max(float((ww[k] - ws[k]).abs().max()) for k in ww) < 1e-6
+    assert abs(rw.metrics["loss/mean"] - rs.metrics["loss/mean"]) < 1e-6
+
+
+def test_schedule_epochs_stretch_the_schedule_past_the_epochs_trained(ckpt: Path) -> None:
+    """SPPO's released recipe: 18 epochs of linear schedule with warmup 0.1, stopped after epoch 1, so the
+    whole trained epoch is inside warm-up and the last step's learning rate is lr * steps / warmup_steps."""
+    pairs = synthetic_pairs(32)
+    cfg = dict(batch_size=4, epochs=1, scheduler="linear", warmup_ratio=0.1, learning_rate=5e-7)
+    stopped = make_trainer(ckpt, schedule_epochs=18, **cfg)
+    stopped.train_iteration(pairs, iteration=1)
+    steps, warmup = 8, math.ceil(0.1 * 8 * 18)  # 8 steps per epoch, 15 warm-up steps in the 144-step schedule
+    assert stopped.scheduler.get_last_lr()[0] == pytest.approx(5e-7 * steps / warmup, rel=1e-9)
+    full = make_trainer(ckpt, **cfg)  # the same epoch with its own 1-epoch schedule ends fully decayed
+    full.train_iteration(pairs, iteration=1)
+    assert full.scheduler.get_last_lr()[0] == pytest.approx(0.0, abs=1e-15)
 
 
 # --------------------------------------------------------------------------------------------------
