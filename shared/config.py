@@ -630,6 +630,44 @@ class CheckpointsConfig(Section):
     )
 
 
+class WandbOptions(Section):
+    """Weights & Biases (`report_to: [wandb]`); the API key comes from WANDB_API_KEY or `wandb login`."""
+
+    project: str = Field("sparring", min_length=1, description="W&B project")
+    entity: str | None = Field(None, description="W&B entity (team or user); None = the key's default entity")
+    group: str | None = Field(None, description="W&B run group")
+    tags: list[str] = Field(default_factory=list, description="W&B run tags")
+    mode: Literal["online", "offline"] | None = Field(
+        None,
+        description="offline writes the run under <run dir>/wandb only (no network; `wandb sync` uploads it later); "
+        "None = WANDB_MODE, else online",
+    )
+    init_timeout_s: float = Field(60.0, gt=0.0, description="give up starting W&B after this long (the run goes on)")
+
+
+class MLflowOptions(Section):
+    """MLflow (`report_to: [mlflow]`)."""
+
+    tracking_uri: str | None = Field(
+        None,
+        description="MLflow tracking server or store URI; None = MLFLOW_TRACKING_URI, else a local SQLite store "
+        "sqlite:///<storage.run_dir>/mlflow.db (artifacts beside it in mlartifacts/) shared by every run there",
+    )
+    experiment: str = Field("sparring", min_length=1, description="MLflow experiment (created if missing)")
+
+
+class TrackersConfig(Section):
+    """Options of the experiment trackers `report_to` names (workers/trackers.py). TensorBoard needs none: it
+    writes event files to <run dir>/tensorboard."""
+
+    run_name: str | None = Field(None, description="the run's name in every tracker; None = the run id")
+    wandb: WandbOptions = Field(default_factory=WandbOptions)
+    mlflow: MLflowOptions = Field(default_factory=MLflowOptions)
+
+
+TrackerName = Literal["tensorboard", "wandb", "mlflow"]
+
+
 class RunConfig(Section):
     """A complete, validated description of one run."""
 
@@ -653,6 +691,18 @@ class RunConfig(Section):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     resilience: ResilienceConfig = Field(default_factory=ResilienceConfig)
     checkpoints: CheckpointsConfig = Field(default_factory=CheckpointsConfig)
+    report_to: list[TrackerName] = Field(
+        default_factory=list,
+        description="experiment trackers that get every iteration record (iteration = step) and the resolved config "
+        "once: any of tensorboard, wandb, mlflow (`pip install 'sparring[trackers]'`); one that cannot start is "
+        "reported with the fix and left out, never failing the run",
+    )
+    trackers: TrackersConfig = Field(default_factory=TrackersConfig, description="options of the `report_to` trackers")
+
+    @field_validator("report_to")
+    @classmethod
+    def _each_tracker_once(cls, names: list[str]) -> list[str]:
+        return list(dict.fromkeys(names))
 
     @model_validator(mode="before")
     @classmethod

@@ -47,6 +47,7 @@ from sparring.workers.actors import (
 )
 from sparring.workers.failures import failure_reason, format_failure
 from sparring.workers.groups import WORKER_ENV, RayRuntime, Resources, Runtime, WorkerGroup, drain_until_idle
+from sparring.workers.trackers import Trackers
 
 log = logging.getLogger(__name__)
 
@@ -214,6 +215,7 @@ class RunController:
             self.resolve_model()
             self.prompts = run_prompts(self.cfg)
             first = self.restore()
+            self.trackers = Trackers.open(self.cfg, self.run_id, self.run_dir, first, self._report_tracking)  # report_to
             self.start_workers()
             self.evaluate_baseline()
             for t in range(first, self.cfg.schedule.iterations + 1):
@@ -353,6 +355,7 @@ class RunController:
             finished_at=time.time(),
         )
         self.store.put_iteration(record)
+        self.trackers.log_iteration(record)  # experiment trackers (workers/trackers.py); never raises
         if self._pending_previous is not None:  # the next iteration's `vs_prev` side, once this one is on record
             self._save_samples("previous", self._pending_previous)
             self.eval_samples["previous"], self._pending_previous = self._pending_previous, None
@@ -576,6 +579,9 @@ class RunController:
         path = self.run_dir / "summary.json"
         path.write_text(jsonl.dumps(summary, indent=2))  # strict JSON: a NaN loss is written as null
         return summary
+
+    def _report_tracking(self, message: str) -> None:
+        self._emit("progress", stage="trackers", message=message)
 
     def _emit(self, kind: str, **fields: Any) -> None:
         emit(self.client, self.run_id, kind, **fields)
