@@ -14,6 +14,7 @@ iteration, and the path of `summary.json` as the last line.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import secrets
@@ -109,6 +110,29 @@ def print_tasks() -> None:
                 print(f"  {label:<16} {', '.join(names)}")
 
 
+def print_presets(args: argparse.Namespace) -> int:
+    """`sparring presets`: the shipped paper presets; `sparring presets show NAME`: every value it sets and the
+    upstream file or paper section each comes from (`--json`: one object {key: {value, source}})."""
+    from sparring.shared.presets import flatten, load_preset, preset_names, preset_sources, preset_summary
+
+    if args.name is None:
+        for name in preset_names():
+            print(f"{name:<24} {preset_summary(name)}")
+        return 0
+    try:
+        values, sources = flatten(load_preset(args.name)), preset_sources(args.name)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if args.json:
+        print(json.dumps({k: {"value": v, "source": sources.get(k, "")} for k, v in values.items()}, indent=2))
+        return 0
+    shown = {k: json.dumps(v) for k, v in values.items()}
+    kw, vw = max(map(len, shown)), max(map(len, shown.values()))
+    for key, value in shown.items():
+        print(f"{key:<{kw}}  {value:<{vw}}  {sources.get(key, '')}")
+    return 0
+
+
 def execute(cfg: RunConfig) -> Path:
     """Run `cfg` to completion; returns the path of summary.json."""
     import ray
@@ -161,6 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument("config")
     p_run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     sub.add_parser("tasks", help="installed tasks and the prompt sources, models, judges, evaluators they register")
+    p_presets = sub.add_parser("presets", help="paper presets; `presets show NAME` prints its values and their sources")
+    p_presets.add_argument("show", nargs="?", choices=["show"], help=argparse.SUPPRESS)
+    p_presets.add_argument("name", nargs="?", help="the preset to show")
+    p_presets.add_argument("--json", action="store_true", help="one JSON object {key: {value, source}}")
+    p_presets.set_defaults(handler=print_presets)
     from sparring.services import client
 
     client.add_parsers(sub)

@@ -1,8 +1,8 @@
 """Paper recipes as named config presets (`preset: sppo` in a run config), one YAML file each here.
 
-A preset (`NAME.yaml`) is a partial `RunConfig`: nested mappings of values only, with the paper sources as
-comments (the paper and the upstream files each preset names; a value the paper does not
-state is left at the `RunConfig` default, and the file says so). The user's own keys are applied on top,
+A preset (`NAME.yaml`) is a partial `RunConfig` (nested mappings of values) plus `sources`: for every value it
+sets, the upstream file and setting or paper section it comes from (a value the paper does not state is left
+at the `RunConfig` default, or its source says "not published"). `sparring presets show NAME` prints both. The user's own keys are applied on top,
 key by key, so `preset: sppo` + `trainer: {learning_rate: 3.0e-4}` keeps every other SPPO value.
 """
 
@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+SOURCES = "sources"  # a preset file's {dotted key: source} mapping; never part of the config
+
 # (section, its raw merged values) -> the keys the variant those values select can hold; None = any
 VariantFields = Callable[[str, dict[str, Any]], Collection[str] | None]
 
@@ -24,14 +26,45 @@ def preset_names() -> list[str]:
     return sorted(f.name.removesuffix(".yaml") for f in resources.files(__name__).iterdir() if f.name.endswith(".yaml"))
 
 
-def load_preset(name: str) -> dict[str, Any]:
-    """The values of preset `name`; a ValueError listing the known presets for any other name."""
+def _read_preset(name: str) -> dict[str, Any]:
     if name not in preset_names():
         raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(preset_names())}")
     data = yaml.safe_load(resources.files(__name__).joinpath(f"{name}.yaml").read_text())
-    if not isinstance(data, dict):
-        raise ValueError(f"preset {name!r}: the file must hold a mapping of config sections")
+    if not isinstance(data, dict) or not isinstance(data.get(SOURCES, {}), dict):
+        raise ValueError(f"preset {name!r}: the file must hold a mapping of config sections (and `{SOURCES}`)")
     return data
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """The values of preset `name` (config sections, without its `sources`); a ValueError listing the known
+    presets for any other name."""
+    data = _read_preset(name)
+    data.pop(SOURCES, None)
+    return data
+
+
+def preset_summary(name: str) -> str:
+    """The first line of the preset file's header comment (what it is and where it comes from)."""
+    _read_preset(name)
+    text = resources.files(__name__).joinpath(f"{name}.yaml").read_text()
+    return next((line.lstrip("# ").rstrip() for line in text.splitlines() if line.startswith("#")), "")
+
+
+def preset_sources(name: str) -> dict[str, str]:
+    """{dotted key: where its value comes from (upstream file and setting, paper section, or "not published")}."""
+    return {str(k): str(v) for k, v in (_read_preset(name).get(SOURCES) or {}).items()}
+
+
+def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested sections -> {dotted key: leaf value} (`{"trainer": {"epochs": 1}}` -> `{"trainer.epochs": 1}`)."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
