@@ -594,7 +594,19 @@ class EvalConfig(Section):
 class StorageConfig(Section):
     run_dir: str = Field("runs", description="directory holding one sub-directory per run")
     redis_url: str | None = Field(None, description="overrides REDIS_URL; unset = private redis-server")
-    stream_maxlen: int = Field(100_000, ge=100, description="approximate cap on each stream's length")
+    stream_maxlen: int = Field(
+        100_000,
+        ge=100,
+        description="approximate cap on each stream's length; at least one iteration's entries on any stream "
+        "(validated): producers wait for room below it (backpressure) instead of overfilling a stream",
+    )
+    pairs_retention_iterations: int | None = Field(
+        None,
+        ge=1,
+        description="keep the judged pairs of the newest N recorded iterations in Redis (pairs stream and its "
+        "seen-set); None keeps every pair (exports and the API see the whole run; Redis grows by one iteration's "
+        "pairs per iteration). Prompts and generations of recorded iterations are always pruned",
+    )
     weight_transport: Literal["object_store", "safetensors_dir"] = Field(
         "object_store", description="how new weights reach generators"
     )
@@ -618,6 +630,12 @@ class ResilienceConfig(Section):
     )
     redis_outage_s: float = Field(
         120.0, gt=0.0, description="how long every Redis client reconnects with back-off before giving up"
+    )
+    backpressure_timeout_s: float = Field(
+        600.0,
+        gt=0.0,
+        description="how long a producer (dispatch, a generator, a judge) waits for room in a full stream before "
+        "the run fails naming the stream and its consumer group",
     )
 
 
@@ -725,7 +743,25 @@ class RunConfig(Section):
                 f"generation.samples_per_prompt must be >= 2 to build pairs, got {self.generation.samples_per_prompt}"
                 " (only DRIFT samples one)"
             )
+        prompts, per_group = self.schedule.prompts_per_iteration, self.max_pairs_per_group
+        if self.storage.stream_maxlen < prompts * per_group:
+            stream = "prompts stream" if per_group == 1 else (
+                f"pairs stream (algorithm.pairs={self.algorithm.pairs}: up to {per_group} pairs from each of "
+                f"{prompts} groups of generation.samples_per_prompt {self.generation.samples_per_prompt})"
+            )  # fmt: skip
+            raise ValueError(
+                f"storage.stream_maxlen {self.storage.stream_maxlen} is smaller than one iteration's entries: "
+                f"schedule.prompts_per_iteration {prompts} writes up to {prompts * per_group} to the {stream}; "
+                "an iteration's producers would wait for room its consumers only make after it (raise "
+                f"stream_maxlen to at least {prompts * per_group} or lower prompts_per_iteration)"
+            )
         return self
+
+    @property
+    def max_pairs_per_group(self) -> int:
+        """The most training pairs the recipe builds from one group (workers/recipes/pairs.py)."""
+        k = self.generation.samples_per_prompt
+        return {"best_vs_worst": 1, "ranked": k // 2, "all_pairs": k * (k - 1) // 2, "drift": k}[self.algorithm.pairs]
 
     @property
     def eval_judge(self) -> JudgeConfig | None:

@@ -9,9 +9,12 @@ Does not know: what a stage does with a record, Ray, staleness rules, or run sta
 
 Operational notes:
 - Streams are trimmed with `MAXLEN ~ maxlen`. Trimming can drop entries nobody has read yet, so producers
-  must call `wait_for_room` (backpressure) to keep the outstanding work of a group well below `maxlen`.
+  call `wait_for_room` (backpressure) to keep the outstanding work of a group below `maxlen`.
   An entry trimmed while still pending is dead-lettered when it is next read or claimed.
-- Seen-sets grow with the number of distinct records of a run; `delete_run` removes them with the streams.
+- Seen-sets grow with the number of distinct records of a run; `prune` removes finished entries of recorded
+  iterations with their ids (the controller's per-iteration retention), `delete_run` removes everything.
+- Poison entries: a consumer reading with `max_deliveries` gets redeliveries one at a time and dead-letters
+  one delivered that often alone (Redis counts deliveries, so a worker that died counts too).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Literal
 
+import msgpack
 import redis
 
 from . import keys
@@ -68,6 +72,26 @@ return n
 
 def _s(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _entry_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _before(key: tuple[int, int]) -> tuple[int, int]:
+    """The largest entry id below `key` (entry ids are (ms, seq) pairs)."""
+    ms, seq = key
+    return (ms, seq - 1) if seq > 0 else (ms - 1, 2**64 - 1)
+
+
+def _iteration(fields: dict[bytes, bytes]) -> int:
+    """The `iteration` of an entry's record without validating it (-1 when it has none: undecodable junk,
+    dead-lettered when it was read, is as finished as its neighbours)."""
+    try:
+        return int(msgpack.unpackb(fields[b"data"], raw=False).get("iteration", -1))
+    except Exception:  # noqa: BLE001
+        return -1
 
 
 @dataclass(frozen=True)
@@ -212,8 +236,16 @@ class StreamQueue:
         count: int = 16,
         block_ms: int | None = None,
         include_pending: bool = True,
+        max_deliveries: int | None = None,
+        failing_stage: str | None = None,
     ) -> list[Entry[R]]:
         """Up to `count` entries for `consumer`: its own pending entries first, then new ones.
+
+        With `max_deliveries` (poison entries, docs/reliability.md) a consumer's pending entries are
+        redeliveries of work a predecessor died on (or gave up on): they come back one at a time, each alone
+        (so one poison entry cannot take its batch down with it again), and one already delivered
+        `max_deliveries` times is dead-lettered alone instead (its dead letter names `failing_stage`, default
+        `stage`, and the delivery count). Only when nothing is pending are new entries read, `count` at once.
 
         Re-reading pending entries first means a restarted consumer with the same name resumes its
         in-flight work (and that an entry left pending by `fail` is retried). `block_ms` (capped at
@@ -226,6 +258,11 @@ class StreamQueue:
         if count < 1:
             raise ValueError(f"count must be >= 1, got {count}")
         key = self.stream(stage)
+        if max_deliveries is not None and include_pending:
+            redelivered = self._redelivery(stage, group, consumer, cls, max_deliveries, failing_stage or stage)
+            if redelivered is not None:
+                return redelivered
+            include_pending = False  # nothing pending: only new entries
         pending = self._xreadgroup(group, consumer, key, "0", count, None) if include_pending else []
         entries = self._decode_delivered(stage, group, consumer, cls, pending, fresh=False)
         if pending:
@@ -237,6 +274,43 @@ class StreamQueue:
         fresh = self._xreadgroup(group, consumer, key, ">", count - len(pending), block)
         entries += self._decode_delivered(stage, group, consumer, cls, fresh, fresh=True)
         return entries
+
+    def _redelivery(
+        self, stage: str, group: str, consumer: str, cls: type[R], max_deliveries: int, failing_stage: str
+    ) -> list[Entry[R]] | None:
+        """The consumer's oldest pending entry, redelivered alone; None when nothing is pending. Entries
+        already delivered `max_deliveries` times are dead-lettered on the way (XPENDING reads the count
+        without delivering)."""
+        key = self.stream(stage)
+        while True:
+            rows = self.client.xpending_range(key, group, min="-", max="+", count=1, consumername=consumer)
+            if not rows:
+                return None
+            entry_id, delivered = _s(rows[0]["message_id"]), int(rows[0]["times_delivered"])
+            if delivered >= max_deliveries:
+                self._give_up(stage, group, entry_id, delivered, max_deliveries, failing_stage)
+                continue
+            got = self._decode_delivered(
+                stage, group, consumer, cls, self._xreadgroup(group, consumer, key, "0", 1, None), fresh=False
+            )
+            if got:
+                return got
+            # it was undecodable or trimmed: dead-lettered by the decode, look at the next one
+
+    def _give_up(
+        self, stage: str, group: str, entry_id: str, delivered: int, max_deliveries: int, failing_stage: str
+    ) -> None:
+        """Dead-letter entry `entry_id` alone (its payload kept for a re-queue) and acknowledge it."""
+        rows = self.client.xrange(self.stream(stage), min=entry_id, max=entry_id, count=1)
+        fields = rows[0][1] if rows else {}
+        item_id = _s(fields.get(b"id", entry_id.encode()))
+        reason = (
+            f"delivered {delivered} times to {group} without completing (resilience.max_deliveries "
+            f"{max_deliveries}): the worker processing it died or gave up each time; dead-lettered alone, "
+            "the rest of its batch goes on"
+        )
+        self._dead_letter_and_ack(stage, group, entry_id, item_id, reason, fields.get(b"data", b""), delivered,
+                                  failing_stage)  # fmt: skip
 
     def _xreadgroup(
         self, group: str, consumer: str, key: str, start: str, count: int, block: int | None
@@ -326,10 +400,20 @@ class StreamQueue:
         return Entry(entry_id=entry_id, record=record, deliveries=deliveries)
 
     def _dead_letter_and_ack(
-        self, stage: str, group: str, entry_id: str, item_id: str, reason: str, payload: bytes, attempts: int
+        self,
+        stage: str,
+        group: str,
+        entry_id: str,
+        item_id: str,
+        reason: str,
+        payload: bytes,
+        attempts: int,
+        failing_stage: str | None = None,
     ) -> None:
-        logger.error("%s", reason)
-        letter = DeadLetter(stage=stage, item_id=item_id, reason=reason, attempts=attempts, payload=payload)
+        logger.error("%s: %s", item_id, reason)
+        letter = DeadLetter(
+            stage=failing_stage or stage, item_id=item_id, reason=reason, attempts=attempts, payload=payload
+        )
         self.complete(stage, group, entry_id, DEAD, [letter])
 
     def claim_stale(
@@ -340,8 +424,14 @@ class StreamQueue:
         cls: type[R],
         min_idle_ms: int,
         count: int = 100,
+        max_deliveries: int | None = None,
+        failing_stage: str | None = None,
     ) -> list[Entry[R]]:
-        """Move up to `count` entries pending longer than `min_idle_ms` (any consumer) to `consumer` (XAUTOCLAIM)."""
+        """Move up to `count` entries pending longer than `min_idle_ms` (any consumer) to `consumer` (XAUTOCLAIM).
+
+        Claiming is a delivery: with `max_deliveries`, a claimed entry delivered more often than that is
+        dead-lettered alone (as in `read`) instead of returned. A poison-aware consumer claims one at a time.
+        """
         key = self.stream(stage)
         claimed: list[tuple[str, dict[bytes, bytes] | None]] = []
         cursor = "0-0"
@@ -361,7 +451,16 @@ class StreamQueue:
                 break
         if claimed:
             logger.info("%s claimed %d stale entries on %s", consumer, len(claimed), key)
-        return self._decode_delivered(stage, group, consumer, cls, claimed, fresh=False)
+        entries = self._decode_delivered(stage, group, consumer, cls, claimed, fresh=False)
+        if max_deliveries is None:
+            return entries
+        kept = []
+        for e in entries:
+            if e.deliveries > max_deliveries:
+                self._give_up(stage, group, e.entry_id, e.deliveries - 1, max_deliveries, failing_stage or stage)
+            else:
+                kept.append(e)
+        return kept
 
     def reassign(
         self, stage: str, group: str, from_consumer: str, to_consumer: str, cls: type[R]
@@ -398,7 +497,8 @@ class StreamQueue:
     # inspection and backpressure
 
     def written(self, stage: str) -> int:
-        """Distinct records ever written to `stage` (its seen-set size; unaffected by MAXLEN trimming)."""
+        """Distinct records written to `stage` (its seen-set size; unaffected by MAXLEN trimming, reduced only
+        by `prune` of recorded iterations)."""
         return int(self.client.scard(self._seen(stage)))
 
     def length(self, stage: str) -> int:
@@ -456,13 +556,24 @@ class StreamQueue:
         return int(info["pending"]) + self._lag_of(stage, info)
 
     def wait_for_room(
-        self, stage: str, group: str, max_outstanding: int, timeout_s: float, poll_s: float = 0.05
+        self,
+        stage: str,
+        group: str,
+        max_outstanding: int | None = None,
+        timeout_s: float = 600.0,
+        poll_s: float = 0.05,
+        needed: int = 1,
     ) -> None:
-        """Block while `group`'s outstanding work on the stage is >= `max_outstanding`; TimeoutError if it stays full."""
+        """Block until `needed` more entries fit: while `group`'s outstanding work on the stage plus `needed`
+        exceeds `max_outstanding` (default `maxlen`: an entry trimmed by MAXLEN is then always one `group` has
+        finished). TimeoutError, naming the stream and group, if it stays full for `timeout_s`."""
+        limit = self.maxlen if max_outstanding is None else max_outstanding
+        if needed > limit:
+            raise ValueError(f"{needed} entries can never fit in {self.stream(stage)} (limit {limit})")
         deadline = time.monotonic() + timeout_s
         while True:
             n = self.outstanding(stage, group)
-            if n < max_outstanding:
+            if n + needed <= limit:
                 return
             if time.monotonic() >= deadline:
                 raise TimeoutError(
@@ -501,6 +612,56 @@ class StreamQueue:
 
     def dead_letters(self) -> list[DeadLetter]:
         return [rec for _, rec in self.read_all(DEAD, DeadLetter)]
+
+    def remove_dead_letters(self, entry_ids: Sequence[str]) -> int:
+        """Delete dead letters by entry id (they were re-queued); their ids stay in the dead seen-set, so the
+        iteration counts of dead letters (`written("dead")`) never go backwards."""
+        return int(self.client.xdel(self.stream(DEAD), *entry_ids)) if entry_ids else 0
+
+    # ------------------------------------------------------------------------------------------------
+    # retention
+
+    def prune(self, stage: str, group: str, before_iteration: int, page: int = 500) -> int:
+        """Remove the finished head of `stage`: oldest first, every entry `group` has been delivered and has
+        acknowledged whose record's `iteration` is below `before_iteration`, stopping at the first entry that
+        is not; the removed records' ids leave the stage's seen-set. Returns how many entries were removed.
+
+        This is the per-iteration retention that keeps Redis flat over a long run (docs/reliability.md): a
+        finished entry is never read again, and its record id can never be written again (ids carry the
+        policy version, and a recorded iteration's version is never generated again).
+        """
+        key = self.stream(stage)
+        info = self._group_info(stage, group)
+        if info is None:
+            return 0
+        bound = _entry_key(_s(info["last-delivered-id"]))  # entries after it were never delivered
+        summary = self.client.xpending(key, group)
+        if summary["pending"]:
+            bound = min(bound, _before(_entry_key(_s(summary["min"]))))  # nor acknowledged from here on
+        ids: list[bytes] = []
+        last: tuple[int, int] | None = None
+        cursor = "-"
+        while True:
+            batch = self.client.xrange(key, min=cursor, max="+", count=page)
+            for eid, fields in batch:
+                at = _entry_key(_s(eid))
+                if at > bound or _iteration(fields) >= before_iteration:
+                    return self._drop_head(stage, ids, last)
+                ids.append(fields.get(b"id", b""))
+                last = at
+            if len(batch) < page:
+                return self._drop_head(stage, ids, last)
+            cursor = f"({_s(batch[-1][0])}"
+
+    def _drop_head(self, stage: str, ids: list[bytes], last: tuple[int, int] | None) -> int:
+        if last is None:
+            return 0
+        seen = [i for i in ids if i]
+        for start in range(0, len(seen), 1000):
+            self.client.srem(self._seen(stage), *seen[start : start + 1000])
+        removed = int(self.client.xtrim(self.stream(stage), minid=f"{last[0]}-{last[1] + 1}", approximate=False))
+        logger.info("pruned %d finished entries of %s", removed, self.stream(stage))
+        return removed
 
     def delete_run(self) -> int:
         """Delete every stream and seen-set of this run; returns the number of keys removed."""

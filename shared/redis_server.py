@@ -1,7 +1,8 @@
 """Getting a Redis connection: connect to a URL (failing fast), or run a private `redis-server` for a run.
 
-Knows: how to build and probe a `redis.Redis` client, how to start/stop a loopback-only `redis-server`
-with append-only-file persistence in a data directory, and the `REDIS_URL` environment variable.
+Knows: how to build and probe a `redis.Redis` client that rides out a Redis outage (`OutageRetry`: reconnect
+with exponential back-off for a window of seconds, docs/reliability.md), how to start/stop a loopback-only
+`redis-server` with append-only-file persistence in a data directory, and the `REDIS_URL` environment variable.
 Does not know: streams, records, runs or any key layout (see `queue.py` and `store.py`).
 """
 
@@ -22,10 +23,11 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
-from redis.backoff import NoBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
 logger = logging.getLogger(__name__)
@@ -34,6 +36,8 @@ REDIS_URL_ENV = "REDIS_URL"
 # Socket timeout of clients returned by `connect`: long enough for any blocking read the queue issues
 # (the queue caps its blocking reads well below this), short enough that a half-open socket is noticed.
 DEFAULT_SOCKET_TIMEOUT_S = 30.0
+# How long a client keeps reconnecting through an outage by default (`resilience.redis_outage_s`).
+DEFAULT_OUTAGE_S = 120.0
 
 
 class RedisUnavailable(RuntimeError):
@@ -56,31 +60,97 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
+class OutageRetry(Retry):
+    """redis-py's `Retry`, bounded by time instead of a count: a command that fails with a connection error
+    or a timeout (refused, reset, `LOADING` while a restarted server reads its AOF) is retried with
+    exponential back-off (`base_s` doubling up to `cap_s`) until `window_s` have passed since the connection
+    first failed; then the error is raised. A count cannot say "ride out a 120 s restart": each attempt takes
+    from microseconds (refused) to the connect timeout (a dead host).
+
+    redis-py copies the retry object into every connection and retries both the command and, inside it,
+    the reconnect with that same object, so the outage clock lives on the object: the nested retries share
+    one window instead of multiplying it. A success ends the outage.
+
+    Commands sparring retries are idempotent (the queue's scripts deduplicate by record id, XACK and SET are
+    idempotent) or harmless to repeat (an event appended twice); an XREADGROUP whose reply was lost leaves its
+    entries pending for the consumer, which reads its pending entries first.
+    """
+
+    def __init__(self, window_s: float, base_s: float = 0.05, cap_s: float = 1.0) -> None:
+        super().__init__(ExponentialBackoff(cap=cap_s, base=base_s), retries=1_000_000)
+        self.window_s = window_s
+        self._down_since: float | None = None
+
+    def call_with_retry(
+        self,
+        do: Callable[[], Any],
+        fail: Callable[..., Any],
+        is_retryable: Callable[[Exception], bool] | None = None,
+        with_failure_count: bool = False,
+    ) -> Any:
+        failures = 0
+        while True:
+            try:
+                result = do()
+            except self._supported_errors as error:
+                if is_retryable is not None and not is_retryable(error):
+                    raise
+                failures += 1
+                if with_failure_count:
+                    fail(error, failures)
+                else:
+                    fail(error)
+                now = time.monotonic()
+                if self._down_since is None:
+                    self._down_since = now
+                    logger.warning("Redis unreachable (%s); reconnecting for up to %.0fs", error, self.window_s)
+                left = self.window_s - (now - self._down_since)
+                if left <= 0:
+                    raise
+                time.sleep(min(self._backoff.compute(failures), left))
+                continue
+            if self._down_since is not None:
+                logger.warning("Redis reachable again after %.1fs", time.monotonic() - self._down_since)
+                self._down_since = None
+            return result
+
+
 def connect(
-    url: str, timeout_s: float = 3.0, socket_timeout_s: float | None = DEFAULT_SOCKET_TIMEOUT_S
+    url: str,
+    timeout_s: float = 3.0,
+    socket_timeout_s: float | None = DEFAULT_SOCKET_TIMEOUT_S,
+    outage_s: float = DEFAULT_OUTAGE_S,
+    wait_s: float = 0.0,
 ) -> redis.Redis:
     """A client for `url` (bytes responses), after a PING that must succeed within about `timeout_s`.
 
-    Raises `RedisUnavailable` naming the URL (password redacted) and the cause, without retries, so an
-    unreachable server is reported in seconds rather than after the client's retry/backoff schedule.
+    The client rides out a Redis outage of up to `outage_s` seconds (`OutageRetry`: every command
+    reconnects with back-off). The first PING is retried for `wait_s` seconds only (default 0: an
+    unreachable server is reported in seconds, by `RedisUnavailable` naming the URL with its password
+    redacted); a worker started while its run's Redis may be restarting passes its outage window.
     """
     safe = redact_url(url)
-    try:
-        probe = redis.Redis.from_url(
-            url,
-            decode_responses=False,
-            socket_connect_timeout=timeout_s,
-            socket_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 0),
-        )
-    except (ValueError, redis.RedisError) as exc:
-        raise RedisUnavailable(f"cannot reach Redis at {safe}: {exc}") from exc
-    try:
-        probe.ping()
-    except (redis.RedisError, OSError) as exc:
-        raise RedisUnavailable(f"cannot reach Redis at {safe}: {exc}") from exc
-    finally:
-        probe.close()
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            probe = redis.Redis.from_url(
+                url,
+                decode_responses=False,
+                socket_connect_timeout=timeout_s,
+                socket_timeout=timeout_s,
+                retry=Retry(NoBackoff(), 0),
+            )
+        except (ValueError, redis.RedisError) as exc:
+            raise RedisUnavailable(f"cannot reach Redis at {safe}: {exc}") from exc
+        try:
+            probe.ping()
+            break
+        except (redis.RedisError, OSError) as exc:
+            if time.monotonic() >= deadline:
+                raise RedisUnavailable(f"cannot reach Redis at {safe}: {exc}") from exc
+        finally:
+            probe.close()
+        time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
     client = redis.Redis.from_url(
         url,
         decode_responses=False,
@@ -88,6 +158,8 @@ def connect(
         socket_timeout=socket_timeout_s,
         socket_keepalive=True,
         health_check_interval=30,
+        retry=OutageRetry(outage_s),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
     )
     logger.debug("connected to Redis at %s", safe)
     return client
@@ -129,7 +201,9 @@ class PrivateRedis:
     """A `redis-server` owned by this process: loopback only, AOF persistence in `data_dir`.
 
     Use as a context manager (`with PrivateRedis(dir) as r: r.url`) or call `start()`/`stop()`.
-    Starting again on the same `data_dir` reloads the previous data from the append-only file.
+    Starting again on the same `data_dir` reloads the previous data from the append-only file; with `port`
+    given it listens there (a restart on the same port and directory is what clients reconnect to), else
+    on a free loopback port.
     When started from the main thread the server gets SIGTERM (a clean shutdown) if this process dies.
     """
 
@@ -139,11 +213,13 @@ class PrivateRedis:
         binary: str = "redis-server",
         start_timeout_s: float = 15.0,
         extra_args: tuple[str, ...] = (),
+        port: int | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.binary = binary
         self.start_timeout_s = start_timeout_s
         self.extra_args = tuple(extra_args)
+        self.fixed_port = port
         self.port: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_path = self.data_dir / "redis.log"
@@ -175,6 +251,9 @@ class PrivateRedis:
                 "redis-server not found on PATH: install it (apt-get install redis-server) or set REDIS_URL"
             )
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.fixed_port is not None:
+            self._launch(exe, self.fixed_port)
+            return self
         last_error = ""
         for _attempt in range(3):  # a picked port can be taken by someone else before the server binds it
             port = _free_loopback_port()
@@ -307,21 +386,24 @@ def _stop_process(proc: subprocess.Popen[bytes], url: str | None, timeout_s: flo
 
 
 @contextlib.contextmanager
-def open_redis(url: str | None, data_dir: Path) -> Iterator[tuple[redis.Redis, str]]:
+def open_redis(
+    url: str | None, data_dir: Path, outage_s: float = DEFAULT_OUTAGE_S
+) -> Iterator[tuple[redis.Redis, str]]:
     """Yield `(client, url)`: `url`, else env `REDIS_URL`, else a private server in `data_dir/redis`.
 
-    A private server is shut down on exit; a client to an external server is only closed.
+    The client rides out an outage of `outage_s` seconds (`connect`). A private server is shut down on
+    exit; a client to an external server is only closed.
     """
     url = url or os.environ.get(REDIS_URL_ENV) or None
     if url:
-        client = connect(url)
+        client = connect(url, outage_s=outage_s)
         try:
             yield client, url
         finally:
             client.close()
         return
     with PrivateRedis(Path(data_dir) / "redis") as server:
-        client = connect(server.url)
+        client = connect(server.url, outage_s=outage_s)
         try:
             yield client, server.url
         finally:

@@ -38,7 +38,35 @@ TRAINER_GROUP = "trainer"
 
 
 def _queue(run_id: str, redis_url: str, cfg: RunConfig) -> StreamQueue:
-    return StreamQueue(connect(redis_url), run_id, cfg.storage.stream_maxlen)
+    """The run's queue on a client that rides out a Redis restart (and waits for one at start)."""
+    outage = cfg.resilience.redis_outage_s
+    return StreamQueue(connect(redis_url, outage_s=outage, wait_s=outage), run_id, cfg.storage.stream_maxlen)
+
+
+def _poison_aware(
+    queue: StreamQueue, cfg: RunConfig, stage: str, group: str, consumer: str, cls: type, count: int, failing_stage: str
+) -> tuple[Callable[[], list[Entry[Any]]], Callable[[], list[Entry[Any]]]]:
+    """The `read` and `claim` of a stage worker's drain. New entries come `count` at a time; a redelivery (a
+    pending entry a dead predecessor left, or a stale one claimed from another consumer) comes alone, so a
+    poison entry is isolated from its batch, and it is dead-lettered alone once delivered
+    `resilience.max_deliveries` times, counted by Redis whether its worker raised or its process died."""
+    max_deliveries = cfg.resilience.max_deliveries
+
+    def read() -> list[Entry[Any]]:
+        return queue.read(stage, group, consumer, cls, count, 100, max_deliveries=max_deliveries, failing_stage=failing_stage)
+
+    def claim() -> list[Entry[Any]]:
+        return queue.claim_stale(
+            stage, group, consumer, cls, cfg.storage.claim_idle_ms, 1, max_deliveries=max_deliveries, failing_stage=failing_stage
+        )
+
+    return read, claim
+
+
+def _make_room(queue: StreamQueue, cfg: RunConfig, stage: str, group: str, n: int) -> None:
+    """Backpressure: wait until `n` more entries fit in `stage` below `storage.stream_maxlen` counting what
+    `group` has not finished, so trimming never drops unread work (TimeoutError names the stream)."""
+    queue.wait_for_room(stage, group, timeout_s=cfg.resilience.backpressure_timeout_s, needed=n)
 
 
 def _drain(
@@ -112,10 +140,7 @@ class GeneratorWorker:
         g = self.cfg.generation
         tokens0, secs0 = self.tokens_generated, self.generate_seconds
         n = _drain(
-            lambda: self.queue.read("prompts", GENERATORS_GROUP, self.consumer, PromptTask, g.prompts_per_request, 100),
-            lambda: self.queue.claim_stale(
-                "prompts", GENERATORS_GROUP, self.consumer, PromptTask, self.cfg.storage.claim_idle_ms, g.prompts_per_request
-            ),
+            *_poison_aware(self.queue, self.cfg, "prompts", GENERATORS_GROUP, self.consumer, PromptTask, g.prompts_per_request, "generate"),
             self._process,
             idle_rounds,
             self._stopped.is_set,
@@ -146,6 +171,7 @@ class GeneratorWorker:
         outputs = self.engine.generate(sampler_prompts, specs)
         latency = time.perf_counter() - t0
         self.generate_seconds += latency
+        _make_room(self.queue, self.cfg, "generations", JUDGES_GROUP, len(entries))
         for entry, task, ids, samples in zip(entries, tasks, prompts, outputs, strict=True):
             try:
                 group = GenerationGroup(
@@ -269,10 +295,7 @@ class JudgeWorker:
         if self.pool is not None:
             self.pool.take_metrics()  # start this drain's window
         n = _drain(
-            lambda: self.queue.read("generations", JUDGES_GROUP, self.consumer, GenerationGroup, 32, 100),
-            lambda: self.queue.claim_stale(
-                "generations", JUDGES_GROUP, self.consumer, GenerationGroup, self.cfg.storage.claim_idle_ms, 32
-            ),
+            *_poison_aware(self.queue, self.cfg, "generations", JUDGES_GROUP, self.consumer, GenerationGroup, 32, "judge"),
             self._process,
             idle_rounds,
             self._stopped.is_set,
@@ -301,6 +324,7 @@ class JudgeWorker:
                 except ValueError as err:
                     self.queue.fail("generations", JUDGES_GROUP, entry, "recipe", str(err), max_attempts=1)
                     continue
+                _make_room(self.queue, self.cfg, "pairs", TRAINER_GROUP, len(pairs))
                 self.pairs_written += self.queue.complete("generations", JUDGES_GROUP, entry.entry_id, "pairs", pairs)
             return
         from sparring.workers.judges.pool import GroupFailure, apply_confidence
@@ -313,7 +337,9 @@ class JudgeWorker:
         self.judge_seconds += time.perf_counter() - t0
         for entry, outcome in zip(entries, outcomes, strict=True):
             if isinstance(outcome, GroupFailure):
-                self.queue.fail("generations", JUDGES_GROUP, entry, "judge", outcome.reason)
+                self.queue.fail(
+                    "generations", JUDGES_GROUP, entry, "judge", outcome.reason, self.cfg.resilience.max_deliveries
+                )
                 continue
             try:
                 pairs = build_pairs(entry.record, outcome, self.cfg.algorithm.pairs)
@@ -322,6 +348,7 @@ class JudgeWorker:
                 continue
             pairs, dropped = apply_confidence(pairs, outcome)  # the uncertainty filter / sampler's drops
             self.pairs_filtered += dropped
+            _make_room(self.queue, self.cfg, "pairs", TRAINER_GROUP, len(pairs))
             self.pairs_written += self.queue.complete("generations", JUDGES_GROUP, entry.entry_id, "pairs", pairs)
 
     def load_weights(self, update: Any, staging_root: str | None = None) -> float:
@@ -351,7 +378,7 @@ class TrainerWorker:
 
         self.cfg = RunConfig.model_validate_json(config_json)
         self.run_id = run_id
-        self.client = connect(redis_url)
+        self.client = connect(redis_url, outage_s=self.cfg.resilience.redis_outage_s, wait_s=self.cfg.resilience.redis_outage_s)
         self.queue = StreamQueue(self.client, run_id, self.cfg.storage.stream_maxlen)
         self.run_dir = Path(run_dir)
         self.trainer = PolicyTrainer(

@@ -129,7 +129,7 @@ class RunController:
         self.run_dir = Path(run_dir)
         self.base_model_path = model_path
         self.runtime = runtime or RayRuntime()
-        self.client = connect(redis_url)
+        self.client = connect(redis_url, outage_s=self.cfg.resilience.redis_outage_s, wait_s=self.cfg.resilience.redis_outage_s)
         self.queue = StreamQueue(self.client, run_id, self.cfg.storage.stream_maxlen)
         self.store = RunStore(self.client)
         self.version = 0

@@ -351,3 +351,116 @@ def test_read_new_only_gathers_batches(q: StreamQueue) -> None:
     rest = q.read("prompts", G, "trainer", PromptTask, count=2, include_pending=False)
     assert [e.record.prompt_id for e in first + more + rest] == ["p0", "p1", "p2", "p3", "p4"]
     assert q.pending_count("prompts", G) == 5
+
+
+def _poison_worker_loop(q: StreamQueue, consumer: str, poison: str, max_deliveries: int = 3) -> tuple[int, list[str]]:
+    """A generator that dies (leaves everything pending) whenever its batch holds `poison`; every death is a
+    new incarnation under the same consumer name. Returns (deaths, prompt ids completed)."""
+    deaths, done = 0, []
+    for _ in range(50):
+        batch = q.read("prompts", G, consumer, PromptTask, count=16, max_deliveries=max_deliveries, failing_stage="generate")
+        if not batch:
+            return deaths, done
+        if any(e.record.prompt_id == poison for e in batch):
+            deaths += 1  # os._exit: nothing completed, nothing acked
+            continue
+        for e in batch:
+            q.complete("prompts", G, e.entry_id, "generations", [generate(e.record)])
+            done.append(e.record.prompt_id)
+    raise AssertionError("the worker never ran out of work")
+
+
+def test_poison_entry_is_dead_lettered_alone_and_its_batch_still_generated(q: StreamQueue) -> None:
+    """Issue 14 item 3: an entry whose processing kills the worker every time is redelivered alone (its batch
+    split), dead-lettered alone after max_deliveries deliveries, and the 15 other prompts of its batch are
+    generated; the delivery count comes from Redis, not from an exception."""
+    fill(q, 16)
+    deaths, done = _poison_worker_loop(q, "gen-0", poison="p5")
+    assert deaths == 3  # delivery 1 in the batch, 2 and 3 alone
+    assert sorted(done) == sorted(f"p{i}" for i in range(16) if i != 5)
+    (letter,) = q.dead_letters()
+    assert (letter.stage, letter.item_id, letter.attempts) == ("generate", "p5@v0", 3)
+    assert "delivered 3 times" in letter.reason and "max_deliveries 3" in letter.reason
+    assert decode(PromptTask, letter.payload).prompt_id == "p5"  # kept whole for a re-queue
+    assert q.outstanding("prompts", G) == 0
+    assert {g.prompt_id for _, g in q.read_all("generations", GenerationGroup)} == set(done)
+
+
+def test_redeliveries_come_one_at_a_time_and_new_work_waits_behind_them(q: StreamQueue) -> None:
+    fill(q, 4)
+    first = q.read("prompts", G, "c1", PromptTask, count=3, max_deliveries=3)
+    assert [e.deliveries for e in first] == [1, 1, 1]
+    # the worker died: its three pending entries come back one by one, each counted once
+    again = q.read("prompts", G, "c1", PromptTask, count=3, max_deliveries=3)
+    assert [(e.record.prompt_id, e.deliveries) for e in again] == [("p0", 2)]
+    q.complete("prompts", G, again[0].entry_id, None, [])
+    nxt = q.read("prompts", G, "c1", PromptTask, count=3, max_deliveries=3)
+    assert [(e.record.prompt_id, e.deliveries) for e in nxt] == [("p1", 2)]
+    pending = q.client.xpending_range(q.stream("prompts"), G, "-", "+", 10, consumername="c1")
+    assert [int(r["times_delivered"]) for r in pending] == [2, 1]  # p2 was not redelivered yet
+    q.complete("prompts", G, nxt[0].entry_id, None, [])
+    q.complete("prompts", G, q.read("prompts", G, "c1", PromptTask, count=3, max_deliveries=3)[0].entry_id, None, [])
+    assert [e.record.prompt_id for e in q.read("prompts", G, "c1", PromptTask, count=3, max_deliveries=3)] == ["p3"]
+
+
+def test_claimed_entry_past_max_deliveries_is_dead_lettered(q: StreamQueue) -> None:
+    """A stale entry another consumer takes over (XAUTOCLAIM counts as a delivery) is dead-lettered alone
+    once it would be delivered more than max_deliveries times."""
+    fill(q, 2)
+    q.read("prompts", G, "dies-1", PromptTask, count=2)  # delivery 1 of p0 and p1
+    time.sleep(0.02)
+    (c,) = q.claim_stale("prompts", G, "dies-2", PromptTask, 10, 1, max_deliveries=2, failing_stage="generate")
+    assert (c.record.prompt_id, c.deliveries) == ("p0", 2)
+    time.sleep(0.02)
+    # p0's third delivery would exceed 2: dead-lettered; p1 (2nd delivery) is handed over
+    got = q.claim_stale("prompts", G, "rescuer", PromptTask, 10, 2, max_deliveries=2, failing_stage="generate")
+    assert [(e.record.prompt_id, e.deliveries) for e in got] == [("p1", 2)]
+    (letter,) = q.dead_letters()
+    assert (letter.item_id, letter.attempts, letter.stage) == ("p0@v0", 2, "generate")
+    assert q.pending_count("prompts", G) == 1
+
+
+def test_wait_for_room_counts_the_entries_to_write(redis_client: redis.Redis, unique_run_id: str) -> None:
+    q = StreamQueue(redis_client, unique_run_id, maxlen=100)
+    try:
+        q.ensure_group("prompts", G)
+        fill(q, 95)
+        q.wait_for_room("prompts", G, timeout_s=0.1, needed=5)  # 95 + 5 fit in maxlen 100
+        with pytest.raises(TimeoutError, match=f"run:{unique_run_id}:prompts.*'{G}'"):
+            q.wait_for_room("prompts", G, timeout_s=0.1, needed=6)
+        with pytest.raises(ValueError, match="can never fit"):
+            q.wait_for_room("prompts", G, timeout_s=0.1, needed=101)
+    finally:
+        q.delete_run()
+
+
+def test_prune_removes_finished_iterations_and_keeps_memory_flat(redis_client: redis.Redis, unique_run_id: str) -> None:
+    """Issue 14 item 4: a stream and its seen-set hold only unfinished iterations once each recorded one is
+    pruned, so 10 iterations take the room of one; nothing pending or undelivered is ever pruned."""
+    q = StreamQueue(redis_client, unique_run_id, maxlen=1000)
+    q.ensure_group("prompts", G)
+    sizes = []
+    try:
+        for it in range(1, 11):
+            for i in range(20):
+                q.put("prompts", task(unique_run_id, i, version=it - 1).model_copy(update={"iteration": it}))
+            for e in q.read("prompts", G, "c", PromptTask, count=100):
+                q.complete("prompts", G, e.entry_id, None, [])
+            assert q.prune("prompts", G, before_iteration=it) == (20 if it > 1 else 0)  # iteration it - 1 goes
+            sizes.append((q.length("prompts"), q.written("prompts"), redis_client.memory_usage(q.stream("prompts"))))
+        assert {(n, w) for n, w, _ in sizes[1:]} == {(20, 20)}
+        assert max(m for _, _, m in sizes[1:]) <= 1.2 * sizes[1][2]
+        # an unacknowledged entry, and everything after it, stays
+        for i in range(3):
+            q.put("prompts", task(unique_run_id, 100 + i, version=10).model_copy(update={"iteration": 11}))
+        first, *rest = q.read("prompts", G, "c", PromptTask, count=3)
+        for e in rest:
+            q.complete("prompts", G, e.entry_id, None, [])
+        assert q.prune("prompts", G, before_iteration=12) == 20  # iteration 10 only: p100 is pending
+        assert q.length("prompts") == 3 and q.written("prompts") == 3
+        q.put("prompts", task(unique_run_id, 200, version=10).model_copy(update={"iteration": 11}))  # undelivered
+        q.complete("prompts", G, first.entry_id, None, [])
+        assert q.prune("prompts", G, before_iteration=12) == 3
+        assert [t.prompt_id for _, t in q.read_all("prompts", PromptTask)] == ["p200"]
+    finally:
+        q.delete_run()

@@ -249,3 +249,67 @@ def test_control_requests(redis_client, unique_run_id) -> None:
     assert store.control(unique_run_id) == "stop"
     store.clear_control(unique_run_id)
     assert store.control(unique_run_id) is None
+
+
+def test_client_rides_out_a_sigkilled_redis_restarted_on_the_same_port(tmp_path: Path) -> None:
+    """Issue 14 item 2: SIGKILL the server, restart it on the same port and directory 2 s later: a client
+    with an outage window reconnects (its blocked command just takes longer), the AOF (appendfsync everysec)
+    kept what was written more than a second before the kill, consumer groups included; a client whose
+    window is shorter than the outage raises ConnectionError once it has passed."""
+    import os
+    import signal
+    import threading
+
+    data_dir = tmp_path / "redis"
+    server = PrivateRedis(data_dir).start()
+    port = server.port
+    client = connect(server.url, outage_s=30)
+    impatient = connect(server.url, outage_s=0.5)
+    run_id = "outage-run"
+    q = StreamQueue(client, run_id)
+    q.ensure_group("prompts", "g")
+    task = PromptTask(run_id=run_id, iteration=1, policy_version=0, prompt_id="p", prompt="x", num_samples=2, seed=0)
+    q.put("prompts", task)
+    (pending,) = q.read("prompts", "g", "c1", PromptTask)
+    time.sleep(1.5)  # > appendfsync everysec: on disk
+    assert server.pid is not None
+    os.kill(server.pid, signal.SIGKILL)
+    restarted: list[PrivateRedis] = []
+    timer = threading.Timer(2.0, lambda: restarted.append(PrivateRedis(data_dir, port=port).start()))
+    timer.start()
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(redis.ConnectionError):
+            impatient.get("k")
+        assert time.monotonic() - t0 < 2.0
+        # the consumer-group state came back with the AOF: c1's in-flight entry is still its own
+        again = q.read("prompts", "g", "c1", PromptTask)
+        assert time.monotonic() - t0 >= 1.5, "the read should have waited for the restart"
+        assert [(e.entry_id, e.deliveries) for e in again] == [(pending.entry_id, 2)]
+        assert q.put("prompts", task) is None  # the seen-set too
+        assert restarted and restarted[0].port == port
+    finally:
+        timer.join()
+        client.close()
+        impatient.close()
+        for s in restarted:
+            s.stop()
+        server.stop()
+
+
+def test_connect_waits_for_a_restarting_server_when_asked(tmp_path: Path) -> None:
+    """A worker started during an outage (`wait_s`) connects once the server is back; the default fails fast."""
+    import threading
+
+    port = _closed_port()
+    box: list[PrivateRedis] = []
+    timer = threading.Timer(1.0, lambda: box.append(PrivateRedis(tmp_path, port=port).start()))
+    timer.start()
+    try:
+        client = connect(f"redis://127.0.0.1:{port}/0", wait_s=30)
+        assert client.ping()
+        client.close()
+    finally:
+        timer.join()
+        for s in box:
+            s.stop()

@@ -247,3 +247,20 @@ def test_sppo_hard_defaults_to_trls_beta() -> None:
 
     assert algorithm_config(objective="sppo_hard").eta == 10.0
     assert algorithm_config(objective="sppo").eta == 1000.0
+
+
+def test_stream_maxlen_smaller_than_an_iteration_is_refused_naming_both_numbers(tmp_path: Path) -> None:
+    """Issue 14 item 4: `stream_maxlen: 100` with 512 prompts per iteration used to be accepted (entries trimmed
+    before delivery vanished); the error names both numbers and the stream."""
+    p = write(tmp_path, "schedule:\n  prompts_per_iteration: 512\nstorage:\n  stream_maxlen: 100\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    msg = str(e.value)
+    assert "storage.stream_maxlen 100" in msg and "prompts_per_iteration 512" in msg and "prompts stream" in msg
+    # all_pairs of K=4 samples: up to 6 pairs per group, so 100 prompts need 600 entries on the pairs stream
+    p = write(tmp_path, "schedule:\n  prompts_per_iteration: 100\nstorage:\n  stream_maxlen: 500\n"
+              "generation:\n  samples_per_prompt: 4\nalgorithm:\n  pairs: all_pairs\n")  # fmt: skip
+    with pytest.raises(ConfigError, match=r"stream_maxlen 500 .* up to 600 to the pairs stream"):
+        load_config(p)
+    ok = load_config(write(tmp_path, "schedule:\n  prompts_per_iteration: 100\nstorage:\n  stream_maxlen: 100\n"))
+    assert ok.storage.stream_maxlen == 100 and ok.max_pairs_per_group == 1
