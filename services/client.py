@@ -50,12 +50,16 @@ class ApiClient:
             raise ApiError(response.status_code, detail, body.get("problems"))
         return response
 
-    def upload_pool(self, path: Path, kind: str = "prompts", name: str | None = None) -> dict[str, Any]:
+    def upload_pool(
+        self, path: Path, kind: str = "prompts", name: str | None = None, columns: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        """A JSONL pool, or a parquet file (`.parquet`) with its optional column mapping (prompt_column, ...)."""
+        parquet = path.suffix == ".parquet"
         r = self.http.post(
             "/v1/pools",
-            params={"kind": kind, "name": name or path.name},
+            params={"kind": kind, "name": name or path.name, **{k: v for k, v in (columns or {}).items() if v}},
             content=path.read_bytes(),
-            headers={"Content-Type": "application/x-ndjson"},
+            headers={"Content-Type": "application/vnd.apache.parquet" if parquet else "application/x-ndjson"},
         )
         return self._check(r).json()
 

@@ -4,9 +4,13 @@ A pool is a JSONL file of prompts (`{"id"?, "prompt"}` or `{"id"?, "messages"}` 
 dissatisfaction logs (`shared/dsat.py`). An upload is read with the JSONL reader a run uses (`shared/jsonl.py`:
 UTF-8, lines split on "\\n" only, strict JSON, lone surrogates refused with line and field), so what is stored
 here is what a run can read; a file with any bad line is refused whole (every bad line named) and nothing
-is stored. A valid pool is written under `pools/<pool_id>.jsonl` (pool_id = hash of kind and content, so
-uploading the same file twice gives the same pool) and described in the Redis hash `pools`. Repeated prompt
-texts are accepted and reported.
+is stored. A prompt pool may also be a parquet file (a Hugging Face dataset's rows; told apart by its magic
+bytes), read by the code a run with `prompts: {source: hf}` uses (`shared/hf_data.py`,
+`shared/prompts.py::parse_dataset_prompts`: bad rows named with row and column), with the column mapping
+given at upload (`prompt_column` / `messages_column` / `id_column`), stored with the pool and applied to the
+runs that use it. A valid pool is written under `pools/<pool_id>.jsonl` or `.parquet` (pool_id = hash of
+kind, column mapping and content, so uploading the same file twice gives the same pool) and described in the
+Redis hash `pools`. Repeated prompt texts are accepted and reported.
 """
 
 from __future__ import annotations
@@ -24,7 +28,14 @@ import redis
 from sparring.shared import keys
 from sparring.shared.dsat import DSATError, parse_dsat_jsonl
 from sparring.shared.jsonl import JSONLDecodeError, decode_lines
-from sparring.shared.prompts import PromptPoolError, dsat_item, parse_jsonl_prompts
+from sparring.shared.prompts import (
+    PromptItem,
+    PromptPoolError,
+    dataset_columns,
+    dsat_item,
+    parse_dataset_prompts,
+    parse_jsonl_prompts,
+)
 
 PoolKind = Literal["prompts", "dsat"]
 MAX_REPORTED_DUPLICATES = 100
@@ -52,8 +63,44 @@ class PoolStore:
         self.client = client
         self.pools_dir = Path(pools_dir)
 
-    def add(self, name: str, kind: PoolKind, data: bytes) -> tuple[dict[str, Any], bool]:
-        """Validate and store a pool; returns (pool, created). Raises `PoolRejected`."""
+    def _parquet_items(self, source: str, kind: PoolKind, data: bytes, columns: dict[str, str]) -> list[PromptItem]:
+        """The prompts of a parquet upload, read as a run with `prompts: {source: hf}` reads the stored file."""
+        from sparring.shared.hf_data import DatasetError, open_dataset
+
+        if kind != "prompts":
+            raise PoolRejected(f"{source}: a parquet pool holds prompts (kind=prompts), not {kind}", [f"kind={kind}"])
+        self.pools_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.pools_dir, prefix=".upload.", suffix=".parquet")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            ds = open_dataset(tmp)
+            col, conversation, id_col = dataset_columns(
+                list(ds.column_names), columns.get("prompt_column"), columns.get("messages_column"),
+                columns.get("id_column"), source,
+            )  # fmt: skip
+            return parse_dataset_prompts(ds.select_columns([c for c in (col, id_col) if c]), col, conversation, id_col, source)
+        except DatasetError as err:
+            raise PoolRejected(f"{source}: not a readable parquet file; nothing was stored", [str(err)]) from None
+        except PromptPoolError as err:
+            problems = _problems(err)
+            raise PoolRejected(f"{source}: {len(problems)} bad row(s); nothing was stored", problems) from None
+        finally:
+            os.unlink(tmp)
+
+    def add(
+        self, name: str, kind: PoolKind, data: bytes, columns: dict[str, str] | None = None
+    ) -> tuple[dict[str, Any], bool]:
+        """Validate and store a pool; returns (pool, created). `columns` (prompt_column, messages_column,
+        id_column) map a parquet upload's columns. Raises `PoolRejected`."""
+        from sparring.shared.hf_data import is_parquet
+
+        columns = {k: v for k, v in (columns or {}).items() if v}
+        if is_parquet(data):
+            return self._store(name, kind, data, self._parquet_items(name or "upload", kind, data, columns), columns)
+        if columns:
+            bad = [f"{k}: only for parquet uploads (a JSONL pool names its fields itself)" for k in columns]
+            raise PoolRejected("column mapping given for a JSONL upload", bad)
         try:
             lines = decode_lines(data)  # read as a run reads it (shared/jsonl.py)
         except JSONLDecodeError as err:
@@ -64,7 +111,14 @@ class PoolStore:
         except (PromptPoolError, DSATError) as err:
             problems = _problems(err)
             raise PoolRejected(f"{source}: {len(problems)} bad line(s); nothing was stored", problems) from None
-        digest = hashlib.sha256(kind.encode() + b"\0" + data).hexdigest()
+        return self._store(name, kind, data, items, None)
+
+    def _store(
+        self, name: str, kind: PoolKind, data: bytes, items: list[PromptItem], columns: dict[str, str] | None
+    ) -> tuple[dict[str, Any], bool]:
+        fmt = "jsonl" if columns is None else "parquet"
+        mapping = b"" if columns is None else json.dumps(columns, sort_keys=True).encode() + b"\0"
+        digest = hashlib.sha256(kind.encode() + b"\0" + mapping + data).hexdigest()
         pool_id = f"pool-{digest[:16]}"
         existing = self.get(pool_id)
         if existing is not None:
@@ -78,7 +132,7 @@ class PoolStore:
             else:
                 first_seen[key] = item.prompt_id
         self.pools_dir.mkdir(parents=True, exist_ok=True)
-        path = self.pools_dir / f"{pool_id}.jsonl"
+        path = self.pools_dir / f"{pool_id}.{fmt}"
         fd, tmp = tempfile.mkstemp(dir=self.pools_dir, prefix=f".{pool_id}.")
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -87,6 +141,8 @@ class PoolStore:
             "pool_id": pool_id,
             "name": name,
             "kind": kind,
+            "format": fmt,
+            "columns": columns,
             "num_items": len(items),
             "bytes": len(data),
             "sha256": digest,
@@ -108,8 +164,7 @@ class PoolStore:
         return pool
 
     def path(self, pool_id: str) -> Path:
-        self.require(pool_id)
-        return self.pools_dir / f"{pool_id}.jsonl"
+        return self.pools_dir / f"{pool_id}.{self.require(pool_id).get('format', 'jsonl')}"
 
     def list(self) -> list[dict[str, Any]]:
         pools = [json.loads(v) for v in self.client.hvals(keys.POOLS)]

@@ -144,12 +144,14 @@ class RunService:
             pool = self.pools.get(pool_id)
             if pool is None:
                 raise RequestError(f"pool_id: no pool {pool_id!r} (upload it with POST /v1/pools)")
-            kind = "dsat" if pool["kind"] == "dsat" else "jsonl"
+            kind = "dsat" if pool["kind"] == "dsat" else "hf" if pool.get("format") == "parquet" else "jsonl"
             source = _get(data, "prompts.source")
             if source not in (None, kind):
                 raise RequestError(f"prompts.source: {source!r} conflicts with pool {pool_id!r} (a {pool['kind']} pool)")
             _set(data, "prompts.source", kind)
             _set(data, "prompts.path", str(self.pools.path(pool_id)))
+            for field, column in (pool.get("columns") or {}).items():  # a parquet pool's mapping, as uploaded
+                _set(data, f"prompts.{field}", column)
         elif _get(data, "prompts.source") in ("jsonl", "dsat"):
             raise RequestError("pool_id: prompts.source jsonl/dsat needs a pool uploaded with POST /v1/pools")
         _set(data, "storage.run_dir", str(self.settings.runs_dir))

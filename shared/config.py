@@ -31,7 +31,7 @@ from pydantic import (
 
 # Judge kinds and prompt sources the core provides; tasks register more (`shared/tasks.py`).
 CORE_JUDGE_KINDS = ("density_ratio", "none", "pairrm", "self_preference")
-CORE_PROMPT_SOURCES = ("dsat", "jsonl")
+CORE_PROMPT_SOURCES = ("dsat", "hf", "jsonl")
 
 
 class ConfigError(ValueError):
@@ -534,10 +534,27 @@ class ScheduleConfig(Section):
 class PromptsConfig(Section):
     source: str = Field(
         description="`jsonl`: a JSONL prompt file; `dsat`: a JSONL dissatisfaction log (DRIFT; schema in "
-        "shared/dsat.py); or a prompt source a task registers (`sparring tasks` lists them)",
+        "shared/dsat.py); `hf`: a Hugging Face dataset (a `save_to_disk` directory, parquet / arrow / jsonl files "
+        "or a glob of them, or a hub id; needs `pip install 'sparring[datasets]'`); or a prompt source a task "
+        "registers (`sparring tasks` lists them)",
     )
-    path: str | None = Field(None, description="the JSONL file when source is jsonl or dsat")
+    path: str | None = Field(None, description="the JSONL file (jsonl, dsat), or the dataset (hf)")
     count: int = Field(512, ge=1, description="task sources that generate their prompts: how many")
+    split: str = Field("train", min_length=1, description="hf: the split of a dataset directory or hub id")
+    prompt_column: str | None = Field(
+        None,
+        description="hf: the column holding the prompt, a string or a conversation (a list of {role, content}); "
+        "default `prompt` when the dataset has one",
+    )
+    messages_column: str | None = Field(
+        None,
+        description="hf: the column holding a conversation; trailing assistant turns are dropped, so a preference "
+        "dataset's `chosen` (UltraFeedback) or `messages` works; default when there is no `prompt` column: "
+        "`messages`, else `chosen`",
+    )
+    id_column: str | None = Field(
+        None, description="hf: the column of prompt ids (strings or integers); default `id`, else `prompt_id`, else row-<n>"
+    )
 
     @field_validator("source")
     @classmethod
@@ -551,6 +568,19 @@ class PromptsConfig(Section):
                 raise ValueError(f"source={self.source} needs a path")
             if not Path(self.path).expanduser().is_file():
                 raise ValueError(f"prompt file {self.path!r} does not exist")
+        hf_fields = [f for f in ("prompt_column", "messages_column", "id_column") if getattr(self, f) is not None]
+        if self.source != "hf":
+            if hf_fields or self.split != "train":
+                raise ValueError(f"prompts.{(hf_fields or ['split'])[0]} applies to source=hf only")
+            return self
+        if not self.path:
+            raise ValueError("source=hf needs a path: a dataset directory, data files, or a hub id")
+        if self.prompt_column is not None and self.messages_column is not None:
+            raise ValueError("source=hf takes prompt_column or messages_column, not both")
+        from sparring.shared.hf_data import hf_dataset_is_local, hf_local_files
+
+        if hf_dataset_is_local(self.path) and not hf_local_files(self.path):
+            raise ValueError(f"dataset {self.path!r} does not exist (no such directory or file)")
         return self
 
 
@@ -732,7 +762,7 @@ class RunConfig(Section):
     @model_validator(mode="after")
     def _cross_field(self) -> RunConfig:
         drift = self.algorithm.pairs == "drift"
-        if drift and self.prompts.source == "jsonl":
+        if drift and self.prompts.source in ("jsonl", "hf"):
             raise ValueError("algorithm.pairs=drift needs a dissatisfaction-log prompt source (dsat or a task's), not jsonl")
         if self.prompts.source == "dsat" and not drift:
             raise ValueError("prompts.source=dsat holds dissatisfaction logs: they go with algorithm.pairs=drift")

@@ -10,6 +10,7 @@ evaluation samples (`eval.prompts`, or a deterministic split of the run's own po
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,114 @@ def parse_jsonl_prompts(lines: list[str], source: str = "prompts") -> list[Promp
     return pool
 
 
+# Prompt columns looked for, in order, when a dataset's config names none (the common preference layouts: TRL's
+# `prompt`, a chat `messages` list, UltraFeedback's `chosen` conversation); id columns likewise.
+PROMPT_COLUMNS = ("prompt", "messages", "chosen")
+ID_COLUMNS = ("id", "prompt_id")
+
+
+def dataset_columns(
+    columns: list[str], prompt_column: str | None, messages_column: str | None, id_column: str | None, source: str
+) -> tuple[str, bool, str | None]:
+    """(prompt column, whether it holds conversations only, id column or None) of a dataset with `columns`."""
+    have = ", ".join(columns)
+    named = prompt_column or messages_column
+    if named is not None:
+        if named not in columns:
+            field = "prompt_column" if prompt_column else "messages_column"
+            raise PromptPoolError(f"{source}: prompts.{field}: no column {named!r} (columns: {have})")
+        column, conversation = named, messages_column is not None
+    else:
+        found = [c for c in PROMPT_COLUMNS if c in columns]
+        if not found:
+            raise PromptPoolError(
+                f"{source}: no prompt column (looked for {', '.join(PROMPT_COLUMNS)}; columns: {have}): "
+                "set prompts.prompt_column or prompts.messages_column"
+            )
+        column, conversation = found[0], found[0] != "prompt"
+    if id_column is not None and id_column not in columns:
+        raise PromptPoolError(f"{source}: prompts.id_column: no column {id_column!r} (columns: {have})")
+    return column, conversation, id_column or next((c for c in ID_COLUMNS if c in columns), None)
+
+
+def _conversation(value: Any, col: str) -> tuple[list[dict[str, str]] | None, str | None]:
+    """(turns up to the last user turn, or None with the reason) of a conversation cell."""
+    if not isinstance(value, list):
+        return None, f"column {col!r} must be a conversation (a list of {{role, content}}), got {type(value).__name__}"
+    turns = [{k: v for k, v in t.items() if v is not None} if isinstance(t, dict) else t for t in value]
+    try:
+        messages = TypeAdapter(list[Message]).validate_python(turns)
+    except ValidationError as err:
+        e = err.errors()[0]
+        loc = ".".join(str(p) for p in (col, *e["loc"]))
+        return None, f"{loc}: {'missing field' if e['type'] == 'missing' else e['msg']}"
+    while messages and messages[-1].role == "assistant":  # a preference conversation: keep the prompt part
+        messages.pop()
+    if not messages or messages[-1].role != "user":
+        return None, f"column {col!r} must hold a conversation ending with a user message (trailing assistant turns are dropped)"
+    return [m.model_dump() for m in messages], None
+
+
+def parse_dataset_prompts(
+    rows: Iterable[dict[str, Any]], column: str, conversation: bool, id_column: str | None, source: str
+) -> list[PromptItem]:
+    """A prompt pool from dataset rows (`dataset_columns` picks the columns). Every bad row is reported with its
+    row (numbered from 0, as `dataset[i]`) and column; none is dropped. Other columns are ignored."""
+    pool: list[PromptItem] = []
+    problems: list[str] = []
+    seen: dict[str, int] = {}
+    for n, row in enumerate(rows):
+        value = row.get(column)
+        messages: list[dict[str, str]] | None = None
+        if value is None:
+            problems.append(f"row {n}: column {column!r} is empty (null)")
+            continue
+        if isinstance(value, str) and not conversation:
+            if not value.strip():
+                problems.append(f"row {n}: column {column!r} must be a non-empty string")
+                continue
+            prompt = value
+        else:
+            turns, why = _conversation(value, column)
+            if turns is None:
+                problems.append(f"row {n}: {why}")
+                continue
+            prompt, messages = turns[-1]["content"], turns if len(turns) > 1 else None
+        raw_id = row.get(id_column) if id_column else f"row-{n}"
+        if isinstance(raw_id, int) and not isinstance(raw_id, bool):
+            raw_id = str(raw_id)
+        if not isinstance(raw_id, str) or not raw_id:
+            problems.append(f"row {n}: column {id_column!r} must be a non-empty string or an integer, got {raw_id!r}")
+            continue
+        if raw_id in seen:
+            problems.append(f"row {n}: duplicate id {raw_id!r} (first on row {seen[raw_id]})")
+            continue
+        seen[raw_id] = n
+        pool.append(PromptItem(raw_id, prompt, messages=messages))
+    if problems:
+        shown = problems[:100] + ([f"... and {len(problems) - 100} more"] if len(problems) > 100 else [])
+        raise PromptPoolError(f"{source}: {len(problems)} bad row(s) (rows numbered from 0)\n  " + "\n  ".join(shown))
+    if not pool:
+        raise PromptPoolError(f"{source}: no prompts")
+    return pool
+
+
+def load_dataset_prompts(cfg: PromptsConfig) -> list[PromptItem]:
+    """The pool of `prompts: {source: hf, ...}` (shared/hf_data.py opens it); raises `PromptPoolError`."""
+    from sparring.shared.hf_data import DatasetError, open_dataset
+
+    assert cfg.path is not None
+    try:
+        ds = open_dataset(cfg.path, cfg.split)
+    except DatasetError as err:
+        raise PromptPoolError(f"{cfg.path}: 1 problem\n  {err}") from None
+    column, conversation, id_column = dataset_columns(
+        list(ds.column_names), cfg.prompt_column, cfg.messages_column, cfg.id_column, cfg.path
+    )
+    rows = ds.select_columns([c for c in (column, id_column) if c is not None])
+    return parse_dataset_prompts(rows, column, conversation, id_column, cfg.path)
+
+
 def dsat_item(log: DSATLog) -> PromptItem:
     messages = [m.model_dump() for m in log.messages]
     return PromptItem(
@@ -98,6 +207,8 @@ def dsat_item(log: DSATLog) -> PromptItem:
 
 def load_prompt_pool(cfg: PromptsConfig) -> list[PromptItem]:
     """The pool `cfg.source` names; raises `PromptPoolError` naming every bad line of a file."""
+    if cfg.source == "hf":
+        return load_dataset_prompts(cfg)
     if cfg.source not in ("jsonl", "dsat"):
         from sparring.shared import tasks
 

@@ -20,6 +20,10 @@ class Pool(BaseModel):
     pool_id: str = Field(examples=["pool-3f2a9c0b1d4e5f60"])
     name: str = Field(examples=["support-prompts"])
     kind: Literal["prompts", "dsat"]
+    format: Literal["jsonl", "parquet"] = Field("jsonl", description="the uploaded file's format")
+    columns: dict[str, str] | None = Field(
+        None, description="parquet: the column mapping given at upload (prompt_column, messages_column, id_column)"
+    )
     num_items: int = Field(examples=[512])
     bytes: int
     sha256: str

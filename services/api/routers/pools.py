@@ -1,4 +1,4 @@
-"""Prompt pools: `POST /v1/pools` (upload JSONL; 201 new, 200 same content as an existing pool),
+"""Prompt pools: `POST /v1/pools` (upload JSONL or parquet; 201 new, 200 same content as an existing pool),
 `GET /v1/pools` (list) and `GET /v1/pools/{pool_id}` (one)."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ router = APIRouter(tags=["pools"])
     "/v1/pools",
     response_model=Pool,
     status_code=201,
-    summary="Upload a prompt pool (JSONL)",
+    summary="Upload a prompt pool (JSONL, or parquet rows of a Hugging Face dataset)",
     dependencies=WRITE,
     responses={
         **ERRORS,
@@ -37,7 +37,8 @@ router = APIRouter(tags=["pools"])
                     "schema": {"type": "string"},
                     "example": '{"id": "p1", "prompt": "Explain tides."}\n'
                     '{"id": "p2", "messages": [{"role": "user", "content": "Hi"}]}\n',
-                }
+                },
+                "application/vnd.apache.parquet": {"schema": {"type": "string", "format": "binary"}},
             },
         }
     },
@@ -47,9 +48,13 @@ async def upload_pool(
     service: Service,
     name: Annotated[str, Query(min_length=1, max_length=200, description="a label for the pool")] = "pool",
     kind: Annotated[Literal["prompts", "dsat"], Query(description="prompts, or DRIFT dissatisfaction logs")] = "prompts",
+    prompt_column: Annotated[str | None, Query(max_length=200, description="parquet: the prompt column")] = None,
+    messages_column: Annotated[str | None, Query(max_length=200, description="parquet: a conversation column")] = None,
+    id_column: Annotated[str | None, Query(max_length=200, description="parquet: the id column")] = None,
 ) -> Any:
     data = await request.body()
-    pool, created = await asyncio.to_thread(service.pools.add, name, kind, data)
+    columns = {"prompt_column": prompt_column, "messages_column": messages_column, "id_column": id_column}
+    pool, created = await asyncio.to_thread(service.pools.add, name, kind, data, columns)
     return JSONResponse(status_code=201 if created else 200, content=pool)
 
 
