@@ -4,7 +4,7 @@
     sparring run CONFIG.yaml [--set KEY=VALUE ...]          run a config to completion
     sparring tasks                                           installed tasks and the components they register
     sparring serve [--host H] [--port P]                     the API service (services/api.py)
-    sparring submit | status | export ...                    talk to a running API (services/client.py)
+    sparring submit | status | resume | export ...           talk to a running API (services/client.py)
 
 A run starts (or joins, with RAY_ADDRESS) Ray, uses Redis at REDIS_URL or a private redis-server in the
 run directory, runs one controller actor, prints its progress from the run's events stream, a table per
@@ -93,6 +93,13 @@ def _print_event(kind: str, ev: dict[str, Any]) -> None:
         print(f"iteration {r['iteration']} done: {r['num_pairs']} pairs, loss {r['metrics'].get('loss/mean', float('nan')):.4f}{wins}", flush=True)
     elif kind == "worker_died":
         print(f"  worker {ev['consumer']} died; replaced (iteration {ev['iteration']})", flush=True)
+    elif kind == "trainer_died":
+        then = "no restart left" if ev["restart"] is None else f"restart {ev['restart']} in {ev['backoff_s']:.1f}s"
+        print(f"  [iter {ev['iteration']}] trainer died during {ev['during']} ({ev['reason']}); {then}", flush=True)
+    elif kind == "trainer_restarted":
+        print(f"  [iter {ev['iteration']}] trainer restarted from version {ev['version']} in {ev['recovery_s']:.1f}s", flush=True)
+    elif kind == "paused" and ev.get("reason"):
+        print(f"run paused: {ev['reason']}", flush=True)
     elif kind == "failed":
         print(f"run failed: {ev['reason']}", flush=True)
 

@@ -1,4 +1,4 @@
-"""`sparring serve` and the commands that talk to a running API: `submit`, `status`, `export`.
+"""`sparring serve` and the commands that talk to a running API: `submit`, `status`, `resume`, `export`.
 
 The client commands read the API address from `--api` or SPARRING_API_URL (default http://127.0.0.1:8321)
 and the token from `--token` or SPARRING_TOKEN. An API error prints its detail and every listed problem
@@ -145,8 +145,7 @@ def submit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _follow(api: ApiClient, run_id: str) -> int:
-    seen = 0
+def _follow(api: ApiClient, run_id: str, seen: int = 0) -> int:
     while True:
         run = api.get(f"/v1/runs/{run_id}")
         for rec in api.get(f"/v1/runs/{run_id}/iterations")["iterations"][seen:]:
@@ -180,6 +179,17 @@ def status(args: argparse.Namespace) -> int:
           f"{run['iterations_done']}/{run['iterations_total']} iterations")  # fmt: skip
     for rec in api.get(f"/v1/runs/{args.run_id}/iterations")["iterations"]:
         print(_iteration_line(rec))
+    return 0
+
+
+def resume(args: argparse.Namespace) -> int:
+    """Resume a paused or failed run (`POST /v1/runs/{id}/resume`); a run that cannot resume prints why."""
+    api = _client(args)
+    run = api.post(f"/v1/runs/{args.run_id}/resume")
+    done = f", continues after iteration {run['iterations_done']}" if run["iterations_done"] else ""
+    print(f"run {run['run_id']} {run['state']}{done}", flush=True)
+    if args.wait:
+        return _follow(api, run["run_id"], seen=run["iterations_done"])
     return 0
 
 
@@ -230,6 +240,12 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("run_id", nargs="?")
     common(p)
     p.set_defaults(handler=status)
+
+    p = sub.add_parser("resume", help="resume a paused or failed run from its last recorded iteration")
+    p.add_argument("run_id")
+    p.add_argument("--wait", action="store_true", help="follow the run until it is at rest")
+    common(p)
+    p.set_defaults(handler=resume)
 
     p = sub.add_parser("export", help="download a run's judged pairs as TRL preference JSONL")
     p.add_argument("run_id")

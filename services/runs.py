@@ -13,7 +13,8 @@ restart-safe:
   without recording an iteration is failed with the reason.
 
 Pause and stop are requests: the controller honours them at the next iteration boundary, so an iteration
-is never half-recorded. Resume moves a paused run back to the queue; it continues from its checkpoint.
+is never half-recorded. Resume moves a paused run, or a failed one whose last recorded checkpoint is intact
+(`resume_problems`), back to the queue; it continues from that checkpoint.
 """
 
 from __future__ import annotations
@@ -70,6 +71,10 @@ class CheckpointNotFound(LookupError):
 
 class Conflict(ValueError):
     """409: the request conflicts with the current state (a lifecycle transition, a reused key)."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems
 
 
 def _get(data: dict[str, Any], dotted: str) -> Any:
@@ -330,8 +335,38 @@ class RunService:
             self.store.request_control(run_id, "pause")
         return self.view(run_id)
 
+    def resume_problems(self, run_id: str) -> list[str]:
+        """Why the run cannot continue from its last recorded iteration (each missing file or state named),
+        or [] if it can: the checkpoint of that iteration must hold its config, weights and trainer state.
+        A run with no recorded iteration starts again from its base model."""
+        from sparring.workers.trainer_state import resume_problems
+
+        records = self.store.iterations(run_id)
+        if not records:
+            return []
+        last = records[-1]
+        if not last.checkpoint:
+            return [f"iteration {last.iteration} recorded no checkpoint"]
+        return [f"iteration {last.iteration}: {p}" for p in resume_problems(last.checkpoint)]
+
     def resume(self, run_id: str) -> dict[str, Any]:
-        self.store.transition(run_id, ("paused",), "created", reason="resume requested; waiting for a slot")
+        """A paused run, or a failed one whose last recorded checkpoint is intact, goes back to the queue and
+        continues after its last recorded iteration. 409 (`Conflict`, every problem listed) otherwise."""
+        run = self.store.get_run(run_id)
+        if run is None:
+            raise RunNotFound(run_id)
+        reason = "resume requested; waiting for a slot"
+        if run["state"] == "failed":
+            problems = self.resume_problems(run_id)
+            if problems:
+                raise Conflict(
+                    f"run {run_id!r} is failed and cannot resume: the checkpoint of its last recorded iteration is "
+                    f"not intact ({len(problems)} problem(s), each listed)",
+                    problems,
+                )
+            done = self.store.last_complete_iteration(run_id)
+            reason = f"resume of a failed run ({run['reason']}) requested: continues after iteration {done}"
+        self.store.transition(run_id, ("paused", "failed"), "created", reason=reason)
         self.reconcile()
         return self.view(run_id)
 

@@ -647,7 +647,10 @@ class ResilienceConfig(Section):
     """What a run survives and for how long before it pauses or fails (docs/reliability.md)."""
 
     trainer_restarts: int = Field(
-        3, ge=0, description="times a dead trainer is restarted from the last recorded checkpoint, per run"
+        3,
+        ge=0,
+        description="times a dead trainer is restarted from the last recorded checkpoint, per controller (a resumed "
+        "run starts with the whole budget again); past it the run fails, resumable from that checkpoint",
     )
     restart_backoff_s: float = Field(
         2.0, ge=0.0, description="wait before the first trainer restart; doubles with each further restart"
@@ -674,7 +677,10 @@ class CheckpointsConfig(Section):
 
     keep_last: int = Field(2, ge=1, description="the newest N recorded checkpoints are kept whole")
     keep_every: int = Field(
-        0, ge=0, description="also keep every M-th iteration's weights (0: none); older ones lose optimizer state"
+        0,
+        ge=0,
+        description="also keep every M-th iteration's weights, without the trainer state (0: none); every other "
+        "checkpoint older than the newest keep_last is deleted once an iteration is recorded",
     )
 
 

@@ -421,11 +421,25 @@ class TrainerWorker:
         version, _ = self.trainer.load_checkpoint(Path(checkpoint))
         return version
 
-    def commit(self) -> int:
-        """Acknowledge the pairs of the last `train` call (its iteration is recorded); returns how many."""
+    def commit(self, version: int) -> int:
+        """Acknowledge the pairs of version `version` trained by the last `train` call (its iteration is
+        recorded); returns how many. A replacement trainer that did not train them itself (its predecessor
+        died after training, before the acknowledgement) acknowledges this consumer's pending pairs of
+        `version` instead: they are the ones the recorded iteration trained on."""
+        n = len(self._uncommitted)
         for entry_id in self._uncommitted:
             self.queue.complete("pairs", TRAINER_GROUP, entry_id, None, [])
-        n, self._uncommitted = len(self._uncommitted), []
+        self._uncommitted = []
+        if n:
+            return n
+        while ids := [
+            e.entry_id
+            for e in self.queue.read("pairs", TRAINER_GROUP, "trainer", PreferencePair, 4096, None)
+            if e.record.policy_version == version
+        ]:
+            for entry_id in ids:
+                self.queue.complete("pairs", TRAINER_GROUP, entry_id, None, [])
+            n += len(ids)
         return n
 
     def train(self, iteration: int, version: int) -> dict[str, Any]:

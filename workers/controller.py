@@ -12,8 +12,14 @@
 Stages 2 and 3 run concurrently. Spawning, fan-out, draining and replacing workers belong to the worker
 groups (`workers/groups.py`): a generator or judge that dies is replaced by a new worker with the same
 consumer name, started on the current weights; it resumes the dead one's pending entries first, so every
-prompt of the iteration yields its group exactly once. The controller runs on Ray (`launch_controller`) or,
-with a `LocalRuntime`, in-process without Ray.
+prompt of the iteration yields its group exactly once. Past `resilience.worker_respawns_per_iteration`
+replacements in one iteration the run pauses with the reason (a crash loop is an operator's problem).
+A trainer that dies is restarted (`resilience.trainer_restarts` times per controller, with exponential
+back-off) from the checkpoint the controller holds and the interrupted call is made again: the pairs of an
+iteration are acknowledged only after it is recorded, so a re-trained iteration reads the same pairs.
+After each recorded iteration the checkpoint retention runs (`checkpoints.keep_last` / `keep_every`,
+`workers/trainer_state.py::retain_checkpoints`); the engines' staging copies go when the run ends.
+The controller runs on Ray (`launch_controller`) or, with a `LocalRuntime`, in-process without Ray.
 """
 
 from __future__ import annotations
@@ -21,10 +27,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +53,17 @@ from sparring.workers.actors import (
     TrainerWorker,
 )
 from sparring.workers.failures import failure_reason, format_failure
-from sparring.workers.groups import WORKER_ENV, RayRuntime, Resources, Runtime, WorkerGroup, drain_until_idle
+from sparring.workers.groups import (
+    WORKER_ENV,
+    RayRuntime,
+    Resources,
+    Runtime,
+    WorkerDied,
+    WorkerGroup,
+    drain_until_idle,
+)
 from sparring.workers.trackers import Trackers
+from sparring.workers.trainer_state import retain_checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +110,15 @@ class EmptyIteration(RuntimeError):
     """An iteration produced no group or no training pair; the run fails with the counts and a reason."""
 
 
+class TrainerLost(RuntimeError):
+    """The trainer died once more than `resilience.trainer_restarts` allows; the run fails with this reason."""
+
+
+class RespawnBudgetSpent(RuntimeError):
+    """More generator/judge respawns in one iteration than `resilience.worker_respawns_per_iteration`; the
+    run pauses with this reason (resuming it redoes the iteration from its stream state)."""
+
+
 @dataclass
 class GenerationStats:
     """What stage 2-3 of one iteration measured (exact counts come from the streams, not the workers)."""
@@ -104,6 +129,16 @@ class GenerationStats:
     judge_seconds: float = 0.0
     judge_drains: list[dict[str, float]] = field(default_factory=list)
     queue_peaks: dict[str, int] = field(default_factory=dict)
+
+    def add_earlier(self, earlier: dict[str, Any]) -> None:
+        """Add what earlier attempts of the same iteration measured (`dataclasses.asdict` of their stats): a
+        re-run iteration (resumed after a crash) reports the generation it did before, not only the rest."""
+        self.tokens += earlier["tokens"]
+        self.gen_seconds += earlier["gen_seconds"]
+        self.judge_seconds += earlier["judge_seconds"]
+        self.judge_drains = earlier["judge_drains"] + self.judge_drains
+        for stage, n in earlier["queue_peaks"].items():
+            self.queue_peaks[stage] = max(self.queue_peaks.get(stage, 0), n)
 
 
 class RunController:
@@ -139,7 +174,9 @@ class RunController:
         self.eval_samples: dict[str, list[tuple[list[int], Completion]]] = {}  # "baseline", "previous"
         self.groups: dict[str, WorkerGroup] = {}
         self._pending_previous: list[tuple[list[int], Completion]] | None = None
-        self._restarts_before = 0
+        self.trainer_restarts = 0  # trainer restarts by this controller (the budget is per controller)
+        self._restarts_before: dict[str, int] = {}  # replacements per role when the iteration started
+        self._recovery_s = 0.0  # seconds of trainer recovery (back-off, new actor, restore) this iteration
         self._thread: Any = None
 
     # ---------------------------------------------------------------------------------------- workers
@@ -191,9 +228,20 @@ class RunController:
         for group in self.groups.values():
             group.kill_all()
 
-    @property
-    def restarts(self) -> int:
-        return sum(group.restarts for group in self.groups.values())
+    def restarts_this_iteration(self, *roles: str) -> int:
+        """Replacements of `roles`' workers since the current iteration started."""
+        return sum(self.groups[r].restarts - self._restarts_before.get(r, 0) for r in roles if r in self.groups)
+
+    def _check_respawns(self, t: int, consumer: str) -> None:
+        """Before a dead generator or judge is replaced: pause the run (`RespawnBudgetSpent`) instead when the
+        replacement would exceed `resilience.worker_respawns_per_iteration` in this iteration."""
+        wanted = self.restarts_this_iteration("generators", "judges") + 1
+        budget = self.cfg.resilience.worker_respawns_per_iteration
+        if wanted > budget:
+            raise RespawnBudgetSpent(
+                f"{consumer} died in iteration {t}: respawn {wanted} would exceed "
+                f"resilience.worker_respawns_per_iteration={budget}; find why the workers die, then resume the run"
+            )
 
     # ---------------------------------------------------------------------------------------- the loop
 
@@ -206,7 +254,8 @@ class RunController:
         iteration-0 and previous samples all come back from Redis and the checkpoint directory. Between
         iterations the controller honours a pending pause/stop request (`RunStore.request_control`): it stops
         its workers and leaves the run `paused` / `stopped`; the returned summary then has
-        `"interrupted": <state>`.
+        `"interrupted": <state>`. An iteration that spends its respawn budget pauses the run the same way, with
+        the reason. A run that ends (any way but `keep_workers`) loses its engines' staging copies.
         """
         self.incarnation = int(self.client.incr(keys.incarnation(self.run_id)))
         if self.store.get_run(self.run_id)["state"] == "created":  # the service moves it to running itself
@@ -221,7 +270,10 @@ class RunController:
             for t in range(first, self.cfg.schedule.iterations + 1):
                 if (action := self.store.control(self.run_id)) is not None:
                     return self._interrupt(action, t)
-                self.run_iteration(t)
+                try:
+                    self.run_iteration(t)
+                except RespawnBudgetSpent as err:
+                    return self._interrupt("pause", t, reason=str(err))
             summary = self.write_summary()
             self.store.set_state(self.run_id, "completed")
             self.store.clear_control(self.run_id)
@@ -236,7 +288,7 @@ class RunController:
             raise
         finally:
             if not keep_workers:
-                self.stop_workers()
+                self.shutdown()
 
     def _log_failure(self, err: BaseException) -> str:
         """Append the full traceback of `err` to `<run_dir>/controller.log`; returns its path ("" if unwritable)."""
@@ -298,14 +350,15 @@ class RunController:
         self._emit("progress", stage="startup", message=f"resuming after iteration {last.iteration} (policy version {self.version})")
         return last.iteration + 1
 
-    def _interrupt(self, action: str, next_iteration: int) -> dict[str, Any]:
+    def _interrupt(self, action: str, next_iteration: int, reason: str | None = None) -> dict[str, Any]:
         state = "stopped" if action == "stop" else "paused"
         self.stop_workers()
         summary = self.write_summary()
         summary["interrupted"] = state
         self.store.clear_control(self.run_id)
-        self.store.set_state(self.run_id, state, reason=f"before iteration {next_iteration}")
-        self._emit(state, next_iteration=next_iteration)
+        reason = reason or f"before iteration {next_iteration}"
+        self.store.set_state(self.run_id, state, reason=reason)
+        self._emit(state, next_iteration=next_iteration, reason=reason)
         return summary
 
     def engine_greedy(self, prompts: list[str], max_new_tokens: int) -> dict[str, Any]:
@@ -316,17 +369,33 @@ class RunController:
         return {c: {"tokens": tokens[c], "version": infos[c]["version"]} for c in tokens}
 
     def shutdown(self) -> None:
+        """Stop every worker and remove the engines' staging copies (the checkpoints are the durable record)."""
         self.stop_workers()
+        shutil.rmtree(self.run_dir / "staging", ignore_errors=True)
 
     def run_iteration(self, t: int) -> IterationRecord:
-        """One iteration as named stages; the record is written, then the trainer acknowledges its pairs."""
-        started, v = time.time(), self.version
+        """One iteration as named stages; the record is written, then the trainer acknowledges its pairs.
+
+        An iteration re-run after a crash (a resumed run) reports the whole iteration: its start time, the
+        stream counts before its first attempt and the generation its earlier attempts measured are kept in
+        the run's kv (`_iteration_progress`)."""
+        v = self.version
         seconds: dict[str, float] = {}
+        self._restarts_before = {role: group.restarts for role, group in self.groups.items()}
+        self._recovery_s = 0.0
+        progress = self._iteration_progress(t)
+        started, dead_before = progress["started_at"], progress["dead_before"]
         self._emit("iteration_started", iteration=t, policy_version=v)
-        dead_before = self.queue.written("dead")
         with _timed(seconds, "generate_judge"):
             n_prompts = self.dispatch(t, v)
             gen = self.generate_and_judge(t, n_prompts)
+        # exact, whichever attempt and workers wrote them (a dead worker's own counters are lost)
+        gen.groups = self.queue.written("generations") - progress["generations_before"]
+        if progress.get("generation") is not None:
+            gen.add_earlier(progress["generation"])
+            seconds["generate_judge"] += progress["generate_judge_s"]
+        progress.update(generation=asdict(gen), generate_judge_s=seconds["generate_judge"])
+        self._save_progress(t, progress)
         pairs_open = gen.queue_peaks["pairs"] = self.queue.outstanding("pairs", TRAINER_GROUP)
         if gen.groups == 0 or pairs_open == 0:
             self._fail_empty(t, n_prompts, gen.groups, pairs_open, dead_before)
@@ -359,9 +428,38 @@ class RunController:
         if self._pending_previous is not None:  # the next iteration's `vs_prev` side, once this one is on record
             self._save_samples("previous", self._pending_previous)
             self.eval_samples["previous"], self._pending_previous = self._pending_previous, None
-        self.commit()
+        self.commit(t, v)
+        self.client.hdel(keys.kv(self.run_id), f"iteration:{t}:progress")  # on record now
         self._emit("iteration_done", iteration=t, record=record.model_dump(mode="json"))
+        self.retain_checkpoints()
         return record
+
+    def _iteration_progress(self, t: int) -> dict[str, Any]:
+        """Iteration t's bookkeeping from its first attempt (start time, `generations` and `dead` written
+        before it, and after stages 2-3 the generation it measured), created now if this is the first."""
+        blob = self.store.get_value(self.run_id, f"iteration:{t}:progress")
+        if blob is not None:
+            return dict(json.loads(blob))
+        progress = {
+            "started_at": time.time(),
+            "generations_before": self.queue.written("generations"),
+            "dead_before": self.queue.written("dead"),
+        }
+        self._save_progress(t, progress)
+        return progress
+
+    def _save_progress(self, t: int, progress: dict[str, Any]) -> None:
+        self.store.set_value(self.run_id, f"iteration:{t}:progress", json.dumps(progress).encode())
+
+    def retain_checkpoints(self) -> None:
+        """Checkpoint retention after a recorded iteration (`checkpoints.keep_last` whole, every
+        `keep_every`-th as weights only, everything else under `checkpoints/` removed)."""
+        c = self.cfg.checkpoints
+        recorded = [(r.iteration, Path(r.checkpoint)) for r in self.store.iterations(self.run_id) if r.checkpoint]
+        done = retain_checkpoints(recorded, self.run_dir / "checkpoints", c.keep_last, c.keep_every)
+        if done.removed or done.weights_only:
+            log.info("run %s: removed %d checkpoint dir(s), kept %d as weights only", self.run_id,
+                     len(done.removed), len(done.weights_only))  # fmt: skip
 
     def _fail_empty(self, t: int, n_prompts: int, n_groups: int, n_pairs: int, dead_before: int) -> None:
         """An iteration with nothing to train on fails the run with the counts and the first dead letter's
@@ -385,7 +483,9 @@ class RunController:
                 "pairs/per_s": out["num_pairs"] / max(seconds["generate_judge"], 1e-9),
                 "pairs/stale_dropped": float(out["num_stale"]),
                 "sync/max_engine_s": sync_s,
-                "workers/restarts": float(self.restarts - self._restarts_before),
+                "workers/restarts": float(self.restarts_this_iteration("generators", "judges", "evaluator")),
+                "trainer/restarts": float(self.restarts_this_iteration("trainer")),
+                "trainer/recovery_s": self._recovery_s,
             }
         )
         metrics.update({f"queue/peak/{stage}": float(n) for stage, n in gen.queue_peaks.items()})
@@ -422,8 +522,6 @@ class RunController:
     def generate_and_judge(self, t: int, n_prompts: int) -> GenerationStats:
         """Stages 2-3: run generators and judges until every dispatched prompt is generated and judged."""
         stats = GenerationStats(queue_peaks={"prompts": 0, "generations": 0})
-        groups_before = self.queue.written("generations")
-        self._restarts_before = self.restarts
         open_: dict[str, int] = {}
         last_done = [-1]
 
@@ -457,19 +555,63 @@ class RunController:
             on_result=on_result,
             on_tick=tick,
             on_replaced=on_replaced,
+            before_replace=lambda group, consumer: self._check_respawns(t, consumer),
         )
-        # exact counts, whichever workers wrote them (a dead worker's own counters are lost)
-        stats.groups = self.queue.written("generations") - groups_before
         return stats
 
     def train(self, t: int, v: int) -> dict[str, Any]:
-        """Stage 4: the trainer trains on version v's pairs and writes checkpoint v+1."""
+        """Stage 4: the trainer trains on version v's pairs and writes checkpoint v+1 (a trainer that dies
+        is restarted from version v's checkpoint and trains the same pairs again)."""
         self._emit("progress", stage="train", iteration=t, message="training")
-        return self.groups["trainer"].call("trainer", "train", t, v)
+        return self.call_trainer(t, "train", t, v)
 
-    def commit(self) -> None:
-        """The iteration is on record: the trainer acknowledges the pairs it consumed."""
-        self.groups["trainer"].call("trainer", "commit")
+    def commit(self, t: int, v: int) -> None:
+        """The iteration is on record: the trainer acknowledges the pairs of version v it consumed."""
+        self.call_trainer(t, "commit", v)
+
+    def call_trainer(self, t: int, method: str, *args: Any) -> Any:
+        """`method(*args)` on the trainer; a trainer that dies during it is restarted (`restart_trainer`) and
+        the call is made again on the new one. Every trainer call is safe to repeat: `train` reads its
+        pairs from the stream, where they stay pending until `commit`."""
+        while True:
+            try:
+                return self.groups["trainer"].call("trainer", method, *args)
+            except WorkerDied as err:
+                self.restart_trainer(t, f"{method} of iteration {t}", err)
+
+    def restart_trainer(self, t: int, during: str, err: BaseException) -> None:
+        """Replace a dead trainer by a new actor restored from the checkpoint of `self.version` (the last
+        recorded one during training), after a back-off of `restart_backoff_s * 2**(n-1)` before restart n.
+        Past `resilience.trainer_restarts` restarts (of this controller) raises `TrainerLost`."""
+        r = self.cfg.resilience
+        died_at = time.perf_counter()
+        while True:
+            spent = self.trainer_restarts >= r.trainer_restarts
+            backoff = 0.0 if spent else r.restart_backoff_s * 2**self.trainer_restarts
+            self._emit("trainer_died", iteration=t, during=during, reason=failure_reason(err),
+                       restart=None if spent else self.trainer_restarts + 1, backoff_s=backoff)  # fmt: skip
+            if spent:
+                raise TrainerLost(
+                    f"the trainer died during {during} ({failure_reason(err)}) after {self.trainer_restarts} "
+                    f"restart(s); resilience.trainer_restarts={r.trainer_restarts} is spent. Resume the run to "
+                    "continue from the checkpoint of its last recorded iteration"
+                ) from err
+            self.trainer_restarts += 1
+            time.sleep(backoff)
+            group = self.groups["trainer"]
+            group.replace("trainer", f"died during {during} ({failure_reason(err)})")
+            try:
+                if self.version > 0:
+                    group.call("trainer", "restore", self.checkpoint)
+                group.call("trainer", "info")
+            except WorkerDied as again:  # died again while starting: the next restart, if the budget allows
+                err, during = again, f"its restart from {self.checkpoint}"
+                continue
+            recovery_s = time.perf_counter() - died_at
+            self._recovery_s += recovery_s
+            self._emit("trainer_restarted", iteration=t, restart=self.trainer_restarts, version=self.version,
+                       checkpoint=self.checkpoint, recovery_s=recovery_s)  # fmt: skip
+            return
 
     def sync(self, update: Any, checkpoint: str) -> float:
         """Stage 5: push `update` to every generator and policy-following judge (one message each); a worker
@@ -542,7 +684,7 @@ class RunController:
         )
         out.update(length_metrics(now, previous))
         if self.cfg.eval.kl:
-            initial = self.groups["trainer"].call("trainer", "initial_logps", prompt_ids, now)  # a dead trainer fails the run
+            initial = self.call_trainer(t, "initial_logps", prompt_ids, now)
             out[f"{PREFIX}kl_vs_iter0"] = kl_estimate(now, initial)
         self._pending_previous = current
         return out

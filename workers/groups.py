@@ -262,6 +262,7 @@ def drain_until_idle(
     on_tick: Callable[[], None] = lambda: None,
     on_replaced: Callable[[WorkerGroup, str], None] = lambda group, consumer: None,
     poll_s: float = 0.5,
+    before_replace: Callable[[WorkerGroup, str], None] = lambda group, consumer: None,
 ) -> None:
     """Keep every worker of `groups` calling `drain()` while its group `has_work()`, until `done()` holds
     and no drain call is in flight.
@@ -269,7 +270,9 @@ def drain_until_idle(
     A drain returns when the worker's input stream is idle; a worker whose stage still has open entries is
     relaunched. A worker that died is replaced (same consumer name: it resumes the dead one's pending
     entries); one that raises `VersionMismatch` is replaced on the group's current weights. Every other
-    exception propagates. `on_result(group, consumer, counters)` receives each finished drain's counters.
+    exception propagates. `on_result(group, consumer, counters)` receives each finished drain's counters;
+    `before_replace(group, consumer)` runs before a dead worker is replaced (raising there stops the drain
+    with the worker not replaced: a respawn budget), `on_replaced(group, consumer)` after.
     """
     running: dict[Any, tuple[WorkerGroup, str]] = {}
     while True:
@@ -288,6 +291,7 @@ def drain_until_idle(
             try:
                 out = runtime.result(ref)
             except WorkerDied as err:
+                before_replace(group, consumer)
                 group.replace(consumer, f"died ({err})")
                 on_replaced(group, consumer)
                 continue

@@ -5,7 +5,8 @@ A trainer checkpoint is an ordinary Hugging Face checkpoint directory (weights, 
 `trainer_state.pt`: optimizer and scheduler state, the torch / python / numpy (and CUDA) RNG states, the
 data position and the policy version, in a dict that `torch.load(weights_only=True)` reads (no pickled
 classes). `sparring.workers.trainer.PolicyTrainer.save_checkpoint` / `load_checkpoint` decide what goes
-in it; this module knows the file name and format, the RNG round trip and the directory swap.
+in it; this module knows the file name and format, the RNG round trip, the directory swap, whether a
+checkpoint can be resumed from (`resume_problems`) and which checkpoints a run keeps (`retain_checkpoints`).
 
 Knows torch, numpy and the file system; nothing about models, objectives, Ray or Redis.
 """
@@ -17,6 +18,7 @@ import random
 import shutil
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -95,11 +97,79 @@ def set_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+def resume_problems(ckpt_dir: str | Path) -> list[str]:
+    """Why a run cannot continue from `ckpt_dir` (each missing or empty file named), or [] if it can.
+
+    A resumable checkpoint has `config.json`, at least one `*.safetensors` file and `trainer_state.pt`
+    (optimizer, scheduler, RNG, data position), none of them empty. Reads only the directory listing."""
+    path = Path(ckpt_dir)
+    if not path.is_dir():
+        return [f"checkpoint directory {str(path)!r} does not exist"]
+    problems = []
+    for name in ("config.json", TRAINER_STATE_FILE):
+        f = path / name
+        if not f.is_file() or f.stat().st_size == 0:
+            problems.append(f"{path / name} is {'empty' if f.is_file() else 'missing'}")
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
+        problems.append(f"{path} has no *.safetensors weights")
+    problems += [f"{w} is empty" for w in weights if w.stat().st_size == 0]
+    return problems
+
+
+@dataclass(frozen=True)
+class Retention:
+    """What `retain_checkpoints` did: checkpoint dirs removed, and those stripped to weights only."""
+
+    removed: list[Path] = field(default_factory=list)
+    weights_only: list[Path] = field(default_factory=list)
+
+
+def retain_checkpoints(
+    recorded: list[tuple[int, Path]], root: Path, keep_last: int, keep_every: int = 0
+) -> Retention:
+    """Apply the checkpoint retention to `root` (a run's `checkpoints/` dir) after an iteration is recorded.
+
+    `recorded` is (iteration, checkpoint dir) of every recorded iteration. The newest `keep_last` recorded
+    checkpoints stay whole (resumable: weights and `trainer_state.pt`); with `keep_every` = M > 0 every
+    M-th iteration's checkpoint also stays, as weights only (its `trainer_state.pt`, mostly optimizer
+    moments, is deleted). Every other directory under `root` goes: older recorded checkpoints, checkpoints
+    written by a trainer that died before its iteration was recorded, and the temporary / moved-aside
+    directories a killed `write_dir_atomically` leaves. The newest recorded checkpoint (the resume point)
+    is never touched (`keep_last` >= 1).
+    """
+    if keep_last < 1:
+        raise ValueError(f"keep_last must be >= 1 (the resume point), got {keep_last}")
+    root = Path(root)
+    by_iteration = sorted(recorded)
+    whole = {path.resolve() for _, path in by_iteration[-keep_last:]}
+    weights = {path.resolve() for it, path in by_iteration if keep_every and it % keep_every == 0} - whole
+    out = Retention()
+    if not root.is_dir():
+        return out
+    for child in sorted(root.iterdir()):
+        real = child.resolve()
+        if real in whole or not child.is_dir():
+            continue
+        if real in weights:
+            state = child / TRAINER_STATE_FILE
+            if state.exists():
+                state.unlink()
+                out.weights_only.append(child)
+            continue
+        shutil.rmtree(child, ignore_errors=True)
+        out.removed.append(child)
+    return out
+
+
 __all__ = [
     "TRAINER_STATE_FILE",
     "TRAINER_STATE_FORMAT",
+    "Retention",
     "load_trainer_state",
     "replace_dir",
+    "resume_problems",
+    "retain_checkpoints",
     "rng_states",
     "set_rng_states",
     "write_dir_atomically",

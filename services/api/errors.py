@@ -55,7 +55,7 @@ def add_exception_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Conflict)
     async def _conflict(request: Request, err: Conflict) -> JSONResponse:
-        return error_response(409, str(err))
+        return error_response(409, str(err), err.problems)
 
     @app.exception_handler(RequestError)
     async def _request_error(request: Request, err: RequestError) -> JSONResponse:

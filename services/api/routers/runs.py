@@ -94,9 +94,14 @@ def pause_run(run_id: RUN_ID, service: Service) -> dict[str, Any]:
     "/v1/runs/{run_id}/resume",
     response_model=Run,
     status_code=202,
-    summary="Resume a paused run from its last recorded iteration",
+    summary="Resume a paused or failed run from its last recorded iteration",
+    description="A failed run resumes only when the checkpoint of its last recorded iteration is intact "
+    "(config, weights and trainer state); otherwise 409 lists each missing file.",
     dependencies=WRITE,
-    responses=LIFECYCLE_RESPONSES,
+    responses={
+        **LIFECYCLE_RESPONSES,
+        409: {"model": Problem, "description": "the run's state does not allow it, or its last checkpoint is not intact"},
+    },
 )
 def resume_run(run_id: RUN_ID, service: Service) -> dict[str, Any]:
     return service.resume(run_id)
