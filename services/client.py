@@ -167,6 +167,8 @@ def _iteration_line(rec: dict[str, Any]) -> str:
 
 
 def status(args: argparse.Namespace) -> int:
+    if getattr(args, "dead", False) and args.run_id is None:
+        raise ApiError(0, "--dead lists one run's dead letters: give its RUN id")
     api = _client(args)
     if args.run_id is None:
         runs = api.get("/v1/runs")["runs"]
@@ -174,6 +176,8 @@ def status(args: argparse.Namespace) -> int:
         for r in runs:
             print(f"{r['run_id']:<48} {r['state']:<10} {r['iterations_done']:>3}/{r['iterations_total'] or '-':<3} {r['algorithm'] or '-':<10} {r['judge'] or '-':<14}")
         return 0
+    if getattr(args, "dead", False):
+        return _print_dead_letters(api.get(f"/v1/runs/{args.run_id}/dead-letters")["dead_letters"])
     run = api.get(f"/v1/runs/{args.run_id}")
     print(f"run {run['run_id']}: {run['state']}{' (' + run['reason'] + ')' if run['reason'] else ''}, "
           f"{run['iterations_done']}/{run['iterations_total']} iterations")  # fmt: skip
@@ -190,6 +194,19 @@ def resume(args: argparse.Namespace) -> int:
     print(f"run {run['run_id']} {run['state']}{done}", flush=True)
     if args.wait:
         return _follow(api, run["run_id"], seen=run["iterations_done"])
+    return 0
+
+
+def _print_dead_letters(letters: list[dict[str, Any]]) -> int:
+    """`sparring status RUN --dead`: one line per dead letter (entry id, prompt, stage, attempts, reason)."""
+    if not letters:
+        print("no dead letters")
+        return 0
+    print(f"{'entry id':<20} {'prompt':<24} {'iter':>4} {'stage':<12} {'tries':>5}  reason")
+    for d in letters:
+        print(f"{d['entry_id']:<20} {d['prompt_id'] or '-':<24} {d['iteration'] if d['iteration'] is not None else '-':>4} "
+              f"{d['stage']:<12} {d['attempts']:>5}  {d['reason']}")  # fmt: skip
+    print(f"{len(letters)} dead letter(s); re-queue with POST /v1/runs/RUN/dead-letters/requeue")
     return 0
 
 
@@ -236,8 +253,9 @@ def add_parsers(sub: Any) -> None:
     common(p)
     p.set_defaults(handler=submit)
 
-    p = sub.add_parser("status", help="list runs, or show one run's iterations")
+    p = sub.add_parser("status", help="list runs, or show one run's iterations (or, with --dead, its dead letters)")
     p.add_argument("run_id", nargs="?")
+    p.add_argument("--dead", action="store_true", help="list the run's dead letters: prompt id, stage, attempts, reason")
     common(p)
     p.set_defaults(handler=status)
 

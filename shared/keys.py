@@ -22,6 +22,9 @@ Per run, all under `run:{run_id}:`:
                              (SSE, CLI). It is also the `events` stage of `StreamQueue` (same key).
 - `run:{id}:control`         string "pause" / "stop"; `RunStore.request_control` (API) -> the controller;
                              cleared by the controller and `RunService`.
+- `run:{id}:requeue`         set of prompt ids whose dead letters were re-queued; `RunStore.requeue_prompts`
+                             (API) -> the controller's next dispatch (`RunStore.requeued_prompts`), which
+                             removes them once that iteration is recorded.
 - `run:{id}:incarnation`     counter; the controller INCRs it once per start (it names its workers) -> tests.
                              Neither `delete_run` removes it.
 - `run:{id}:{stage}`         stream per work stage; `StreamQueue`: `prompts` by the controller,
@@ -30,7 +33,7 @@ Per run, all under `run:{run_id}:`:
 - `run:{id}:seen:{stage}`    set of the record ids ever written to a stage (written in the same Lua script
                              as the entry) -> `StreamQueue` (deduplication).
 
-`RunStore.delete_run` removes meta, iterations, kv, events, control and the `runs` entry;
+`RunStore.delete_run` removes meta, iterations, kv, events, control, requeue and the `runs` entry;
 `StreamQueue.delete_run` removes the stage streams and seen-sets.
 """
 
@@ -60,6 +63,11 @@ def kv(run_id: str) -> str:
 def control(run_id: str) -> str:
     """String: a pending "pause" / "stop" request for the run's controller."""
     return f"run:{run_id}:control"
+
+
+def requeue(run_id: str) -> str:
+    """Set: prompt ids re-queued from dead letters, dispatched again in the run's next iteration."""
+    return f"run:{run_id}:requeue"
 
 
 def incarnation(run_id: str) -> str:

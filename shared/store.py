@@ -200,6 +200,20 @@ class RunStore:
     def clear_control(self, run_id: str) -> None:
         self.client.delete(keys.control(run_id))
 
+    def requeue_prompts(self, run_id: str, prompt_ids: list[str]) -> int:
+        """Ask the run's controller to dispatch these prompts again in its next iteration (re-queued dead
+        letters); returns how many were not queued already."""
+        return int(self.client.sadd(keys.requeue(run_id), *prompt_ids)) if prompt_ids else 0
+
+    def requeued_prompts(self, run_id: str) -> list[str]:
+        """Prompt ids waiting to be dispatched again, sorted (a dispatch is deterministic)."""
+        return sorted(_s(p) for p in self.client.smembers(keys.requeue(run_id)))
+
+    def clear_requeued(self, run_id: str, prompt_ids: list[str]) -> None:
+        """Forget re-queued prompts once an iteration that dispatched them is recorded."""
+        if prompt_ids:
+            self.client.srem(keys.requeue(run_id), *prompt_ids)
+
     def list_runs(self) -> list[dict[str, Any]]:
         """Every run, oldest first."""
         ids = [_s(i) for i in self.client.zrange(keys.RUNS, 0, -1)]
@@ -213,7 +227,9 @@ class RunStore:
     def delete_run(self, run_id: str) -> None:
         """Forget the run's metadata, iterations, blobs and events (not its work streams: see StreamQueue)."""
         pipe = self.client.pipeline(transaction=True)
-        pipe.delete(*(key(run_id) for key in (keys.meta, keys.iterations, keys.kv, keys.events, keys.control)))
+        pipe.delete(
+            *(key(run_id) for key in (keys.meta, keys.iterations, keys.kv, keys.events, keys.control, keys.requeue))
+        )
         pipe.zrem(keys.RUNS, run_id)
         pipe.execute()
 

@@ -178,6 +178,7 @@ class RunController:
         self._restarts_before: dict[str, int] = {}  # replacements per role when the iteration started
         self._recovery_s = 0.0  # seconds of trainer recovery (back-off, new actor, restore) this iteration
         self._thread: Any = None
+        self._requeued_ids: list[str] = []  # re-queued prompts the running iteration dispatched
 
     # ---------------------------------------------------------------------------------------- workers
 
@@ -429,6 +430,7 @@ class RunController:
             self._save_samples("previous", self._pending_previous)
             self.eval_samples["previous"], self._pending_previous = self._pending_previous, None
         self.commit(t, v)
+        self.retain_streams(t)
         self.client.hdel(keys.kv(self.run_id), f"iteration:{t}:progress")  # on record now
         self._emit("iteration_done", iteration=t, record=record.model_dump(mode="json"))
         self.retain_checkpoints()
@@ -497,11 +499,12 @@ class RunController:
     def dispatch(self, t: int, v: int) -> int:
         """Stage 1: draw this iteration's prompts from the training pool (never the held-out ones)."""
         pool = self.prompts.train
-        chosen = iteration_prompt_indices(len(pool), self.cfg, t)
-        n = len(chosen)
+        items = [pool[int(i)] for i in iteration_prompt_indices(len(pool), self.cfg, t)]
+        items += self._requeued(items)
         guided = self.cfg.algorithm.pairs == "drift" and self.cfg.algorithm.drift_guided
-        for i in chosen:
-            item = pool[int(i)]
+        for item in items:
+            # backpressure: never more unfinished entries than the stream holds (trimming would drop them)
+            self.queue.wait_for_room("prompts", GENERATORS_GROUP, timeout_s=self.cfg.resilience.backpressure_timeout_s)
             self.queue.put(
                 "prompts",
                 PromptTask(
@@ -517,7 +520,39 @@ class RunController:
                     seed=derive_seed(self.cfg.seed, item.prompt_id, v),
                 ),
             )
-        return n
+        return len(items)
+
+    def _requeued(self, drawn: list[PromptItem]) -> list[PromptItem]:
+        """Training prompts re-queued from dead letters (`RunStore.requeue_prompts`) that this iteration did
+        not draw anyway, as many as the streams hold beside the drawn ones; they leave the queue once the
+        iteration is recorded (`retain_streams`)."""
+        wanted = self.store.requeued_prompts(self.run_id)
+        if not wanted:
+            return []
+        by_id = {p.prompt_id: p for p in self.prompts.train}
+        unknown = [p for p in wanted if p not in by_id]
+        if unknown:
+            self._emit("progress", stage="dispatch", message=f"re-queued prompt(s) not in the training pool: {unknown[:5]}")
+            self.store.clear_requeued(self.run_id, unknown)
+        drawn_ids = {p.prompt_id for p in drawn}
+        room = self.queue.maxlen // self.cfg.max_pairs_per_group - len(drawn)
+        extra = [by_id[p] for p in wanted if p in by_id and p not in drawn_ids][: max(room, 0)]
+        self._requeued_ids = [p for p in wanted if p in drawn_ids or p in {e.prompt_id for e in extra}]
+        if extra:
+            self._emit("progress", stage="dispatch", message=f"dispatching {len(extra)} re-queued prompt(s) again")
+        return extra
+
+    def retain_streams(self, t: int) -> None:
+        """Retention after iteration t is on record (docs/reliability.md): its prompts and generations, finished,
+        leave their streams and seen-sets; pairs stay for `storage.pairs_retention_iterations` iterations (all by
+        default); re-queued prompts it dispatched leave the re-queue."""
+        self.queue.prune("prompts", GENERATORS_GROUP, before_iteration=t + 1)
+        self.queue.prune("generations", JUDGES_GROUP, before_iteration=t + 1)
+        keep = self.cfg.storage.pairs_retention_iterations
+        if keep is not None:
+            self.queue.prune("pairs", TRAINER_GROUP, before_iteration=t + 1 - keep)
+        self.store.clear_requeued(self.run_id, self._requeued_ids)
+        self._requeued_ids = []
 
     def generate_and_judge(self, t: int, n_prompts: int) -> GenerationStats:
         """Stages 2-3: run generators and judges until every dispatched prompt is generated and judged."""

@@ -113,6 +113,37 @@ class Queues(BaseModel):
     queues: dict[str, int] = Field(examples=[{"prompts": 12, "generations": 3, "pairs": 0, "dead": 0}])
 
 
+class DeadLetterView(BaseModel):
+    entry_id: str = Field(description="its entry id in the dead stream: the id to re-queue it by", examples=["1764466200000-0"])
+    letter_id: str = Field(description="stage:item_id, unique per failure", examples=["generate:p17@v1"])
+    stage: str = Field(description="where it failed: generate, judge, recipe, train, or the stream it was read from")
+    item_id: str = Field(description="record id of the entry that failed", examples=["p17@v1"])
+    prompt_id: str | None = Field(description="the prompt it came from; None when unknown (a trimmed entry)")
+    iteration: int | None
+    policy_version: int | None
+    attempts: int = Field(description="deliveries (or attempts) before it was given up")
+    reason: str
+    requeueable: bool = Field(description="its prompt is known, so it can be dispatched again")
+
+
+class DeadLetterList(BaseModel):
+    dead_letters: list[DeadLetterView]
+
+
+class Requeue(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    entry_ids: list[str] | None = Field(
+        None, max_length=10_000, description="dead letters to re-queue by entry id; omitted = every re-queueable one"
+    )
+
+
+class RequeueResult(BaseModel):
+    requeued: list[dict[str, str]] = Field(description="{entry_id, prompt_id} of each re-queued letter")
+    skipped: list[dict[str, str]] = Field(description="{entry_id, reason} of letters that cannot be re-queued")
+    queued_prompts: list[str] = Field(description="every prompt id waiting for the run's next iteration")
+
+
 class CheckpointFile(BaseModel):
     name: str
     bytes: int

@@ -360,10 +360,16 @@
     const pairs = el("table", { class: "pairs", id: "pairs" },
       el("thead", {}, el("tr", {}, ["Iter", "Prompt", "Chosen", "Rejected", "Scores", "P(chosen wins)", "Judge"].map((h) => el("th", {}, h)))),
       pairsBody);
+    const deadBody = el("tbody", {});
+    const deadNote = el("p", { class: "muted", id: "dead-note" }, "none");
+    const dead = el("table", { class: "pairs", id: "dead-letters", hidden: true },
+      el("thead", {}, el("tr", {}, ["Prompt", "Iter", "Stage", "Attempts", "Reason"].map((h) => el("th", {}, h)))),
+      deadBody);
     const root = el("section", { class: "page", id: "run-page", dataset: { runId, iterations: 0 } },
       el("p", {}, el("a", { href: "#/" }, "← all runs")),
       head, progress, note,
       el("h2", {}, "Queues (live)"), queues,
+      el("h2", {}, "Dead letters"), deadNote, dead,
       el("h2", {}, "Evaluation (held-out prompts)"), evalNote, chartGroups.eval,
       el("h2", {}, "Training, by iteration"), chartGroups.train,
       el("h2", {}, "Iterations"), iterTable,
@@ -414,7 +420,20 @@
     const loadIterations = () => api(`${base}/iterations`, { signal: ctl.signal }).then((b) => addIterations(b.iterations));
     const loadPairs = () => api(`${base}/pairs?limit=${PAIRS_LIMIT}`, { signal: ctl.signal })
       .then((b) => pairsBody.replaceChildren(...(b.pairs || []).map(pairRow)));
-    const loadQueues = () => api(`${base}/queues`, { signal: ctl.signal }).then((b) => drawQueues(queues, b.queues || {}));
+    // Dead letters (entries a stage gave up on): reloaded whenever the dead queue's length changes.
+    let deadCount = null;
+    const loadDead = () => api(`${base}/dead-letters`, { signal: ctl.signal }).then((b) => {
+      const list = b.dead_letters || [];
+      deadBody.replaceChildren(...list.map(deadRow));
+      dead.hidden = list.length === 0;
+      deadNote.textContent = list.length ? `${list.length} entr${list.length === 1 ? "y" : "ies"} given up on; `
+        + "POST …/dead-letters/requeue runs their prompts again in the next iteration." : "none";
+    });
+    const loadQueues = () => api(`${base}/queues`, { signal: ctl.signal }).then((b) => {
+      const q = b.queues || {};
+      drawQueues(queues, q);
+      if (q.dead !== deadCount) { deadCount = q.dead; loadDead().catch(fail("dead letters")); }
+    });
 
     Promise.all([loadRun(), loadIterations()]).then(() => {
       if (myPage.stopped) return;
@@ -483,6 +502,15 @@
     node.replaceChildren(...["prompts", "generations", "pairs", "dead"].flatMap((k) => [
       el("dt", {}, k), el("dd", { dataset: { queue: k } }, fmt(num(q[k]))),
     ]));
+  }
+
+  function deadRow(d) {
+    return el("tr", { dataset: { entryId: d.entry_id ?? "" } },
+      el("td", {}, d.prompt_id || "–"),
+      el("td", {}, d.iteration ?? "–"),
+      el("td", {}, d.stage || "–"),
+      el("td", { class: "num" }, d.attempts ?? "–"),
+      el("td", { class: "text", title: d.reason ?? "" }, clip(d.reason, 240)));
   }
 
   function clip(text, n) {

@@ -345,3 +345,61 @@ def test_api_restart_mid_run_loses_nothing(api_server, redis_client, tmp_path: P
     assert out.returncode == 0 and len(exported.read_text().splitlines()) == iterations[2]["num_pairs"], out.stderr
     bad = _cli(api_server, "status", "no-such-run")
     assert bad.returncode == 2 and "run 'no-such-run' not found" in bad.stderr
+
+
+def test_dead_letters_are_listed_and_requeued(api_server, redis_client, unique_run_id: str) -> None:
+    """Issue 14 item 5: dead letters are listed with prompt id, stage and reason (API, `sparring status RUN
+    --dead`) and re-queued (all or one): the prompt waits for the run's next dispatch, the letter leaves."""
+    from sparring.shared.queue import StreamQueue
+    from sparring.shared.records import PromptTask, encode
+    from sparring.shared.store import RunStore
+
+    store = RunStore(redis_client)
+    store.create_run(unique_run_id, {"name": "dead", "schedule": {"iterations": 3}}, "/tmp/dead")
+    store.set_state(unique_run_id, "paused", reason="test")  # at rest: the scheduler leaves it alone
+    q = StreamQueue(redis_client, unique_run_id)
+    task = PromptTask(run_id=unique_run_id, iteration=2, policy_version=1, prompt_id="p7", prompt="x", num_samples=2, seed=1)
+    q.dead_letter("generate", task.record_id, "delivered 3 times to generators without completing", encode(task), 3)
+    q.dead_letter("judge", "p9@v1", "judge raised ValueError: bad scores", attempts=3)  # no payload: id parsed
+    q.dead_letter("prompts", "1764466200000-0", "entry 1764466200000-0 was trimmed (MAXLEN) before it was processed")
+    base = f"/v1/runs/{unique_run_id}/dead-letters"
+    try:
+        with api_server.client(api_server.read_token) as c:
+            letters = c.get(base).json()["dead_letters"]
+        assert [(d["prompt_id"], d["stage"], d["attempts"], d["iteration"], d["policy_version"], d["requeueable"])
+                for d in letters] == [("p7", "generate", 3, 2, 1, True), ("p9", "judge", 3, None, 1, True),
+                                      (None, "prompts", 1, None, None, False)]  # fmt: skip
+        assert letters[0]["reason"].startswith("delivered 3 times")
+        out = subprocess.run(
+            [sys.executable, "-m", "sparring.services.cli", "status", unique_run_id, "--dead", "--api", api_server.url,
+             "--token", api_server.read_token],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        assert "p7" in out.stdout and "generate" in out.stdout and "judge raised ValueError" in out.stdout
+        assert "3 dead letter(s)" in out.stdout
+        with api_server.client(api_server.read_token) as c:
+            assert c.post(f"{base}/requeue").status_code == 403  # read-only token
+        with api_server.admin as c:
+            r = c.post(f"{base}/{letters[0]['entry_id']}/requeue")
+            assert r.status_code == 200, r.text
+            assert r.json() == {"requeued": [{"entry_id": letters[0]["entry_id"], "prompt_id": "p7"}], "skipped": [],
+                                "queued_prompts": ["p7"]}  # fmt: skip
+            assert c.post(f"{base}/{letters[0]['entry_id']}/requeue").status_code == 404  # gone from the list
+            r = c.post(f"{base}/{letters[2]['entry_id']}/requeue")
+            assert r.status_code == 409 and "trimmed" in r.json()["detail"]
+            r = c.post(f"{base}/requeue", json={"entry_ids": ["1-0", "2-0"]})
+            assert r.status_code == 422 and len(r.json()["problems"]) == 2
+            r = c.post(f"{base}/requeue")  # everything left that can be
+            assert r.status_code == 200, r.text
+            assert [x["prompt_id"] for x in r.json()["requeued"]] == ["p9"] and len(r.json()["skipped"]) == 1
+            assert r.json()["queued_prompts"] == ["p7", "p9"]
+            assert [d["stage"] for d in c.get(base).json()["dead_letters"]] == ["prompts"]
+            assert store.requeued_prompts(unique_run_id) == ["p7", "p9"]
+            store.set_state(unique_run_id, "completed")
+            r = c.post(f"{base}/requeue")
+            assert r.status_code == 409 and "will not run another iteration" in r.json()["detail"]
+            assert c.get("/v1/runs/no-such-run/dead-letters").status_code == 404
+    finally:
+        q.delete_run()
+        store.delete_run(unique_run_id)
