@@ -156,7 +156,8 @@ def execute(cfg: RunConfig) -> Path:
     print(f"run {run_id} in {run_dir}", flush=True)
 
     run_prompts(cfg)  # a bad prompt file, or prompts the run's judges cannot score, fail here, before anything starts
-    with open_redis(cfg.storage.redis_url, run_dir) as (client, url):
+    # the event reader below rides out a Redis restart like the controller and workers do
+    with open_redis(cfg.storage.redis_url, run_dir, outage_s=cfg.resilience.redis_outage_s) as (client, url):
         model_path = resolve_model_path(cfg)
         store = RunStore(client)
         store.create_run(run_id, cfg.model_dump(mode="json"), str(run_dir))
@@ -175,11 +176,29 @@ def execute(cfg: RunConfig) -> Path:
                 if finished:
                     break
             summary = ray.get(done)
+        except BaseException as err:
+            settle_orphan(store, run_id, err)
+            raise
         finally:
             ray.shutdown()
     print()
     print_table(summary)
     return run_dir / "summary.json"
+
+
+def settle_orphan(store: Any, run_id: str, err: BaseException) -> None:
+    """The run's controller is gone (it died, was interrupted, or gave up on Redis before it could record the
+    run's end): a run it left executing is marked failed with the reason, never left `running` with no
+    controller (a failed run with an intact checkpoint can be resumed)."""
+    from sparring.shared.store import ACTIVE_STATES
+    from sparring.workers.failures import failure_reason
+
+    try:
+        store.transition(
+            run_id, ACTIVE_STATES, "failed", reason=f"its controller exited without recording an end: {failure_reason(err)}"
+        )
+    except Exception:  # noqa: BLE001 - already at rest (the controller recorded it), or Redis is gone for good
+        log.warning("could not settle the state of run %s", run_id, exc_info=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -105,7 +105,7 @@ def serve(args: argparse.Namespace) -> int:
             token_file.write_text(secrets.token_urlsafe(32) + "\n")
         settings = settings.model_copy(update={"api_tokens": (token_file.read_text().strip(),)})
         print(f"no API tokens configured (SPARRING_API_TOKENS); using the one in {token_file}", flush=True)
-    with open_redis(settings.redis_url, settings.data_dir) as (client, url):
+    with open_redis(settings.redis_url, settings.data_dir, outage_s=settings.redis_outage_s) as (client, url):
         init_ray(settings.ray_address)
         app = create_app(settings, client, url)
         print(f"sparring API on http://{args.host}:{args.port}  (dashboard: http://{args.host}:{args.port}/dashboard)", flush=True)

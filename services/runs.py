@@ -422,8 +422,13 @@ class RunService:
                     self.store.transition(run["run_id"], ("created",), "running", reason="")
                 except (InvalidTransition, RunNotFound):
                     continue
-                self._start_controller(run)
                 executing += 1
+                if self._controller_alive(run["run_id"]):
+                    # a Redis restart lost the last second of writes (appendfsync everysec), among them this
+                    # run's move to running: its controller is alive, so it is running again, not started twice
+                    log.warning("run %s was queued but its controller is alive (Redis lost a write?)", run["run_id"])
+                    continue
+                self._start_controller(run)
 
     def _orphaned(self, run: dict[str, Any]) -> None:
         run_id, state = run["run_id"], run["state"]
@@ -449,6 +454,10 @@ class RunService:
         self._start_controller(run)
 
     def scheduler_loop(self, stop: threading.Event) -> None:
+        """`reconcile` every few seconds, for as long as the API runs: a pass that fails (Redis down past the
+        client's outage window, Ray unreachable) is logged and the next one tries again. This is also what
+        catches the runs a Redis outage orphaned: a controller that gave up on Redis could not record its
+        end, so its run is executing without a controller and is resumed (or failed) here."""
         while not stop.wait(self.settings.scheduler_interval_s):
             try:
                 self.reconcile()

@@ -10,6 +10,7 @@ and then the environment, which wins:
     SPARRING_MAX_UPLOAD_BYTES  prompt-pool upload cap (default 64 MiB)
     SPARRING_MAX_BODY_BYTES    cap on any other request body (default 1 MiB)
     SPARRING_MAX_ACTIVE_RUNS   runs executing at once; later ones wait in state `created` (default 1)
+    SPARRING_REDIS_OUTAGE_S    how long the API's Redis client reconnects through an outage (default 120)
     REDIS_URL, RAY_ADDRESS     the Redis and Ray cluster to use (unset: embedded local ones)
 
 Tokens are secrets: they are never logged, and `ServiceSettings.__repr__` hides them.
@@ -34,6 +35,7 @@ ENV = {
     "max_upload_bytes": "SPARRING_MAX_UPLOAD_BYTES",
     "max_body_bytes": "SPARRING_MAX_BODY_BYTES",
     "max_active_runs": "SPARRING_MAX_ACTIVE_RUNS",
+    "redis_outage_s": "SPARRING_REDIS_OUTAGE_S",
     "redis_url": "REDIS_URL",
     "ray_address": "RAY_ADDRESS",
 }
@@ -53,6 +55,9 @@ class ServiceSettings(BaseModel):
     redis_url: str | None = None
     ray_address: str | None = None
     scheduler_interval_s: float = Field(2.0, gt=0.0, description="how often queued and orphaned runs are looked at")
+    redis_outage_s: float = Field(
+        120.0, gt=0.0, description="how long the API's Redis client (requests, scheduler) reconnects through an outage"
+    )
 
     def __repr__(self) -> str:  # never print tokens
         shown = self.model_dump(exclude={"api_tokens", "readonly_tokens"})

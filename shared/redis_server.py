@@ -115,6 +115,28 @@ class OutageRetry(Retry):
             return result
 
 
+def ping(url: str, timeout_s: float = 3.0) -> None:
+    """One PING without retries on a fresh connection (readiness probes); `RedisUnavailable` names the URL
+    (password redacted) and the cause."""
+    safe = redact_url(url)
+    try:
+        probe = redis.Redis.from_url(
+            url,
+            decode_responses=False,
+            socket_connect_timeout=timeout_s,
+            socket_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 0),
+        )
+    except (ValueError, redis.RedisError) as exc:
+        raise RedisUnavailable(f"cannot reach Redis at {safe}: {exc}") from exc
+    try:
+        probe.ping()
+    except (redis.RedisError, OSError) as exc:
+        raise RedisUnavailable(f"cannot reach Redis at {safe}: {exc}") from exc
+    finally:
+        probe.close()
+
+
 def connect(
     url: str,
     timeout_s: float = 3.0,
@@ -133,23 +155,11 @@ def connect(
     deadline = time.monotonic() + wait_s
     while True:
         try:
-            probe = redis.Redis.from_url(
-                url,
-                decode_responses=False,
-                socket_connect_timeout=timeout_s,
-                socket_timeout=timeout_s,
-                retry=Retry(NoBackoff(), 0),
-            )
-        except (ValueError, redis.RedisError) as exc:
-            raise RedisUnavailable(f"cannot reach Redis at {safe}: {exc}") from exc
-        try:
-            probe.ping()
+            ping(url, timeout_s)
             break
-        except (redis.RedisError, OSError) as exc:
+        except RedisUnavailable:
             if time.monotonic() >= deadline:
-                raise RedisUnavailable(f"cannot reach Redis at {safe}: {exc}") from exc
-        finally:
-            probe.close()
+                raise
         time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
     client = redis.Redis.from_url(
         url,
