@@ -396,6 +396,54 @@ class INPOConfig(AlgorithmCommon):
         return self
 
 
+class HingeConfig(AlgorithmCommon):
+    objective: Literal["hinge"] = "hinge"
+    beta: float = _beta("the inverse margin: pairs with beta * h > 1 give no gradient (TRL hinge)")
+
+
+class NCAPairConfig(AlgorithmCommon):
+    objective: Literal["nca_pair"] = "nca_pair"
+    beta: float = _beta()
+
+
+class APOZeroConfig(AlgorithmCommon):
+    objective: Literal["apo_zero"] = "apo_zero"
+    beta: float = _beta()
+
+
+class APODownConfig(AlgorithmCommon):
+    objective: Literal["apo_down"] = "apo_down"
+    beta: float = _beta()
+
+
+class DPOPConfig(AlgorithmCommon):
+    objective: Literal["dpop"] = "dpop"
+    beta: float = _beta()
+    dpop_lambda: float = Field(
+        50.0,
+        ge=0.0,
+        description="nats of margin charged per nat the chosen answer falls below the reference (Smaug, arXiv "
+        "2402.13228; 50 as reimplementations default)",
+    )
+
+
+class LengthDPOConfig(AlgorithmCommon):
+    objective: Literal["length_dpo"] = "length_dpo"
+    beta: float = _beta()
+    alpha: float = Field(
+        ge=0.0,
+        description="R-DPO's length coefficient, nats per token of (|y_w| - |y_l|) added to the scaled margin "
+        "(arXiv 2403.19159 sweeps it; no default)",
+    )
+
+
+class ORPOConfig(AlgorithmCommon):
+    objective: Literal["orpo"] = "orpo"
+    beta: float = Field(
+        0.1, gt=0.0, description="weight of the odds-ratio term against the NLL (the paper's lambda; TRL ORPOConfig beta 0.1)"
+    )
+
+
 # objective name -> its config; `workers/objectives/registry.py` checks it against the loss classes
 OBJECTIVE_CONFIGS: dict[str, type[AlgorithmCommon]] = {
     cls.model_fields["objective"].default: cls
@@ -413,6 +461,13 @@ OBJECTIVE_CONFIGS: dict[str, type[AlgorithmCommon]] = {
         SPPOHardConfig,
         SPPOSingleConfig,
         INPOConfig,
+        HingeConfig,
+        NCAPairConfig,
+        APOZeroConfig,
+        APODownConfig,
+        DPOPConfig,
+        LengthDPOConfig,
+        ORPOConfig,
     )
 }
 

@@ -189,8 +189,10 @@ def test_each_objective_takes_only_its_own_fields(tmp_path: Path) -> None:
         load_config(write(tmp_path, "algorithm: {objective: dpo, epsilon: 0.1}\n"))
     with pytest.raises(ConfigError, match=r"algorithm\.beta: unknown key \(not a field of objective sppo\)"):
         load_config(write(tmp_path, "algorithm: {objective: sppo, beta: 0.001}\n"))
-    with pytest.raises(ConfigError, match=r"algorithm\.objective: unknown objective 'dpoo'; known: bco_pair, cdpo, dpo"):
+    with pytest.raises(ConfigError, match=r"algorithm\.objective: unknown objective 'dpoo'; known: apo_down, apo_zero, bco"):
         load_config(write(tmp_path, "algorithm: {objective: dpoo}\n"))
+    with pytest.raises(ConfigError, match=r"algorithm\.alpha: Field required"):  # R-DPO's alpha has no default
+        load_config(write(tmp_path, "algorithm: {objective: length_dpo}\n"))
     with pytest.raises(ConfigError, match=r"algorithm: Value error, objective=inpo needs reference=initial"):
         load_config(write(tmp_path, "algorithm: {objective: inpo}\n"))
     with pytest.raises(ConfigError, match=r"algorithm\.ratio: Input should be less than 1"):

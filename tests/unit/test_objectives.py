@@ -76,9 +76,11 @@ def pair_inputs(
 
 
 def algo(objective: str, **fields: typing.Any) -> AlgorithmConfig:
-    """A valid config for `objective` (INPO needs the fixed initial reference)."""
+    """A valid config for `objective` (INPO needs the fixed initial reference; length_dpo's alpha has no default)."""
     if objective == "inpo":
         fields.setdefault("reference", "initial")
+    if objective == "length_dpo":
+        fields.setdefault("alpha", 0.05)
     return algorithm_config(objective=objective, **fields)
 
 
@@ -553,7 +555,44 @@ def _inpo(cfg: AlgorithmConfig, p: Pairs, i: int) -> float:
     return (h - 1.0 / (2.0 * cfg.beta)) ** 2
 
 
+def _log1mexp(x: float) -> float:
+    return math.log(-math.expm1(x))
+
+
+def _orpo(cfg: AlgorithmConfig, p: Pairs) -> list[float]:
+    shares = [-p.pc[i] * len(p.pc) / sum(p.chosen_lengths) for i in range(len(p.pc))]  # mean = token-mean NLL
+    out = []
+    for i in range(len(p.pc)):
+        mc, mr = p.pc[i] / p.chosen_lengths[i], p.pr[i] / p.rejected_lengths[i]
+        log_odds = (mc - mr) - (_log1mexp(mc) - _log1mexp(mr))
+        out.append(shares[i] - cfg.beta * log_sigmoid(log_odds))
+    return out
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
 REFERENCE: dict[str, Reference] = {
+    "hinge": _per_pair(lambda c, p, i: max(0.0, 1.0 - c.beta * _h(p, i))),
+    "nca_pair": _per_pair(
+        lambda c, p, i: (
+            -log_sigmoid(c.beta * (p.pc[i] - p.rc[i]))
+            - 0.5 * log_sigmoid(-c.beta * (p.pc[i] - p.rc[i]))
+            - 0.5 * log_sigmoid(-c.beta * (p.pr[i] - p.rr[i]))
+        )
+    ),
+    "apo_zero": _per_pair(
+        lambda c, p, i: (1 - _sigmoid(c.beta * (p.pc[i] - p.rc[i]))) + _sigmoid(c.beta * (p.pr[i] - p.rr[i]))
+    ),
+    "apo_down": _per_pair(lambda c, p, i: _sigmoid(c.beta * (p.pc[i] - p.rc[i])) + (1 - _sigmoid(c.beta * _h(p, i)))),
+    "dpop": _per_pair(
+        lambda c, p, i: -log_sigmoid(c.beta * (_h(p, i) - c.dpop_lambda * max(0.0, p.rc[i] - p.pc[i])))
+    ),
+    "length_dpo": _per_pair(
+        lambda c, p, i: -log_sigmoid(c.beta * _h(p, i) + c.alpha * (p.chosen_lengths[i] - p.rejected_lengths[i]))
+    ),
+    "orpo": _orpo,
     "dpo": _per_pair(lambda c, p, i: -log_sigmoid(c.beta * _h(p, i))),
     "cdpo": _per_pair(
         lambda c, p, i: (
@@ -620,6 +659,9 @@ VARIANTS: list[tuple[str, dict[str, typing.Any]]] = [(name, {}) for name in obje
     ("ipo", {"length_normalize": True}),
     ("bco_pair", {"running_mean": False}),
     ("sppo", {"eta": 10.0}),
+    ("dpop", {"dpop_lambda": 0.5}),
+    ("length_dpo", {"alpha": 0.0}),
+    ("hinge", {"beta": 0.5}),
 ]
 
 
@@ -635,6 +677,20 @@ def test_matches_scalar_reference(name: str, overrides: dict[str, typing.Any]) -
     out = build_objective(cfg)(pairs.inputs())
     expected = torch.tensor(REFERENCE[name](cfg, pairs), dtype=torch.float64)
     torch.testing.assert_close(out.losses.double(), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("name", "overrides"), VARIANTS, ids=[f"{n}-{o}" for n, o in VARIANTS])
+def test_matches_scalar_reference_in_float64(name: str, overrides: dict[str, typing.Any]) -> None:
+    """float64 inputs stay float64 (`LossInputs.float32` only upcasts narrower dtypes), so every objective's
+    arithmetic is checked against the float64 loop version to 1e-6 (the issue-13 bar for reference vectors)."""
+    cfg = algo(name, **overrides)
+    pairs = random_pairs(9, seed=2)
+    inputs = pairs.inputs()
+    as64 = {f: getattr(inputs, f).double() for f in inputs.__dataclass_fields__ if getattr(inputs, f) is not None}
+    out = build_objective(cfg)(dataclasses.replace(inputs, **as64))
+    assert out.losses.dtype == torch.float64
+    expected = torch.tensor(REFERENCE[name](cfg, pairs), dtype=torch.float64)
+    torch.testing.assert_close(out.losses, expected, atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.parametrize("name", objective_names())
@@ -765,14 +821,14 @@ def test_another_objectives_field_is_refused_with_its_path() -> None:
     assert [(err["loc"], err["type"]) for err in e.value.errors()] == [(("sppo", "beta"), "extra_forbidden")]
     with pytest.raises(ValidationError, match=r"dpo\.alpha"):
         algorithm_config(objective="dpo", alpha=0.001)
-    with pytest.raises(ValidationError, match="does not match any of the expected tags: 'bco_pair', 'cdpo'"):
+    with pytest.raises(ValidationError, match="does not match any of the expected tags: 'apo_down', 'apo_zero', 'bco_pair', 'cdpo'"):
         algorithm_config(objective="nope")
     assert algorithm_config().objective == "dpo"  # the default objective
 
 
 def test_build_objective_unknown_name_lists_the_registry() -> None:
     cfg = DPOConfig.model_construct(objective="nope", beta=0.1)
-    with pytest.raises(ValueError, match="registered: bco_pair, cdpo, dpo"):
+    with pytest.raises(ValueError, match="registered: apo_down, apo_zero, bco_pair, cdpo, dpo, dpop"):
         build_objective(cfg)
 
 

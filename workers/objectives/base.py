@@ -50,15 +50,18 @@ class LossInputs:
         return int(self.policy_chosen_logps.shape[0])
 
     def float32(self) -> LossInputs:
-        """These inputs with every tensor upcast to float32 (a no-op for float32 tensors; keeps the graph).
+        """These inputs with every tensor upcast to at least float32 (float32 and float64 tensors are kept as
+        they are; keeps the graph).
 
         Objectives call this first so that their arithmetic runs in fp32 even when the log-probs arrive
         in bf16 or under autocast: SPPO's targets (P - 1/2) * eta are ~1e2 nats and its losses ~1e4.
+        float64 inputs stay float64, so the reference-vector tests can check the arithmetic in fp64.
         """
         upcast = {
             f.name: value.to(torch.float32)
             for f in fields(self)
-            if isinstance(value := getattr(self, f.name), torch.Tensor) and value.dtype != torch.float32
+            if isinstance(value := getattr(self, f.name), torch.Tensor)
+            and value.dtype not in (torch.float32, torch.float64)
         }
         return replace(self, **upcast) if upcast else self
 

@@ -13,13 +13,19 @@ import inspect
 from collections.abc import Callable
 
 from sparring.shared.config import OBJECTIVE_CONFIGS, AlgorithmConfig
+from sparring.workers.objectives.apo import APODownLoss, APOZeroLoss
 from sparring.workers.objectives.base import Objective
 from sparring.workers.objectives.bco import BCOPairLoss
 from sparring.workers.objectives.cdpo import CDPOLoss
 from sparring.workers.objectives.dpo import DPOLoss
+from sparring.workers.objectives.dpop import DPOPLoss
+from sparring.workers.objectives.hinge import HingeLoss
 from sparring.workers.objectives.inpo import INPOLoss
 from sparring.workers.objectives.ipo import IPOLoss
+from sparring.workers.objectives.length_dpo import LengthDPOLoss
+from sparring.workers.objectives.nca import NCAPairLoss
 from sparring.workers.objectives.npo import NPOLoss
+from sparring.workers.objectives.orpo import ORPOLoss
 from sparring.workers.objectives.rdpo import RDPOLoss
 from sparring.workers.objectives.rpo import RPOLoss
 from sparring.workers.objectives.simpo import SimPOLoss
@@ -42,6 +48,13 @@ OBJECTIVES: dict[str, type[Objective]] = {
         SPPOSingleLoss,
         INPOLoss,
         SPCELoss,
+        HingeLoss,
+        NCAPairLoss,
+        APOZeroLoss,
+        APODownLoss,
+        DPOPLoss,
+        LengthDPOLoss,
+        ORPOLoss,
     )
 }
 
