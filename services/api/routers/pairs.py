@@ -1,5 +1,7 @@
 """A run's judged pairs: `GET /v1/runs/{run_id}/pairs` (the most recent ones, as JSON) and
-`GET /v1/runs/{run_id}/pairs/export` (all, or one iteration's, or a sample, streamed as TRL JSONL).
+`GET /v1/runs/{run_id}/pairs/export` (all, or one iteration's, or a sample, streamed as TRL JSONL, or as one
+parquet file with `file_format=parquet`: the same rows and columns, which `datasets` reads as a Dataset and
+`sparring export --to dataset` saves as a `save_to_disk` directory for TRL's DPOTrainer).
 
 The export keeps truncation visible. TRL appends EOS to every completion, so an answer cut at
 `max_new_tokens` would be trained downstream as a finished one: each row carries `chosen_finish_reason` and
@@ -22,10 +24,11 @@ from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from sparring.services.api.deps import READ, RUN_ID, Service
-from sparring.services.api.schemas import ERRORS, NOT_FOUND, TEXT, PairList
+from sparring.services.api.errors import error_response
+from sparring.services.api.schemas import ERRORS, NOT_FOUND, TEXT, PairList, Problem
 from sparring.services.runs import RunService
 from sparring.shared.records import PreferencePair
 
@@ -50,18 +53,20 @@ def pairs(
 
 @router.get(
     "/v1/runs/{run_id}/pairs/export",
-    summary="Judged pairs as TRL preference JSONL (prompt / chosen / rejected)",
+    summary="Judged pairs as TRL preference JSONL or parquet (prompt / chosen / rejected)",
     dependencies=READ,
     response_class=StreamingResponse,
     responses={
         **ERRORS,
         **NOT_FOUND,
         200: {
-            "description": "one JSON object a line",
+            "description": "one JSON object a line (file_format=jsonl), or one parquet file (file_format=parquet)",
             "content": {
-                "application/x-ndjson": {**TEXT, "example": '{"prompt": "...", "chosen": "...", "rejected": "..."}\n'}
+                "application/x-ndjson": {**TEXT, "example": '{"prompt": "...", "chosen": "...", "rejected": "..."}\n'},
+                "application/vnd.apache.parquet": {"schema": {"type": "string", "format": "binary"}},
             },
         },
+        501: {"model": Problem, "description": "parquet asked for, and the server has no pyarrow"},
     },
 )
 def export_pairs(
@@ -78,12 +83,31 @@ def export_pairs(
         bool,
         Query(description="keep pairs with an answer cut at max_new_tokens (finish_reason 'length'); left out by default"),
     ] = False,
-) -> StreamingResponse:
+    file_format: Annotated[
+        Literal["jsonl", "parquet"], Query(description="jsonl (streamed) or one parquet file with the same columns")
+    ] = "jsonl",
+) -> Response:
     """TRL preference rows with `chosen_finish_reason` / `rejected_finish_reason`; response headers
     `X-Pairs-Left-Out-Truncated` (pairs left out because an answer was cut) and `X-Pairs-Exported`."""
     service.view(run_id)
     export = PairExport(service, run_id, iteration, include_truncated)
     rows = export.sample(sample, seed) if sample is not None else export.rows()
+    if file_format == "parquet":
+        try:
+            from sparring.shared.hf_data import parquet_bytes
+
+            body = parquet_bytes((trl_row(pair, format == "conversational") for pair in rows), format == "conversational")
+        except ImportError:
+            return error_response(501, "parquet exports need pyarrow on the API server: pip install 'sparring[datasets]'")
+        return Response(
+            body,
+            media_type="application/vnd.apache.parquet",
+            headers={
+                "Content-Disposition": f'attachment; filename="{run_id}-pairs.parquet"',
+                "X-Pairs-Left-Out-Truncated": str(export.left_out),
+                "X-Pairs-Exported": str(min(export.kept, sample) if sample is not None else export.kept),
+            },
+        )
     lines = (json.dumps(trl_row(pair, format == "conversational"), ensure_ascii=False) + "\n" for pair in rows)
     return StreamingResponse(
         lines,
