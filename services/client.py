@@ -210,15 +210,37 @@ def _print_dead_letters(letters: list[dict[str, Any]]) -> int:
     return 0
 
 
+def export_kind(output: str, to: str | None) -> str:
+    """jsonl, parquet or dataset: `--to`, else parquet for a `.parquet` output, else jsonl."""
+    if to is not None:
+        return to
+    return "parquet" if output.endswith(".parquet") else "jsonl"
+
+
 def export(args: argparse.Namespace) -> int:
     """Pairs with an answer cut at max_new_tokens are left out unless --include-truncated (TRL would append
-    EOS and train them as finished); how many were left out is printed to stderr."""
+    EOS and train them as finished); how many were left out is printed to stderr. `--to parquet` writes one
+    parquet file, `--to dataset` a `save_to_disk` directory (`datasets.load_from_disk` opens it)."""
+    kind = export_kind(args.output, args.to)
+    if kind != "jsonl" and args.output == "-":
+        raise ApiError(0, f"--to {kind} writes a file or directory: give -o PATH")
     api = _client(args)
     params = {"iteration": args.iteration, "sample": args.sample, "seed": args.seed, "format": args.format}
     params["include_truncated"] = "true" if args.include_truncated else "false"
+    params["file_format"] = "jsonl" if kind == "jsonl" else "parquet"
     path = f"/v1/runs/{args.run_id}/pairs/export"
     if args.output == "-":
         n, headers = api.download(path, sys.stdout.buffer, **params)
+    elif kind == "dataset":
+        import tempfile
+
+        from sparring.shared.hf_data import save_dataset_dir
+
+        with tempfile.TemporaryDirectory() as tmp:
+            parquet = Path(tmp) / "pairs.parquet"
+            with parquet.open("wb") as f:
+                n, headers = api.download(path, f, **params)
+            save_dataset_dir(parquet, Path(args.output))
     else:
         with open(args.output, "wb") as f:
             n, headers = api.download(path, f, **params)
@@ -265,7 +287,7 @@ def add_parsers(sub: Any) -> None:
     common(p)
     p.set_defaults(handler=resume)
 
-    p = sub.add_parser("export", help="download a run's judged pairs as TRL preference JSONL")
+    p = sub.add_parser("export", help="download a run's judged pairs in TRL's preference format (JSONL, parquet, datasets dir)")
     p.add_argument("run_id")
     p.add_argument("-o", "--output", default="-")
     p.add_argument("--iteration", type=int, default=None)
@@ -281,6 +303,13 @@ def add_parsers(sub: Any) -> None:
         "--include-truncated",
         action="store_true",
         help="keep pairs with an answer cut at max_new_tokens (left out by default: TRL would train them as finished)",
+    )
+    p.add_argument(
+        "--to",
+        default=None,
+        choices=["jsonl", "parquet", "dataset"],
+        help="jsonl; parquet (one file); dataset (a save_to_disk directory for datasets.load_from_disk and TRL). "
+        "Default: parquet for -o *.parquet, else jsonl",
     )
     common(p)
     p.set_defaults(handler=export)
