@@ -1,0 +1,143 @@
+"""Chaos: the run's redis-server SIGKILLed during generation and restarted on the same port and directory
+3 s later (AOF on, appendfsync everysec), as an operator or a supervisor would (real local Ray, the arena
+policy, real generator/judge/trainer actors, the controller as a Ray actor as `sparring run` starts it).
+
+Every Redis client (controller, workers, this test's event reader, which stands in for the CLI's) rides out
+the outage (`OutageRetry`, `resilience.redis_outage_s`); the consumer groups come back from the AOF and the
+in-flight work is re-read from them. The run completes: 0 prompts lost (every dispatched prompt has its group),
+0 duplicate pairs (deterministic record ids), and the run's state is `completed`, never stuck `running`.
+
+Prints its row of the chaos table (docs/reliability.md); `make chaos` makes CHAOS_REPETITIONS=3 runs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sparring.shared.config import parse_config
+from sparring.shared.queue import StreamQueue
+from sparring.shared.records import PreferencePair
+from sparring.shared.redis_server import PrivateRedis, connect
+from sparring.shared.store import RunStore
+
+pytestmark = [pytest.mark.chaos, pytest.mark.integration]
+
+REPETITIONS = int(os.environ.get("CHAOS_REPETITIONS", "1"))
+ITERATIONS = 2
+KILL_ITERATION = 2
+PROMPTS = 32
+DOWN_S = 3.0
+
+
+@pytest.fixture(scope="module")
+def arena_model() -> str:
+    from sparring.tasks.arena.policy import build_arena_model
+
+    return str(build_arena_model(0))
+
+
+@pytest.fixture(scope="module")
+def ray_local() -> Any:
+    import ray
+
+    from sparring.services.launch import init_ray
+
+    init_ray()
+    yield ray
+    ray.shutdown()
+
+
+def run_with_a_redis_kill(ray: Any, arena_model: str, tmp_path: Path) -> dict[str, Any]:
+    from sparring.workers.controller import launch_controller
+
+    cfg = parse_config(
+        {
+            "name": "redis-chaos",
+            "policy": {"path": "arena"},
+            "judge": {"kind": "arena_oracle"},
+            "prompts": {"source": "arena"},
+            "generation": {"backend": "transformers", "num_generators": 1, "samples_per_prompt": 4,
+                           "prompts_per_request": 2, "max_new_tokens": 24},  # fmt: skip
+            "trainer": {"learning_rate": 3e-4, "batch_size": 8, "torch_threads": 1},
+            "schedule": {"iterations": ITERATIONS, "prompts_per_iteration": PROMPTS},
+            "eval": {"enabled": False},
+            "storage": {"run_dir": str(tmp_path), "weight_transport": "safetensors_dir", "claim_idle_ms": 60_000},
+            "resilience": {"redis_outage_s": 60},
+        }
+    )
+    run_id = f"redis-chaos-{time.time_ns()}"
+    run_dir = tmp_path / run_id
+    data_dir = tmp_path / f"{run_id}-redis"
+    server = PrivateRedis(data_dir).start()
+    port, servers = server.port, [server]
+    client = connect(server.url, outage_s=60)
+    try:
+        store = RunStore(client)
+        store.create_run(run_id, cfg.model_dump(mode="json"), str(run_dir))
+        run_dir.mkdir()
+        done = launch_controller(run_id, cfg, server.url, str(run_dir), arena_model).run.remote()
+        # the CLI's event reader: wait for the kill iteration's generation to be under way
+        last, generated, deadline = "0-0", -1, time.monotonic() + 600
+        while generated < 2:
+            assert time.monotonic() < deadline, "generation of the kill iteration never started"
+            for eid, kind, data in store.events(run_id, after=last):
+                last = eid
+                if kind == "progress" and data.get("stage") == "generate" and data.get("iteration") == KILL_ITERATION:
+                    generated = data["done"]
+            time.sleep(0.02)
+        assert server.pid is not None
+        os.kill(server.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        assert generated < PROMPTS, "the iteration finished before the kill; make it longer"
+        time.sleep(DOWN_S)
+        servers.append(PrivateRedis(data_dir, port=port).start())
+        restarted = time.monotonic()
+        recovery = None
+        while True:  # the first progress written after the restart: the run is moving again
+            for eid, kind, _data in store.events(run_id, after=last):
+                last = eid
+                if recovery is None and kind == "progress":
+                    recovery = time.monotonic() - killed
+            ready, _ = ray.wait([done], timeout=0.2)
+            if ready:
+                break
+        ray.get(done)
+        queue = StreamQueue(client, run_id)
+        records = store.iterations(run_id)
+        pairs = Counter(p.record_id for _, p in queue.read_all("pairs", PreferencePair))
+        return {
+            "state": store.get_run(run_id)["state"],
+            "iterations": [r.iteration for r in records],
+            "lost_prompts": sum(r.num_prompts - r.num_groups for r in records),
+            "dead": sum(r.num_dead for r in records),
+            "duplicate_pairs": sum(n - 1 for n in pairs.values()),
+            "pairs_trained": sum(r.num_pairs for r in records),
+            "pairs_written": len(pairs),
+            "killed_after": generated,
+            "down_s": restarted - killed,
+            "recovery_s": recovery,
+        }
+    finally:
+        client.close()
+        for s in servers:
+            s.stop()
+
+
+def test_redis_sigkilled_mid_generation_and_restarted_loses_nothing(ray_local: Any, arena_model: str, tmp_path: Path) -> None:
+    results = [run_with_a_redis_kill(ray_local, arena_model, tmp_path) for _ in range(REPETITIONS)]
+    for r in results:
+        assert r["state"] == "completed", r
+        assert r["iterations"] == list(range(1, ITERATIONS + 1)), r
+        assert (r["lost_prompts"], r["dead"], r["duplicate_pairs"]) == (0, 0, 0), r
+        assert r["pairs_trained"] == r["pairs_written"] > 0, r
+        assert r["down_s"] >= DOWN_S and r["recovery_s"] is not None, r
+    recovery = [r["recovery_s"] for r in results]
+    print(f"\n| Redis SIGKILL mid-generation, restarted after {DOWN_S:.0f} s (AOF everysec) | {REPETITIONS} | "  # noqa: T201
+          f"{len(results)} | 0 | 0 | {min(recovery):.1f}-{max(recovery):.1f} |")  # fmt: skip
