@@ -229,6 +229,11 @@ JudgeConfig = Annotated[
 `{kind: self_preference}`, `{kind: none}`, or `{kind: <a task's judge>}`; each with the common fields."""
 
 
+# recipes that pair each fresh sample with a fixed answer of the prompt, so they need no judge: DRIFT's logged
+# dissatisfying response (rejected), SPIN's reference answer (chosen)
+ANCHORED_PAIRS = ("drift", "spin")
+
+
 class AlgorithmCommon(Section):
     """What every objective's config shares: the objective's name and the recipe (pairing, DRIFT sampling,
     reference schedule). `AlgorithmConfig` is the union of the objective configs below, by `objective`.
@@ -244,11 +249,12 @@ class AlgorithmCommon(Section):
         description="loss over per-sequence log-probs (a name of the objective registry; it selects the fields "
         "beside it); default dpo"
     )
-    pairs: Literal["best_vs_worst", "all_pairs", "ranked", "drift"] = Field(
+    pairs: Literal["best_vs_worst", "all_pairs", "ranked", "drift", "spin"] = Field(
         "best_vs_worst",
         description="how a judged group of K becomes training pairs: best vs worst (SPPO, INPO, iterative DPO), "
-        "every strictly preferred pair, OSP's ranked pairing (1st vs K-th, 2nd vs K-1-th, ...), or DRIFT's "
-        "fresh sample (chosen) vs the logged dissatisfying response (rejected), no judge",
+        "every strictly preferred pair, OSP's ranked pairing (1st vs K-th, 2nd vs K-1-th, ...), DRIFT's "
+        "fresh sample (chosen) vs the logged dissatisfying response (rejected), or SPIN's reference answer "
+        "(chosen) vs each fresh sample (rejected); the last two need no judge",
     )
     drift_guided: bool = Field(
         True,
@@ -823,16 +829,19 @@ class RunConfig(Section):
     @model_validator(mode="after")
     def _cross_field(self) -> RunConfig:
         drift = self.algorithm.pairs == "drift"
+        anchored = self.algorithm.pairs in ANCHORED_PAIRS  # paired against a fixed answer, no judge needed
         if drift and self.prompts.source in ("jsonl", "hf"):
             raise ValueError("algorithm.pairs=drift needs a dissatisfaction-log prompt source (dsat or a task's), not jsonl")
         if self.prompts.source == "dsat" and not drift:
             raise ValueError("prompts.source=dsat holds dissatisfaction logs: they go with algorithm.pairs=drift")
-        if self.judge.kind == "none" and not drift:
-            raise ValueError("judge.kind=none only fits algorithm.pairs=drift (other recipes rank with a judge)")
-        if not drift and self.generation.samples_per_prompt < 2:
+        if self.judge.kind == "none" and not anchored:
+            raise ValueError(
+                "judge.kind=none only fits algorithm.pairs=drift or spin (other recipes rank with a judge)"
+            )
+        if not anchored and self.generation.samples_per_prompt < 2:
             raise ValueError(
                 f"generation.samples_per_prompt must be >= 2 to build pairs, got {self.generation.samples_per_prompt}"
-                " (only DRIFT samples one)"
+                " (only DRIFT and SPIN, which pair samples with a fixed answer, sample one)"
             )
         prompts, per_group = self.schedule.prompts_per_iteration, self.max_pairs_per_group
         if self.storage.stream_maxlen < prompts * per_group:
@@ -852,7 +861,9 @@ class RunConfig(Section):
     def max_pairs_per_group(self) -> int:
         """The most training pairs the recipe builds from one group (workers/recipes/pairs.py)."""
         k = self.generation.samples_per_prompt
-        return {"best_vs_worst": 1, "ranked": k // 2, "all_pairs": k * (k - 1) // 2, "drift": k}[self.algorithm.pairs]
+        return {"best_vs_worst": 1, "ranked": k // 2, "all_pairs": k * (k - 1) // 2, "drift": k, "spin": k}[
+            self.algorithm.pairs
+        ]
 
     @property
     def eval_judge(self) -> JudgeConfig | None:

@@ -33,11 +33,18 @@ class PromptItem:
     messages: list[dict[str, str]] | None = None  # the whole conversation, when multi-turn
     guided_prompt: str | None = None  # DRIFT's guided transcript
     anchor_text: str | None = None  # DRIFT's logged dissatisfying response
+    reference_answer: str | None = None  # a ground-truth answer (SPIN's chosen side; JSONL field `answer`)
+
+    def fixed_answer(self, pairs: str) -> str | None:
+        """The answer the recipe `pairs` pairs every sample with: DRIFT's logged response, SPIN's reference
+        answer, None for judged recipes."""
+        return {"drift": self.anchor_text, "spin": self.reference_answer}.get(pairs)
 
 
 def parse_jsonl_prompts(lines: list[str], source: str = "prompts") -> list[PromptItem]:
     """A prompt pool file: one `{"id"?, "prompt": str}` or `{"id"?, "messages": [{role, content}, ...]}` per
-    line (a conversation ending in the user turn to answer). Every bad line is reported; none is dropped."""
+    line (a conversation ending in the user turn to answer), each with an optional `"answer": str`, a reference
+    answer (SPIN's chosen side; other recipes ignore it). Every bad line is reported; none is dropped."""
     pool: list[PromptItem] = []
     problems: list[str] = []
     seen: dict[str, int] = {}
@@ -45,9 +52,15 @@ def parse_jsonl_prompts(lines: list[str], source: str = "prompts") -> list[Promp
         if not isinstance(obj, dict):
             problems.append(f"line {n}: expected an object, got {type(obj).__name__}")
             continue
-        unknown = sorted(set(obj) - {"id", "prompt", "messages"})
+        unknown = sorted(set(obj) - {"id", "prompt", "messages", "answer"})
         if unknown:
-            problems.append(f"line {n}: unknown field(s) {', '.join(map(repr, unknown))} (expected id, prompt or messages)")
+            problems.append(
+                f"line {n}: unknown field(s) {', '.join(map(repr, unknown))} (expected id, prompt or messages, answer)"
+            )
+            continue
+        answer = obj.get("answer")
+        if answer is not None and (not isinstance(answer, str) or not answer.strip()):
+            problems.append(f"line {n}: field 'answer' must be a non-empty string")
             continue
         if ("prompt" in obj) == ("messages" in obj):
             problems.append(f"line {n}: needs exactly one of 'prompt' (a string) or 'messages' (a conversation)")
@@ -78,7 +91,7 @@ def parse_jsonl_prompts(lines: list[str], source: str = "prompts") -> list[Promp
         if dup := duplicate_id(seen, pid, n):
             problems.append(dup)
             continue
-        pool.append(PromptItem(pid, prompt, messages=messages))
+        pool.append(PromptItem(pid, prompt, messages=messages, reference_answer=answer))
     if problems:
         raise PromptPoolError(f"{source}: {len(problems)} bad line(s)\n  " + "\n  ".join(problems))
     if not pool:
@@ -240,7 +253,14 @@ def check_pool(pool: list[PromptItem], prompts: PromptsConfig, cfg: RunConfig, w
     bad: list[str] = []
     for kind, check in checks.values():
         bad += [f"id {item.prompt_id!r}: {reason} (judge.kind={kind})" for item in pool if (reason := check(item.prompt))]
-    if where == "prompts" and (cfg.algorithm.pairs == "drift") != all(item.anchor_text is not None for item in pool):
+    if where == "prompts" and cfg.algorithm.pairs == "spin":
+        missing = [item.prompt_id for item in pool if item.reference_answer is None]
+        if missing:
+            bad.append(
+                f"algorithm.pairs=spin needs a reference answer on every prompt (the JSONL field 'answer'); "
+                f"{len(missing)} prompt(s) have none, e.g. id {missing[0]!r}"
+            )
+    elif where == "prompts" and (cfg.algorithm.pairs == "drift") != all(item.anchor_text is not None for item in pool):
         bad.append(
             f"algorithm.pairs={cfg.algorithm.pairs} needs "
             + ("a logged response on every prompt (a dissatisfaction-log source)" if cfg.algorithm.pairs == "drift"

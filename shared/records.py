@@ -67,7 +67,9 @@ class PromptTask(Record):
         None, description="raw text the sampler continues instead of the chat-templated prompt (DRIFT's guided "
         "transcript); training still uses the prompt"
     )
-    anchor_text: str | None = Field(None, description="a fixed logged response paired with the samples (DRIFT's negative)")
+    anchor_text: str | None = Field(
+        None, description="a fixed answer paired with the samples: DRIFT's logged response (rejected), SPIN's reference (chosen)"
+    )
     num_samples: int = Field(ge=1, description="K")
     seed: int = Field(description="sampling seed for this group; fixed by the controller")
 
@@ -118,7 +120,9 @@ class GenerationGroup(Record):
     )
     prompt_token_ids: list[int] = Field(description="the prompt as the TRAINER sees it (chat template)")
     completions: list[Completion] = Field(min_length=1)
-    anchor: Completion | None = Field(None, description="the task's fixed logged response, tokenised (DRIFT)")
+    anchor: Completion | None = Field(
+        None, description="the prompt's fixed answer, tokenised: DRIFT's logged response or SPIN's reference answer"
+    )
     engine_id: str
     seed: int
     latency_s: float = Field(ge=0)

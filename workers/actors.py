@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sparring.shared.config import RunConfig
+from sparring.shared.config import ANCHORED_PAIRS, RunConfig
 from sparring.shared.events import emit
 from sparring.shared.models import load_tokenizer, prompt_token_ids, text_token_ids
 from sparring.shared.queue import Entry, StreamQueue
@@ -317,10 +317,10 @@ class JudgeWorker:
     def _process(self, entries: list[Entry[GenerationGroup]]) -> None:
         from sparring.workers.recipes.pairs import build_anchor_pairs, build_pairs
 
-        if self.cfg.algorithm.pairs == "drift":  # no judge: fresh sample vs the logged response
+        if self.cfg.algorithm.pairs in ANCHORED_PAIRS:  # no judge: fresh samples vs the prompt's fixed answer
             for entry in entries:
                 try:
-                    pairs = build_anchor_pairs(entry.record)
+                    pairs = build_anchor_pairs(entry.record, self.cfg.algorithm.pairs)
                 except ValueError as err:
                     self.queue.fail("generations", JUDGES_GROUP, entry, "recipe", str(err), max_attempts=1)
                     continue
@@ -329,7 +329,7 @@ class JudgeWorker:
             return
         from sparring.workers.judges.pool import GroupFailure, apply_confidence
 
-        assert self.pool is not None, "judge.kind=none is only valid with pairs=drift (config validation)"
+        assert self.pool is not None, "judge.kind=none is only valid with pairs=drift or spin (config validation)"
         t0 = time.perf_counter()
         # A judge failure never stops the run: a group the judge raises on (or a batch that times out) is
         # retried by redelivery, then dead-lettered with the reason; the other groups are judged.

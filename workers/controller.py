@@ -515,7 +515,7 @@ class RunController:
                     prompt=item.prompt,
                     messages=item.messages,
                     generation_prompt=item.guided_prompt if guided else None,
-                    anchor_text=item.anchor_text,
+                    anchor_text=item.fixed_answer(self.cfg.algorithm.pairs),
                     num_samples=self.cfg.generation.samples_per_prompt,
                     seed=derive_seed(self.cfg.seed, item.prompt_id, v),
                 ),

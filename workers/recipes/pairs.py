@@ -45,16 +45,23 @@ def win_matrix(judgement: Judgement) -> list[list[float]]:
     return [list(map(float, row)) for row in pairwise_probs_from_scores(judgement.scores)]
 
 
-def build_anchor_pairs(group: GenerationGroup) -> list[PreferencePair]:
-    """DRIFT: every fresh sample is chosen over the group's fixed logged response.
+def build_anchor_pairs(group: GenerationGroup, mode: Literal["drift", "spin"] = "drift") -> list[PreferencePair]:
+    """Every fresh sample paired with the group's fixed answer (`group.anchor`), no judge, `win_prob` 1:
 
-    No judge: the user's dissatisfaction already labelled the logged response (DRIFT, arXiv 2510.02341;
-    cacayaya/DRIFT `gen-drift.py` makes it `rejected`). `win_prob` is 1. Raises ValueError if the group
-    has no logged response.
+    - `drift`: the sample is chosen over the logged dissatisfying response (DRIFT, arXiv 2510.02341;
+      cacayaya/DRIFT `gen-drift.py` makes the logged response `rejected`); judge label `dsat_log`.
+    - `spin`: the prompt's reference answer is chosen over the sample (SPIN, arXiv 2401.01335 Sec. 4: the
+      real answer y ~ p_data against the previous iterate's y' ~ p_theta_t; uclaml/SPIN `spin/convert_data.py`
+      pairs `real` and `generated`); judge label `reference_answer`.
+
+    Empty samples and samples identical to the fixed answer give no pair. Raises ValueError if the group has
+    no fixed answer.
     """
     if group.anchor is None:
-        raise ValueError(f"group {group.record_id} has no logged response to pair against")
+        what = "logged response" if mode == "drift" else "reference answer"
+        raise ValueError(f"group {group.record_id} has no {what} to pair against")
     anchor = group.anchor
+    spin = mode == "spin"
     return [
         PreferencePair(
             run_id=group.run_id,
@@ -64,12 +71,12 @@ def build_anchor_pairs(group: GenerationGroup) -> list[PreferencePair]:
             prompt=group.prompt,
             messages=group.messages,
             prompt_token_ids=group.prompt_token_ids,
-            chosen=sample,
-            rejected=anchor,
+            chosen=anchor if spin else sample,
+            rejected=sample if spin else anchor,
             chosen_score=1.0,
             rejected_score=0.0,
             win_prob=1.0,
-            judge="dsat_log",
+            judge="reference_answer" if spin else "dsat_log",
         )
         for sample in group.completions
         if sample.token_ids and sample.token_ids != anchor.token_ids
