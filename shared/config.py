@@ -696,7 +696,7 @@ class StorageConfig(Section):
         ge=1,
         description="keep the judged pairs of the newest N recorded iterations in Redis (pairs stream and its "
         "seen-set); None keeps every pair (exports and the API see the whole run; Redis grows by one iteration's "
-        "pairs per iteration). Prompts and generations of recorded iterations are always pruned",
+        "pairs per iteration). Prompts and generations are pruned once a newer iteration is recorded",
     )
     weight_transport: Literal["object_store", "safetensors_dir"] = Field(
         "object_store", description="how new weights reach generators"

@@ -543,11 +543,12 @@ class RunController:
         return extra
 
     def retain_streams(self, t: int) -> None:
-        """Retention after iteration t is on record (docs/reliability.md): its prompts and generations, finished,
-        leave their streams and seen-sets; pairs stay for `storage.pairs_retention_iterations` iterations (all by
-        default); re-queued prompts it dispatched leave the re-queue."""
-        self.queue.prune("prompts", GENERATORS_GROUP, before_iteration=t + 1)
-        self.queue.prune("generations", JUDGES_GROUP, before_iteration=t + 1)
+        """Retention after iteration t is on record (docs/reliability.md): the prompts and generations of the
+        iterations before it, finished, leave their streams and seen-sets (the newest recorded iteration's stay
+        for inspection); pairs stay for `storage.pairs_retention_iterations` iterations (all by default);
+        re-queued prompts t dispatched leave the re-queue."""
+        self.queue.prune("prompts", GENERATORS_GROUP, before_iteration=t)
+        self.queue.prune("generations", JUDGES_GROUP, before_iteration=t)
         keep = self.cfg.storage.pairs_retention_iterations
         if keep is not None:
             self.queue.prune("pairs", TRAINER_GROUP, before_iteration=t + 1 - keep)
