@@ -27,6 +27,7 @@ import yaml
 
 from sparring.services.display import eval_columns, fmt, win_cell
 from sparring.services.launch import init_ray, parse_sets
+from sparring.services.progress import RunProgress, print_json
 from sparring.shared.config import ConfigError, RunConfig, load_config
 
 log = logging.getLogger("sparring")
@@ -104,6 +105,14 @@ def _print_event(kind: str, ev: dict[str, Any]) -> None:
         print(f"run failed: {ev['reason']}", flush=True)
 
 
+def tasks_view() -> dict[str, Any]:
+    """`sparring tasks --json`: {task: {description, prompt_sources, models, judges, evaluators}}."""
+    from sparring.shared import tasks
+
+    kinds = ("prompt_sources", "models", "judges", "evaluators")
+    return {t.name: {"description": t.description, **{k: sorted(getattr(t, k)) for k in kinds}} for t in tasks.registry().values()}
+
+
 def print_tasks() -> None:
     """Every installed task (entry points `sparring.tasks`) and what a config can name from it."""
     from sparring.shared import tasks
@@ -157,7 +166,8 @@ def execute(cfg: RunConfig) -> Path:
 
     run_prompts(cfg)  # a bad prompt file, or prompts the run's judges cannot score, fail here, before anything starts
     # the event reader below rides out a Redis restart like the controller and workers do
-    with open_redis(cfg.storage.redis_url, run_dir, outage_s=cfg.resilience.redis_outage_s) as (client, url):
+    with open_redis(cfg.storage.redis_url, run_dir, outage_s=cfg.resilience.redis_outage_s) as (client, url), RunProgress() as progress:
+        progress.step(f"model {cfg.policy.path}: resolving (a task's model is built once, then cached)")
         model_path = resolve_model_path(cfg)
         store = RunStore(client)
         store.create_run(run_id, cfg.model_dump(mode="json"), str(run_dir))
@@ -171,6 +181,7 @@ def execute(cfg: RunConfig) -> Path:
                 events = store.events(run_id, after=last)
                 for _, kind, data in events:
                     _print_event(kind, data)
+                    progress.event(kind, data)  # the live bar of the current step, in a terminal
                 if events:
                     last = events[-1][0]
                 if finished:
@@ -210,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     p_run = sub.add_parser("run", help="run CONFIG.yaml to completion")
     p_run.add_argument("config")
     p_run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    sub.add_parser("tasks", help="installed tasks and the prompt sources, models, judges, evaluators they register")
+    p_tasks = sub.add_parser("tasks", help="installed tasks and the prompt sources, models, judges, evaluators they register")
+    p_tasks.add_argument("--json", action="store_true", help="one JSON object {task: {description, prompt_sources, ...}}")
     p_presets = sub.add_parser("presets", help="paper presets; `presets show NAME` prints its values and their sources")
     p_presets.add_argument("show", nargs="?", choices=["show"], help=argparse.SUPPRESS)
     p_presets.add_argument("name", nargs="?", help="the preset to show")
@@ -244,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {err.detail}" + "".join(f"\n  {p}" for p in err.problems), file=sys.stderr)
             return 2 if err.status < 500 else 1
     if args.command == "tasks":
+        if args.json:
+            return print_json(tasks_view())
         print_tasks()
         return 0
     try:

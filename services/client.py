@@ -20,6 +20,7 @@ import yaml
 
 from sparring.services.display import eval_columns, win_cell
 from sparring.services.launch import init_ray, parse_sets
+from sparring.services.progress import print_json
 
 DEFAULT_API = "http://127.0.0.1:8321"
 DEFAULT_PORT = 8321
@@ -170,6 +171,12 @@ def status(args: argparse.Namespace) -> int:
     if getattr(args, "dead", False) and args.run_id is None:
         raise ApiError(0, "--dead lists one run's dead letters: give its RUN id")
     api = _client(args)
+    if getattr(args, "json", False):  # the API's own objects: {runs}, {run, iterations} or {dead_letters}
+        if args.run_id is None:
+            return print_json(api.get("/v1/runs"))
+        if getattr(args, "dead", False):
+            return print_json(api.get(f"/v1/runs/{args.run_id}/dead-letters"))
+        return print_json({"run": api.get(f"/v1/runs/{args.run_id}"), **api.get(f"/v1/runs/{args.run_id}/iterations")})
     if args.run_id is None:
         runs = api.get("/v1/runs")["runs"]
         print(f"{'run':<48} {'state':<10} {'iters':>7} {'algorithm':<10} {'judge':<14}")
@@ -278,6 +285,7 @@ def add_parsers(sub: Any) -> None:
     p = sub.add_parser("status", help="list runs, or show one run's iterations (or, with --dead, its dead letters)")
     p.add_argument("run_id", nargs="?")
     p.add_argument("--dead", action="store_true", help="list the run's dead letters: prompt id, stage, attempts, reason")
+    p.add_argument("--json", action="store_true", help="the API's JSON: {runs}, {run, iterations} or {dead_letters}")
     common(p)
     p.set_defaults(handler=status)
 
