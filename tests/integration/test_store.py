@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from sparring.shared.queue import StreamQueue
-from sparring.shared.records import IterationRecord, PromptTask
+from sparring.shared.records import GenerationGroup, IterationRecord, PromptTask
 from sparring.shared.redis_server import PrivateRedis, RedisUnavailable, connect, open_redis, redact_url
 from sparring.shared.store import RUN_STATES, InvalidTransition, RunExists, RunNotFound, RunStore
 
@@ -313,3 +313,63 @@ def test_connect_waits_for_a_restarting_server_when_asked(tmp_path: Path) -> Non
         timer.join()
         for s in box:
             s.stop()
+
+
+def test_what_appendfsync_everysec_loses_and_why_a_rerun_duplicates_nothing(tmp_path: Path) -> None:
+    """docs/reliability.md, "What a Redis restart can lose". With `appendfsync everysec` a crash can lose the
+    writes of about the last second (up to 2 s when an fsync is slow: Redis then postpones its AOF write but
+    still replies). Simulated deterministically: redis-server SIGKILLed after more work, then restarted from a
+    copy of its AOF taken before that work. The lost work is still pending in the consumer group (or undelivered),
+    is done again, and deterministic record ids make the re-run write nothing twice."""
+    import os
+    import shutil
+    import signal
+
+    data_dir = tmp_path / "redis"
+    run_id = "everysec"
+    server = PrivateRedis(data_dir).start()
+    client = connect(server.url)
+    q = StreamQueue(client, run_id)
+    q.ensure_group("prompts", "g")
+    tasks = [PromptTask(run_id=run_id, iteration=1, policy_version=0, prompt_id=f"p{i}", prompt="x", num_samples=2, seed=i)
+             for i in range(6)]  # fmt: skip
+    for t in tasks:
+        q.put("prompts", t)
+
+    def work(n: int) -> None:
+        for e in q.read("prompts", "g", "c", PromptTask, count=n, max_deliveries=3):
+            q.complete("prompts", "g", e.entry_id, "generations", [_as_group(e.record)])
+
+    work(3)
+    time.sleep(1.5)  # fsynced
+    snapshot = tmp_path / "before-last-writes"
+    shutil.copytree(data_dir / "appendonlydir", snapshot)  # the disk as a crash a moment later leaves it
+    work(3)  # the "last second": three more groups written and acknowledged
+    assert q.length("generations") == 6
+    assert server.pid is not None
+    os.kill(server.pid, signal.SIGKILL)
+    shutil.rmtree(data_dir / "appendonlydir")
+    shutil.copytree(snapshot, data_dir / "appendonlydir")
+    server = PrivateRedis(data_dir, port=server.port).start()
+    try:
+        assert q.length("generations") == 3 and q.outstanding("prompts", "g") == 3  # the last writes are gone
+        work(6)  # the lost work is read again from the consumer group and done again
+        ids = [g.record_id for _, g in q.read_all("generations", GenerationGroup)]
+        assert sorted(ids) == sorted(t.record_id for t in tasks) and q.outstanding("prompts", "g") == 0
+        for t in tasks:  # a re-dispatch after the restart writes nothing twice either
+            assert q.put("prompts", t) is None
+        work(6)
+        assert q.length("generations") == 6
+    finally:
+        client.close()
+        server.stop()
+
+
+def _as_group(task: PromptTask) -> GenerationGroup:
+    from sparring.shared.records import Completion
+
+    return GenerationGroup(
+        run_id=task.run_id, iteration=task.iteration, policy_version=task.policy_version, prompt_id=task.prompt_id,
+        prompt=task.prompt, prompt_token_ids=[1], completions=[Completion(index=0, text="a", token_ids=[2], logprobs=[-1.0])],
+        engine_id="e", seed=task.seed, latency_s=0.0,
+    )  # fmt: skip
