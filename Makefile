@@ -6,7 +6,7 @@ EXTRA ?= cpu
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(EXTRA)
 
-.PHONY: install redis browser demo test lint clean
+.PHONY: install redis browser demo test chaos lint clean
 
 install: $(STAMP)
 
@@ -45,6 +45,11 @@ demo: install redis
 
 test: install redis browser
 	$(PY) -m pytest
+
+# The chaos suite (tests/chaos/), 3 repetitions of every failure; each test prints its row of the table in
+# docs/reliability.md. `make test` runs it too, once per failure.
+chaos: install redis
+	CHAOS_REPETITIONS=3 $(PY) -m pytest -m chaos -s tests/chaos
 
 lint: install
 	$(VENV)/bin/ruff check shared workers services tasks tests bench

@@ -15,8 +15,9 @@ Per run, all under `run:{run_id}:`:
 - `run:{id}:iterations`      hash: iteration number -> msgpack `IterationRecord` (first write wins);
                              `RunStore.put_iteration` (controller) -> `RunStore` (API, metrics, resume).
 - `run:{id}:kv`              hash of small named blobs; `RunStore.set_value` (controller: cached eval
-                             samples) and `RunService` (HINCRBY `orphan_restarts:{iteration}`) ->
-                             controller (`get_value`), `RunService`.
+                             samples, `iteration:{t}:progress` of the iteration not yet recorded) and
+                             `RunService` (HINCRBY `orphan_restarts:{iteration}`) -> controller (`get_value`),
+                             `RunService`.
 - `run:{id}:events`          stream (fields `kind`, `data` = msgpack dict); `RunStore` (run_created, state,
                              iteration) and `shared.events.emit` (controller progress) -> `RunStore.events`
                              (SSE, CLI). It is also the `events` stage of `StreamQueue` (same key).

@@ -16,6 +16,7 @@ decides what is dispatched and when a stage is done.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -413,8 +414,8 @@ class TrainerWorker:
         return out
 
     def info(self) -> dict[str, Any]:
-        """The policy version the trainer holds and its device (a readiness probe)."""
-        return {"version": self.trainer.policy_version, "device": str(self.trainer.device)}
+        """The policy version the trainer holds, its device and process id (a readiness probe)."""
+        return {"version": self.trainer.policy_version, "device": str(self.trainer.device), "pid": os.getpid()}
 
     def restore(self, checkpoint: str) -> int:
         """Continue from a checkpoint this trainer wrote (a resumed run); returns its policy version."""

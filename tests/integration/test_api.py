@@ -158,8 +158,13 @@ def _arena_pool(n: int) -> bytes:
     return _jsonl([{"id": p.prompt_id, "prompt": p.prompt} for p in arena_prompts("train")[:n]])
 
 
-def test_run_lifecycle_pause_resume_export_checkpoint(api_server, tmp_path: Path) -> None:
+def test_run_lifecycle_pause_resume_export_checkpoint(api_server, redis_client, tmp_path: Path) -> None:
+    """The paused run is then marked `failed` by hand (what a trainer death past its restart budget leaves):
+    resuming it answers 409 naming the missing trainer state while its last checkpoint is incomplete, and
+    continues it to completion once the checkpoint is whole."""
     from transformers import AutoModelForCausalLM
+
+    from sparring.shared.store import RunStore
 
     with api_server.admin as c:
         pool = c.post("/v1/pools", params={"name": "arena-64"}, content=_arena_pool(64)).json()
@@ -184,12 +189,21 @@ def test_run_lifecycle_pause_resume_export_checkpoint(api_server, tmp_path: Path
         assert paused["iterations_done"] < 3
         r = c.post(f"/v1/runs/{run_id}/pause")
         assert r.status_code == 409 and "is paused; it cannot become pausing" in r.json()["detail"]
+        RunStore(redis_client).set_state(run_id, "failed", reason="ActorDiedError: the trainer died (simulated)")
+        last = c.get(f"/v1/runs/{run_id}/iterations").json()["iterations"][-1]
+        state = Path(last["checkpoint"]) / "trainer_state.pt"
+        state.rename(state.with_suffix(".moved"))
+        r = c.post(f"/v1/runs/{run_id}/resume")
+        assert r.status_code == 409 and "is failed and cannot resume" in r.json()["detail"], r.text
+        assert r.json()["problems"] == [f"iteration {last['iteration']}: {state} is missing"]
+        assert c.get(f"/v1/runs/{run_id}").json()["state"] == "failed"
+        state.with_suffix(".moved").rename(state)
         r = c.post(f"/v1/runs/{run_id}/resume")
         assert r.status_code == 202 and r.json()["state"] in ("created", "running")
         done = api_server.wait_for(run_id, lambda run: run["state"] == "completed", what="completed")
         assert done["iterations_done"] == 3
         r = c.post(f"/v1/runs/{run_id}/resume")
-        assert r.status_code == 409
+        assert r.status_code == 409 and "is completed; it cannot become created" in r.json()["detail"]
 
         iterations = c.get(f"/v1/runs/{run_id}/iterations").json()["iterations"]
         assert [it["iteration"] for it in iterations] == [1, 2, 3]
@@ -229,7 +243,7 @@ def test_run_lifecycle_pause_resume_export_checkpoint(api_server, tmp_path: Path
         assert len(recent) == 3 and recent[0]["iteration"] == 3
 
         ckpts = c.get(f"/v1/runs/{run_id}/checkpoints").json()["checkpoints"]
-        assert [ck["version"] for ck in ckpts] == [1, 2, 3]
+        assert [ck["version"] for ck in ckpts] == [2, 3]  # retention: checkpoints.keep_last (2) recorded ones
         names = {f["name"] for f in ckpts[-1]["files"]}
         assert {"config.json", "model.safetensors"} <= names
         r = c.get(f"/v1/runs/{run_id}/checkpoints/3/archive")
