@@ -74,7 +74,8 @@ def _s(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _entry_key(entry_id: str) -> tuple[int, int]:
+def entry_key(entry_id: str) -> tuple[int, int]:
+    """A stream entry id ("ms-seq") as a tuple that orders like the stream."""
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
 
@@ -634,17 +635,17 @@ class StreamQueue:
         info = self._group_info(stage, group)
         if info is None:
             return 0
-        bound = _entry_key(_s(info["last-delivered-id"]))  # entries after it were never delivered
+        bound = entry_key(_s(info["last-delivered-id"]))  # entries after it were never delivered
         summary = self.client.xpending(key, group)
         if summary["pending"]:
-            bound = min(bound, _before(_entry_key(_s(summary["min"]))))  # nor acknowledged from here on
+            bound = min(bound, _before(entry_key(_s(summary["min"]))))  # nor acknowledged from here on
         ids: list[bytes] = []
         last: tuple[int, int] | None = None
         cursor = "-"
         while True:
             batch = self.client.xrange(key, min=cursor, max="+", count=page)
             for eid, fields in batch:
-                at = _entry_key(_s(eid))
+                at = entry_key(_s(eid))
                 if at > bound or _iteration(fields) >= before_iteration:
                     return self._drop_head(stage, ids, last)
                 ids.append(fields.get(b"id", b""))

@@ -30,6 +30,7 @@ from sparring.services.api.deps import READ, RUN_ID, Service
 from sparring.services.api.errors import error_response
 from sparring.services.api.schemas import ERRORS, NOT_FOUND, TEXT, PairList, Problem
 from sparring.services.runs import RunService
+from sparring.shared.queue import entry_key
 from sparring.shared.records import PreferencePair
 
 router = APIRouter(tags=["pairs"])
@@ -142,11 +143,6 @@ def trl_row(pair: PreferencePair, conversational: bool) -> dict[str, Any]:
     return row
 
 
-def _entry_key(entry_id: str) -> tuple[int, int]:
-    ms, seq = entry_id.split("-")
-    return int(ms), int(seq)
-
-
 class PairExport:
     """The pairs an export streams. The response headers (counts) go out before the body, so a first pass
     over the pairs stream counts them and notes its last entry; the body is then read again up to that entry
@@ -161,14 +157,14 @@ class PairExport:
 
     def _selected(self, until: tuple[int, int] | None) -> Iterator[tuple[str, PreferencePair]]:
         for entry_id, pair in self.queue.iter_records("pairs", PreferencePair):
-            if until is not None and _entry_key(entry_id) > until:
+            if until is not None and entry_key(entry_id) > until:
                 return
             if self.iteration is None or pair.iteration == self.iteration:
                 yield entry_id, pair
 
     def _count(self) -> None:
         for entry_id, pair in self._selected(None):
-            self.last = _entry_key(entry_id)
+            self.last = entry_key(entry_id)
             if truncated(pair) and not self.include_truncated:
                 self.left_out += 1
                 continue
