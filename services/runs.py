@@ -143,6 +143,12 @@ class RunService:
         for field in MODEL_FIELDS:
             if (why := check_model_reference(field, _get(data, field), self.settings.model_roots)) is not None:
                 problems.append(why)
+        uri = _get(data, "trackers.mlflow.tracking_uri")
+        if isinstance(uri, str) and not uri.startswith(("http://", "https://", "databricks")):
+            problems.append(
+                "trackers.mlflow.tracking_uri: over the API only a tracking server (http(s)://, databricks) is allowed; "
+                "a local store is the service's (MLFLOW_TRACKING_URI, or mlflow.db in its runs directory)"
+            )
         if problems:
             raise RequestError(f"config: {len(problems)} problem(s)", problems)
         if pool_id is not None:

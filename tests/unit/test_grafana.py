@@ -49,6 +49,8 @@ def exposed(text: str) -> tuple[dict[str, set[str]], set[str]]:
     families = set()
     for family in text_string_to_metric_families(text):
         families.add(family.name)
+        # a family with no sample now (queue depths while no run executes) is still exposed, labels unknown
+        samples.setdefault(family.name + ("_total" if family.type == "counter" else ""), set())
         for s in family.samples:
             samples.setdefault(s.name, set()).update(s.labels)
     return samples, families
@@ -91,7 +93,7 @@ def check(text: str, exprs: list[str]) -> list[str]:
     for name, labels in sorted(used.items()):
         if name not in samples:
             problems.append(f"{name}: not exposed by /metrics (exposed: {', '.join(sorted(samples))})")
-        elif missing := labels - samples[name]:
+        elif samples[name] and (missing := labels - samples[name]):
             problems.append(f"{name}: no label(s) {', '.join(sorted(missing))} (has {', '.join(sorted(samples[name]))})")
     shown = {n.removesuffix("_total") for n in used}
     problems += [

@@ -67,3 +67,15 @@ def test_bad_parquet_rows_are_refused_and_nothing_is_stored(tmp_path: Path, redi
     with pytest.raises(PoolRejected, match="not dsat"):
         store.add("d.parquet", "dsat", parquet(CHATS), {})
     assert store.list() == before and not list((tmp_path / unique_run_id).glob("*.parquet"))
+
+
+def test_api_configs_cannot_point_mlflow_at_a_local_path(tmp_path: Path, redis_client: Any, unique_run_id: str) -> None:
+    from sparring.services.runs import RequestError
+
+    service = RunService(ServiceSettings(data_dir=tmp_path / unique_run_id), redis_client, "redis://unused")
+    config = {"policy": {"path": "Qwen/Qwen2.5-0.5B-Instruct"}, "judge": {"kind": "pairrm", "model": "llm-blender/PairRM-hf"},
+              "prompts": {"source": "hf", "path": "HuggingFaceH4/ultrafeedback_binarized"},
+              "report_to": ["mlflow"], "trackers": {"mlflow": {"tracking_uri": "sqlite:////etc/x.db"}}}  # fmt: skip
+    with pytest.raises(RequestError) as err:
+        service.prepare_config(config, None)
+    assert any(p.startswith("trackers.mlflow.tracking_uri: over the API only a tracking server") for p in err.value.problems)

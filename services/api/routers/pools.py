@@ -39,6 +39,8 @@ router = APIRouter(tags=["pools"])
                     '{"id": "p2", "messages": [{"role": "user", "content": "Hi"}]}\n',
                 },
                 "application/vnd.apache.parquet": {"schema": {"type": "string", "format": "binary"}},
+                # either file as plain bytes (what generated clients send; the server tells the two apart itself)
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
             },
         }
     },
