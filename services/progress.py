@@ -1,4 +1,4 @@
-"""Live progress of a run's long steps in a terminal, with rich: the arena/model build, engine start-up, and
+"""Live progress of a run's long steps in a terminal, with rich: the model build, engine start-up, and
 each iteration's stages (generation as a bar of prompts done, then train, sync and evaluation), fed by the
 run's events. The plain event lines go on being printed above the live bar; where stdout is no terminal
 (a pipe, a log file, CI) nothing live is drawn and the output is exactly those lines.
