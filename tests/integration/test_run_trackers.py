@@ -1,6 +1,7 @@
 """A real 2-iteration arena run (local Ray, Redis, vLLM-CPU) with `report_to: [tensorboard, mlflow, wandb]`
 (W&B offline, MLflow's local store): each tracker holds every iteration's loss/mean and eval win rate, read
-back with its own reader, and the resolved config once."""
+back with its own reader, and the resolved config once. Its prompts come from a `datasets` directory with a
+messages column (`prompts: {source: hf}`); tests/integration/test_ecosystem_api.py runs from a parquet pool."""
 
 from __future__ import annotations
 
@@ -22,8 +23,15 @@ pytest.importorskip("wandb")
 def test_two_iteration_run_logs_to_every_tracker(
     ray_local: Any, redis_url: str, redis_client: Any, arena_model: str, unique_run_id: str, tmp_path: Path  # noqa: F811
 ) -> None:
+    import datasets
+
+    from sparring.tasks.arena.rules import arena_prompts
+
+    rows = [{"id": p.prompt_id, "messages": [{"role": "user", "content": p.prompt}]} for p in arena_prompts("train")[:48]]
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows)}).save_to_disk(str(tmp_path / "prompts_ds"))
     cfg = small_config(
         tmp_path,
+        prompts={"source": "hf", "path": str(tmp_path / "prompts_ds"), "messages_column": "messages"},
         generation={"num_generators": 1, "samples_per_prompt": 2, "max_new_tokens": 16},
         schedule={"iterations": 2, "prompts_per_iteration": 16},
         eval={"num_prompts": 8},
@@ -34,7 +42,7 @@ def test_two_iteration_run_logs_to_every_tracker(
     summary = ray_local.get(done, timeout=600)
     losses = [it["loss"] for it in summary["iterations"]]
     wins = [it["eval"]["eval/win_rate_vs_iter0"] for it in summary["iterations"]]
-    assert len(losses) == 2
+    assert len(losses) == 2 and all(it["groups"] == 16 for it in summary["iterations"])
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
