@@ -196,10 +196,13 @@ def test_run_lifecycle_pause_resume_export_checkpoint(api_server, redis_client, 
         r = c.post(f"/v1/runs/{run_id}/resume")
         assert r.status_code == 409 and "is failed and cannot resume" in r.json()["detail"], r.text
         assert r.json()["problems"] == [f"iteration {last['iteration']}: {state} is missing"]
+        out = _cli(api_server, "resume", run_id)  # the CLI prints the detail and every problem, exits 2
+        assert out.returncode == 2 and "is failed and cannot resume" in out.stderr and f"{state} is missing" in out.stderr
         assert c.get(f"/v1/runs/{run_id}").json()["state"] == "failed"
         state.with_suffix(".moved").rename(state)
-        r = c.post(f"/v1/runs/{run_id}/resume")
-        assert r.status_code == 202 and r.json()["state"] in ("created", "running")
+        out = _cli(api_server, "resume", run_id)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.startswith(f"run {run_id} ") and f"continues after iteration {last['iteration']}" in out.stdout
         done = api_server.wait_for(run_id, lambda run: run["state"] == "completed", what="completed")
         assert done["iterations_done"] == 3
         r = c.post(f"/v1/runs/{run_id}/resume")
