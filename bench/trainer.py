@@ -25,6 +25,17 @@ is a random-init Qwen2ForCausalLM with Qwen2-0.5B's shape (`--layers` overrides 
 token-id pairs of about `--prompt-tokens` + `--response-tokens` tokens; it is meant for a GPU.
 
 Prints one line per round, then the result as JSON on the last line.
+
+    .venv/bin/python bench/trainer.py --report-memory [--memory-chunks 256] [--threads 1]
+
+`--report-memory` instead measures the peak memory of one DPO iteration (reference pass, then one
+optimizer step) at the 131k Tekken vocabulary: tests/families.py's mistral shape (hidden 64, untied head,
+2 layers, 16.8M parameters, nearly all in the 131,072-row embedding and head), 8 pairs of exactly 256 prompt
++ 256 answer tokens (batch 8 x 512 tokens, 4,096 answer positions), once with the LM head unchunked
+(`trainer.logps_chunk_tokens: null`) and once per chunk size, each in a fresh process. Peak = the
+process's peak resident set (VmHWM, reset through /proc/self/clear_refs after loading) during
+`train_iteration`, minus its resident set before it: the memory the iteration adds on top of the loaded
+models. Prints one line per setting, the ratio unchunked / chunked, and the JSON last line.
 """
 
 from __future__ import annotations
@@ -34,8 +45,11 @@ import copy
 import gc
 import json
 import logging
+import math
 import random
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -353,6 +367,127 @@ def run_trl(model_dir: str, dataset: Any, args: argparse.Namespace) -> dict[str,
 # --------------------------------------------------------------------------------------------------
 
 
+# --------------------------------------------------------------------------------------------------
+# --report-memory: peak memory of one iteration at the 131k Tekken vocabulary, LM head chunked vs not
+
+TEKKEN_VOCAB = 131_072  # Mistral-Nemo-Instruct-2407's tekken.json default_vocab_size (tests/families.py)
+MEMORY_PAIRS, MEMORY_PROMPT_TOKENS, MEMORY_ANSWER_TOKENS = 8, 256, 256
+
+
+def build_tekken_shape_dir(out: Path, tokenizer_dir: str, seed: int) -> Path:
+    """tests/families.py's mistral checkpoint shape (hidden 64, untied, vocab 131,072), random init, with a
+    stand-in tokenizer for pad/eos ids (the data is token ids drawn directly, as for qwen2-0.5b-shape)."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    tok = load_tokenizer(tokenizer_dir)
+    cfg = MistralConfig(
+        vocab_size=TEKKEN_VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=1,
+        num_key_value_heads=1, head_dim=64, max_position_embeddings=1024, rms_norm_eps=1e-5, rope_theta=1_000_000.0,
+        sliding_window=None, tie_word_embeddings=False, pad_token_id=int(tok.pad_token_id),
+        eos_token_id=int(tok.eos_token_id), bos_token_id=None,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    MistralForCausalLM(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def _rss_kib(field: str) -> int:
+    """VmRSS / VmHWM of this process in KiB (Linux /proc)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def memory_child(model_dir: str, chunk: int | None, args: argparse.Namespace) -> dict[str, Any]:
+    """One DPO iteration (batch = all 8 pairs: one reference pass, one optimizer step) with the given
+    `logps_chunk_tokens`; the peak resident memory it adds over the loaded trainer, and its wall time."""
+    torch.set_num_threads(args.threads)
+    trainer = PolicyTrainer(
+        model_dir,
+        TrainerConfig(
+            learning_rate=args.lr, batch_size=MEMORY_PAIRS, torch_threads=args.threads, logps_chunk_tokens=chunk
+        ),
+        DPOConfig(beta=BETA, reference="initial"),
+        seed=args.seed,
+    )
+    rng = random.Random(f"bench-trainer-memory-{args.seed}")
+
+    def ids(k: int) -> list[int]:
+        return [rng.randrange(4, TEKKEN_VOCAB) for _ in range(k)]
+
+    pairs = [
+        _pair(i, "random", "random", ids(MEMORY_PROMPT_TOKENS), _completion(0, ids(MEMORY_ANSWER_TOKENS), "length"),
+              _completion(1, ids(MEMORY_ANSWER_TOKENS), "length"))
+        for i in range(MEMORY_PAIRS)
+    ]  # fmt: skip
+    gc.collect()
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current resident set
+    before = _rss_kib("VmRSS")
+    t0, c0 = time.perf_counter(), time.process_time()
+    result = trainer.train_iteration(pairs, iteration=1)
+    seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
+    peak = _rss_kib("VmHWM")
+    if result.rejected or result.metrics["train/steps"] != 1:
+        raise RuntimeError(f"expected one step on {MEMORY_PAIRS} pairs, got {result.metrics}, {result.rejected}")
+    return {
+        "chunk": chunk,
+        "peak_extra_mib": round((peak - before) / 1024, 1),
+        "peak_rss_mib": round(peak / 1024, 1),
+        "rss_before_mib": round(before / 1024, 1),
+        "seconds": round(seconds, 2),
+        "cpu_seconds": round(cpu_seconds, 2),
+        "loss": result.metrics["loss/mean"],
+        "grad_norm": result.metrics["train/grad_norm"],
+        "answer_tokens": int(result.metrics["train/tokens"]) - 2 * MEMORY_PAIRS * MEMORY_PROMPT_TOKENS,
+    }
+
+
+def report_memory(args: argparse.Namespace) -> None:
+    """Runs `memory_child` in a fresh process per setting (unchunked first), prints the ratio and the JSON."""
+    chunks = [int(c) for c in args.memory_chunks.split(",")]
+    if any(c < 1 for c in chunks):
+        raise SystemExit(f"--memory-chunks must be positive integers, got {args.memory_chunks!r}")
+    arena_dir = str(build_arena_model(0))
+    runs: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="bench-trainer-memory-") as tmp:
+        model_dir = str(build_tekken_shape_dir(Path(tmp) / "tekken", arena_dir, args.seed))
+        for chunk in [None, *chunks]:
+            cmd = [sys.executable, __file__, "--memory-child", model_dir, "--threads", str(args.threads),
+                   "--lr", str(args.lr), "--seed", str(args.seed), "--memory-chunks", str(chunk or 0)]  # fmt: skip
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            run = json.loads(out.strip().splitlines()[-1])
+            runs.append(run)
+            print(
+                f"logps_chunk_tokens {run['chunk'] or 'null (unchunked)'}: peak +{run['peak_extra_mib']:.0f} MiB over "
+                f"the loaded trainer ({run['rss_before_mib']:.0f} MiB -> {run['peak_rss_mib']:.0f} MiB resident), "
+                f"{run['seconds']:.1f} s ({run['cpu_seconds']:.1f} s CPU), loss {run['loss']:.6f}, grad norm {run['grad_norm']:.6g}",
+                flush=True,
+            )
+    base = runs[0]
+    for run in runs[1:]:  # same data, seed and step: the same loss and gradient, whatever the chunk
+        for key in ("loss", "grad_norm"):
+            if not math.isclose(run[key], base[key], rel_tol=1e-4):
+                raise RuntimeError(f"chunk {run['chunk']}: {key} {run[key]} != unchunked {base[key]}")
+    chosen = next(r for r in runs[1:] if r["chunk"] == chunks[0])
+    ratio = base["peak_extra_mib"] / chosen["peak_extra_mib"]
+    print(f"peak extra memory unchunked / chunk {chunks[0]}: {ratio:.1f}x", flush=True)
+    print(json.dumps({
+        "report": "memory",
+        "vocab": TEKKEN_VOCAB,
+        "pairs": MEMORY_PAIRS,
+        "tokens_per_sequence": MEMORY_PROMPT_TOKENS + MEMORY_ANSWER_TOKENS,
+        "answer_tokens": base["answer_tokens"],
+        "threads": args.threads,
+        "unchunked_peak_extra_mib": base["peak_extra_mib"],
+        "chunk": chunks[0],
+        "chunked_peak_extra_mib": chosen["peak_extra_mib"],
+        "ratio_unchunked_over_chunked": round(ratio, 2),
+        "runs": runs,
+    }))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--pairs", type=int, default=512)
@@ -370,7 +505,22 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up run of each trainer")
+    ap.add_argument(
+        "--report-memory", action="store_true", help="peak memory at vocab 131k, LM head chunked vs unchunked"
+    )
+    ap.add_argument(
+        "--memory-chunks", default="256", help="--report-memory: logps_chunk_tokens to measure (comma-separated)"
+    )
+    ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)  # internal: one --report-memory run
     args = ap.parse_args()
+    if args.memory_child is not None:
+        logging.basicConfig(level=logging.ERROR)
+        warnings.filterwarnings("ignore")
+        print(json.dumps(memory_child(args.memory_child, int(args.memory_chunks) or None, args)))
+        return
+    if args.report_memory:
+        report_memory(args)
+        return
 
     logging.basicConfig(level=logging.WARNING)
     for name in ("transformers", "trl", "accelerate", "datasets", "sparring"):

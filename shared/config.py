@@ -539,6 +539,19 @@ class TrainerConfig(Section):
         "arithmetic stay fp32 either way",
     )
     cpus: float = Field(1.0, gt=0.0, description="Ray logical CPUs for the trainer actor")
+    logps_chunk_tokens: int | None = Field(
+        256,
+        description="completion positions per LM-head chunk in the log-prob pass: each chunk's [chunk, vocab] "
+        "fp32 logits are recomputed in the backward, so peak memory grows with the chunk, not the batch "
+        "(~2 MB per position at a 131k vocabulary); null = all positions at once (workers/logps.py)",
+    )
+
+    @field_validator("logps_chunk_tokens")
+    @classmethod
+    def _chunk(cls, v: int | None) -> int | None:
+        if v is not None and v < 1:
+            raise ValueError(f"trainer.logps_chunk_tokens must be >= 1 or null (unchunked), got {v}")
+        return v
 
     @model_validator(mode="before")
     @classmethod

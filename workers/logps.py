@@ -8,6 +8,14 @@ attention mask), and each sequence's log-prob is the SUM of its completion token
 (prompt and padding masked, as uclaml/SPPO `get_batch_logps(average_log_prob=False)` and TRL's
 DPOTrainer). Only completion positions are projected through the LM head, and each target's log-prob is
 `logit[target] - logsumexp(logits)` in fp32, so the full [N, T, vocab] log-softmax is never materialised.
+
+Large vocabularies: even the [M, vocab] logits of the M completion tokens are ~2 MB per token at the 131k
+Tekken vocabulary in fp32 (8 pairs x 512 answer tokens: 4.3 GB per copy, and autograd keeps several).
+The head is therefore applied `chunk_tokens` completion positions at a time, each chunk under
+`torch.utils.checkpoint` (non-reentrant): the forward keeps only each chunk's (chunk,) log-probs, and the
+backward recomputes one chunk's logits at a time, so the largest live tensor is [chunk, vocab] whatever
+the batch (the recompute-in-backward idea of Liger-Kernel's fused linear cross-entropy,
+linkedin/Liger-Kernel `src/liger_kernel/ops/fused_linear_cross_entropy.py`, with plain torch ops).
 `sequence_logps_full_softmax` is the slow full-softmax version the tests compare against.
 
 Imports torch only (no training, engines, Ray or Redis).
@@ -15,12 +23,13 @@ Imports torch only (no training, engines, Ray or Redis).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -33,6 +42,14 @@ _LOGIT_POSTPROCESSING_ATTRS = (
     "logits_scaling",
     "output_multiplier",
 )
+
+# Completion positions per LM-head chunk when the caller names none (the judges, evaluation's KL); also
+# trainer.logps_chunk_tokens' default. Chosen by `bench/trainer.py --report-memory --memory-chunks 256,512,1024,2048`
+# at vocabulary 131,072 (docs/benchmarks.md): every chunk size cost the same CPU time (+8-15% over unchunked,
+# the recomputed head matmul) while the iteration's peak grew with the chunk (+671 MiB at 256, +2.2 GiB at
+# 1024, +8.1 GiB unchunked); [256, 131072] fp32 is 128 MiB per live copy, and 256 positions still make a large
+# matmul on a GPU (Liger-Kernel sizes its chunks near tokens x hidden / vocab: 256 for 8k tokens, H 4096).
+DEFAULT_CHUNK_TOKENS = 256
 
 
 @dataclass(frozen=True)
@@ -82,15 +99,21 @@ def _needs_full_logits(model: PreTrainedModel) -> bool:
     return any(getattr(cfg, attr, None) not in (None, 0, 1, 1.0) for attr in _LOGIT_POSTPROCESSING_ATTRS)
 
 
-def sequence_logps(model: PreTrainedModel, batch: SequenceBatch) -> tuple[Tensor, Tensor]:
+def sequence_logps(
+    model: PreTrainedModel, batch: SequenceBatch, chunk_tokens: int | None = DEFAULT_CHUNK_TOKENS
+) -> tuple[Tensor, Tensor]:
     """Per-row SUM of completion-token log-probs (fp32) and completion lengths, from one forward.
 
     Token t is predicted by position t-1. Only positions that predict a completion token are projected
-    through the LM head, giving an (M, vocab) logits matrix for M completion tokens; each log-prob is
-    `logit[target] - logsumexp(logits)` in fp32. Models whose logits are post-processed after the head
-    (soft-capping, scaling) take the full-logits path, which computes the same quantity.
+    through the LM head, `chunk_tokens` of the M completion positions at a time (`completion_token_logps`);
+    each log-prob is `logit[target] - logsumexp(logits)` in fp32. `chunk_tokens=None` projects all M at
+    once (the unchunked path; same values and gradients). Models whose logits are post-processed after the
+    head (soft-capping, scaling) take the full-logits path, which computes the same quantity unchunked.
     Returns (logps (N,), lengths (N,)), both float32 on the model's device.
+    Raises ValueError when chunk_tokens is not None and < 1.
     """
+    if chunk_tokens is not None and chunk_tokens < 1:
+        raise ValueError(f"chunk_tokens must be >= 1 or None (unchunked), got {chunk_tokens}")
     device = next(model.parameters()).device
     batch = batch.to(device)
     target_mask = batch.completion_mask[:, 1:]  # (N, T-1) position t-1 predicts token t
@@ -98,19 +121,52 @@ def sequence_logps(model: PreTrainedModel, batch: SequenceBatch) -> tuple[Tensor
     rows = target_mask.nonzero(as_tuple=True)[0]  # (M,) row of each target
     if _needs_full_logits(model):
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        selected = logits[:, :-1][target_mask].float()  # (M, V)
+        token_logps = _token_logps(lambda x: x, logits[:, :-1][target_mask], targets)  # (M,)
     else:
         hidden = model.base_model(
             input_ids=batch.input_ids, attention_mask=batch.attention_mask
         ).last_hidden_state  # (N, T, H)
         head = model.get_output_embeddings()
         assert head is not None  # guaranteed by _needs_full_logits
-        selected = head(hidden[:, :-1][target_mask]).float()  # (M, V)
-    token_logps = selected.gather(1, targets.unsqueeze(1)).squeeze(1) - torch.logsumexp(selected, dim=-1)
+        token_logps = completion_token_logps(hidden[:, :-1][target_mask], head, targets, chunk_tokens)  # (M,)
     n = batch.num_rows
     logps = torch.zeros(n, dtype=torch.float32, device=device).index_add(0, rows, token_logps)  # (N,)
     lengths = target_mask.sum(dim=1).to(torch.float32)  # (N,)
     return logps, lengths
+
+
+def completion_token_logps(
+    hidden: Tensor, head: Callable[[Tensor], Tensor], targets: Tensor, chunk_tokens: int | None
+) -> Tensor:
+    """fp32 log-prob of each target under `head(hidden)`: (M, H) hidden states, (M,) int64 targets -> (M,).
+
+    With `chunk_tokens` set and M larger, the rows go through `head` chunk by chunk; while autograd records,
+    each chunk runs under `torch.utils.checkpoint(use_reentrant=False)`, which saves only the chunk's inputs
+    and recomputes its [chunk, vocab] logits in the backward. Peak memory is then O(chunk x vocab), not
+    O(M x vocab). `head` is the model's output-embedding module (any bias, tied weights or autocast apply
+    as in a plain call); `chunk_tokens=None` is one chunk of all M rows, recorded normally.
+    Raises ValueError when hidden and targets disagree on M.
+    """
+    if hidden.shape[0] != targets.shape[0]:
+        raise ValueError(f"hidden has {hidden.shape[0]} rows but targets has {targets.shape[0]}")
+    m = hidden.shape[0]
+    if chunk_tokens is None or m <= chunk_tokens:
+        return _token_logps(head, hidden, targets)
+    record = torch.is_grad_enabled()
+    parts = []
+    for start in range(0, m, chunk_tokens):
+        h, t = hidden[start : start + chunk_tokens], targets[start : start + chunk_tokens]
+        if record:
+            parts.append(checkpoint(_token_logps, head, h, t, use_reentrant=False))
+        else:
+            parts.append(_token_logps(head, h, t))
+    return torch.cat(parts)
+
+
+def _token_logps(head: Callable[[Tensor], Tensor], hidden: Tensor, targets: Tensor) -> Tensor:
+    """(c,) fp32 `logit[target] - logsumexp(logits)` for (c, H) hidden and (c,) targets."""
+    logits = head(hidden).float()  # (c, V)
+    return logits.gather(1, targets.unsqueeze(1)).squeeze(1) - torch.logsumexp(logits, dim=-1)
 
 
 def sequence_logps_full_softmax(model: PreTrainedModel, batch: SequenceBatch) -> tuple[Tensor, Tensor]:

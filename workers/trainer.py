@@ -455,7 +455,8 @@ class PolicyTrainer:
 
         def forward(idx: list[int]) -> Tensor:
             with self._autocast():
-                logps, _ = sequence_logps(model, collate_pairs([examples[i] for i in idx], self.pad_token_id))
+                batch = collate_pairs([examples[i] for i in idx], self.pad_token_id)
+                logps, _ = sequence_logps(model, batch, self.trainer_cfg.logps_chunk_tokens)
             return logps.float().cpu().view(2, len(idx))  # (2, b): chosen row, rejected row
 
         chunk = 2 * self.trainer_cfg.batch_size  # no activations kept: larger batches are cheap
@@ -471,7 +472,8 @@ class PolicyTrainer:
             self.model.train()  # dropout is zeroed; train mode only switches checkpointing on
         try:
             with self._autocast():
-                logps, lengths = sequence_logps(self.model, collate_pairs(micro, self.pad_token_id))
+                batch = collate_pairs(micro, self.pad_token_id)
+                logps, lengths = sequence_logps(self.model, batch, self.trainer_cfg.logps_chunk_tokens)
         finally:
             if checkpointing:
                 self.model.eval()
