@@ -31,24 +31,6 @@ REPETITIONS = int(os.environ.get("CHAOS_REPETITIONS", "1"))
 PROMPTS = 16
 
 
-@pytest.fixture(scope="module")
-def arena_model() -> str:
-    from sparring.tasks.arena.policy import build_arena_model
-
-    return str(build_arena_model(0))
-
-
-@pytest.fixture(scope="module")
-def ray_local() -> Any:
-    import ray
-
-    from sparring.services.launch import init_ray
-
-    init_ray()
-    yield ray
-    ray.shutdown()
-
-
 def poisoned_generator(poison_prompt_id: str) -> type:
     """GeneratorWorker whose process exits (no exception, no cleanup) whenever the poison is in its batch.
     Defined in a function, so Ray pickles it by value into the actor processes."""

@@ -36,24 +36,6 @@ PROMPTS = 32
 DOWN_S = 3.0
 
 
-@pytest.fixture(scope="module")
-def arena_model() -> str:
-    from sparring.tasks.arena.policy import build_arena_model
-
-    return str(build_arena_model(0))
-
-
-@pytest.fixture(scope="module")
-def ray_local() -> Any:
-    import ray
-
-    from sparring.services.launch import init_ray
-
-    init_ray()
-    yield ray
-    ray.shutdown()
-
-
 def run_with_a_redis_kill(ray: Any, arena_model: str, tmp_path: Path) -> dict[str, Any]:
     from sparring.workers.controller import launch_controller
 

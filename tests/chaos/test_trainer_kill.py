@@ -36,24 +36,6 @@ ITERATIONS = 2
 KILL_ITERATION = 2
 
 
-@pytest.fixture(scope="module")
-def arena_model() -> str:
-    from sparring.tasks.arena.policy import build_arena_model
-
-    return str(build_arena_model(0))
-
-
-@pytest.fixture(scope="module")
-def ray_local() -> Any:
-    import ray
-
-    from sparring.services.launch import init_ray
-
-    init_ray()
-    yield ray
-    ray.shutdown()
-
-
 def chaos_config(tmp_path: Path, **resilience: Any) -> RunConfig:
     return parse_config(
         {

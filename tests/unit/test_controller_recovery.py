@@ -103,6 +103,19 @@ def assert_same_as_reference(reference: dict[str, Any], redis_client: Any, run_i
         assert record.metrics["train/rejected_pairs"] == 0
 
 
+def resume_to_completion(cfg: RunConfig, run_id: str, run_dir: Path, redis_url: str, redis_client: Any) -> list[Any]:
+    """What `POST .../resume` does (back to `created`), then a new controller runs the rest; the records. The
+    resumed iteration 2 counts the whole iteration: its 8 groups and the generation of every attempt."""
+    store = RunStore(redis_client)
+    store.set_state(run_id, "created")
+    controller(cfg, run_id, redis_url, run_dir).run()
+    records = store.iterations(run_id)
+    assert [r.iteration for r in records] == [1, 2] and store.get_run(run_id)["state"] == "completed"
+    assert records[1].num_groups == 8 and records[1].num_prompts == 8
+    assert records[1].metrics["gen/tokens"] > 0 and records[1].stage_seconds["generate_judge"] > 0
+    return records
+
+
 def test_resume_after_a_respawn_pause_equals_the_uninterrupted_run(
     models: dict[str, str], pool_path: str, tmp_path: Path, redis_url: str, redis_client: Any, reference: dict[str, Any]  # noqa: F811
 ) -> None:
@@ -134,13 +147,7 @@ def test_resume_after_a_respawn_pause_equals_the_uninterrupted_run(
     assert [r.iteration for r in store.iterations(run_id)] == [1]
     assert 0 < groups_of_iteration_2() < 8, "iteration 2 was not interrupted midway"
 
-    store.set_state(run_id, "created")  # what `POST .../resume` does
-    controller(cfg, run_id, redis_url, run_dir).run()
-    records = store.iterations(run_id)
-    assert [r.iteration for r in records] == [1, 2] and store.get_run(run_id)["state"] == "completed"
-    # the resumed iteration's record counts the whole iteration, not only what was left after the pause
-    assert records[1].num_groups == 8 and records[1].num_prompts == 8
-    assert records[1].metrics["gen/tokens"] > 0 and records[1].stage_seconds["generate_judge"] > 0
+    records = resume_to_completion(cfg, run_id, run_dir, redis_url, redis_client)
     assert records[1].metrics["workers/restarts"] == 0  # counted per iteration (the paused attempt's is not carried)
     assert_same_as_reference(reference, redis_client, run_id)
 
@@ -194,11 +201,7 @@ def test_trainer_killed_restarts_then_fails_past_the_budget_and_resumes(
     service = RunService(ServiceSettings(data_dir=tmp_path / "service"), redis_client, redis_url)
     assert service.resume_problems(run_id) == []
 
-    store.set_state(run_id, "created")  # what `POST .../resume` does once resume_problems is empty
-    controller(cfg, run_id, redis_url, run_dir).run()
-    records = store.iterations(run_id)
-    assert [r.iteration for r in records] == [1, 2] and store.get_run(run_id)["state"] == "completed"
-    assert records[1].num_groups == 8 and records[1].stage_seconds["generate_judge"] > 0
+    records = resume_to_completion(cfg, run_id, run_dir, redis_url, redis_client)
     assert records[1].metrics["trainer/restarts"] == 0
     assert_same_as_reference(reference, redis_client, run_id)
 
