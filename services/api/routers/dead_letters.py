@@ -21,6 +21,7 @@ ENTRY_ID = Annotated[str, PathParam(pattern=r"^\d{1,20}-\d{1,20}$", description=
 REQUEUE_RESPONSES: dict[int | str, dict[str, Any]] = {
     **ERRORS,
     **NOT_FOUND,
+    400: {"model": Problem, "description": "the body could not be parsed at all (e.g. not JSON, not UTF-8)"},
     409: {"model": Problem, "description": "the run will not run another iteration, or the letter has no prompt"},
 }
 
