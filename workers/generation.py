@@ -66,7 +66,7 @@ from sparring.workers.checkpoints import (
     eos_token_ids,
     load_state_dir,
 )
-from sparring.workers.vllm_llm import build_vllm_llm, shutdown_vllm_llm
+from sparring.workers.vllm_llm import build_vllm_llm, engine_options, shutdown_vllm_llm
 
 if TYPE_CHECKING:
     import torch
@@ -231,7 +231,9 @@ class VLLMEngine:
         engine_id: str | None = None,
         cpu_threads: int | str | None = None,
         max_num_seqs: int | None = None,
+        llm_options: Mapping[str, Any] | None = None,
     ) -> None:
+        """`llm_options`: more `LLM(...)` arguments, e.g. the config's GPU options (`vllm_llm.engine_options`)."""
         from sparring.shared.models import check_model_path
 
         self.engine_id = engine_id or f"vllm-{uuid.uuid4().hex[:8]}"
@@ -251,6 +253,7 @@ class VLLMEngine:
         )
         if max_num_seqs is not None:
             extra["max_num_seqs"] = max_num_seqs
+        extra.update(llm_options or {})
         t0 = time.perf_counter()
         self._llm: Any = build_vllm_llm(
             self.model_path,
@@ -602,6 +605,7 @@ def make_engine(
             seed=seed,
             engine_id=engine_id,
             cpu_threads=cpu_threads,
+            llm_options=engine_options(cfg),
             **kwargs,
         )
     if backend == "transformers":

@@ -27,7 +27,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
@@ -50,10 +50,43 @@ class VersionMismatch(RuntimeError):
 
 @dataclass(frozen=True)
 class Resources:
-    """What one worker of a role asks the runtime for (Ray actor options)."""
+    """What one worker of a role asks the runtime for (Ray actor options), and where it goes.
+
+    `memory_bytes` is Ray's `memory` (a scheduling reservation), `custom` its custom resources (node labels).
+    `placement_group` is a group reserved by `RayRuntime.reserve` (None: anywhere); a `WorkerGroup` puts each
+    consumer in a bundle of its own (`bundle_index`), and a replacement in the same bundle.
+    """
 
     num_cpus: float = 1.0
     num_gpus: float = 0.0
+    memory_bytes: int | None = None
+    custom: tuple[tuple[str, float], ...] = ()
+    placement_group: Any = None
+    bundle_index: int = -1
+
+    def bundle(self) -> dict[str, float]:
+        """One Ray placement-group bundle holding one such worker: {"CPU": .., "GPU": .., "memory": .., custom}."""
+        out = {"CPU": self.num_cpus, "GPU": self.num_gpus, "memory": float(self.memory_bytes or 0), **dict(self.custom)}
+        return {k: v for k, v in out.items() if v}
+
+    def ray_options(self) -> dict[str, Any]:
+        """Ray actor options (`num_cpus`, `num_gpus`, `memory`, `resources`, `scheduling_strategy`)."""
+        options: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
+        if self.memory_bytes:
+            options["memory"] = self.memory_bytes
+        if self.custom:
+            options["resources"] = dict(self.custom)
+        if self.placement_group is not None:
+            from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+            options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+                self.placement_group, placement_group_bundle_index=self.bundle_index
+            )
+        return options
+
+
+class PlacementError(RuntimeError):
+    """The run's resources cannot be placed on this cluster (the message has the numbers)."""
 
 
 class Runtime(Protocol):
@@ -71,25 +104,77 @@ class Runtime(Protocol):
 
     def kill(self, handle: Any) -> None: ...
 
+    def reserve(self, resources: Resources, count: int, strategy: str, name: str) -> Resources:
+        """`resources` placed in a reserved group of `count` bundles (Ray: a placement group with `strategy`,
+        PACK or SPREAD); a runtime without placement returns `resources` unchanged."""
+        ...
+
+    def cluster_resources(self) -> dict[str, float] | None:
+        """Total resources of the cluster (Ray's `cluster_resources()`), or None when nothing is scheduled."""
+        ...
+
+    def release(self) -> None:
+        """Give back every reservation `reserve` made."""
+        ...
+
 
 class RayRuntime:
-    """Workers as Ray actors (`ray.remote(cls).options(name=..., num_cpus=..., num_gpus=...)`)."""
+    """Workers as Ray actors (`ray.remote(cls).options(name=..., **resources.ray_options())`)."""
 
-    def __init__(self, namespace: str | None = None) -> None:
+    def __init__(self, namespace: str | None = None, reserve_timeout_s: float = 120.0) -> None:
         self.namespace = namespace
+        self.reserve_timeout_s = reserve_timeout_s
+        self.placement_groups: list[Any] = []
 
     def spawn(self, cls: type, args: tuple[Any, ...], name: str, resources: Resources) -> Any:
         import ray
 
+        env = dict(WORKER_ENV)
+        if not resources.num_gpus:  # Ray sets CUDA_VISIBLE_DEVICES only for GPU workers: others must see no GPU
+            env["CUDA_VISIBLE_DEVICES"] = ""
         options: dict[str, Any] = {
             "name": name,
-            "num_cpus": resources.num_cpus,
             "max_restarts": 0,
-            "runtime_env": {"env_vars": WORKER_ENV},
+            "runtime_env": {"env_vars": env},
+            **resources.ray_options(),
         }
-        if resources.num_gpus:
-            options["num_gpus"] = resources.num_gpus
         return ray.remote(cls).options(**options).remote(*args)
+
+    def reserve(self, resources: Resources, count: int, strategy: str, name: str) -> Resources:
+        """A Ray placement group of `count` bundles `resources.bundle()` (`strategy` PACK or SPREAD), ready
+        within `reserve_timeout_s`; raises `PlacementError` with the bundles when the cluster cannot hold it."""
+        from ray.util.placement_group import placement_group, remove_placement_group
+
+        bundles = [resources.bundle() for _ in range(count)]
+        group = placement_group(bundles, strategy=strategy, name=name)
+        if not group.wait(timeout_seconds=self.reserve_timeout_s):
+            remove_placement_group(group)
+            raise PlacementError(
+                f"{name}: placement group of {count} bundle(s) {bundles[0]} ({strategy}) not placed within "
+                f"{self.reserve_timeout_s:.0f} s; cluster resources: {self.cluster_resources()}"
+            )
+        self.placement_groups.append(group)
+        return replace(resources, placement_group=group)
+
+    def cluster_resources(self) -> dict[str, float]:
+        import ray
+
+        return {k: float(v) for k, v in ray.cluster_resources().items()}
+
+    def node_address(self) -> str:
+        """This process's node IP as Ray knows it (the address other nodes reach it at)."""
+        import ray
+
+        return str(ray.util.get_node_ip_address())
+
+    def release(self) -> None:
+        from ray.util.placement_group import remove_placement_group
+
+        while self.placement_groups:
+            try:
+                remove_placement_group(self.placement_groups.pop())
+            except Exception:  # already gone with its creator
+                log.debug("placement group already removed", exc_info=True)
 
     def submit(self, handle: Any, method: str, *args: Any) -> Any:
         return getattr(handle, method).remote(*args)
@@ -161,6 +246,15 @@ class LocalRuntime:
         if stop is not None:
             stop()
 
+    def reserve(self, resources: Resources, count: int, strategy: str, name: str) -> Resources:
+        return resources  # one process: nothing to place
+
+    def cluster_resources(self) -> None:
+        return None
+
+    def release(self) -> None:
+        pass
+
 
 @dataclass(eq=False)  # identity: groups are dict keys while their drain calls run
 class WorkerGroup:
@@ -182,6 +276,7 @@ class WorkerGroup:
     workers: dict[str, Any] = field(default_factory=dict)
     restarts: int = 0
     _spawned: int = 0
+    _bundles: dict[str, int] = field(default_factory=dict)  # consumer -> its placement-group bundle
 
     def spawn(self, consumers: Iterable[str]) -> None:
         for consumer in consumers:
@@ -190,7 +285,10 @@ class WorkerGroup:
     def _spawn(self, consumer: str) -> Any:
         self._spawned += 1
         name = f"{self.name_prefix}:{consumer}:{self.incarnation}.{self._spawned}"
-        handle = self.runtime.spawn(self.cls, self.make_args(consumer), name, self.resources)
+        resources = self.resources
+        if resources.placement_group is not None:  # a bundle per consumer; a replacement reuses its bundle
+            resources = replace(resources, bundle_index=self._bundles.setdefault(consumer, len(self._bundles)))
+        handle = self.runtime.spawn(self.cls, self.make_args(consumer), name, resources)
         self.workers[consumer] = handle
         if self.on_spawn is not None:
             self.on_spawn(consumer, handle)

