@@ -189,3 +189,22 @@ def test_trainer_refuses_cpu_when_a_gpu_was_assigned(monkeypatch: pytest.MonkeyP
     assert training_device() == "cpu"
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     assert training_device() == "cpu"
+
+
+def test_two_ranks_with_activation_checkpointing_and_bf16(qwen2: Path, tmp_path: Path) -> None:
+    """Activation checkpointing (HF's, inside FSDP's decoder-layer units) keeps the one-rank equality; bf16
+    mixed precision (FSDP's MixedPrecisionPolicy: bf16 compute, fp32 reduce, fp32 sharded weights) trains
+    to the one-rank bf16-autocast loss within bf16 rounding."""
+    cfg = _cfg(gradient_checkpointing=True)
+    _, (single,) = _one_rank(qwen2, [_pairs()], cfg)
+    ranked = _run_ranks(2, {"model": str(qwen2), "cfg": cfg.model_dump_json(), "pairs": [_pairs()],
+                            "out": str(tmp_path / "ckpt.pt")})  # fmt: skip
+    _assert_same_metrics(ranked["metrics"][0], single)
+
+    cfg = _cfg(mixed_precision="bf16")
+    _, (single,) = _one_rank(qwen2, [_pairs()], cfg)
+    ranked = _run_ranks(2, {"model": str(qwen2), "cfg": cfg.model_dump_json(), "pairs": [_pairs()],
+                            "out": str(tmp_path / "bf16.pt")})  # fmt: skip
+    loss = ranked["metrics"][0]["loss/mean"]
+    assert math.isfinite(loss) and loss == pytest.approx(single["loss/mean"], rel=2e-2)
+    assert all(t.dtype == torch.float32 for t in ranked["weights"].values())  # master weights stay fp32
