@@ -6,7 +6,7 @@ EXTRA ?= cpu
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(EXTRA)
 
-.PHONY: install redis browser demo test chaos lint clean
+.PHONY: install redis browser compose demo test chaos lint clean
 
 install: $(STAMP)
 
@@ -29,6 +29,17 @@ redis:
 		echo "redis-server is missing: install it (e.g. 'sudo apt-get install redis-server') or set REDIS_URL"; exit 1; \
 	fi
 
+# Debian's docker-compose (v1) for tests/unit/test_deploy.py: `docker-compose config` validates
+# docker-compose.yml and its GPU override (no Docker engine is needed or started).
+compose:
+	@if command -v docker-compose >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing docker-compose with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose; \
+	else \
+		echo "docker-compose is missing: install it (e.g. 'sudo apt-get install docker-compose')"; exit 1; \
+	fi
+
 # Headless Chromium for tests/integration/test_dashboard_browser.py (playwright drives /usr/bin/chromium;
 # it never downloads a browser).
 browser:
@@ -43,7 +54,7 @@ browser:
 demo: install redis
 	$(VENV)/bin/sparring demo
 
-test: install redis browser
+test: install redis browser compose
 	$(PY) -m pytest
 
 # The chaos suite (tests/chaos/), 3 repetitions of every failure; each test prints its row of the table in

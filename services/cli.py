@@ -5,6 +5,7 @@
     sparring tasks                                           installed tasks and the components they register
     sparring serve [--host H] [--port P]                     the API service (services/api.py)
     sparring submit | status | resume | export ...           talk to a running API (services/client.py)
+    sparring doctor [CONFIG.yaml] [--json]                   preflight checks, each problem with its fix (services/doctor.py)
 
 A run starts (or joins, with RAY_ADDRESS) Ray, uses Redis at REDIS_URL or a private redis-server in the
 run directory, runs one controller actor, prints its progress from the run's events stream, a table per
@@ -212,7 +213,8 @@ def settle_orphan(store: Any, run_id: str, err: BaseException) -> None:
         log.warning("could not settle the state of run %s", run_id, exc_info=True)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The `sparring` argument parser with every subcommand (tests parse deploy/ commands with it)."""
     parser = argparse.ArgumentParser(prog="sparring", description="online iterative self-play alignment")
     parser.add_argument("--log-level", default=os.environ.get("SPARRING_LOG_LEVEL", "WARNING"))
     sub = parser.add_subparsers(dest="command", required=True)
@@ -234,7 +236,16 @@ def main(argv: list[str] | None = None) -> int:
     from sparring.services import eval_judges
 
     eval_judges.add_parser(sub).set_defaults(handler=eval_judges.run)
-    args = parser.parse_args(argv)
+    from sparring.services import doctor
+
+    doctor.add_parser(sub).set_defaults(handler=doctor.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from sparring.services import client
+
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     from transformers.utils import logging as hf_logging

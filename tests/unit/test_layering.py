@@ -26,10 +26,12 @@ FORBIDDEN = {
 RAY_MODULES = (
     "workers/controller.py", "workers/groups.py", "workers/weight_sync.py",  # orchestration, object-store transport
     "services/cli.py", "services/launch.py", "services/runs.py", "services/api/",  # starting runs, readiness
+    "services/doctor.py",  # preflight: cluster resources vs a config
 )  # fmt: skip
 REDIS_MODULES = (
     "shared/queue.py", "shared/store.py", "shared/redis_server.py", "shared/events.py",  # streams and run store
     "services/pools.py", "services/runs.py", "services/api/",  # pool store, run service, readiness / 503s
+    "services/doctor.py",  # preflight: reachability, auth and persistence settings
 )  # fmt: skip
 
 
