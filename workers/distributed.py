@@ -13,8 +13,9 @@ rank runs the same `PolicyTrainer` loop on the same pairs; this module holds wha
   (the classes the model lists in `_no_split_modules`) and on a root module (`LogpsModule`) that holds the
   rest (embeddings, final norm, LM head; tied weights stay together). The root wraps `sequence_logps`, so
   every forward enters through FSDP's root hooks. `MixedPrecisionPolicy(param_dtype=bfloat16,
-  reduce_dtype=float32)` when mixed precision is on: compute in bf16, gradients reduced in fp32 and kept
-  on the (fp32 when loaded so) sharded master weights. Gradients are SUMMED over ranks
+  reduce_dtype=float32)` when mixed precision is on: compute in bf16, gradients reduced in fp32 onto fp32
+  sharded master weights (`policy.dtype: auto` loads float32 on this path; the one-rank path keeps its
+  bf16-on-GPU meaning). Gradients are SUMMED over ranks
   (`set_gradient_divide_factor(1.0)`), not averaged: each rank's loss is already its share of the global
   step's sum(w * l) / sum(w), so the gradient of a global batch does not depend on N.
 - **Data split** (`rank_micro_batches`): an optimizer step's pairs are cut into N contiguous near-equal

@@ -254,6 +254,8 @@ class PolicyTrainer:
         self.length_bucket_steps = length_bucket_steps
         self.objective: Objective = build_objective(algo_cfg)
         self.tokenizer: PreTrainedTokenizerBase = load_tokenizer(model_path)
+        if ranks is not None and dtype == "auto":
+            dtype = "float32"  # FSDP keeps fp32 master shards; its MixedPrecisionPolicy computes in bf16
         self.model: PreTrainedModel = load_causal_lm(model_path, dtype=dtype, device=device)
         disable_dropout(self.model)
         self.model.eval()  # dropout off for good: see the module docstring
