@@ -156,22 +156,12 @@ def redis_checks(url: str | None) -> list[Check]:
 
 
 def role_workers(cfg: RunConfig) -> dict[str, tuple[int, dict[str, float]]]:
-    """(worker count, one worker's resources {CPU, GPU, memory, custom...}) per role, as the controller asks Ray
-    (workers/controller.py `_group`): generators, judges (none for judge.kind none), trainer ranks, evaluator."""
-    r = cfg.resources
-    judges = 0 if cfg.judge.kind == "none" else cfg.judge.num_judges
-    roles = {
-        "generators": (cfg.generation.num_generators, r.generators, cfg.generation.cpus_per_generator),
-        "judges": (judges, r.judges, 0.25),
-        "trainer": (r.trainer.num_ranks, r.trainer, cfg.trainer.cpus),
-    }
-    out: dict[str, tuple[int, dict[str, float]]] = {}
-    for role, (count, res, default_cpus) in roles.items():
-        one = {"CPU": res.num_cpus if res.num_cpus is not None else default_cpus, "GPU": res.num_gpus,
-               "memory": float(res.memory_bytes or 0), **res.custom}  # fmt: skip
-        out[role] = (count, {k: v for k, v in one.items() if v})
-    out["evaluator"] = (1, {"CPU": 0.25})
-    return out
+    """(worker count, one worker's resources {CPU, GPU, memory, custom...}) per role, exactly as the controller
+    asks Ray (`role_counts`, `role_resources` and `Resources.bundle` of workers/controller.py and groups.py)."""
+    from sparring.workers.controller import role_counts, role_resources
+
+    counts = role_counts(cfg)
+    return {role: (counts[role], res.bundle()) for role, res in role_resources(cfg).items()}
 
 
 def _fmt(resources: dict[str, float]) -> str:
@@ -246,8 +236,15 @@ def ray_checks(cfg: RunConfig | None, address: str | None) -> list[Check]:
     summary = f"{where}: {_fmt({k: v for k, v in total.items() if k in ('CPU', 'GPU', 'memory') and v})}"
     if cfg is None:
         return [Check("ray", "ok", summary)]
+    from sparring.workers.controller import check_placement
+    from sparring.workers.groups import PlacementError
+
     workers = role_workers(cfg)
     problems = placement_problems(workers, total, nodes)
+    try:
+        check_placement(cfg, None)  # what no cluster can hold (placement colocated in this version)
+    except PlacementError as err:
+        problems.append(str(err))
     asked = "; ".join(f"{role} {c} x ({_fmt(one)})" for role, (c, one) in workers.items() if c)
     if problems:
         return [Check("ray", "problem", f"{summary}; " + "; ".join(problems),

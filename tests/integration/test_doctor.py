@@ -131,3 +131,12 @@ def test_ray_cluster_resources_against_the_config(
     code, checks = doctor(capsys)
     assert code == 1 and checks["ray"]["status"] == "problem"
     assert f"cannot reach the Ray head at {dead}" in checks["ray"]["detail"] and "RAY_ADDRESS" in checks["ray"]["fix"]
+
+
+def test_colocated_placement_is_refused_as_the_run_start_would(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, redis_url: str, no_cluster: None
+) -> None:
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    sets = ["resources.placement=colocated", "resources.generators.num_gpus=0.5", "resources.trainer.num_gpus=0.5"]
+    code, checks = doctor(capsys, DEMO, *(a for s in sets for a in ("--set", s)))
+    assert code == 1 and "colocated needs vLLM sleep mode" in checks["ray"]["detail"]
