@@ -58,9 +58,8 @@ def _rank_main(rank: int, world: int, port: int, job: dict[str, Any]) -> None:
     ranks = Ranks(rank, world, "127.0.0.1", port)
     init_process_group(ranks, "cpu")
     try:
-        trainer = PolicyTrainer(
-            job["model"], TrainerConfig.model_validate_json(job["cfg"]), DPOConfig(beta=0.1), seed=0, ranks=ranks
-        )
+        algo = DPOConfig.model_validate_json(job.get("algo", DPOConfig(beta=0.1).model_dump_json()))
+        trainer = PolicyTrainer(job["model"], TrainerConfig.model_validate_json(job["cfg"]), algo, seed=0, ranks=ranks)
         if job.get("resume"):
             trainer.load_checkpoint(Path(job["resume"]))
         metrics = []
@@ -83,8 +82,8 @@ def _run_ranks(world: int, job: dict[str, Any]) -> dict[str, Any]:
 
 
 def _one_rank(model: Path, iterations: list[list[PreferencePair]], cfg: TrainerConfig, resume: Path | None = None,
-              first_iteration: int = 1) -> tuple[PolicyTrainer, list[dict[str, float]]]:  # fmt: skip
-    trainer = PolicyTrainer(str(model), cfg, DPOConfig(beta=0.1), seed=0)
+              first_iteration: int = 1, algo: DPOConfig | None = None) -> tuple[PolicyTrainer, list[dict[str, float]]]:  # fmt: skip
+    trainer = PolicyTrainer(str(model), cfg, algo or DPOConfig(beta=0.1), seed=0)
     if resume is not None:
         trainer.load_checkpoint(resume)
     metrics = [trainer.train_iteration(pairs, it).metrics for it, pairs in enumerate(iterations, start=first_iteration)]
@@ -208,3 +207,16 @@ def test_two_ranks_with_activation_checkpointing_and_bf16(qwen2: Path, tmp_path:
     loss = ranked["metrics"][0]["loss/mean"]
     assert math.isfinite(loss) and loss == pytest.approx(single["loss/mean"], rel=2e-2)
     assert all(t.dtype == torch.float32 for t in ranked["weights"].values())  # master weights stay fp32
+
+
+def test_two_ranks_with_the_initial_policy_as_reference(qwen2: Path, tmp_path: Path) -> None:
+    """`reference: initial` keeps a frozen copy of the starting weights, sharded like the policy; over two
+    iterations (the second's reference is no longer the iteration start) 2 ranks still equal one."""
+    cfg, algo = _cfg(), DPOConfig(beta=0.1, reference="initial")
+    single, metrics = _one_rank(qwen2, [_pairs(0), _pairs(1)], cfg, algo=algo)
+    ranked = _run_ranks(2, {"model": str(qwen2), "cfg": cfg.model_dump_json(), "algo": algo.model_dump_json(),
+                            "pairs": [_pairs(0), _pairs(1)], "out": str(tmp_path / "out.pt")})  # fmt: skip
+    for got, want in zip(ranked["metrics"], metrics, strict=True):
+        _assert_same_metrics(got, want)
+    assert metrics[1]["rewards/margins"] != 0.0  # iteration 2 starts away from the reference
+    _assert_same_weights(ranked["weights"], single.state_dict_for_sync())
