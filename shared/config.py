@@ -613,15 +613,26 @@ class ScheduleConfig(Section):
         "consecutive chunks, one per iteration (SPPO, INPO, RLHFlow; needs iterations x prompts_per_iteration "
         "prompts); full = the whole pool every iteration (DRIFT)",
     )
-    mode: Literal["sync", "async"] = Field("sync", description="sync: iteration t trains only on version t")
-    max_staleness: int = Field(0, ge=0, description="async mode: versions a group may lag the trainer")
+    mode: Literal["sync", "async"] = Field(
+        "sync",
+        description="sync: iteration t generates, judges and trains on version t-1, one stage after another; "
+        "async: the generators sample the next max_staleness batches while the trainer trains "
+        "(workers/pipeline.py, docs/online.md)",
+    )
+    max_staleness: int = Field(
+        0,
+        ge=0,
+        description="async mode, in policy versions (>= 1): how many batches the generators run ahead of the "
+        "trainer, and the most versions a pair's answers may lag the trainer's weights when it is trained; an older "
+        "pair is dropped and counted (pairs/stale_dropped/over_bound). Must be 0 in sync mode",
+    )
 
     @model_validator(mode="after")
     def _staleness(self) -> ScheduleConfig:
         if self.mode == "sync" and self.max_staleness != 0:
             raise ValueError("max_staleness must be 0 in sync mode")
-        if self.mode == "async":
-            raise ValueError("async mode is not implemented yet; use mode: sync")
+        if self.mode == "async" and self.max_staleness < 1:
+            raise ValueError("schedule.mode async needs max_staleness >= 1 (policy versions the generators may run ahead)")
         return self
 
 
@@ -974,6 +985,8 @@ class RunConfig(Section):
                 f"resources.generators.num_gpus must be {tp}, got {engine_gpus}"
             )
         prompts, per_group = self.schedule.prompts_per_iteration, self.max_pairs_per_group
+        if self.schedule.mode == "async":  # the batches in flight ahead of the trainer wait in the streams too
+            prompts *= self.schedule.max_staleness + 1
         if self.storage.stream_maxlen < prompts * per_group:
             stream = "prompts stream" if per_group == 1 else (
                 f"pairs stream (algorithm.pairs={self.algorithm.pairs}: up to {per_group} pairs from each of "
@@ -981,7 +994,9 @@ class RunConfig(Section):
             )  # fmt: skip
             raise ValueError(
                 f"storage.stream_maxlen {self.storage.stream_maxlen} is smaller than one iteration's entries: "
-                f"schedule.prompts_per_iteration {prompts} writes up to {prompts * per_group} to the {stream}; "
+                + ("" if self.schedule.mode == "sync" else
+                   f"in async mode max_staleness + 1 = {self.schedule.max_staleness + 1} batches are in flight, so ")
+                + f"schedule.prompts_per_iteration {prompts} writes up to {prompts * per_group} to the {stream}; "
                 "an iteration's producers would wait for room its consumers only make after it (raise "
                 f"stream_maxlen to at least {prompts * per_group} or lower prompts_per_iteration)"
             )

@@ -97,6 +97,12 @@ class Completion(Record):
         description="the stop token the sampler drew (stripped from token_ids) when finish_reason is 'stop'; "
         "None = unknown (the tokenizer's eos is assumed) or no stop token",
     )
+    policy_version: int | None = Field(
+        None,
+        ge=0,
+        description="the weights the sampler held when it drew this response (set by the generator; None for a "
+        "fixed answer the policy did not sample): checked against its group's and pair's version",
+    )
 
     @model_validator(mode="after")
     def _lengths_match(self) -> Completion:
@@ -220,6 +226,15 @@ class PreferencePair(Record):
     @property
     def record_id(self) -> str:
         return f"{group_id(self.prompt_id, self.policy_version)}:{self.chosen.index}>{self.rejected.index}"
+
+    @property
+    def version_violation(self) -> bool:
+        """True when a sampled answer's own `policy_version` differs from the pair's: the two answers (or an
+        answer and its group) came from different weights. Checked where pairs are built (the judge) and
+        where the trainer consumes them; must never happen (weights reach an engine between requests)."""
+        return any(
+            c.policy_version is not None and c.policy_version != self.policy_version for c in (self.chosen, self.rejected)
+        )
 
 
 # --------------------------------------------------------------------------------------------------

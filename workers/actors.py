@@ -169,7 +169,8 @@ class GeneratorWorker:
             for t in tasks
         ]
         t0 = time.perf_counter()
-        outputs = self.engine.generate(sampler_prompts, specs)
+        held = self.version  # weights change only between requests (`load_weights`); each answer says which it came from
+        outputs = [[c.model_copy(update={"policy_version": held}) for c in out] for out in self.engine.generate(sampler_prompts, specs)]
         latency = time.perf_counter() - t0
         self.generate_seconds += latency
         _make_room(self.queue, self.cfg, "generations", JUDGES_GROUP, len(entries))
@@ -280,6 +281,7 @@ class JudgeWorker:
         self.pool = None if self.judge is None else JudgePool(self.judge, self.cfg.judge.timeout_s, self.cfg.judge.cache_size)
         self.pairs_written = 0
         self.pairs_filtered = 0
+        self.version_violations = 0  # pairs whose answers came from different weights (refused; must stay 0)
         self.judge_seconds = 0.0
         self._stopped = threading.Event()
 
@@ -290,7 +292,7 @@ class JudgeWorker:
     def drain(self, idle_rounds: int = 3) -> dict[str, float]:
         """Judge groups until the generations stream is idle; returns counters and `judge/*` metrics of this
         call (latency per judge call, cache hits, flip consistency, timeouts, failed groups, uncertainty)."""
-        pairs0, secs0, filtered0 = self.pairs_written, self.judge_seconds, self.pairs_filtered
+        pairs0, secs0, filtered0, violations0 = self.pairs_written, self.judge_seconds, self.pairs_filtered, self.version_violations
         counters = getattr(self.judge, "counters", None)  # UncertaintyJudge's running totals
         unc0 = None if counters is None else dict(vars(counters))
         if self.pool is not None:
@@ -305,6 +307,7 @@ class JudgeWorker:
         if self.pool is not None:
             out.update(self.pool.take_metrics())
         out["judge/pairs_filtered"] = float(self.pairs_filtered - filtered0)
+        out["judge/version_violations"] = float(self.version_violations - violations0)
         if counters is not None and unc0 is not None:
             pairs = counters.pairs - unc0["pairs"]
             out["judge/uncertainty_pairs"] = float(pairs)
@@ -321,7 +324,7 @@ class JudgeWorker:
         if self.cfg.algorithm.pairs in ANCHORED_PAIRS:  # no judge: fresh samples vs the prompt's fixed answer
             for entry in entries:
                 try:
-                    pairs = build_anchor_pairs(entry.record, self.cfg.algorithm.pairs)
+                    pairs = self._one_version(entry.record, build_anchor_pairs(entry.record, self.cfg.algorithm.pairs))
                 except ValueError as err:
                     self.queue.fail("generations", JUDGES_GROUP, entry, "recipe", str(err), max_attempts=1)
                     continue
@@ -343,7 +346,7 @@ class JudgeWorker:
                 )
                 continue
             try:
-                pairs = build_pairs(entry.record, outcome, self.cfg.algorithm.pairs)
+                pairs = self._one_version(entry.record, build_pairs(entry.record, outcome, self.cfg.algorithm.pairs))
             except ValueError as err:
                 self.queue.fail("generations", JUDGES_GROUP, entry, "recipe", str(err), max_attempts=1)
                 continue
@@ -351,6 +354,21 @@ class JudgeWorker:
             self.pairs_filtered += dropped
             _make_room(self.queue, self.cfg, "pairs", TRAINER_GROUP, len(pairs))
             self.pairs_written += self.queue.complete("generations", JUDGES_GROUP, entry.entry_id, "pairs", pairs)
+
+    def _one_version(self, group: GenerationGroup, pairs: list[PreferencePair]) -> list[PreferencePair]:
+        """The pairs whose answers all come from the group's policy version; any other is dead-lettered and
+        counted (`judge/version_violations`, which must stay 0: an engine takes weights only between requests)."""
+        kept = []
+        for pair in pairs:
+            if pair.version_violation or pair.policy_version != group.policy_version:
+                self.version_violations += 1
+                versions = (pair.chosen.policy_version, pair.rejected.policy_version)
+                self.queue.dead_letter(
+                    "judge", pair.record_id, f"version violation: group v{group.policy_version}, answers {versions}"
+                )
+                continue
+            kept.append(pair)
+        return kept
 
     def load_weights(self, update: Any, staging_root: str | None = None) -> float:
         """Load one WeightUpdate into a judge that judges with the policy (`follows_policy`, e.g. self-preference,
@@ -432,11 +450,14 @@ class TrainerWorker:
         version, _ = self.trainer.load_checkpoint(Path(checkpoint))
         return version
 
-    def commit(self, version: int) -> int:
+    def commit(self, version: int, iteration: int | None = None) -> int:
         """Acknowledge the pairs of version `version` trained by the last `train` call (its iteration is
         recorded); returns how many. A replacement trainer that did not train them itself (its predecessor
         died after training, before the acknowledgement) acknowledges this consumer's pending pairs of
-        `version` instead: they are the ones the recorded iteration trained on."""
+        `version` instead: they are the ones the recorded iteration trained on. In async mode, where an
+        iteration trains pairs of several versions, those are the pending pairs of iterations up to
+        `iteration` (a later batch's pairs stay pending for their own iteration)."""
+        online = self.cfg.schedule.mode == "async" and iteration is not None
         n = len(self._uncommitted)
         for entry_id in self._uncommitted:
             self.queue.complete("pairs", TRAINER_GROUP, entry_id, None, [])
@@ -446,7 +467,7 @@ class TrainerWorker:
         while ids := [
             e.entry_id
             for e in self.queue.read("pairs", TRAINER_GROUP, "trainer", PreferencePair, 4096, None)
-            if e.record.policy_version == version
+            if (e.record.iteration <= iteration if online else e.record.policy_version == version)  # type: ignore[operator]
         ]:
             for entry_id in ids:
                 self.queue.complete("pairs", TRAINER_GROUP, entry_id, None, [])
@@ -454,7 +475,11 @@ class TrainerWorker:
         return n
 
     def train(self, iteration: int, version: int) -> dict[str, Any]:
-        """Train on every pending pair of `version`; returns metrics, counts and the WeightUpdate for v+1."""
+        """Train on every pending pair of `version` (sync mode), or of batch `iteration` within
+        `schedule.max_staleness` versions of `version` (async mode; the rules: `workers/pipeline.py::select_pairs`);
+        returns metrics (with the staleness histogram and the drops by reason), counts and the WeightUpdate
+        for v+1."""
+        from sparring.workers.pipeline import select_pairs, selection_metrics
         from sparring.workers.weight_sync import object_store_update, safetensors_dir_update
 
         entries: list[Entry[PreferencePair]] = []
@@ -462,15 +487,17 @@ class TrainerWorker:
         while batch := self.queue.read("pairs", TRAINER_GROUP, "trainer", PreferencePair, 4096, 0, include_pending=first):
             entries.extend(batch)
             first = False
-        fresh: list[Entry[PreferencePair]] = []
-        for e in entries:
-            if e.record.policy_version == version:
-                fresh.append(e)
-            else:  # sync mode trains only on groups generated by the version being trained
+        s = self.cfg.schedule
+        sel = select_pairs(entries, lambda e: e.record, iteration, version, s.max_staleness, s.mode == "async")
+        for reason, dropped in sel.dropped.items():  # acknowledged: never trained, never lost uncounted
+            for e in dropped:
                 self.queue.dead_letter(
-                    "train", e.record.record_id, f"stale: pair from version {e.record.policy_version}, training {version}"
-                )
+                    "train", e.record.record_id,
+                    f"{reason}: pair of iteration {e.record.iteration} from version {e.record.policy_version}, "
+                    f"training iteration {iteration} on version {version} (max_staleness {s.max_staleness})",
+                )  # fmt: skip
                 self.queue.complete("pairs", TRAINER_GROUP, e.entry_id, None, [])
+        fresh: list[Entry[PreferencePair]] = sel.train  # later batches' pairs (async) stay pending
 
         def progress(msg: str) -> None:
             emit(self.client, self.run_id, "progress", stage="train", iteration=iteration, message=msg)
@@ -478,6 +505,7 @@ class TrainerWorker:
         # Arrival order depends on which engine finished first; training order must not.
         fresh.sort(key=lambda e: e.record.record_id)
         result = self.trainer.train_iteration([e.record for e in fresh], iteration, progress=progress)
+        result.metrics.update(selection_metrics(sel))
         for record_id, reason in result.rejected:
             self.queue.dead_letter("train", record_id, reason)
         new_version = version + 1
@@ -493,7 +521,7 @@ class TrainerWorker:
             "metrics": result.metrics,
             "num_pairs": len(fresh),
             "num_rejected": len(result.rejected),
-            "num_stale": len(entries) - len(fresh),
+            "num_stale": sum(len(d) for d in sel.dropped.values()),
             "checkpoint": str(ckpt),
             "update": update,
         }

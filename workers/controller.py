@@ -79,6 +79,7 @@ def derive_seed(*parts: object) -> int:
 _JUDGE_COUNTERS = (
     "calls", "groups", "call_seconds", "timeouts", "failed_groups", "isolation_retries", "cache_hits",
     "cache_misses", "flip_pairs", "pairs_filtered", "uncertainty_pairs", "uncertainty_dropped", "uncertainty_disagreed",
+    "version_violations",
 )  # fmt: skip
 
 
@@ -358,13 +359,19 @@ class RunController:
             self.trackers = Trackers.open(self.cfg, self.run_id, self.run_dir, first, self._report_tracking)  # report_to
             self.start_workers()
             self.evaluate_baseline()
-            for t in range(first, self.cfg.schedule.iterations + 1):
-                if (action := self.store.control(self.run_id)) is not None:
-                    return self._interrupt(action, t)
-                try:
-                    self.run_iteration(t)
-                except RespawnBudgetSpent as err:
-                    return self._interrupt("pause", t, reason=str(err))
+            if self.cfg.schedule.mode == "async":  # generation overlaps training (workers/pipeline.py)
+                from sparring.workers.pipeline import AsyncLoop
+
+                if (interrupted := AsyncLoop(self).run(first)) is not None:
+                    return interrupted
+            else:
+                for t in range(first, self.cfg.schedule.iterations + 1):
+                    if (action := self.store.control(self.run_id)) is not None:
+                        return self._interrupt(action, t)
+                    try:
+                        self.run_iteration(t)
+                    except RespawnBudgetSpent as err:
+                        return self._interrupt("pause", t, reason=str(err))
             summary = self.write_summary()
             self.store.set_state(self.run_id, "completed")
             self.store.clear_control(self.run_id)
@@ -514,17 +521,24 @@ class RunController:
             started_at=started,
             finished_at=time.time(),
         )
+        self.record_iteration(record)
+        self.client.hdel(keys.kv(self.run_id), f"iteration:{t}:progress")  # on record now
+        return record
+
+    def record_iteration(self, record: IterationRecord) -> None:
+        """Stage 7 (both modes): put the record, log it to the trackers, keep the evaluation's samples for
+        the next `vs_prev`, then let the trainer acknowledge the iteration's pairs, run stream and checkpoint
+        retention and emit `iteration_done`."""
+        t = record.iteration
         self.store.put_iteration(record)
         self.trackers.log_iteration(record)  # experiment trackers (workers/trackers.py); never raises
         if self._pending_previous is not None:  # the next iteration's `vs_prev` side, once this one is on record
             self._save_samples("previous", self._pending_previous)
             self.eval_samples["previous"], self._pending_previous = self._pending_previous, None
-        self.commit(t, v)
+        self.commit(t, record.policy_version_in)
         self.retain_streams(t)
-        self.client.hdel(keys.kv(self.run_id), f"iteration:{t}:progress")  # on record now
         self._emit("iteration_done", iteration=t, record=record.model_dump(mode="json"))
         self.retain_checkpoints()
-        return record
 
     def _iteration_progress(self, t: int) -> dict[str, Any]:
         """Iteration t's bookkeeping from its first attempt (start time, `generations` and `dead` written
@@ -582,6 +596,9 @@ class RunController:
         )
         metrics.update({f"queue/peak/{stage}": float(n) for stage, n in gen.queue_peaks.items()})
         metrics.update(combine_judge_metrics(gen.judge_drains))
+        # pairs whose answers came from other weights than their group's, refused by the judge or the trainer
+        metrics.setdefault("judge/version_violations", 0.0)  # absent when no judge drain ran (a batch judged before a resume)
+        metrics["version/violations"] = metrics["judge/version_violations"] + metrics.get("version/violations_train", 0.0)
         return metrics
 
     # ---------------------------------------------------------------------------------------- stages
@@ -692,8 +709,9 @@ class RunController:
         return self.call_trainer(t, "train", t, v)
 
     def commit(self, t: int, v: int) -> None:
-        """The iteration is on record: the trainer acknowledges the pairs of version v it consumed."""
-        self.call_trainer(t, "commit", v)
+        """The iteration is on record: the trainer acknowledges the pairs of version v (async mode: of
+        iteration t) it consumed."""
+        self.call_trainer(t, "commit", v, t)
 
     def call_trainer(self, t: int, method: str, *args: Any) -> Any:
         """`method(*args)` on the trainer; a trainer that dies during it is restarted (`restart_trainer`) and

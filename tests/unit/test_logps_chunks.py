@@ -11,6 +11,7 @@ the interpreter and whatever the 2-core box is doing, and tracemalloc cannot see
 from __future__ import annotations
 
 import weakref
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -196,3 +197,23 @@ def test_peak_memory_at_131k_vocab_grows_with_the_chunk_not_the_batch() -> None:
     assert unchunked.largest >= logits
     assert unchunked.peak >= params + 2 * logits
     assert chunked_large.peak * 4 < unchunked.peak, (chunked_large.peak, unchunked.peak)
+
+
+def test_fsdp2_ranks_with_chunks_train_like_one_unchunked_rank(tmp_path: Path) -> None:
+    """The chunks' checkpoint recomputation runs in the backward, after FSDP2 has resharded the root (tied
+    embedding + LM head): 2 gloo ranks with 3-position chunks end 3 optimizer steps with the metrics and
+    weights of one unchunked rank (tests/unit/test_sharded_trainer.py's harness and tolerances)."""
+    from tests.families import build_family_checkpoint
+    from tests.unit import test_sharded_trainer as sharded
+
+    model = build_family_checkpoint("qwen2", tmp_path / "qwen2", seed=0)
+    cfg = sharded._cfg(logps_chunk_tokens=3)
+    unchunked, (expected,) = sharded._one_rank(model, [sharded._pairs()], sharded._cfg(logps_chunk_tokens=None))
+    ranked = sharded._run_ranks(2, {"model": str(model), "cfg": cfg.model_dump_json(), "pairs": [sharded._pairs()],
+                                    "out": str(tmp_path / "out.pt")})  # fmt: skip
+    (metrics,) = ranked["metrics"]
+    assert metrics["train/steps"] == 3
+    # a micro-batch is one pair: its completion positions (chosen + rejected) span several chunks of 3
+    assert min(len(p.chosen.token_ids) + len(p.rejected.token_ids) for p in sharded._pairs()) > 2 * 3
+    sharded._assert_same_metrics(metrics, expected)
+    sharded._assert_same_weights(ranked["weights"], unchunked.state_dict_for_sync())
