@@ -1,4 +1,5 @@
-"""`sparring serve` and the commands that talk to a running API: `submit`, `status`, `resume`, `export`.
+"""`sparring serve` and the commands that talk to a running API: `submit`, `status`, `resume`, `export`,
+`feedback`.
 
 The client commands read the API address from `--api` or SPARRING_API_URL (default http://127.0.0.1:8321)
 and the token from `--token` or SPARRING_TOKEN. An API error prints its detail and every listed problem
@@ -61,6 +62,13 @@ class ApiClient:
             params={"kind": kind, "name": name or path.name, **{k: v for k, v in (columns or {}).items() if v}},
             content=path.read_bytes(),
             headers={"Content-Type": "application/vnd.apache.parquet" if parquet else "application/x-ndjson"},
+        )
+        return self._check(r).json()
+
+    def post_feedback(self, run_id: str, path: Path) -> dict[str, Any]:
+        """A JSONL file of thumbs-up/down items (shared/feedback.py) to `POST /v1/runs/{run_id}/feedback`."""
+        r = self.http.post(
+            f"/v1/runs/{run_id}/feedback", content=path.read_bytes(), headers={"Content-Type": "application/x-ndjson"}
         )
         return self._check(r).json()
 
@@ -259,6 +267,15 @@ def export(args: argparse.Namespace) -> int:
     return 0
 
 
+def feedback(args: argparse.Namespace) -> int:
+    """`sparring feedback RUN FILE.jsonl`: post thumbs-up/down labels; a refused file prints every bad line
+    (nothing of it is stored) and exits 2."""
+    result = _client(args).post_feedback(args.run_id, Path(args.file))
+    print(f"run {result['run_id']}: {result['items']} feedback item(s), {result['stored']} stored, "
+          f"{result['duplicates']} posted before", flush=True)  # fmt: skip
+    return 0
+
+
 def add_parsers(sub: Any) -> None:
     p = sub.add_parser("serve", help="run the API service (REST, dashboard, metrics)")
     p.add_argument("--host", default="127.0.0.1")
@@ -294,6 +311,12 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--wait", action="store_true", help="follow the run until it is at rest")
     common(p)
     p.set_defaults(handler=resume)
+
+    p = sub.add_parser("feedback", help="post thumbs-up/down labels on single answers (JSONL) to a run")
+    p.add_argument("run_id")
+    p.add_argument("file", help='JSONL: {"prompt" or "messages", "answer", "label": true/false or "up"/"down", "weight"?}')
+    common(p)
+    p.set_defaults(handler=feedback)
 
     p = sub.add_parser("export", help="download a run's judged pairs in TRL's preference format (JSONL, parquet, datasets dir)")
     p.add_argument("run_id")

@@ -10,6 +10,7 @@ are read by `Settings`, not here.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Collection
 from pathlib import Path
@@ -252,6 +253,11 @@ JudgeConfig = Annotated[
 # recipes that pair each fresh sample with a fixed answer of the prompt, so they need no judge: DRIFT's logged
 # dissatisfying response (rejected), SPIN's reference answer (chosen)
 ANCHORED_PAIRS = ("drift", "spin")
+# objectives over unpaired labelled answers (`LabelledAnswer`: thumbs up/down on one answer), not pairs; the
+# objective registry checks this list against the loss classes' `unpaired` flag
+UNPAIRED_OBJECTIVES = ("bco", "kto")
+# the recipes an unpaired objective takes labels from: each answer labelled once (workers/recipes/labels.py)
+UNPAIRED_RECIPES = ("pointwise", "best_vs_worst", "ranked")
 
 
 class AlgorithmCommon(Section):
@@ -269,12 +275,18 @@ class AlgorithmCommon(Section):
         description="loss over per-sequence log-probs (a name of the objective registry; it selects the fields "
         "beside it); default dpo"
     )
-    pairs: Literal["best_vs_worst", "all_pairs", "ranked", "drift", "spin"] = Field(
+    pairs: Literal["best_vs_worst", "all_pairs", "ranked", "drift", "spin", "pointwise"] = Field(
         "best_vs_worst",
         description="how a judged group of K becomes training pairs: best vs worst (SPPO, INPO, iterative DPO), "
         "every strictly preferred pair, OSP's ranked pairing (1st vs K-th, 2nd vs K-1-th, ...), DRIFT's "
         "fresh sample (chosen) vs the logged dissatisfying response (rejected), or SPIN's reference answer "
-        "(chosen) vs each fresh sample (rejected); the last two need no judge",
+        "(chosen) vs each fresh sample (rejected); the last two need no judge. `pointwise` builds no pairs: "
+        "each sample is labelled up/down by the judge's score against `label_threshold` (unpaired objectives)",
+    )
+    label_threshold: float | None = Field(
+        None,
+        description="pairs=pointwise only (and required there): a sample whose judge score is >= this is "
+        "desirable (thumbs up), below it undesirable; the judge's scalar score, or its win-matrix row mean",
     )
     drift_guided: bool = Field(
         True,
@@ -284,6 +296,29 @@ class AlgorithmCommon(Section):
     reference: Literal["iteration_start", "initial"] = Field(
         "iteration_start", description="reference policy: pi_t (iterative DPO/SPPO) or the fixed initial policy"
     )
+
+    @model_validator(mode="after")
+    def _pointwise_labels(self) -> AlgorithmCommon:
+        pointwise = self.pairs == "pointwise"
+        if pointwise != (self.label_threshold is not None):
+            raise ValueError(
+                "algorithm.label_threshold goes with pairs=pointwise, and pairs=pointwise needs it "
+                f"(pairs={self.pairs}, label_threshold={self.label_threshold})"
+            )
+        if pointwise and self.objective not in UNPAIRED_OBJECTIVES:
+            raise ValueError(
+                f"pairs=pointwise labels single samples, which only unpaired objectives train on "
+                f"({', '.join(UNPAIRED_OBJECTIVES)}), not objective={self.objective}"
+            )
+        if self.objective in UNPAIRED_OBJECTIVES and self.pairs not in UNPAIRED_RECIPES:
+            raise ValueError(
+                f"objective={self.objective} trains on labelled answers: pairs must be one of "
+                f"{', '.join(UNPAIRED_RECIPES)} (pointwise labels, or a judged pair's chosen = desirable and "
+                f"rejected = undesirable), not {self.pairs}, whose answers appear in several pairs"
+            )
+        if self.label_threshold is not None and not math.isfinite(self.label_threshold):
+            raise ValueError(f"algorithm.label_threshold must be finite, got {self.label_threshold}")
+        return self
 
     @classmethod
     def hyperparameter_names(cls) -> list[str]:
@@ -470,6 +505,22 @@ class ORPOConfig(AlgorithmCommon):
     )
 
 
+class KTOConfig(AlgorithmCommon):
+    objective: Literal["kto"] = "kto"
+    beta: float = _beta("TRL KTOConfig beta 0.1")
+    desirable_weight: float = Field(
+        1.0, gt=0.0, description="weight of desirable (thumbs-up) examples' losses (TRL KTOConfig desirable_weight 1.0)"
+    )
+    undesirable_weight: float = Field(
+        1.0, gt=0.0, description="weight of undesirable examples' losses (TRL KTOConfig undesirable_weight 1.0)"
+    )
+
+
+class BCOConfig(AlgorithmCommon):
+    objective: Literal["bco"] = "bco"
+    beta: float = _beta("TRL BCOConfig beta 0.1")
+
+
 # objective name -> its config; `workers/objectives/registry.py` checks it against the loss classes
 OBJECTIVE_CONFIGS: dict[str, type[AlgorithmCommon]] = {
     cls.model_fields["objective"].default: cls
@@ -494,6 +545,8 @@ OBJECTIVE_CONFIGS: dict[str, type[AlgorithmCommon]] = {
         DPOPConfig,
         LengthDPOConfig,
         ORPOConfig,
+        KTOConfig,
+        BCOConfig,
     )
 }
 
@@ -969,6 +1022,14 @@ class RunConfig(Section):
             raise ValueError("algorithm.pairs=drift needs a dissatisfaction-log prompt source (dsat or a task's), not jsonl")
         if self.prompts.source == "dsat" and not drift:
             raise ValueError("prompts.source=dsat holds dissatisfaction logs: they go with algorithm.pairs=drift")
+        if self.algorithm.objective in UNPAIRED_OBJECTIVES and (
+            self.resources.trainer.num_ranks > 1 or self.schedule.mode != "sync"
+        ):
+            raise ValueError(
+                f"objective={self.algorithm.objective} (unpaired labels) trains on one trainer rank in sync mode: "
+                f"resources.trainer.num_ranks {self.resources.trainer.num_ranks}, schedule.mode {self.schedule.mode} "
+                "(sharded and async unpaired training are not built)"
+            )
         if self.judge.kind == "none" and not anchored:
             raise ValueError(
                 "judge.kind=none only fits algorithm.pairs=drift or spin (other recipes rank with a judge)"
@@ -1004,9 +1065,11 @@ class RunConfig(Section):
 
     @property
     def max_pairs_per_group(self) -> int:
-        """The most training pairs the recipe builds from one group (workers/recipes/pairs.py)."""
+        """The most training pairs the recipe builds from one group (workers/recipes/pairs.py); pointwise: its
+        K labelled samples (workers/recipes/labels.py)."""
         k = self.generation.samples_per_prompt
-        return {"best_vs_worst": 1, "ranked": k // 2, "all_pairs": k * (k - 1) // 2, "drift": k, "spin": k}[
+        modes = {"best_vs_worst": 1, "ranked": k // 2, "all_pairs": k * (k - 1) // 2, "drift": k, "spin": k, "pointwise": k}
+        return modes[
             self.algorithm.pairs
         ]
 

@@ -29,8 +29,10 @@ Per run, all under `run:{run_id}:`:
 - `run:{id}:incarnation`     counter; the controller INCRs it once per start (it names its workers) -> tests.
                              Neither `delete_run` removes it.
 - `run:{id}:{stage}`         stream per work stage; `StreamQueue`: `prompts` by the controller,
-                             `generations` by generators, `pairs` by judges, `dead` by any consumer ->
-                             `StreamQueue` consumer groups, the API's pair export.
+                             `generations` by generators, `pairs` by judges, `feedback` (unpaired
+                             `LabelledAnswer`s) by the API's feedback route and the pointwise recipe's
+                             judges, `dead` by any consumer -> `StreamQueue` consumer groups (the trainer
+                             reads `pairs` and `feedback`), the API's pair export.
 - `run:{id}:seen:{stage}`    set of the record ids ever written to a stage (written in the same Lua script
                              as the entry) -> `StreamQueue` (deduplication).
 
@@ -77,7 +79,7 @@ def incarnation(run_id: str) -> str:
 
 
 def stream(run_id: str, stage: str) -> str:
-    """Stream of one work stage (`prompts`, `generations`, `pairs`, `dead`, `events`)."""
+    """Stream of one work stage (`prompts`, `generations`, `pairs`, `feedback`, `dead`, `events`)."""
     return f"run:{run_id}:{stage}"
 
 

@@ -33,8 +33,8 @@ from .records import DeadLetter, R, Record, decode, encode
 
 logger = logging.getLogger(__name__)
 
-Stage = Literal["prompts", "generations", "pairs", "dead", "events"]
-STAGES: tuple[str, ...] = ("prompts", "generations", "pairs", "dead", "events")
+Stage = Literal["prompts", "generations", "pairs", "feedback", "dead", "events"]
+STAGES: tuple[str, ...] = ("prompts", "generations", "pairs", "feedback", "dead", "events")
 DEAD = "dead"
 DEFAULT_MAXLEN = 100_000
 # Blocking reads are capped so they always return well inside the client's socket timeout.
@@ -50,6 +50,20 @@ end
 local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'id', ARGV[1], 'data', ARGV[2])
 redis.call('SADD', KEYS[1], ARGV[1])
 return id
+"""
+
+# KEYS: seen-set, stream. ARGV: maxlen, then (record id, data) pairs. Writes every record whose id is unseen, in
+# one script (all of them or, if Redis fails before it runs, none). Returns how many were new.
+_PUT_MANY_LUA = """
+local n = 0
+for i = 2, #ARGV, 2 do
+  if redis.call('SISMEMBER', KEYS[1], ARGV[i]) == 0 then
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'id', ARGV[i], 'data', ARGV[i + 1])
+    redis.call('SADD', KEYS[1], ARGV[i])
+    n = n + 1
+  end
+end
+return n
 """
 
 # KEYS: input stream[, output seen-set, output stream]. ARGV: group, input entry id, maxlen, then
@@ -116,6 +130,7 @@ class StreamQueue:
         self.run_id = run_id
         self.maxlen = maxlen
         self._put_script = client.register_script(_PUT_LUA)
+        self._put_many_script = client.register_script(_PUT_MANY_LUA)
         self._complete_script = client.register_script(_COMPLETE_LUA)
 
     # ------------------------------------------------------------------------------------------------
@@ -155,6 +170,17 @@ class StreamQueue:
             args=[record.record_id, encode(record), self.maxlen],
         )
         return None if result is None else _s(result)
+
+    def put_many(self, stage: str, records: Sequence[Record]) -> int:
+        """Append every record of `records` whose `record_id` was never written to this stage, in ONE script:
+        Redis runs it whole, so a caller never leaves part of a batch stored (the feedback route's
+        all-or-nothing). Returns how many were new (0 when all were written before)."""
+        if not records:
+            return 0
+        args: list[Any] = [self.maxlen]
+        for rec in records:
+            args += [rec.record_id, encode(rec)]
+        return int(self._put_many_script(keys=[self._seen(stage), self.stream(stage)], args=args))
 
     def complete(
         self,
@@ -227,6 +253,12 @@ class StreamQueue:
 
     # ------------------------------------------------------------------------------------------------
     # reading
+
+    def read_pending(self, stage: str, group: str, consumer: str, cls: type[R], count: int = 4096) -> list[Entry[R]]:
+        """Up to `count` of `consumer`'s pending entries (delivered, not acknowledged), never new ones: what a
+        replacement consumer acknowledges for the work its predecessor finished."""
+        key = self.stream(stage)
+        return self._decode_delivered(stage, group, consumer, cls, self._xreadgroup(group, consumer, key, "0", count, None), fresh=False)
 
     def read(
         self,

@@ -9,6 +9,8 @@ This module knows nothing about Redis, Ray or torch.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from typing import Any, TypeVar
 
@@ -235,6 +237,57 @@ class PreferencePair(Record):
         return any(
             c.policy_version is not None and c.policy_version != self.policy_version for c in (self.chosen, self.rejected)
         )
+
+
+# --------------------------------------------------------------------------------------------------
+# Unpaired labels: API feedback and pointwise judge labels -> trainer (stream `run:{id}:feedback`)
+
+
+class LabelledAnswer(Record):
+    """One answer to one prompt with a thumbs-up (`label` True: desirable) or thumbs-down (False: undesirable),
+    unpaired: what KTO and unpaired BCO train on (`run:{id}:feedback`).
+
+    Two sources write it: `POST /v1/runs/{id}/feedback` (`source` "feedback": text only, tokenised by the
+    trainer; no policy version, any iteration may train on it) and the `pointwise` recipe (`source` = the
+    judge's name: the policy's own sample with its token ids, labelled by a score threshold, stamped with the
+    version that sampled it). The id is deterministic: a feedback item's is a digest of its content, so
+    posting the same item twice stores it once; a judged sample's is its group id and sample index.
+    """
+
+    run_id: str
+    iteration: int = Field(0, ge=0, description="iteration that sampled it; 0 for posted feedback")
+    policy_version: int | None = Field(
+        None, ge=0, description="weights that sampled the answer; None for posted feedback (off-policy)"
+    )
+    prompt_id: str = Field(min_length=1)
+    prompt: str = Field(min_length=1, description="the user message answered")
+    messages: list[dict[str, str]] | None = Field(
+        None, description="whole conversation ending in `prompt` (multi-turn); None = just `prompt`"
+    )
+    prompt_token_ids: list[int] | None = Field(
+        None, description="the prompt as the trainer sees it (chat template); None = the trainer tokenises it"
+    )
+    answer: Completion = Field(
+        description="the labelled answer; `token_ids` empty for posted feedback (the trainer tokenises `text`)"
+    )
+    label: bool = Field(description="True = desirable (thumbs up), False = undesirable (thumbs down)")
+    weight: float = Field(1.0, gt=0.0, le=1000.0, description="loss weight of this example (sum(w*l)/sum(w))")
+    score: float | None = Field(None, description="the judge's score the label came from (pointwise recipe)")
+    source: str = Field("feedback", min_length=1, description="'feedback' (posted) or the labelling judge's name")
+
+    @field_validator("weight")
+    @classmethod
+    def _finite_weight(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError("weight must be finite")
+        return v
+
+    @property
+    def record_id(self) -> str:
+        if self.policy_version is None:  # what the item is: conversation, answer, label and weight
+            content = [self.prompt, self.messages, self.answer.text, self.label, self.weight]
+            return "feedback:" + hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:32]
+        return f"{group_id(self.prompt_id, self.policy_version)}:{self.answer.index}"
 
 
 # --------------------------------------------------------------------------------------------------

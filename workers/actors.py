@@ -23,11 +23,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sparring.shared.config import ANCHORED_PAIRS, RunConfig
+from sparring.shared.config import ANCHORED_PAIRS, UNPAIRED_OBJECTIVES, RunConfig
 from sparring.shared.events import emit
 from sparring.shared.models import load_tokenizer, prompt_token_ids, text_token_ids
 from sparring.shared.queue import Entry, StreamQueue
-from sparring.shared.records import Completion, GenerationGroup, PreferencePair, PromptTask
+from sparring.shared.records import Completion, GenerationGroup, LabelledAnswer, PreferencePair, PromptTask
 from sparring.shared.redis_server import connect
 from sparring.workers.groups import Resources, VersionMismatch
 
@@ -345,6 +345,9 @@ class JudgeWorker:
                     "generations", JUDGES_GROUP, entry, "judge", outcome.reason, self.cfg.resilience.max_deliveries
                 )
                 continue
+            if self.cfg.algorithm.pairs == "pointwise":  # thumbs up/down per sample, no pairs
+                self._complete_labels(entry, outcome)
+                continue
             try:
                 pairs = self._one_version(entry.record, build_pairs(entry.record, outcome, self.cfg.algorithm.pairs))
             except ValueError as err:
@@ -354,6 +357,21 @@ class JudgeWorker:
             self.pairs_filtered += dropped
             _make_room(self.queue, self.cfg, "pairs", TRAINER_GROUP, len(pairs))
             self.pairs_written += self.queue.complete("generations", JUDGES_GROUP, entry.entry_id, "pairs", pairs)
+
+    def _complete_labels(self, entry: Entry[GenerationGroup], judgement: Any) -> None:
+        """The pointwise recipe: each sample of the group labelled up/down by its judge score against
+        `algorithm.label_threshold` (workers/recipes/labels.py), written to the feedback stream."""
+        from sparring.workers.recipes.labels import pointwise_labels
+
+        threshold = self.cfg.algorithm.label_threshold
+        assert threshold is not None, "pairs=pointwise requires label_threshold (config validation)"
+        try:
+            labels = pointwise_labels(entry.record, judgement, threshold)
+        except ValueError as err:
+            self.queue.fail("generations", JUDGES_GROUP, entry, "recipe", str(err), max_attempts=1)
+            return
+        _make_room(self.queue, self.cfg, "feedback", TRAINER_GROUP, len(labels))
+        self.pairs_written += self.queue.complete("generations", JUDGES_GROUP, entry.entry_id, "feedback", labels)
 
     def _one_version(self, group: GenerationGroup, pairs: list[PreferencePair]) -> list[PreferencePair]:
         """The pairs whose answers all come from the group's policy version; any other is dead-lettered and
@@ -416,6 +434,8 @@ class TrainerWorker:
         self.model_path = model_path
         self._initial: Any = None  # the initial policy for evaluation's KL, loaded on first use
         self._uncommitted: list[str] = []
+        self._uncommitted_feedback: list[str] = []  # feedback-stream entries of the last `train` (unpaired objectives)
+        self.unpaired = self.cfg.algorithm.objective in UNPAIRED_OBJECTIVES  # KTO / BCO: workers/unpaired.py
 
     def initial_logps(self, prompts: list[list[int]], completions: list[Completion], batch_size: int = 16) -> list[float]:
         """Summed log-prob of each completion's tokens (as sampled; no stop token appended) under the initial
@@ -457,6 +477,7 @@ class TrainerWorker:
         `version` instead: they are the ones the recorded iteration trained on. In async mode, where an
         iteration trains pairs of several versions, those are the pending pairs of iterations up to
         `iteration` (a later batch's pairs stay pending for their own iteration)."""
+        self._commit_feedback(version)
         online = self.cfg.schedule.mode == "async" and iteration is not None
         n = len(self._uncommitted)
         for entry_id in self._uncommitted:
@@ -472,6 +493,55 @@ class TrainerWorker:
             for entry_id in ids:
                 self.queue.complete("pairs", TRAINER_GROUP, entry_id, None, [])
             n += len(ids)
+        return n
+
+    def _train_unpaired(
+        self, pairs: list[PreferencePair], iteration: int, version: int, progress: Callable[[str], None]
+    ) -> Any:
+        """An unpaired objective's iteration (workers/unpaired.py) on the labelled answers of this iteration:
+        each pair of `version` split in two (chosen desirable, rejected undesirable), every posted feedback
+        item not yet trained on (any version: it is off-policy) and the pointwise recipe's labels of
+        `version` (others are stale: dead-lettered and acknowledged). Sorted by record id (arrival order
+        must not decide training order)."""
+        from sparring.workers.recipes.labels import pair_labels
+        from sparring.workers.unpaired import train_unpaired_iteration
+
+        entries: list[Entry[LabelledAnswer]] = []
+        first = True
+        while batch := self.queue.read("feedback", TRAINER_GROUP, "trainer", LabelledAnswer, 4096, 0, include_pending=first):
+            entries.extend(batch)
+            first = False
+        fresh = []
+        for e in entries:
+            if e.record.policy_version in (None, version):
+                fresh.append(e)
+            else:
+                self.queue.dead_letter(
+                    "train", e.record.record_id, f"stale: label from version {e.record.policy_version}, training {version}"
+                )
+                self.queue.complete("feedback", TRAINER_GROUP, e.entry_id, None, [])
+        self._uncommitted_feedback = [e.entry_id for e in fresh]
+        posted = sorted((e.record for e in fresh), key=lambda a: a.record_id)
+        answers = [a for p in pairs for a in pair_labels(p)] + posted
+        result = train_unpaired_iteration(self.trainer, answers, iteration, progress=progress)
+        result.metrics["feedback/posted"] = float(sum(a.policy_version is None for a in posted))
+        result.metrics["feedback/judged"] = float(sum(a.policy_version is not None for a in posted))
+        result.metrics["feedback/from_pairs"] = float(2 * len(pairs))
+        return result
+
+    def _commit_feedback(self, version: int) -> int:
+        """Acknowledge the labelled answers the last `train` trained on (a replacement trainer: this consumer's
+        pending ones of `version` and the posted ones, as `commit` does for pairs); returns how many."""
+        n = len(self._uncommitted_feedback)
+        for entry_id in self._uncommitted_feedback:
+            self.queue.complete("feedback", TRAINER_GROUP, entry_id, None, [])
+        self._uncommitted_feedback = []
+        if n or not self.unpaired:
+            return n
+        for e in self.queue.read_pending("feedback", TRAINER_GROUP, "trainer", LabelledAnswer):
+            if e.record.policy_version in (None, version):  # pending = delivered to the dead trainer's train
+                self.queue.complete("feedback", TRAINER_GROUP, e.entry_id, None, [])
+                n += 1
         return n
 
     def train(self, iteration: int, version: int) -> dict[str, Any]:
@@ -504,7 +574,10 @@ class TrainerWorker:
 
         # Arrival order depends on which engine finished first; training order must not.
         fresh.sort(key=lambda e: e.record.record_id)
-        result = self.trainer.train_iteration([e.record for e in fresh], iteration, progress=progress)
+        if self.unpaired:  # KTO / BCO: the pairs split into labels, plus the run's feedback stream
+            result = self._train_unpaired([e.record for e in fresh], iteration, version, progress)
+        else:
+            result = self.trainer.train_iteration([e.record for e in fresh], iteration, progress=progress)
         result.metrics.update(selection_metrics(sel))
         for record_id, reason in result.rejected:
             self.queue.dead_letter("train", record_id, reason)
@@ -519,7 +592,7 @@ class TrainerWorker:
             update = safetensors_dir_update(ckpt, new_version)
         return {
             "metrics": result.metrics,
-            "num_pairs": len(fresh),
+            "num_pairs": len(fresh) + len(self._uncommitted_feedback),  # unpaired runs: + the labelled answers
             "num_rejected": len(result.rejected),
             "num_stale": sum(len(d) for d in sel.dropped.values()),
             "checkpoint": str(ckpt),

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from sparring.shared import jsonl, keys
-from sparring.shared.config import RunConfig
+from sparring.shared.config import UNPAIRED_OBJECTIVES, RunConfig
 from sparring.shared.events import emit
 from sparring.shared.prompts import PromptItem, RunPrompts, iteration_prompt_indices, run_prompts
 from sparring.shared.queue import StreamQueue
@@ -287,7 +287,8 @@ class RunController:
             self.runtime.result(self.runtime.submit(handle, "load_weights", update, self._staging(consumer)))
 
     def start_workers(self) -> None:
-        for stage, group in (("prompts", GENERATORS_GROUP), ("generations", JUDGES_GROUP), ("pairs", TRAINER_GROUP)):
+        for stage, group in (("prompts", GENERATORS_GROUP), ("generations", JUDGES_GROUP), ("pairs", TRAINER_GROUP),
+                             ("feedback", TRAINER_GROUP)):  # fmt: skip
             self.queue.ensure_group(stage, group)
         g, j = self.cfg.generation, self.cfg.judge
         placed = place_workers(self.cfg, self.runtime, self.run_id)  # refuses what the cluster cannot hold
@@ -495,6 +496,8 @@ class RunController:
         progress.update(generation=asdict(gen), generate_judge_s=seconds["generate_judge"])
         self._save_progress(t, progress)
         pairs_open = gen.queue_peaks["pairs"] = self.queue.outstanding("pairs", TRAINER_GROUP)
+        if self.cfg.algorithm.objective in UNPAIRED_OBJECTIVES:  # labelled answers train an unpaired objective
+            pairs_open += self.queue.outstanding("feedback", TRAINER_GROUP)
         if gen.groups == 0 or pairs_open == 0:
             self._fail_empty(t, n_prompts, gen.groups, pairs_open, dead_before)
         with _timed(seconds, "train"):

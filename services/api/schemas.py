@@ -197,3 +197,10 @@ SSE_EVENT = {
         },
     }
 }
+
+
+class FeedbackResult(BaseModel):
+    run_id: str
+    items: int = Field(description="valid items in the request (all of them: one bad item refuses the request)")
+    stored: int = Field(description="items new to the run's feedback stream")
+    duplicates: int = Field(description="items posted before (same conversation, answer, label, weight): not stored again")

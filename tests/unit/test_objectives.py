@@ -821,21 +821,21 @@ def test_another_objectives_field_is_refused_with_its_path() -> None:
     assert [(err["loc"], err["type"]) for err in e.value.errors()] == [(("sppo", "beta"), "extra_forbidden")]
     with pytest.raises(ValidationError, match=r"dpo\.alpha"):
         algorithm_config(objective="dpo", alpha=0.001)
-    with pytest.raises(ValidationError, match="does not match any of the expected tags: 'apo_down', 'apo_zero', 'bco_pair', 'cdpo'"):
+    with pytest.raises(ValidationError, match="does not match any of the expected tags: 'apo_down', 'apo_zero', 'bco', 'bco_pair', 'cdpo'"):
         algorithm_config(objective="nope")
     assert algorithm_config().objective == "dpo"  # the default objective
 
 
 def test_build_objective_unknown_name_lists_the_registry() -> None:
     cfg = DPOConfig.model_construct(objective="nope", beta=0.1)
-    with pytest.raises(ValueError, match="registered: apo_down, apo_zero, bco_pair, cdpo, dpo, dpop"):
+    with pytest.raises(ValueError, match="registered: apo_down, apo_zero, bco, bco_pair, cdpo, dpo, dpop"):
         build_objective(cfg)
 
 
 def test_config_union_and_registry_agree() -> None:
     """The objective configs (shared cannot import workers) name exactly the registry's objectives, and each
     class takes exactly its config's hyperparameters (checked on import of the registry; repeated here)."""
-    assert sorted(OBJECTIVE_CONFIGS) == objective_names()
+    assert sorted(OBJECTIVE_CONFIGS) == registry.all_objective_names()  # pair losses + unpaired (KTO, BCO)
     for name, cls in OBJECTIVES.items():
         assert registry.objective_parameters(cls) == OBJECTIVE_CONFIGS[name].hyperparameter_names(), name
     registry.check_objective_configs()

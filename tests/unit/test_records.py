@@ -15,6 +15,7 @@ from sparring.shared.records import (
     GenerationGroup,
     IterationRecord,
     Judgement,
+    LabelledAnswer,
     PreferencePair,
     PromptTask,
     Record,
@@ -101,7 +102,24 @@ ALL_RECORDS: list[Record] = [
     pair(),
     DeadLetter(stage="judge", item_id="p7@v3", reason="boom", attempts=3, payload=b"\x00\xffraw"),
     iteration_record(),
+    LabelledAnswer(run_id="r", prompt_id="fb-1", prompt="q", answer=completion(0, []), label=True, weight=0.5),
+    LabelledAnswer(
+        run_id="r", iteration=2, policy_version=1, prompt_id="p1", prompt="q", prompt_token_ids=[1, 2],
+        answer=completion(3, [4, 5]), label=False, score=1.0, source="oracle",
+    ),  # fmt: skip
 ]
+
+
+def test_labelled_answer_ids_are_what_the_item_is() -> None:
+    """Posted feedback: a digest of conversation, answer, label and weight (re-posting stores it once; another
+    label or weight is another item); a judged sample: its group id and sample index."""
+    posted, judged = ALL_RECORDS[-2], ALL_RECORDS[-1]
+    assert isinstance(posted, LabelledAnswer) and isinstance(judged, LabelledAnswer)
+    assert judged.record_id == "p1@v1:3"
+    assert posted.record_id.startswith("feedback:") and posted.record_id == posted.model_copy().record_id
+    for change in ({"label": False}, {"weight": 1.0}, {"prompt": "other"}, {"answer": completion(1, [])}):
+        assert posted.model_copy(update=change).record_id != posted.record_id, change
+    assert posted.model_copy(update={"prompt_id": "fb-2"}).record_id == posted.record_id  # derived, not content
 
 
 @pytest.mark.parametrize("record", ALL_RECORDS, ids=lambda r: type(r).__name__)

@@ -142,3 +142,72 @@ def reference_logratios(inputs: LossInputs, objective: str) -> tuple[Tensor, Ten
     ref_chosen = require(inputs.ref_chosen_logps, "ref_chosen_logps", objective)
     ref_rejected = require(inputs.ref_rejected_logps, "ref_rejected_logps", objective)
     return inputs.policy_chosen_logps - ref_chosen, inputs.policy_rejected_logps - ref_rejected
+
+
+# --------------------------------------------------------------------------------------------------
+# Unpaired objectives (KTO, unpaired BCO): thumbs up/down on single answers
+
+
+@dataclass(frozen=True)
+class UnpairedInputs:
+    """Per-example inputs of an unpaired loss; N labelled answers, each tensor (N,) unless noted.
+
+    `labels` is True for a desirable answer (thumbs up), False for an undesirable one. `kl_*` are the
+    log-probs of M mismatched (prompt, completion) pairs of the same batch (KTO's reference point: x_i with
+    another example's y), constants (computed under no_grad); None when the objective does not ask for them.
+    """
+
+    policy_logps: Tensor  # (N,) trainable: carries the graph
+    labels: Tensor  # (N,) bool
+    lengths: Tensor  # (N,) completion tokens (float32, > 0)
+    ref_logps: Tensor | None = None  # (N,) constant
+    policy_kl_logps: Tensor | None = None  # (M,) constant: the policy on the mismatched pairs
+    ref_kl_logps: Tensor | None = None  # (M,) constant: the reference on the same pairs
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.policy_logps.shape[0])
+
+    def float32(self) -> UnpairedInputs:
+        """These inputs with floating tensors narrower than float32 upcast (float64 kept, `labels` untouched)."""
+        upcast = {
+            f.name: value.to(torch.float32)
+            for f in fields(self)
+            if isinstance(value := getattr(self, f.name), torch.Tensor)
+            and value.is_floating_point()
+            and value.dtype not in (torch.float32, torch.float64)
+        }
+        return replace(self, **upcast) if upcast else self
+
+
+@dataclass(frozen=True)
+class UnpairedOutput:
+    """What an unpaired objective returns for N labelled answers: `losses` (N,) in input order, keeping the
+    graph (the trainer reduces sum(w*l)/sum(w)); `rewards` (N,) the detached implicit rewards
+    beta * (logp_policy - logp_ref); `metrics` per-example detached (N,) values (averaged over examples) and
+    `batch_metrics` per-batch detached scalars (averaged over micro-batches: KTO's `kl`, BCO's `delta`)."""
+
+    losses: Tensor  # (N,)
+    rewards: Tensor  # (N,) detached
+    metrics: dict[str, Tensor] = field(default_factory=dict)
+    batch_metrics: dict[str, Tensor] = field(default_factory=dict)
+
+
+@runtime_checkable
+class UnpairedObjective(Protocol):
+    """A loss over unpaired labelled answers (`unpaired = True`). Flags: `needs_reference` (reference
+    log-probs), `needs_kl` (log-probs of mismatched pairs, KTO's reference point), `stateful` (as
+    `StatefulObjective`: BCO's running reward mean)."""
+
+    name: ClassVar[str]
+    unpaired: ClassVar[bool]
+    needs_reference: ClassVar[bool]
+    needs_kl: ClassVar[bool]
+    stateful: ClassVar[bool]
+
+    def __call__(self, inputs: UnpairedInputs) -> UnpairedOutput: ...
+
+
+def reference_logratio(inputs: UnpairedInputs, objective: str) -> Tensor:
+    """logp_theta(y) - logp_ref(y), (N,); raises `MissingInputError` without reference log-probs."""
+    return inputs.policy_logps - require(inputs.ref_logps, "ref_logps", objective)
