@@ -146,7 +146,7 @@ def test_inpo_preset_uses_fixed_reference(tmp_path: Path) -> None:
 
 
 def test_unknown_preset_is_named(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="unknown preset .spo.; known presets: dpo, drift, inpo, iterative_dpo, iterative_dpo_fixed_ref, osp, spin, sppo"):
+    with pytest.raises(ConfigError, match="unknown preset .spo.; known presets: dpo, drift, inpo, iterative_dpo, iterative_dpo_fixed_ref, online_dpo, osp, spin, sppo"):
         load_config(write(tmp_path, "preset: spo\n"))
 
 
@@ -234,7 +234,7 @@ def test_presets_are_data_files() -> None:
 
     from sparring.shared.presets import load_preset, preset_names
 
-    assert preset_names() == ["dpo", "drift", "inpo", "iterative_dpo", "iterative_dpo_fixed_ref", "osp", "spin", "sppo"]
+    assert preset_names() == ["dpo", "drift", "inpo", "iterative_dpo", "iterative_dpo_fixed_ref", "online_dpo", "osp", "spin", "sppo"]
     for name in preset_names():
         text = resources.files("sparring.shared.presets").joinpath(f"{name}.yaml").read_text()
         assert text.startswith("# "), f"{name}: the paper sources come first, as comments"
