@@ -686,6 +686,11 @@ class ScheduleConfig(Section):
             raise ValueError("max_staleness must be 0 in sync mode")
         if self.mode == "async" and self.max_staleness < 1:
             raise ValueError("schedule.mode async needs max_staleness >= 1 (policy versions the generators may run ahead)")
+        if self.mode == "async" and self.prompt_schedule == "full":
+            # the max_staleness + 1 batches before the first sync share version 0: a prompt is sampled once per
+            # version, so every batch after the first would be empty
+            raise ValueError("schedule.mode async cannot use prompt_schedule full (batches sampled by one version "
+                             "would repeat every prompt); use disjoint or random")
         return self
 
 

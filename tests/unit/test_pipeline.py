@@ -71,6 +71,8 @@ def test_async_config_rules(tmp_path: Path, models: dict[str, str], pool: str) -
     base = async_config(tmp_path, models, pool).model_dump(mode="json", exclude_none=True)
     with pytest.raises(ValueError, match="max_staleness >= 1"):
         parse_config({**base, "schedule": {"mode": "async", "max_staleness": 0}})
+    with pytest.raises(ValueError, match="cannot use prompt_schedule full"):
+        parse_config({**base, "schedule": {**base["schedule"], "prompt_schedule": "full"}})
     # two batches (the trained one and the one generated meanwhile) must fit the streams
     with pytest.raises(ValueError, match="max_staleness \\+ 1 = 2 batches are in flight"):
         parse_config({**base, "schedule": {**base["schedule"], "prompts_per_iteration": 60},
