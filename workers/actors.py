@@ -434,7 +434,9 @@ class TrainerWorker:
         self.model_path = model_path
         self._initial: Any = None  # the initial policy for evaluation's KL, loaded on first use
         self._uncommitted: list[str] = []
-        self._uncommitted_feedback: list[str] = []  # feedback-stream entries of the last `train` (unpaired objectives)
+        self._uncommitted_feedback: list[str] = []  # feedback-stream entries of the last `train`
+        self._feedback_records = 0  # training records the last `train` made of them (pairs or labelled answers)
+        self._tokenizer: Any = None  # posted feedback's tokenizer (paired objectives), loaded on first use
         self.unpaired = self.cfg.algorithm.objective in UNPAIRED_OBJECTIVES  # KTO / BCO: workers/unpaired.py
 
     def initial_logps(self, prompts: list[list[int]], completions: list[Completion], batch_size: int = 16) -> list[float]:
@@ -495,17 +497,11 @@ class TrainerWorker:
             n += len(ids)
         return n
 
-    def _train_unpaired(
-        self, pairs: list[PreferencePair], iteration: int, version: int, progress: Callable[[str], None]
-    ) -> Any:
-        """An unpaired objective's iteration (workers/unpaired.py) on the labelled answers of this iteration:
-        each pair of `version` split in two (chosen desirable, rejected undesirable), every posted feedback
-        item not yet trained on (any version: it is off-policy) and the pointwise recipe's labels of
-        `version` (others are stale: dead-lettered and acknowledged). Sorted by record id (arrival order
-        must not decide training order)."""
-        from sparring.workers.recipes.labels import pair_labels
-        from sparring.workers.unpaired import train_unpaired_iteration
-
+    def _read_feedback(self, version: int) -> list[LabelledAnswer]:
+        """This iteration's labelled answers from the feedback stream, sorted by record id (arrival order must
+        not decide training order): every posted item not yet trained on (any version: it is off-policy) and
+        the pointwise recipe's labels of `version` (others are stale: dead-lettered and acknowledged). They are
+        acknowledged by `commit` once the iteration is recorded."""
         entries: list[Entry[LabelledAnswer]] = []
         first = True
         while batch := self.queue.read("feedback", TRAINER_GROUP, "trainer", LabelledAnswer, 4096, 0, include_pending=first):
@@ -521,13 +517,47 @@ class TrainerWorker:
                 )
                 self.queue.complete("feedback", TRAINER_GROUP, e.entry_id, None, [])
         self._uncommitted_feedback = [e.entry_id for e in fresh]
-        posted = sorted((e.record for e in fresh), key=lambda a: a.record_id)
-        answers = [a for p in pairs for a in pair_labels(p)] + posted
+        return sorted((e.record for e in fresh), key=lambda a: a.record_id)
+
+    def _train_unpaired(
+        self, pairs: list[PreferencePair], iteration: int, version: int, progress: Callable[[str], None]
+    ) -> Any:
+        """An unpaired objective's iteration (workers/unpaired.py): each pair of `version` split in two (chosen
+        desirable, rejected undesirable), then the feedback stream's labelled answers (`_read_feedback`)."""
+        from sparring.workers.recipes.labels import pair_labels
+        from sparring.workers.unpaired import train_unpaired_iteration
+
+        labelled = self._read_feedback(version)
+        self._feedback_records = len(labelled)
+        answers = [a for p in pairs for a in pair_labels(p)] + labelled
         result = train_unpaired_iteration(self.trainer, answers, iteration, progress=progress)
-        result.metrics["feedback/posted"] = float(sum(a.policy_version is None for a in posted))
-        result.metrics["feedback/judged"] = float(sum(a.policy_version is not None for a in posted))
+        result.metrics["feedback/posted"] = float(sum(a.policy_version is None for a in labelled))
+        result.metrics["feedback/judged"] = float(sum(a.policy_version is not None for a in labelled))
         result.metrics["feedback/from_pairs"] = float(2 * len(pairs))
         return result
+
+    def _feedback_as_pairs(self, iteration: int, version: int) -> tuple[list[PreferencePair], dict[str, float]]:
+        """Posted feedback for a PAIRED objective (workers/recipes/labels.py::feedback_pairs): this iteration's
+        thumbs-up answers to a conversation over its thumbs-down ones; an answer without an opposite label in
+        the same iteration's feedback is not trained (`feedback/unpaired`)."""
+        from sparring.workers.recipes.labels import feedback_pairs
+
+        posted = self._read_feedback(version)
+        if not posted:
+            self._feedback_records = 0
+            return [], {}
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.model_path)
+        tok = self._tokenizer
+
+        def tokenize(a: LabelledAnswer) -> tuple[list[int], list[int]]:
+            prompt = list(a.prompt_token_ids) if a.prompt_token_ids else prompt_token_ids(tok, a.messages or a.prompt)
+            return prompt, text_token_ids(tok, a.answer.text)
+
+        pairs, unmatched = feedback_pairs(posted, tokenize, self.run_id, iteration, version)
+        self._feedback_records = len(pairs)
+        return pairs, {"feedback/posted": float(len(posted)), "feedback/pairs": float(len(pairs)),
+                       "feedback/unpaired": float(len(unmatched))}  # fmt: skip
 
     def _commit_feedback(self, version: int) -> int:
         """Acknowledge the labelled answers the last `train` trained on (a replacement trainer: this consumer's
@@ -536,7 +566,7 @@ class TrainerWorker:
         for entry_id in self._uncommitted_feedback:
             self.queue.complete("feedback", TRAINER_GROUP, entry_id, None, [])
         self._uncommitted_feedback = []
-        if n or not self.unpaired:
+        if n:
             return n
         for e in self.queue.read_pending("feedback", TRAINER_GROUP, "trainer", LabelledAnswer):
             if e.record.policy_version in (None, version):  # pending = delivered to the dead trainer's train
@@ -577,7 +607,9 @@ class TrainerWorker:
         if self.unpaired:  # KTO / BCO: the pairs split into labels, plus the run's feedback stream
             result = self._train_unpaired([e.record for e in fresh], iteration, version, progress)
         else:
-            result = self.trainer.train_iteration([e.record for e in fresh], iteration, progress=progress)
+            from_feedback, feedback_metrics = self._feedback_as_pairs(iteration, version)
+            result = self.trainer.train_iteration([e.record for e in fresh] + from_feedback, iteration, progress=progress)
+            result.metrics.update(feedback_metrics)
         result.metrics.update(selection_metrics(sel))
         for record_id, reason in result.rejected:
             self.queue.dead_letter("train", record_id, reason)
@@ -592,7 +624,7 @@ class TrainerWorker:
             update = safetensors_dir_update(ckpt, new_version)
         return {
             "metrics": result.metrics,
-            "num_pairs": len(fresh) + len(self._uncommitted_feedback),  # unpaired runs: + the labelled answers
+            "num_pairs": len(fresh) + self._feedback_records,  # + pairs (paired) or labelled answers (unpaired) of feedback
             "num_rejected": len(result.rejected),
             "num_stale": sum(len(d) for d in sel.dropped.values()),
             "checkpoint": str(ckpt),
