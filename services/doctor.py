@@ -107,11 +107,7 @@ def redis_checks(url: str | None) -> list[Check]:
     try:
         anonymous.ping()
         open_to_all = True
-    except redis.AuthenticationError:
-        open_to_all = False
-    except redis.ResponseError as err:  # NOAUTH arrives as a plain error reply on some versions
-        if "NOAUTH" not in str(err) and "auth" not in str(err).lower():
-            raise
+    except redis.RedisError:  # NOAUTH (AuthenticationError, or an error reply), NOPERM, or a refused HELLO
         open_to_all = False
     finally:
         anonymous.close()
