@@ -157,3 +157,49 @@ def test_async_run_versions_bound_resume_and_a_killed_generator(
     assert queue.outstanding("pairs", TRAINER_GROUP) == 0
     groups = [g for _, g in queue.read_all("generations", GenerationGroup)]
     assert all({c.policy_version for c in g.completions} == {g.policy_version} for g in groups)
+
+
+def test_a_producer_ten_times_faster_than_its_consumer_waits_and_nothing_is_trimmed_unread(
+    redis_client: Any, unique_run_id: str
+) -> None:
+    """Backpressure as the workers use it (`wait_for_room` before every write): 250 records written as fast as
+    Redis takes them into a stream of maxlen 100 whose consumer handles one entry per 20 ms (at least 10x
+    slower than the producer, measured). The consumer's outstanding work never passes maxlen,
+    the stream (trimmed `MAXLEN ~`) stays within one macro node (100 entries) of it, and the consumer reads
+    every record, in order: 0 trimmed unread."""
+    from sparring.shared.records import PromptTask
+
+    queue = StreamQueue(redis_client, unique_run_id, maxlen=100)
+    queue.ensure_group("prompts", "g")
+    total, peak, per_entry_s = 250, {"outstanding": 0, "length": 0}, 0.02
+    produced_at: list[float] = []
+
+    def task(i: int) -> PromptTask:
+        return PromptTask(run_id=unique_run_id, iteration=1, policy_version=0, prompt_id=f"p{i:04d}", prompt="q",
+                          num_samples=2, seed=i)  # fmt: skip
+
+    def produce() -> None:
+        for i in range(total):
+            queue.wait_for_room("prompts", "g", timeout_s=60, poll_s=0.005)
+            assert queue.put("prompts", task(i)) is not None
+            produced_at.append(time.perf_counter())
+
+    seen: list[str] = []
+    t0 = time.perf_counter()
+    producer = threading.Thread(target=produce)
+    producer.start()
+    while len(seen) < total:
+        for entry in queue.read("prompts", "g", "c", PromptTask, 10, 100):
+            time.sleep(per_entry_s)
+            seen.append(entry.record.prompt_id)
+            queue.complete("prompts", "g", entry.entry_id, None, [])
+        peak["outstanding"] = max(peak["outstanding"], queue.outstanding("prompts", "g"))
+        peak["length"] = max(peak["length"], queue.length("prompts"))
+    producer.join()
+    consumer_s = time.perf_counter() - t0
+    assert seen == [f"p{i:04d}" for i in range(total)]  # every record read, in order: nothing trimmed unread
+    assert peak["outstanding"] <= 100 and peak["length"] <= 200
+    # the first 100 writes needed no room: the producer's own speed, at least 10x the consumer's
+    assert (produced_at[99] - t0) / 100 * 10 <= consumer_s / total
+    # after that it waited for the consumer: it wrote its last record when the consumer had ~100 left, not 10x early
+    assert produced_at[-1] - t0 > 0.8 * (consumer_s - 100 * per_entry_s)
