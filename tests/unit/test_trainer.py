@@ -164,14 +164,20 @@ def test_training_learns_a_fixed_preference_and_changes_every_parameter(ckpt: Pa
     assert not unchanged, f"parameters not updated: {unchanged}"
 
     # held-out pairs: relative to the initial policy, the trained one prefers the chosen endings (h > 0)
+    assert held_out_margin_wins(trainer, ckpt) > 0.8
+
+
+def held_out_margin_wins(trainer: PolicyTrainer, ckpt: Path) -> float:
+    """The share of 16 held-out synthetic pairs on which `trainer`'s policy gained margin over the initial
+    checkpoint's: h = (log pi(y_w) - log pi_0(y_w)) - (log pi(y_l) - log pi_0(y_l)) > 0."""
     fresh = make_trainer(ckpt)
     examples, _ = trainer.tokenize_pairs(synthetic_pairs(16, seed=99))
     batch = collate_pairs(examples, trainer.pad_token_id)
     with torch.no_grad():
         new_logps, _ = sequence_logps(trainer.model, batch)
         old_logps, _ = sequence_logps(fresh.model, batch)
-    h = (new_logps[:16] - old_logps[:16]) - (new_logps[16:] - old_logps[16:])  # (16,) DPO margin vs pi_0
-    assert (h > 0).float().mean() > 0.8
+    h = (new_logps[:16] - old_logps[:16]) - (new_logps[16:] - old_logps[16:])  # (16,)
+    return float((h > 0).float().mean())
 
 
 @pytest.mark.parametrize(
@@ -186,14 +192,7 @@ def test_the_newer_objectives_learn_a_fixed_preference(ckpt: Path, objective: st
     trainer = make_trainer(ckpt, algo=algorithm_config(objective=objective, **fields), batch_size=8, epochs=4)
     result = trainer.train_iteration(synthetic_pairs(48), iteration=1)
     assert result.metrics["train/steps"] == 24 and math.isfinite(result.metrics["loss/mean"])
-    fresh = make_trainer(ckpt)
-    examples, _ = trainer.tokenize_pairs(synthetic_pairs(16, seed=99))
-    batch = collate_pairs(examples, trainer.pad_token_id)
-    with torch.no_grad():
-        new_logps, _ = sequence_logps(trainer.model, batch)
-        old_logps, _ = sequence_logps(fresh.model, batch)
-    h = (new_logps[:16] - old_logps[:16]) - (new_logps[16:] - old_logps[16:])  # (16,) margin gained vs pi_0
-    assert (h > 0).float().mean() > 0.8, objective
+    assert held_out_margin_wins(trainer, ckpt) > 0.8, objective
 
 
 def test_initial_reference_stays_fixed_across_iterations(ckpt: Path) -> None:
