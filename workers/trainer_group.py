@@ -78,9 +78,12 @@ class ShardedTrainer:
         for r in range(1, world_size):
             placed = resources if resources.placement_group is None else replace(resources, bundle_index=r)
             self.followers.append(runtime.spawn(FollowerRank, (replace(ranks, rank=r), args), f"{name}.rank{r}", placed))
-        init_process_group(ranks, device)
+        def join_and_build() -> PolicyTrainer:
+            init_process_group(ranks, device)  # blocks until every rank joined
+            return args.build(device, ranks)
+
         self._pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="rank0")
-        building = self._pool.submit(args.build, device, ranks)  # in a thread: a failing follower must not hang us
+        building = self._pool.submit(join_and_build)  # in a thread: a follower dying first must not hang us
         self.local = self._wait([runtime.submit(f, "ready") for f in self.followers], building)
 
     def _wait(self, refs: list[Any], local: Any) -> Any:

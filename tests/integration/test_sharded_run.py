@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from sparring.shared.queue import StreamQueue
 from sparring.shared.store import RunStore
 from tests.integration.test_run import arena_model, ray_local, small_config, start  # noqa: F401 (fixtures)
 
@@ -62,3 +63,35 @@ def test_two_rank_trainer_runs_an_iteration(
     assert single["pairs"] == it["pairs"]
     for name in ("loss", "rewards/margins"):
         assert it[name] == pytest.approx(single[name], rel=1e-5, abs=1e-7), name
+
+
+def test_a_dead_rank_restarts_the_trainer_group(
+    ray_local: Any, redis_url: str, redis_client: Any, arena_model: str, unique_run_id: str, tmp_path: Path  # noqa: F811
+) -> None:
+    """Rank 1 killed while the iteration generates: rank 0's train call fails at once (it does not wait in a collective
+    for a dead peer), the controller restarts the trainer (rank 0 and a new rank 1) and the run completes
+    with the restart recorded."""
+    import time
+
+    cfg = small_config(
+        tmp_path,
+        generation={"num_generators": 1},
+        schedule={"prompts_per_iteration": 64},
+        eval={"enabled": False},
+        resilience={"restart_backoff_s": 0.0},
+        resources={"trainer": {"num_ranks": 2}},
+    )
+    _, done, _ = start(ray_local, cfg, unique_run_id, redis_url, redis_client, arena_model, tmp_path)
+    queue = StreamQueue(redis_client, unique_run_id)
+    deadline = time.monotonic() + 300
+    while queue.length("generations") < 1:  # the workers are up (rank 1 joined): the iteration is generating
+        assert time.monotonic() < deadline, "generation never started"
+        time.sleep(0.1)
+    names = [n["name"] if isinstance(n, dict) else n for n in ray_local.util.list_named_actors()]
+    (rank1,) = [n for n in names if n.startswith(f"{unique_run_id}:trainer:") and n.endswith(".rank1")]
+    ray_local.kill(ray_local.get_actor(rank1))
+    summary = ray_local.get(done, timeout=900)
+    (it,) = summary["iterations"]
+    assert it["policy_version"] == 1 and it["pairs"] > 0
+    (record,) = RunStore(redis_client).iterations(unique_run_id)
+    assert record.metrics["trainer/restarts"] == 1.0
