@@ -50,9 +50,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from sparring.workers.logps import SequenceBatch, sequence_logps
-from sparring.workers.trainer_state import replace_dir
-
-SHARDED_DIR = "sharded"  # DCP shards of model and optimizer inside a checkpoint directory
+from sparring.workers.trainer_state import SHARDED_DIR, replace_dir
 
 
 @dataclass(frozen=True)

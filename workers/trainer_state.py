@@ -27,6 +27,7 @@ import torch
 
 TRAINER_STATE_FILE = "trainer_state.pt"
 TRAINER_STATE_FORMAT = 1  # bump when a key changes meaning; load_trainer_state refuses other formats
+SHARDED_DIR = "sharded"  # a sharded trainer's DCP shards of model and optimizer (workers/distributed.py)
 
 
 def write_dir_atomically(out_dir: Path, write: Callable[[Path], None]) -> Path:
@@ -133,7 +134,7 @@ def retain_checkpoints(
     `recorded` is (iteration, checkpoint dir) of every recorded iteration. The newest `keep_last` recorded
     checkpoints stay whole (resumable: weights and `trainer_state.pt`); with `keep_every` = M > 0 every
     M-th iteration's checkpoint also stays, as weights only (its `trainer_state.pt`, mostly optimizer
-    moments, is deleted). Every other directory under `root` goes: older recorded checkpoints, checkpoints
+    moments, and a sharded trainer's `sharded/` DCP shards are deleted; the HF export stays). Every other directory under `root` goes: older recorded checkpoints, checkpoints
     written by a trainer that died before its iteration was recorded, and the temporary / moved-aside
     directories a killed `write_dir_atomically` leaves. The newest recorded checkpoint (the resume point)
     is never touched (`keep_last` >= 1).
@@ -152,9 +153,10 @@ def retain_checkpoints(
         if real in whole or not child.is_dir():
             continue
         if real in weights:
-            state = child / TRAINER_STATE_FILE
-            if state.exists():
-                state.unlink()
+            state, shards = child / TRAINER_STATE_FILE, child / SHARDED_DIR
+            if state.exists() or shards.exists():
+                state.unlink(missing_ok=True)
+                shutil.rmtree(shards, ignore_errors=True)
                 out.weights_only.append(child)
             continue
         shutil.rmtree(child, ignore_errors=True)
@@ -163,6 +165,7 @@ def retain_checkpoints(
 
 
 __all__ = [
+    "SHARDED_DIR",
     "TRAINER_STATE_FILE",
     "TRAINER_STATE_FORMAT",
     "Retention",

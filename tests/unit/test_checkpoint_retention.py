@@ -9,7 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from sparring.workers.trainer_state import TRAINER_STATE_FILE, resume_problems, retain_checkpoints
+from sparring.workers.trainer_state import (
+    SHARDED_DIR,
+    TRAINER_STATE_FILE,
+    resume_problems,
+    retain_checkpoints,
+)
 
 
 def _checkpoint(root: Path, version: int) -> Path:
@@ -18,6 +23,8 @@ def _checkpoint(root: Path, version: int) -> Path:
     (d / "config.json").write_text("{}")
     (d / "model.safetensors").write_bytes(b"weights")
     (d / TRAINER_STATE_FILE).write_bytes(b"optimizer")
+    (d / SHARDED_DIR).mkdir()  # as a sharded trainer writes it (DCP shards of model and optimizer)
+    (d / SHARDED_DIR / "__0_0.distcp").write_bytes(b"shard")
     return d
 
 
@@ -34,6 +41,7 @@ def test_keep_last_whole_every_mth_as_weights_and_remove_the_rest(tmp_path: Path
     kept = sorted(p.name for p in root.iterdir())
     assert kept == ["v3", "v6", "v7"]  # v6, v7: the newest two; v3: every 3rd (v6 is both)
     assert not (root / "v3" / TRAINER_STATE_FILE).exists() and (root / "v3" / "model.safetensors").is_file()
+    assert not (root / "v3" / SHARDED_DIR).exists()  # the shards are mostly optimizer state too
     for name in ("v6", "v7"):  # whole: resumable
         assert resume_problems(root / name) == []
     assert {p.name for p in done.removed} == {"v1", "v2", "v4", "v5", "v8", ".v8.tmp-abc123"}
