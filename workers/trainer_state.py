@@ -134,9 +134,10 @@ def retain_checkpoints(
     `recorded` is (iteration, checkpoint dir) of every recorded iteration. The newest `keep_last` recorded
     checkpoints stay whole (resumable: weights and `trainer_state.pt`); with `keep_every` = M > 0 every
     M-th iteration's checkpoint also stays, as weights only (its `trainer_state.pt`, mostly optimizer
-    moments, and a sharded trainer's `sharded/` DCP shards are deleted; the HF export stays). Every other directory under `root` goes: older recorded checkpoints, checkpoints
-    written by a trainer that died before its iteration was recorded, and the temporary / moved-aside
-    directories a killed `write_dir_atomically` leaves. The newest recorded checkpoint (the resume point)
+    moments, and a sharded trainer's `sharded/` DCP shards are deleted; the HF export stays). Every other
+    directory under `root` goes: older recorded checkpoints, checkpoints written by a trainer that died
+    before its iteration was recorded, and the temporary / moved-aside directories a killed
+    `write_dir_atomically` leaves. The newest recorded checkpoint (the resume point)
     is never touched (`keep_last` >= 1).
     """
     if keep_last < 1:
