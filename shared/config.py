@@ -800,8 +800,22 @@ class StorageConfig(Section):
         "seen-set); None keeps every pair (exports and the API see the whole run; Redis grows by one iteration's "
         "pairs per iteration). Prompts and generations are pruned once a newer iteration is recorded",
     )
-    weight_transport: Literal["object_store", "safetensors_dir"] = Field(
-        "object_store", description="how new weights reach generators"
+    weight_transport: Literal["memory", "object_store", "safetensors_dir"] = Field(
+        "memory",
+        description="how new weights reach generators: memory = checksummed buckets in the Ray object store "
+        "loaded in place (no disk); object_store = the whole state staged as a safetensors dir by each engine; "
+        "safetensors_dir = engines reload the trainer's checkpoint dir",
+    )
+    sync_bucket_mb: int = Field(
+        512, ge=1, description="memory transport: bucket size in MiB (whole transformer blocks per bucket); an "
+        "engine's extra memory during a sync is about one bucket",
+    )  # fmt: skip
+    sync_delta: bool = Field(
+        False, description="memory transport: send only the transformer blocks whose checksum changed since "
+        "the engines' version (frozen layers, partial training)",
+    )  # fmt: skip
+    sync_full_every: int = Field(
+        8, ge=1, description="memory transport with sync_delta: a full sync every this many versions"
     )
     claim_idle_ms: int = Field(30_000, ge=100, description="pending entries idle this long are re-claimed")
 

@@ -254,7 +254,7 @@ class GeneratorWorker:
         """Apply one WeightUpdate (one control message per sync); the version changes only on success."""
         from sparring.workers.weight_sync import apply_update
 
-        seconds = apply_update(self.engine, update, self.base_model_path, self.staging_root)
+        seconds = apply_update(self.engine, update, self.base_model_path, self.staging_root, self.version)
         self.version = update.version
         return seconds
 
@@ -399,7 +399,7 @@ class JudgeWorker:
         )
         if target is None:
             return 0.0
-        seconds = apply_update(target, update, target.model_path, staging_root)
+        seconds = apply_update(target, update, target.model_path, staging_root, getattr(target, "version", None))
         target.version = update.version
         return seconds
 
@@ -433,6 +433,7 @@ class TrainerWorker:
             self.trainer = ShardedTrainer(RayRuntime(), ranks or Resources(), f"{run_id}:trainer:{os.getpid()}", num_ranks, args)
         self.model_path = model_path
         self._initial: Any = None  # the initial policy for evaluation's KL, loaded on first use
+        self._sender: Any = None  # the memory transport's MemorySender (per-tensor digests for delta syncs)
         self._uncommitted: list[str] = []
         self._uncommitted_feedback: list[str] = []  # feedback-stream entries of the last `train`
         self._feedback_records = 0  # training records the last `train` made of them (pairs or labelled answers)
@@ -580,7 +581,7 @@ class TrainerWorker:
         returns metrics (with the staleness histogram and the drops by reason), counts and the WeightUpdate
         for v+1."""
         from sparring.workers.pipeline import select_pairs, selection_metrics
-        from sparring.workers.weight_sync import object_store_update, safetensors_dir_update
+        from sparring.workers.weight_sync import MemorySender, object_store_update, safetensors_dir_update
 
         entries: list[Entry[PreferencePair]] = []
         first = True  # the first read returns this consumer's pending entries (a resumed iteration), then new ones
@@ -618,7 +619,16 @@ class TrainerWorker:
         # Acknowledged by `commit` once the controller has recorded the iteration: a run resumed after a crash
         # anywhere before that point retrains the iteration from the same pairs (they are still pending).
         self._uncommitted = [e.entry_id for e in fresh]
-        if self.cfg.storage.weight_transport == "object_store":
+        storage = self.cfg.storage
+        if storage.weight_transport == "memory":
+            if self._sender is None:  # kept across iterations: a delta sync compares with the last update
+                self._sender = MemorySender(
+                    storage.sync_bucket_mb << 20, delta=storage.sync_delta, full_every=storage.sync_full_every
+                )
+            update = self._sender.update(self.trainer.sync_tensors(), new_version)
+            result.metrics["sync/bytes"] = float(update.nbytes)  # a delta sends fewer
+            result.metrics["sync/sender_s"] = sum(self._sender.last_seconds.values())
+        elif storage.weight_transport == "object_store":
             update = object_store_update(self.trainer.state_dict_for_sync(), new_version)
         else:
             update = safetensors_dir_update(ckpt, new_version)

@@ -21,7 +21,11 @@ TensorManifest = dict[str, tuple[tuple[int, ...], str]]
 
 
 class WeightLoader(Protocol):
-    """Something that loads a HF safetensors checkpoint dir into its live model (`apply_update`'s target)."""
+    """Something that loads a HF safetensors checkpoint dir into its live model (`apply_update`'s target).
+
+    A target that also has `load_tensors(buckets, manifest, partial=)` (the generation engines) takes the
+    `memory` transport's tensors in place; one without it gets them staged as a checkpoint dir first (full
+    updates only)."""
 
     engine_id: str
 

@@ -27,9 +27,14 @@ Conventions shared by both backends (the trainer and the judges rely on them):
   per sample), so a (prompt, seed) pair reproduces its group regardless of what else is in the batch.
   Callers should space group seeds by at least `n` if groups of the same prompt must not share samples.
   `seed=None` draws fresh randomness.
-- **Failed reloads.** A checkpoint whose tensor names/shapes do not match the serving model is refused
-  before anything is touched (`EngineLoadError`, engine keeps serving its old weights). If the reload
-  itself fails part-way, the engine is marked unusable: every later `generate` raises
+- **Reloads.** `load_weights(path)` reloads a checkpoint dir; `load_tensors(buckets, manifest, partial=)`
+  takes tensors in memory, bucket by bucket (the `memory` weight transport; `partial` = a delta, the other
+  tensors keep their values). vLLM: `SyncWorkerExtension` runs vLLM's layerwise reload inside the worker
+  process (begin / one `collective_rpc` per bucket / finish), each bucket crossing into that process through
+  a reused shared-memory buffer (`SharedBuffer`, one bucket large), so peak extra memory is one bucket.
+- **Failed reloads.** A checkpoint (or in-memory manifest) whose tensor names/shapes do not match the serving
+  model is refused before anything is touched (`EngineLoadError`, engine keeps serving its old weights). If
+  the reload itself fails part-way, the engine is marked unusable: every later `generate` raises
   `EngineUnusableError` so the owner restarts it; it never serves a half-loaded model.
 
 Thread budget: `TransformersEngine(num_threads=...)` sets torch's intra-op threads for the process.
@@ -53,7 +58,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
@@ -135,6 +140,12 @@ class GenerationEngine(Protocol):
         """Load a HF safetensors checkpoint dir into the live engine; return seconds taken."""
         ...
 
+    def load_tensors(
+        self, buckets: Iterable[Sequence[tuple[str, torch.Tensor]]], manifest: TensorManifest, *, partial: bool = False
+    ) -> float:
+        """Load verified in-memory tensors (HF names), bucket by bucket; return seconds taken."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -195,6 +206,78 @@ class SyncWorkerExtension:
         self.reload_weights(weights_path=weights_path, is_checkpoint_format=True)  # type: ignore[attr-defined]
         return refresh_shared_weight_layers(self.model_runner.get_model())  # type: ignore[attr-defined]
 
+    # In-memory updates (the `memory` weight transport): begin, one call per bucket, finish -- the protocol
+    # of vLLM's own weight-transfer engines (`start_weight_update` / `update_weights` /
+    # `finish_weight_update`, which need a GPU `weight_transfer_config` backend), on vLLM's layerwise
+    # reload: `initialize_layerwise_reload` puts every layer on the meta device, `model.load_weights` buffers
+    # a layer's tensors until all of them arrived and then materializes, loads and post-processes it (on
+    # vLLM-CPU: packs the GEMM weights) into the original storage, `finalize_layerwise_reload` restores the
+    # layers that received nothing (a delta). Between begin and finish the model must not run: the engine
+    # holds its lock for the whole sequence.
+
+    def sparring_begin_update(self) -> None:
+        from vllm.config import set_current_vllm_config
+        from vllm.model_executor.model_loader.reload import initialize_layerwise_reload
+
+        with set_current_vllm_config(self.vllm_config):  # type: ignore[attr-defined]
+            initialize_layerwise_reload(self.model_runner.get_model())  # type: ignore[attr-defined]
+
+    def sparring_load_bucket(self, path: str, size: int, entries: list[list[Any]]) -> int:
+        """Load one bucket from the shared buffer at `path` (`size` bytes): `entries` are
+        [name, dtype, shape, byte offset]; returns the bytes loaded."""
+        import torch
+        from vllm.config import set_current_vllm_config
+
+        cached = getattr(self, "_sparring_buffer", None)
+        if cached is None or cached[0] != (path, size):
+            cached = ((path, size), torch.from_file(path, shared=True, size=size, dtype=torch.uint8))
+            self._sparring_buffer = cached
+        buf = cached[1]
+        weights = []
+        loaded = 0
+        for name, dtype, shape, offset in entries:
+            dt = getattr(torch, dtype)
+            n = int(torch.Size(shape).numel()) * torch.empty((), dtype=dt).element_size()
+            weights.append((name, buf[offset : offset + n].view(dt).reshape(shape)))
+            loaded += n
+        model = self.model_runner.get_model()  # type: ignore[attr-defined]
+        with set_current_vllm_config(self.vllm_config), torch.no_grad():  # type: ignore[attr-defined]
+            model.load_weights(iter(weights))
+        _detach_pending_from(buf)
+        return loaded
+
+    def sparring_finish_update(self) -> int:
+        """Process what is left (layers that got no tensor keep their weights), drop state derived from the
+        old weights, refresh aliased layers; returns how many aliased layers were refreshed."""
+        from vllm.config import set_current_vllm_config
+        from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
+
+        runner = self.model_runner  # type: ignore[attr-defined]
+        model = runner.get_model()
+        with set_current_vllm_config(self.vllm_config):  # type: ignore[attr-defined]
+            finalize_layerwise_reload(model, runner.model_config)
+        for reset in ("reset_lora_state", "reset_encoder_cache", "reset_mm_cache"):
+            fn = getattr(runner, reset, None)
+            if fn is not None:
+                fn()
+        self.__dict__.pop("_sparring_buffer", None)
+        return refresh_shared_weight_layers(model)
+
+
+def _detach_pending_from(buf: Any) -> None:
+    """A layer still waiting for more of its tensors keeps the ones it got (views of the shared buffer that
+    the next bucket overwrites): give those their own copies. The senders' buckets hold whole transformer
+    blocks, so this is a safety net, not the common path."""
+    import torch
+    from vllm.model_executor.model_loader.reload.layerwise import LAYERWISE_INFO
+
+    ptr = buf.untyped_storage().data_ptr()
+    for info in list(LAYERWISE_INFO.values()):
+        for _, bound in getattr(info, "loaded_weights", None) or []:
+            for key, value in list(bound.arguments.items()):
+                if isinstance(value, torch.Tensor) and value.untyped_storage().data_ptr() == ptr:
+                    bound.arguments[key] = value.clone()
+
 
 def refresh_shared_weight_layers(model: Any) -> int:
     """Re-run `quant_method.process_weights_after_loading` for every layer whose `weight` is shared with
@@ -215,6 +298,56 @@ def refresh_shared_weight_layers(model: Any) -> int:
             module.quant_method.process_weights_after_loading(module)
             refreshed += 1
     return refreshed
+
+
+_ALIGN = 64
+
+
+def _align(n: int) -> int:
+    return (n + _ALIGN - 1) // _ALIGN * _ALIGN
+
+
+class SharedBuffer:
+    """A file in /dev/shm (else the temp dir) mapped read-write here and, by path, read by the vLLM worker
+    process (`SyncWorkerExtension.sparring_load_bucket`): how a bucket of tensors crosses from the engine's
+    process into vLLM's worker process with one copy. Removed on `close` (and its name is unique)."""
+
+    def __init__(self, size: int) -> None:
+        import mmap
+        import os
+        import tempfile
+
+        import torch
+
+        root = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+        self.size = max(_ALIGN, size)
+        self.path = os.path.join(root, f"sparring-sync-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        try:
+            os.ftruncate(fd, self.size)
+            self._mmap: Any = mmap.mmap(fd, self.size)
+        finally:
+            os.close(fd)
+        self.tensor: Any = torch.frombuffer(self._mmap, dtype=torch.uint8)
+
+    def write(self, offset: int, t: torch.Tensor) -> None:
+        import torch
+
+        n = t.numel() * t.element_size()
+        self.tensor[offset : offset + n].copy_(t.detach().reshape(-1).view(torch.uint8))
+
+    def close(self) -> None:
+        import os
+
+        self.tensor = None
+        try:
+            self._mmap.close()
+        except BufferError:  # a view still alive: the mapping goes with it
+            pass
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
 
 
 class VLLMEngine:
@@ -243,6 +376,7 @@ class VLLMEngine:
         self._eos = eos_token_ids(self.model_path)
         self._unusable: str | None = None
         self._lock = threading.Lock()
+        self._buffer: SharedBuffer | None = None
         extra: dict[str, Any] = dict(
             # Chunked prefill splits a long prompt across steps and then rewinds the request's seeded
             # generator, which CPU generators cannot do ("CPU Generator does not use offset": the engine
@@ -349,10 +483,65 @@ class VLLMEngine:
         log.info("engine %s loaded %s in %.3f s", self.engine_id, path, seconds)
         return seconds
 
+    def load_tensors(
+        self, buckets: Iterable[Sequence[tuple[str, torch.Tensor]]], manifest: TensorManifest, *, partial: bool = False
+    ) -> float:
+        """Load in-memory tensors (HF names, bucket by bucket) in place; `partial` = only some of the model's
+        tensors (a delta sync: the others keep their values). Names and shapes are checked against the
+        serving checkpoint first (`EngineLoadError`, engine usable); a failure after that marks the engine
+        unusable. Each bucket is copied once into a shared-memory buffer (`SharedBuffer`, reused across
+        buckets and syncs) that the vLLM worker process maps: peak extra memory is one bucket."""
+        with self._lock:
+            self._check_usable()
+            expected = {k: v for k, v in self._manifest.items()}
+            reason = compare_manifests(
+                expected, {k: (tuple(s), d) for k, (s, d) in manifest.items()},
+                ignore_missing=set(expected) if partial else set(),
+            )  # fmt: skip
+            if reason is not None:
+                raise EngineLoadError(f"engine {self.engine_id}: refusing in-memory update: {reason}", engine_usable=True)
+            t0 = time.perf_counter()
+            try:
+                self._llm.collective_rpc("sparring_begin_update")
+                for bucket in buckets:
+                    entries = []
+                    offsets = []
+                    size = 0
+                    for _name, t in bucket:
+                        offsets.append(size)
+                        size += _align(t.numel() * t.element_size())
+                    if self._buffer is None or self._buffer.size < size:
+                        if self._buffer is not None:
+                            self._buffer.close()
+                        self._buffer = SharedBuffer(size)
+                    for (name, t), off in zip(bucket, offsets, strict=True):
+                        self._buffer.write(off, t)
+                        entries.append([name, str(t.dtype).removeprefix("torch."), list(t.shape), off])
+                    self._llm.collective_rpc(
+                        "sparring_load_bucket",
+                        kwargs={"path": self._buffer.path, "size": self._buffer.size, "entries": entries},
+                    )
+                self._llm.collective_rpc("sparring_finish_update")
+                if not self._llm.reset_prefix_cache():
+                    raise EngineError("reset_prefix_cache returned False")
+            except Exception as err:
+                self._unusable = f"in-memory update failed: {err!r}"
+                log.error("engine %s: %s", self.engine_id, self._unusable)
+                raise EngineLoadError(
+                    f"engine {self.engine_id}: in-memory update failed; engine must be restarted: {err}",
+                    engine_usable=False,
+                ) from err
+            seconds = time.perf_counter() - t0
+        log.info("engine %s loaded %d tensors in memory in %.3f s", self.engine_id, len(manifest), seconds)
+        return seconds
+
     def close(self) -> None:
         if self._unusable == "closed":
             return
         self._unusable = "closed"
+        if self._buffer is not None:
+            self._buffer.close()
+            self._buffer = None
         llm = getattr(self, "_llm", None)
         if llm is None:
             return
@@ -573,6 +762,35 @@ class TransformersEngine:
             seconds = time.perf_counter() - t0
         log.info("engine %s loaded %s in %.3f s", self.engine_id, path, seconds)
         return seconds
+
+    def load_tensors(
+        self, buckets: Iterable[Sequence[tuple[str, torch.Tensor]]], manifest: TensorManifest, *, partial: bool = False
+    ) -> float:
+        """Copy in-memory tensors (HF names) into the live model; names and shapes are checked first."""
+        import torch
+
+        with self._lock:
+            self._check_usable()
+            t0 = time.perf_counter()
+            live = self.model.state_dict()
+            expected: TensorManifest = {k: (tuple(v.shape), str(v.dtype)) for k, v in live.items()}
+            tied = aliased_names(self.model)
+            got = {k: (tuple(s), d) for k, (s, d) in manifest.items()}
+            reason = compare_manifests(expected, got, ignore_missing=set(expected) if partial else tied)
+            if reason is not None:
+                raise EngineLoadError(f"engine {self.engine_id}: refusing in-memory update: {reason}", engine_usable=True)
+            try:
+                with torch.no_grad():
+                    for bucket in buckets:
+                        for name, tensor in bucket:
+                            live[name].copy_(tensor)
+            except Exception as err:
+                self._unusable = f"in-memory update failed: {err!r}"
+                raise EngineLoadError(
+                    f"engine {self.engine_id}: in-memory update failed; engine must be restarted: {err}",
+                    engine_usable=False,
+                ) from err
+            return time.perf_counter() - t0
 
     def close(self) -> None:
         self._unusable = "closed"

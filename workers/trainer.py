@@ -612,6 +612,15 @@ class PolicyTrainer:
         state = remove_tied_weights_from_state_dict(self._model_state(), self.model)
         return {name: tensor.detach().to("cpu", copy=True).contiguous() for name, tensor in state.items()}
 
+    def sync_tensors(self) -> dict[str, Tensor]:
+        """The same names as `state_dict_for_sync`, as views of the live weights (no copy on CPU; a GPU
+        tensor is copied to CPU one at a time by the sender): the memory transport copies each tensor once,
+        into its bucket in the object store. Valid until the next optimizer step."""
+        from transformers.modeling_utils import remove_tied_weights_from_state_dict
+
+        state = remove_tied_weights_from_state_dict(self._model_state(), self.model)
+        return {name: tensor.detach() for name, tensor in state.items()}
+
     def _model_state(self) -> dict[str, Tensor]:
         """The policy's state dict; a sharded trainer's is gathered from every rank (a collective: every rank
         calls it; rank 0 gets the tensors, on the CPU, the others an empty dict)."""

@@ -1,7 +1,18 @@
 """Getting new weights into an engine: one versioned, checksummed `WeightUpdate` -> the engine serving them.
 
-One control message per engine per sync, never one per tensor. Two transports:
+One control message per engine per sync, never one per tensor. Three transports:
 
+- `memory` (the default) — tensors never touch a disk. The trainer (`MemorySender`) splits its state (HF
+  names, the engines' dtype) into buckets of about `storage.sync_bucket_mb` (a transformer block is never
+  split across buckets, so no fused vLLM layer straddles two), computes one blake3 checksum per bucket
+  (multi-threaded; over each tensor's name, shape, dtype and bytes) and `ray.put`s each bucket once as a
+  list of uint8 numpy views (Ray hands every reader zero-copy views of the object store). The control
+  message carries the version, the bucket refs, their checksums and the manifest. The engine side fetches
+  and verifies *every* bucket before it touches the model, then streams them bucket by bucket into the
+  engine's `load_tensors` (vLLM: `SyncWorkerExtension`'s begin / load-bucket / finish, vLLM's layerwise
+  reload; see `sparring.workers.generation`). Optional delta syncs (`storage.sync_delta`) send only the
+  transformer blocks with a changed tensor checksum since the version the engines hold, with a full sync
+  every `storage.sync_full_every` versions; an engine that is not on the delta's base version refuses it.
 - `safetensors_dir` — the trainer wrote a HF checkpoint dir (shared storage or /dev/shm); the engine loads
   from that path. If the update carries a checksum, the dir's tensors are read back and verified first.
 - `object_store` — the trainer `ray.put`s its whole state dict once (`{HF name: CPU tensor}`); every
@@ -15,8 +26,16 @@ engine stays on its previous weights. Engine-side failures surface as `EngineLoa
 (`sparring.workers.checkpoints`): a generation engine or a judge that follows the policy's weights; this
 module imports neither the engines nor the trainer.
 
-Trainer side: `object_store_update(state, version)` and `safetensors_dir_update(path, version)` build the
-message. This module imports Ray lazily (only the object-store transport needs it).
+Trainer side: `MemorySender.update(tensors, version)`, `object_store_update(state, version)` and
+`safetensors_dir_update(path, version)` build the message. This module imports Ray lazily (only the memory
+and object-store transports need it).
+
+Adding a transport: the engine side of `memory` is "fetch + verify every bucket, then `engine.load_tensors`
+(an iterable of per-bucket [(name, tensor)] lists)"; `load_tensors` drives the vLLM worker's begin /
+load-bucket / finish. A GPU transport (NCCL broadcast from trainer rank 0, or CUDA IPC handles) replaces
+the bucket payload and the worker-side bucket fetch (vLLM's own `weight_transfer_config` backends use the
+same begin / update / finish protocol), keeping the message, the checksums-before-load rule and the
+version bookkeeping here.
 """
 
 from __future__ import annotations
@@ -24,11 +43,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Mapping
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,9 +62,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+TRANSPORT_MEMORY = "memory"
 TRANSPORT_OBJECT_STORE = "object_store"
 TRANSPORT_SAFETENSORS_DIR = "safetensors_dir"
-TRANSPORTS = (TRANSPORT_OBJECT_STORE, TRANSPORT_SAFETENSORS_DIR)
+TRANSPORTS = (TRANSPORT_MEMORY, TRANSPORT_OBJECT_STORE, TRANSPORT_SAFETENSORS_DIR)
+DEFAULT_BUCKET_BYTES = 512 << 20
+FETCH_TIMEOUT_S = 300.0  # one bucket from the object store (another node's, at worst): lost after this
+# tensors at least this large are hashed by blake3 with all cores (max_threads=AUTO); smaller ones in one
+# thread (spawning the threads costs more than they save)
+_PARALLEL_HASH_BYTES = 4 << 20
 
 # States up to this many bytes are hashed in full; larger ones (a 7B model is ~14 GB in bf16) are hashed
 # from metadata + a float64 sum per tensor + strided raw-byte blocks (see `state_checksum`).
@@ -52,19 +80,63 @@ _SAMPLE_BLOCKS = 32
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".safetensors.index.json", ".bin.index.json")
 
 
+# seconds of the last memory update applied in this process: verifying every bucket, then loading (read by
+# bench/weight_sync.py)
+LAST_MEMORY_TIMINGS: dict[str, float] = {}
+
+
 class WeightSyncError(RuntimeError):
     """An update was refused before touching the engine (bad checksum, malformed message, missing data)."""
 
 
 @dataclass(frozen=True)
+class TensorEntry:
+    """One tensor of a bucket: HF name, shape and torch dtype name (e.g. "float32")."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+    @property
+    def nbytes(self) -> int:
+        import torch
+
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n * torch.empty((), dtype=getattr(torch, self.dtype)).element_size()
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """One `ray.put` of the memory transport: a list of uint8 numpy arrays, one per tensor of `tensors`."""
+
+    ref: Any
+    checksum: str
+    tensors: tuple[TensorEntry, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+
+@dataclass(frozen=True)
 class WeightUpdate:
-    """One versioned push of new weights; `path` for `safetensors_dir`, `state_ref` for `object_store`."""
+    """One versioned push of new weights; `path` for `safetensors_dir`, `state_ref` for `object_store`,
+    `buckets` for `memory` (`base_version` set: a delta holding only changed tensors, valid only on an
+    engine serving `base_version`; None: every tensor)."""
 
     version: int
     transport: str
     path: str | None
     state_ref: Any | None
     checksum: str
+    buckets: tuple[Bucket, ...] = ()
+    base_version: int | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.nbytes for b in self.buckets)
 
 
 def _tensor_bytes(t: torch.Tensor) -> memoryview:
@@ -136,6 +208,164 @@ def safetensors_dir_update(path: str | Path, version: int, *, verify: bool = Tru
     )
 
 
+def _raw_tensor(t: torch.Tensor) -> torch.Tensor:
+    """A contiguous CPU tensor's bytes as a flat uint8 view (no copy)."""
+    import torch
+
+    return t.reshape(-1).view(torch.uint8)
+
+
+def tensor_digest(raw: Any) -> bytes:
+    """blake3 of a buffer (anything exposing the buffer protocol); all cores for large ones."""
+    import blake3
+
+    n = memoryview(raw).nbytes
+    h = blake3.blake3(max_threads=blake3.blake3.AUTO if n >= _PARALLEL_HASH_BYTES else 1)
+    h.update(raw)
+    return h.digest()
+
+
+def bucket_checksum(entries: tuple[TensorEntry, ...] | list[TensorEntry], digests: list[bytes]) -> str:
+    """One checksum per bucket: blake3 over each tensor's name, shape, dtype and content digest, in order."""
+    import blake3
+
+    h = blake3.blake3()
+    for entry, digest in zip(entries, digests, strict=True):
+        h.update(f"{entry.name}|{list(entry.shape)}|{entry.dtype}\n".encode())
+        h.update(digest)
+    return f"b3:{h.hexdigest()}"
+
+
+_BLOCK = re.compile(r"^(.*?\.(?:layers|h|blocks)\.\d+)\.")
+
+
+def block_key(name: str) -> str:
+    """The transformer block a tensor belongs to (`model.layers.3`), else the tensor's own name.
+
+    Buckets never split a block and delta syncs send whole blocks: vLLM fuses tensors of one block (q/k/v
+    into qkv_proj, gate/up into gate_up_proj) into one layer that is reprocessed only when all its parts
+    arrive, so a block is the smallest unit that is always safe to send alone."""
+    m = _BLOCK.match(name)
+    return m.group(1) if m else name
+
+
+def _bucketize(items: list[tuple[str, torch.Tensor]], bucket_bytes: int) -> list[list[tuple[str, torch.Tensor]]]:
+    """Consecutive buckets of about `bucket_bytes`, whole blocks each (a block larger than that is a bucket
+    of its own)."""
+    blocks: dict[str, list[tuple[str, torch.Tensor]]] = {}
+    for name, t in items:
+        blocks.setdefault(block_key(name), []).append((name, t))
+    buckets: list[list[tuple[str, torch.Tensor]]] = []
+    current: list[tuple[str, torch.Tensor]] = []
+    size = 0
+    for block in blocks.values():
+        nbytes = sum(t.numel() * t.element_size() for _, t in block)
+        if current and size + nbytes > bucket_bytes:
+            buckets.append(current)
+            current, size = [], 0
+        current.extend(block)
+        size += nbytes
+    if current:
+        buckets.append(current)
+    return buckets
+
+
+class MemorySender:
+    """Trainer side of the `memory` transport: one `WeightUpdate` per sync, buckets in the object store.
+
+    `delta=True`: after a full sync, send only the blocks (see `block_key`) holding a tensor whose blake3
+    digest changed since the previous update, as a delta on that update's version; every `full_every`
+    versions a full sync. The sender keeps one 32-byte digest per tensor between syncs, never a copy.
+    """
+
+    def __init__(
+        self,
+        bucket_bytes: int = DEFAULT_BUCKET_BYTES,
+        *,
+        delta: bool = False,
+        full_every: int = 8,
+        put: Callable[[Any], Any] | None = None,
+    ) -> None:
+        """`put` stores one bucket (a list of uint8 numpy arrays) and returns its reference: `ray.put` unless
+        given (in-process use: the identity)."""
+        if bucket_bytes < 1:
+            raise ValueError(f"bucket_bytes must be >= 1, got {bucket_bytes}")
+        if full_every < 1:
+            raise ValueError(f"full_every must be >= 1, got {full_every}")
+        self.bucket_bytes = bucket_bytes
+        self._put = put
+        self.delta = delta
+        self.full_every = full_every
+        self._digests: dict[str, bytes] = {}
+        self._version: int | None = None
+        self._full_version: int | None = None
+        self.last_seconds: dict[str, float] = {}
+
+    def update(
+        self,
+        tensors: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]],
+        version: int,
+        *,
+        dtype: torch.dtype | None = None,
+        full: bool = False,
+    ) -> WeightUpdate:
+        """Bucket, checksum and `ray.put` `tensors` (HF names; cast to `dtype` if given, else as they are);
+        `full=True` forces a full update even in delta mode."""
+        if self._put is None:
+            import ray
+
+            self._put = ray.put
+        t0 = time.perf_counter()
+        items = tensors.items() if isinstance(tensors, Mapping) else tensors
+        prepared: list[tuple[str, torch.Tensor]] = []
+        for name, t in items:
+            t = t.detach()
+            if dtype is not None and t.dtype != dtype:
+                t = t.to(dtype)
+            prepared.append((name, t.to("cpu").contiguous()))
+        def digest_all() -> dict[str, bytes]:
+            return {name: tensor_digest(_raw_tensor(t).numpy()) for name, t in prepared}
+
+        base: int | None = None
+        send = prepared
+        t1 = t0
+        if (
+            self.delta
+            and not full
+            and self._version is not None
+            and self._full_version is not None
+            and version - self._full_version < self.full_every
+            and [n for n, _ in prepared] == list(self._digests)
+        ):  # a delta: the digests decide what is sent
+            digests = digest_all()
+            t1 = time.perf_counter()
+            changed = {block_key(n) for n, d in digests.items() if self._digests[n] != d}
+            send = [(n, t) for n, t in prepared if block_key(n) in changed]
+            base = self._version
+            refs = [self._put([_raw_tensor(t).numpy() for _, t in group]) for group in _bucketize(send, self.bucket_bytes)]
+        else:  # a full update: hash (blake3's threads) while ray.put copies the buckets into the object store
+            self._full_version = version
+            with ThreadPoolExecutor(1, thread_name_prefix="sync-hash") as pool:
+                pending = pool.submit(digest_all)
+                refs = [self._put([_raw_tensor(t).numpy() for _, t in g]) for g in _bucketize(send, self.bucket_bytes)]
+                digests = pending.result()
+        buckets: list[Bucket] = []
+        for group, ref in zip(_bucketize(send, self.bucket_bytes), refs, strict=True):
+            entries = tuple(TensorEntry(n, tuple(t.shape), str(t.dtype).removeprefix("torch.")) for n, t in group)
+            buckets.append(Bucket(ref=ref, checksum=bucket_checksum(entries, [digests[n] for n, _ in group]), tensors=entries))
+        self._digests, self._version = digests, version
+        self.last_seconds = {"hash": t1 - t0, "put": time.perf_counter() - t1}
+        return WeightUpdate(
+            version=version,
+            transport=TRANSPORT_MEMORY,
+            path=None,
+            state_ref=None,
+            checksum=",".join(b.checksum for b in buckets),
+            buckets=tuple(buckets),
+            base_version=base,
+        )
+
+
 # --------------------------------------------------------------------------------------------------
 # Engine side
 
@@ -195,14 +425,18 @@ def apply_update(
     update: WeightUpdate,
     base_model_dir: str | Path,
     staging_root: str | Path | None = None,
+    current_version: int | None = None,
 ) -> float:
     """Verify `update` and load it into `engine`; return the seconds the whole sync took on this side.
 
-    Raises `WeightSyncError` (engine untouched, still on its old weights) for a malformed update or a
-    checksum mismatch, and `EngineLoadError` from the engine itself.
+    Raises `WeightSyncError` (engine untouched, still on its old weights) for a malformed update, a
+    checksum mismatch, a missing bucket or a delta whose base is not `current_version` (the version the
+    engine serves), and `EngineLoadError` from the engine itself.
     """
     t0 = time.perf_counter()
-    if update.transport == TRANSPORT_SAFETENSORS_DIR:
+    if update.transport == TRANSPORT_MEMORY:
+        _apply_memory(engine, update, base_model_dir, staging_root, current_version)
+    elif update.transport == TRANSPORT_SAFETENSORS_DIR:
         if not update.path:
             raise WeightSyncError(f"v{update.version}: safetensors_dir update without a path")
         if update.checksum:
@@ -230,24 +464,7 @@ def apply_update(
                 f"v{update.version}: checksum mismatch for object-store state (expected {update.checksum}, "
                 f"got {got}); refusing the update, engine {engine.engine_id} stays on its current weights"
             )
-        needed = sum(t.numel() * t.element_size() for t in state.values())
-        root = Path(staging_root) if staging_root is not None else default_staging_root(needed)
-        engine_dir = _engine_staging_dir(root, engine.engine_id)
-        target = engine_dir / f"v{update.version:08d}-{uuid.uuid4().hex[:6]}"
-        try:
-            _stage_state(state, base_model_dir, target)
-        except OSError as err:
-            shutil.rmtree(target, ignore_errors=True)
-            raise WeightSyncError(
-                f"v{update.version}: cannot stage weights under {str(root)!r}: {err}"
-            ) from err
-        del state
-        try:
-            engine.load_weights(str(target))
-        except Exception:
-            shutil.rmtree(target, ignore_errors=True)
-            raise
-        _clean_staging(engine_dir, keep=target)
+        _stage_and_load(engine, state, update.version, base_model_dir, staging_root)
     else:
         raise WeightSyncError(
             f"v{update.version}: unknown transport {update.transport!r} (expected {TRANSPORTS})"
@@ -257,6 +474,129 @@ def apply_update(
         "engine %s now on v%d via %s (%.3f s)", engine.engine_id, update.version, update.transport, seconds
     )
     return seconds
+
+
+def _stage_and_load(
+    engine: WeightLoader,
+    state: dict[str, torch.Tensor],
+    version: int,
+    base_model_dir: str | Path,
+    staging_root: str | Path | None,
+) -> None:
+    """Write `state` into a private staging dir and load that (engines without `load_tensors`)."""
+    needed = sum(t.numel() * t.element_size() for t in state.values())
+    root = Path(staging_root) if staging_root is not None else default_staging_root(needed)
+    engine_dir = _engine_staging_dir(root, engine.engine_id)
+    target = engine_dir / f"v{version:08d}-{uuid.uuid4().hex[:6]}"
+    try:
+        _stage_state(state, base_model_dir, target)
+    except OSError as err:
+        shutil.rmtree(target, ignore_errors=True)
+        raise WeightSyncError(f"v{version}: cannot stage weights under {str(root)!r}: {err}") from err
+    state.clear()
+    try:
+        engine.load_weights(str(target))
+    except Exception:
+        shutil.rmtree(target, ignore_errors=True)
+        raise
+    _clean_staging(engine_dir, keep=target)
+
+
+def _fetch_bucket(update: WeightUpdate, index: int) -> list[Any]:
+    """The uint8 arrays of bucket `index` (zero-copy views of the object store), sizes checked."""
+    import ray
+
+    bucket = update.buckets[index]
+    try:
+        arrays = ray.get(bucket.ref, timeout=FETCH_TIMEOUT_S) if not isinstance(bucket.ref, list) else bucket.ref
+    except Exception as err:
+        raise WeightSyncError(
+            f"v{update.version}: bucket {index + 1}/{len(update.buckets)} is missing from the object store: {err}"
+        ) from err
+    if not isinstance(arrays, list) or len(arrays) != len(bucket.tensors):
+        raise WeightSyncError(
+            f"v{update.version}: bucket {index + 1}/{len(update.buckets)} holds "
+            f"{len(arrays) if isinstance(arrays, list) else type(arrays).__name__} arrays, "
+            f"expected {len(bucket.tensors)}"
+        )
+    for entry, arr in zip(bucket.tensors, arrays, strict=True):
+        if memoryview(arr).nbytes != entry.nbytes:
+            raise WeightSyncError(
+                f"v{update.version}: bucket {index + 1}: {entry.name} has {memoryview(arr).nbytes} bytes, "
+                f"expected {entry.nbytes}"
+            )
+    return arrays
+
+
+def _bucket_tensors(bucket: Bucket, arrays: list[Any]) -> list[tuple[str, torch.Tensor]]:
+    """(name, tensor) views of a fetched bucket's arrays (no copy; read-only memory: never written)."""
+    import numpy as np
+    import torch
+
+    out: list[tuple[str, torch.Tensor]] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch.from_numpy of a read-only array
+        for entry, arr in zip(bucket.tensors, arrays, strict=True):
+            flat = torch.from_numpy(np.asarray(arr).reshape(-1).view(np.uint8))
+            out.append((entry.name, flat.view(getattr(torch, entry.dtype)).reshape(entry.shape)))
+    return out
+
+
+def update_manifest(update: WeightUpdate) -> dict[str, tuple[tuple[int, ...], str]]:
+    """{name: (shape, dtype)} of every tensor a memory update carries."""
+    return {e.name: (e.shape, e.dtype) for b in update.buckets for e in b.tensors}
+
+
+def _apply_memory(
+    engine: WeightLoader,
+    update: WeightUpdate,
+    base_model_dir: str | Path,
+    staging_root: str | Path | None,
+    current_version: int | None,
+) -> None:
+    partial = update.base_version is not None
+    if partial and current_version != update.base_version:
+        raise WeightSyncError(
+            f"v{update.version}: delta update on v{update.base_version}, but engine {engine.engine_id} serves "
+            f"v{current_version}; refusing it (a full sync or a restart from the checkpoint brings it up to date)"
+        )
+    if not partial and not update.buckets:
+        raise WeightSyncError(f"v{update.version}: memory update without buckets")
+    names = [e.name for b in update.buckets for e in b.tensors]
+    if len(names) != len(set(names)):
+        raise WeightSyncError(f"v{update.version}: a tensor appears in two buckets")
+    # Every bucket arrives and verifies before the model is touched: a corrupt or lost bucket leaves the
+    # engine on its previous version, serving.
+    t0 = time.perf_counter()
+    for i, bucket in enumerate(update.buckets):
+        arrays = _fetch_bucket(update, i)
+        got = bucket_checksum(bucket.tensors, [tensor_digest(a) for a in arrays])
+        del arrays
+        if got != bucket.checksum:
+            raise WeightSyncError(
+                f"v{update.version}: checksum mismatch for bucket {i + 1}/{len(update.buckets)} (expected "
+                f"{bucket.checksum}, got {got}); refusing the update, engine {engine.engine_id} stays on its "
+                "current weights"
+            )
+
+    def buckets() -> Iterator[list[tuple[str, torch.Tensor]]]:
+        for i, bucket in enumerate(update.buckets):
+            yield _bucket_tensors(bucket, _fetch_bucket(update, i))
+
+    load_tensors = getattr(engine, "load_tensors", None)
+    if load_tensors is not None:
+        t1 = time.perf_counter()
+        load_tensors(buckets(), update_manifest(update), partial=partial)
+        LAST_MEMORY_TIMINGS.update(verify=t1 - t0, load=time.perf_counter() - t1)
+        log.info("v%d: %d bucket(s), %d bytes: verify %.3f s, load %.3f s", update.version, len(update.buckets),
+                 update.nbytes, t1 - t0, LAST_MEMORY_TIMINGS["load"])  # fmt: skip
+        return
+    if partial:
+        raise WeightSyncError(
+            f"v{update.version}: engine {engine.engine_id} loads checkpoint dirs only and cannot take a delta update"
+        )
+    state = {name: t for bucket in buckets() for name, t in bucket}
+    _stage_and_load(engine, state, update.version, base_model_dir, staging_root)
 
 
 def _fetch_state(ref: Any) -> dict[str, torch.Tensor]:

