@@ -577,10 +577,10 @@ class TrainerWorker:
 
     def train(self, iteration: int, version: int) -> dict[str, Any]:
         """Train on every pending pair of `version` (sync mode), or of batch `iteration` within
-        `schedule.max_staleness` versions of `version` (async mode; the rules: `workers/pipeline.py::select_pairs`);
+        `schedule.max_staleness` versions of `version` (async mode; the rules: `workers/staleness.py::select_pairs`);
         returns metrics (with the staleness histogram and the drops by reason), counts and the WeightUpdate
         for v+1."""
-        from sparring.workers.pipeline import select_pairs, selection_metrics
+        from sparring.workers.staleness import select_pairs, selection_metrics
         from sparring.workers.weight_sync import MemorySender, object_store_update, safetensors_dir_update
 
         entries: list[Entry[PreferencePair]] = []

@@ -363,8 +363,12 @@ class RunController:
             if self.cfg.schedule.mode == "async":  # generation overlaps training (workers/pipeline.py)
                 from sparring.workers.pipeline import AsyncLoop
 
-                if (interrupted := AsyncLoop(self).run(first)) is not None:
-                    return interrupted
+                loop = AsyncLoop(self)
+                try:
+                    if (interrupted := loop.run(first)) is not None:
+                        return interrupted
+                except RespawnBudgetSpent as err:
+                    return self._interrupt("pause", loop.current, reason=str(err))
             else:
                 for t in range(first, self.cfg.schedule.iterations + 1):
                     if (action := self.store.control(self.run_id)) is not None:

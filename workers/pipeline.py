@@ -25,7 +25,8 @@ batches lag less). The version rules, checked twice:
   lag is computed from the pair's version and the trainer's, both durable.
 
 The stages themselves are the controller's (`RunController.dispatch`, `generate_and_judge`, `call_trainer`,
-`sync`, `evaluate`, `record_iteration`); this module only orders them.
+`sync`, `evaluate`, `record_iteration`); this module only orders them. The trainer's selection of pairs is
+`workers/staleness.py`.
 """
 
 from __future__ import annotations
@@ -33,80 +34,13 @@ from __future__ import annotations
 import concurrent.futures as cf
 import json
 import time
-from collections import Counter
-from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from sparring.shared import keys
-from sparring.shared.records import IterationRecord, PreferencePair
+from sparring.shared.records import IterationRecord
 
 if TYPE_CHECKING:
     from sparring.workers.controller import GenerationStats, RunController
-
-T = TypeVar("T")
-
-# why a pair the trainer read was not trained (metric `pairs/stale_dropped/<reason>`)
-DROP_REASONS = ("over_bound", "other_version", "earlier_iteration", "version_violation")
-
-
-@dataclass
-class PairSelection:
-    """What the trainer does with the pairs it read for one iteration (`select_pairs`)."""
-
-    train: list[Any] = field(default_factory=list)  # trained now
-    later: list[Any] = field(default_factory=list)  # a later iteration's batch: left pending, unacknowledged
-    dropped: dict[str, list[Any]] = field(default_factory=dict)  # reason -> acknowledged and dead-lettered
-    lags: list[int] = field(default_factory=list)  # version lag of each trained pair, same order as `train`
-
-
-def select_pairs(
-    items: Iterable[T], pair_of: Any, iteration: int, version: int, max_staleness: int, online: bool
-) -> PairSelection:
-    """Sort what the trainer read for `iteration` (training policy version `version`) by the version rules.
-
-    `pair_of(item)` gives the `PreferencePair` of an item. Sync mode (`online` False): only pairs of `version`
-    are trained, any other is dropped (`other_version`). Async mode: pairs of a later iteration are left for
-    it; pairs of an earlier one are dropped (`earlier_iteration`: their iteration is recorded, they were
-    trained then); a pair of this iteration with lag `version - pair.policy_version` above `max_staleness` is
-    dropped (`over_bound`). In both modes a pair whose answers came from other weights than the pair says, or
-    from a version newer than the trainer's, is dropped as `version_violation` (must never happen).
-    """
-    out = PairSelection()
-    for item in items:
-        pair: PreferencePair = pair_of(item)
-        lag = version - pair.policy_version
-        if online and pair.iteration > iteration:
-            out.later.append(item)
-            continue
-        if pair.version_violation or lag < 0:
-            reason = "version_violation"
-        elif not online:
-            reason = "" if lag == 0 else "other_version"
-        elif pair.iteration < iteration:
-            reason = "earlier_iteration"
-        else:
-            reason = "" if lag <= max_staleness else "over_bound"
-        if reason:
-            out.dropped.setdefault(reason, []).append(item)
-        else:
-            out.train.append(item)
-            out.lags.append(lag)
-    return out
-
-
-def selection_metrics(sel: PairSelection) -> dict[str, float]:
-    """`staleness/mean`, `staleness/max` and `staleness/lag_<k>` (trained pairs by version lag),
-    `pairs/stale_dropped/<reason>` for every reason in `DROP_REASONS` and `version/violations_train`."""
-    out: dict[str, float] = {
-        "staleness/mean": sum(sel.lags) / len(sel.lags) if sel.lags else 0.0,
-        "staleness/max": float(max(sel.lags, default=0)),
-    }
-    out.update({f"staleness/lag_{lag}": float(n) for lag, n in sorted(Counter(sel.lags).items())})
-    out.update({f"pairs/stale_dropped/{r}": float(len(sel.dropped.get(r, []))) for r in DROP_REASONS})
-    out["version/violations_train"] = float(len(sel.dropped.get("version_violation", [])))
-    return out
-
 
 def _dispatch_key(t: int) -> str:
     return f"async:dispatched:{t}"
@@ -115,31 +49,29 @@ def _dispatch_key(t: int) -> str:
 class AsyncLoop:
     """Runs iterations `first .. schedule.iterations` of `ctl` with generation overlapping training (the
     module docstring has the order and the version rules). `run` returns None when every iteration is
-    recorded, or the summary of an interruption (pause/stop request, respawn budget spent)."""
+    recorded, or the summary of a pause/stop request; `RespawnBudgetSpent` propagates to the controller,
+    which pauses the run before iteration `current`."""
 
     def __init__(self, ctl: RunController) -> None:
         self.ctl = ctl
         self.ahead = ctl.cfg.schedule.max_staleness
         self.generated: dict[int, tuple[int, GenerationStats, float]] = {}  # batch -> (prompts, stats, seconds)
         self.busy: dict[str, float] = {"generate_judge": 0.0, "train": 0.0}
+        self.current = 0  # the iteration being run (or whose batches are being generated up front)
 
     def run(self, first: int) -> dict[str, Any] | None:
-        from sparring.workers.controller import RespawnBudgetSpent
-
         ctl, last = self.ctl, self.ctl.cfg.schedule.iterations
         if first > 1:  # pairs a crash left unacknowledged after their iteration was recorded: trained already
             ctl.call_trainer(first, "commit", ctl.version, first - 1)
         with cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="async-train") as pool:
-            t = first
-            try:
-                for b in range(first, min(first + self.ahead, last + 1)):
-                    self.generate(b)
-                for t in range(first, last + 1):
-                    if (action := ctl.store.control(ctl.run_id)) is not None:
-                        return ctl._interrupt(action, t)
-                    self.iteration(t, pool)
-            except RespawnBudgetSpent as err:
-                return ctl._interrupt("pause", t, reason=str(err))
+            self.current = first
+            for b in range(first, min(first + self.ahead, last + 1)):
+                self.generate(b)
+            for t in range(first, last + 1):
+                self.current = t
+                if (action := ctl.store.control(ctl.run_id)) is not None:
+                    return ctl._interrupt(action, t)
+                self.iteration(t, pool)
         return None
 
     def generate(self, b: int) -> None:
@@ -172,7 +104,7 @@ class AsyncLoop:
         ctl._recovery_s = 0.0
         ctl._emit("iteration_started", iteration=t, policy_version=v)
         n_prompts, gen, gen_s = self.generated.pop(t)
-        gen.queue_peaks["pairs"] = ctl.queue.outstanding("pairs", "trainer")
+        gen.queue_peaks["pairs"] = ctl.queue.outstanding("pairs", "trainer")  # actors.TRAINER_GROUP
         seconds: dict[str, float] = {"generate_judge": gen_s}
 
         def train() -> tuple[dict[str, Any], float]:

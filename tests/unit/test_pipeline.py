@@ -23,7 +23,7 @@ from sparring.shared.queue import StreamQueue
 from sparring.shared.records import Completion, GenerationGroup, PreferencePair
 from sparring.shared.store import RunStore
 from sparring.workers.actors import TRAINER_GROUP
-from sparring.workers.pipeline import select_pairs, selection_metrics
+from sparring.workers.staleness import select_pairs, selection_metrics
 from tests.unit.test_controller_local import config, controller, models, pool  # noqa: F401 - fixtures
 
 
