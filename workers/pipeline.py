@@ -42,6 +42,7 @@ from sparring.shared.records import IterationRecord
 if TYPE_CHECKING:
     from sparring.workers.controller import GenerationStats, RunController
 
+
 def _dispatch_key(t: int) -> str:
     return f"async:dispatched:{t}"
 
@@ -56,7 +57,6 @@ class AsyncLoop:
         self.ctl = ctl
         self.ahead = ctl.cfg.schedule.max_staleness
         self.generated: dict[int, tuple[int, GenerationStats, float]] = {}  # batch -> (prompts, stats, seconds)
-        self.busy: dict[str, float] = {"generate_judge": 0.0, "train": 0.0}
         self.current = 0  # the iteration being run (or whose batches are being generated up front)
 
     def run(self, first: int) -> dict[str, Any] | None:
@@ -86,7 +86,6 @@ class AsyncLoop:
         drawn = ctl.dispatch(b, earlier["version"])  # a prompt already in the stream at that version is not put again
         stats = ctl.generate_and_judge(b, drawn)
         seconds = time.perf_counter() - t0
-        self.busy["generate_judge"] += seconds
         # a batch generated (partly) before a resume reports the prompts, groups and seconds of that attempt too
         n_prompts = ctl.queue.written("prompts") - prompts0 + earlier["prompts"]
         stats.groups = ctl.queue.written("generations") - groups0 + earlier["groups"]
@@ -123,7 +122,6 @@ class AsyncLoop:
             cf.wait([training])
         out, seconds["train"] = training.result()
         seconds["overlap"] = time.perf_counter() - t0  # wall time of train || generate
-        self.busy["train"] += seconds["train"]
         if out["num_pairs"] == 0:
             ctl._fail_empty(t, n_prompts, gen.groups, 0, dead_before)
         t1 = time.perf_counter()
