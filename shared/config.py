@@ -820,6 +820,22 @@ class StorageConfig(Section):
     claim_idle_ms: int = Field(30_000, ge=100, description="pending entries idle this long are re-claimed")
 
 
+STAGES = ("generate", "train", "sync", "eval")
+
+
+class StageTimeouts(Section):
+    """Deadlines of the controller's blocking stage calls, in seconds (docs/reliability.md, hangs). Past one, the
+    stuck workers' Python stacks go to the run's log and events; a stuck trainer is restarted (it counts against
+    `trainer_restarts`), a stuck engine is replaced during sync or evaluation (`worker_respawns_per_iteration`),
+    and an iteration whose generation and judging overrun pauses the run with the reason. Defaults are generous:
+    a hang is caught without cutting slow hardware short."""
+
+    generate: float = Field(7200.0, gt=0.0, description="stages 2-3 of one iteration: every prompt generated and judged")
+    train: float = Field(7200.0, gt=0.0, description="one trainer call (an iteration's training and checkpoint)")
+    sync: float = Field(900.0, gt=0.0, description="one engine's load of the new weights")
+    eval: float = Field(3600.0, gt=0.0, description="one evaluation call (sampling, judging, KL reference)")
+
+
 class ResilienceConfig(Section):
     """What a run survives and for how long before it pauses or fails (docs/reliability.md)."""
 
@@ -847,6 +863,34 @@ class ResilienceConfig(Section):
         description="how long a producer (dispatch, a generator, a judge) waits for room in a full stream before "
         "the run fails naming the stream and its consumer group",
     )
+    stage_timeout_s: StageTimeouts = Field(
+        default_factory=StageTimeouts,
+        description="deadline of each blocking stage call, by stage (generate, train, sync, eval); one number sets "
+        "every stage, a mapping with `default` sets the stages it does not name",
+    )
+    heartbeat_timeout_s: float = Field(
+        600.0,
+        gt=0.0,
+        description="a generator or judge whose drain shows no progress (no heartbeat: one at every read of its "
+        "input and after every batch) for this long is stuck: its stacks are logged, it is killed and replaced",
+    )
+    memory_growth_mb: float = Field(
+        64.0, gt=0.0, description="RSS growth of one worker over `memory_growth_iterations` that warns (memory_growth)"
+    )
+    memory_growth_iterations: int = Field(
+        3, ge=2, description="iterations in a row a worker's RSS must grow (by memory_growth_mb in all) to warn"
+    )
+
+    @field_validator("stage_timeout_s", mode="before")
+    @classmethod
+    def _one_or_per_stage(cls, value: Any) -> Any:
+        """A number: every stage's deadline; a mapping: per-stage values, `default` filling the others."""
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return dict.fromkeys(STAGES, value)
+        if isinstance(value, dict) and "default" in value:
+            rest = {k: v for k, v in value.items() if k != "default"}
+            return {**dict.fromkeys(STAGES, value["default"]), **rest}
+        return value
 
 
 class CheckpointsConfig(Section):

@@ -88,6 +88,11 @@ def seen(run_id: str, stage: str) -> str:
     return f"run:{run_id}:seen:{stage}"
 
 
+def heartbeats(run_id: str) -> str:
+    """Hash: consumer -> msgpack dict of its worker's last heartbeat (time, pid, node, RSS, stack-dump file)."""
+    return f"run:{run_id}:heartbeats"
+
+
 def events(run_id: str) -> str:
     """Stream of the run's events (fields `kind`, `data` = msgpack dict); the `events` stage."""
     return stream(run_id, "events")

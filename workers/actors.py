@@ -29,7 +29,8 @@ from sparring.shared.models import load_tokenizer, prompt_token_ids, text_token_
 from sparring.shared.queue import Entry, StreamQueue
 from sparring.shared.records import Completion, GenerationGroup, LabelledAnswer, PreferencePair, PromptTask
 from sparring.shared.redis_server import connect
-from sparring.workers.groups import Resources, VersionMismatch
+from sparring.workers.groups import Resources, VersionMismatch, current_node
+from sparring.workers.health import Heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -76,17 +77,20 @@ def _drain(
     process: Callable[[list[Entry[Any]]], None],
     idle_rounds: int,
     stopped: Callable[[], bool] = lambda: False,
+    beat: Callable[[], None] = lambda: None,
 ) -> int:
     """Process batches until the input is idle for `idle_rounds` reads (or `stopped()`); returns entries
-    processed."""
+    processed. `beat()` (the worker's heartbeat) runs before every read and after every batch."""
     done, idle = 0, 0
     while idle < idle_rounds and not stopped():
+        beat()
         entries = read() or claim()
         if not entries:
             idle += 1
             continue
         idle = 0
         process(entries)
+        beat()
         done += len(entries)
     return done
 
@@ -128,6 +132,7 @@ class GeneratorWorker:
         self.tokens_generated = 0
         self.generate_seconds = 0.0
         self._stopped = threading.Event()
+        self.heartbeat = Heartbeat(self.queue.client, run_id, consumer, current_node())  # and SIGUSR1 stack dumps
 
     def stop(self) -> None:
         """Make a running `drain` return at its next read (an in-process worker being replaced)."""
@@ -140,11 +145,13 @@ class GeneratorWorker:
         """Generate for prompt tasks until the prompts stream is idle; returns counters of this call."""
         g = self.cfg.generation
         tokens0, secs0 = self.tokens_generated, self.generate_seconds
+        self.heartbeat.beat(force=True)  # a drain starts watched (the controller times it from its first beat)
         n = _drain(
             *_poison_aware(self.queue, self.cfg, "prompts", GENERATORS_GROUP, self.consumer, PromptTask, g.prompts_per_request, "generate"),
             self._process,
             idle_rounds,
             self._stopped.is_set,
+            self.heartbeat.beat,
         )
         return {
             "groups": n,
@@ -284,6 +291,7 @@ class JudgeWorker:
         self.version_violations = 0  # pairs whose answers came from different weights (refused; must stay 0)
         self.judge_seconds = 0.0
         self._stopped = threading.Event()
+        self.heartbeat = Heartbeat(self.queue.client, run_id, consumer, current_node())  # and SIGUSR1 stack dumps
 
     def stop(self) -> None:
         """Make a running `drain` return at its next read (an in-process worker being replaced)."""
@@ -297,11 +305,13 @@ class JudgeWorker:
         unc0 = None if counters is None else dict(vars(counters))
         if self.pool is not None:
             self.pool.take_metrics()  # start this drain's window
+        self.heartbeat.beat(force=True)  # a drain starts watched (the controller times it from its first beat)
         n = _drain(
             *_poison_aware(self.queue, self.cfg, "generations", JUDGES_GROUP, self.consumer, GenerationGroup, 32, "judge"),
             self._process,
             idle_rounds,
             self._stopped.is_set,
+            self.heartbeat.beat,
         )
         out: dict[str, float] = {"groups": n, "pairs": self.pairs_written - pairs0, "seconds": self.judge_seconds - secs0}
         if self.pool is not None:
@@ -439,6 +449,7 @@ class TrainerWorker:
         self._feedback_records = 0  # training records the last `train` made of them (pairs or labelled answers)
         self._tokenizer: Any = None  # posted feedback's tokenizer (paired objectives), loaded on first use
         self.unpaired = self.cfg.algorithm.objective in UNPAIRED_OBJECTIVES  # KTO / BCO: workers/unpaired.py
+        self.heartbeat = Heartbeat(self.client, run_id, "trainer", current_node())  # RSS metric, SIGUSR1 stack dumps
 
     def initial_logps(self, prompts: list[list[int]], completions: list[Completion], batch_size: int = 16) -> list[float]:
         """Summed log-prob of each completion's tokens (as sampled; no stop token appended) under the initial
@@ -602,6 +613,7 @@ class TrainerWorker:
 
         def progress(msg: str) -> None:
             emit(self.client, self.run_id, "progress", stage="train", iteration=iteration, message=msg)
+            self.heartbeat.beat()
 
         # Arrival order depends on which engine finished first; training order must not.
         fresh.sort(key=lambda e: e.record.record_id)
@@ -619,6 +631,7 @@ class TrainerWorker:
         # Acknowledged by `commit` once the controller has recorded the iteration: a run resumed after a crash
         # anywhere before that point retrains the iteration from the same pairs (they are still pending).
         self._uncommitted = [e.entry_id for e in fresh]
+        self.heartbeat.beat(force=True)  # the RSS after training and checkpointing (the memory metrics)
         storage = self.cfg.storage
         if storage.weight_transport == "memory":
             if self._sender is None:  # kept across iterations: a delta sync compares with the last update

@@ -37,7 +37,7 @@ from typing import Any
 
 from sparring.shared import jsonl, keys
 from sparring.shared.config import UNPAIRED_OBJECTIVES, RunConfig
-from sparring.shared.events import emit
+from sparring.shared.events import emit, heartbeats
 from sparring.shared.prompts import PromptItem, RunPrompts, iteration_prompt_indices, run_prompts
 from sparring.shared.queue import StreamQueue
 from sparring.shared.records import Completion, IterationRecord, PromptTask
@@ -59,14 +59,18 @@ from sparring.workers.groups import (
     RayRuntime,
     Resources,
     Runtime,
+    StageTimeout,
     WorkerDied,
     WorkerGroup,
     drain_until_idle,
 )
+from sparring.workers.health import HeartbeatWatch, process_rss_mb
 from sparring.workers.trackers import Trackers
 from sparring.workers.trainer_state import retain_checkpoints
 
 log = logging.getLogger(__name__)
+
+STACK_EVENT_CHARS = 20_000  # a `worker_hung` event's stacks (the whole dump is in controller.log)
 
 
 def derive_seed(*parts: object) -> int:
@@ -267,11 +271,14 @@ class RunController:
         self._recovery_s = 0.0  # seconds of trainer recovery (back-off, new actor, restore) this iteration
         self._thread: Any = None
         self._requeued_ids: list[str] = []  # re-queued prompts the running iteration dispatched
+        self._watch = HeartbeatWatch(lambda: heartbeats(self.client, self.run_id))
+        self._rss: dict[str, list[tuple[Any, float]]] = {}  # consumer -> (pid, RSS MB) after each iteration
 
     # ---------------------------------------------------------------------------------------- workers
 
     def _group(self, role: str, cls: type, args: Any, resources: Resources, on_spawn: Any = None) -> WorkerGroup:
-        group = WorkerGroup(role, cls, self.runtime, args, resources, self.run_id, on_spawn, incarnation=self.incarnation)
+        group = WorkerGroup(role, cls, self.runtime, args, resources, self.run_id, self._spawned(on_spawn), incarnation=self.incarnation)
+        group.on_hung = lambda consumer, handle, reason: self._worker_hung(role, consumer, handle, reason)
         self.groups[role] = group
         return group
 
@@ -367,7 +374,7 @@ class RunController:
                 try:
                     if (interrupted := loop.run(first)) is not None:
                         return interrupted
-                except RespawnBudgetSpent as err:
+                except (RespawnBudgetSpent, StageTimeout) as err:
                     return self._interrupt("pause", loop.current, reason=str(err))
             else:
                 for t in range(first, self.cfg.schedule.iterations + 1):
@@ -375,7 +382,7 @@ class RunController:
                         return self._interrupt(action, t)
                     try:
                         self.run_iteration(t)
-                    except RespawnBudgetSpent as err:
+                    except (RespawnBudgetSpent, StageTimeout) as err:
                         return self._interrupt("pause", t, reason=str(err))
             summary = self.write_summary()
             self.store.set_state(self.run_id, "completed")
@@ -601,6 +608,7 @@ class RunController:
                 "trainer/recovery_s": self._recovery_s,
             }
         )
+        metrics.update(self.memory_metrics())
         metrics.update({f"queue/peak/{stage}": float(n) for stage, n in gen.queue_peaks.items()})
         metrics.update(combine_judge_metrics(gen.judge_drains))
         # pairs whose answers came from other weights than their group's, refused by the judge or the trainer
@@ -706,6 +714,8 @@ class RunController:
             on_tick=tick,
             on_replaced=on_replaced,
             before_replace=lambda group, consumer: self._check_respawns(t, consumer),
+            stalled=self._stalled,
+            timeout_s=self.cfg.resilience.stage_timeout_s.generate,
         )
         return stats
 
@@ -724,9 +734,11 @@ class RunController:
         """`method(*args)` on the trainer; a trainer that dies during it is restarted (`restart_trainer`) and
         the call is made again on the new one. Every trainer call is safe to repeat: `train` reads its
         pairs from the stream, where they stay pending until `commit`."""
+        limits = self.cfg.resilience.stage_timeout_s
+        timeout_s = limits.eval if method == "initial_logps" else limits.train
         while True:
-            try:
-                return self.groups["trainer"].call("trainer", method, *args)
+            try:  # a trainer stuck past the deadline is killed (WorkerHung, a WorkerDied): restarted the same way
+                return self.groups["trainer"].call("trainer", method, *args, timeout_s=timeout_s)
             except WorkerDied as err:
                 self.restart_trainer(t, f"{method} of iteration {t}", err)
 
@@ -753,8 +765,8 @@ class RunController:
             group.replace("trainer", f"died during {during} ({failure_reason(err)})")
             try:
                 if self.version > 0:
-                    group.call("trainer", "restore", self.checkpoint)
-                group.call("trainer", "info")
+                    group.call("trainer", "restore", self.checkpoint, timeout_s=r.stage_timeout_s.train)
+                group.call("trainer", "info", timeout_s=r.stage_timeout_s.train)
             except WorkerDied as again:  # died again while starting: the next restart, if the budget allows
                 err, during = again, f"its restart from {self.checkpoint}"
                 continue
@@ -768,13 +780,17 @@ class RunController:
         """Stage 5: push `update` to every generator and policy-following judge (one message each); a worker
         that fails to load it is replaced on `checkpoint`. Returns the slowest engine's seconds."""
         self.version, self.checkpoint = update.version, checkpoint
+        limit = self.cfg.resilience.stage_timeout_s.sync
+        deadline = time.monotonic() + limit
         judges = self.groups["judges"]
         judge_refs = {c: judges.submit(c, "load_weights", update, self._staging(c)) for c in list(judges.workers)}
-        loaded = self.groups["generators"].call_all("load_weights", update, replace_on_error=True, after_replace="info")
+        loaded = self.groups["generators"].call_all(
+            "load_weights", update, replace_on_error=True, after_replace="info", timeout_s=limit
+        )
         worst = max(loaded.values(), default=0.0)
         for consumer, ref in judge_refs.items():
             try:
-                worst = max(worst, self.runtime.result(ref))
+                worst = max(worst, judges.result(consumer, ref, "load_weights", max(deadline - time.monotonic(), 0.0), limit))
             except Exception as err:
                 judges.replace(consumer, f"failed to load version {update.version} ({type(err).__name__}: {err})")
         return worst
@@ -787,7 +803,9 @@ class RunController:
     def _sample_eval(self, version: int) -> list[tuple[list[int], Completion]]:
         items = self.prompts.heldout
         seeds = [derive_seed(self.cfg.seed, "eval", p.prompt_id, version) for p in items]
-        return self.groups["generators"].call_any("sample", [_conversation(p) for p in items], seeds)
+        return self.groups["generators"].call_any(
+            "sample", [_conversation(p) for p in items], seeds, timeout_s=self.cfg.resilience.stage_timeout_s.eval
+        )
 
     def _eval_key(self, name: str) -> str:
         """The run's kv field holding held-out samples (`baseline`: version 0, `previous`: the last recorded)."""
@@ -831,7 +849,7 @@ class RunController:
         first = self.eval_samples["previous"] is self.eval_samples["baseline"]
         out = self.groups["evaluator"].call(
             "eval", "evaluate", self.prompts.heldout, self.version, now, baseline, None if first else previous,
-            retry_dead=True,
+            retry_dead=True, timeout_s=self.cfg.resilience.stage_timeout_s.eval,
         )
         out.update(length_metrics(now, previous))
         if self.cfg.eval.kl:
@@ -878,6 +896,68 @@ class RunController:
 
     def _emit(self, kind: str, **fields: Any) -> None:
         emit(self.client, self.run_id, kind, **fields)
+
+    # ---------------------------------------------------------------------------------------- health
+
+    def _spawned(self, on_spawn: Any) -> Any:
+        """A group's `on_spawn` that first tells the heartbeat watch a consumer has a new worker."""
+
+        def spawned(consumer: str, handle: Any) -> None:
+            self._watch.reset(consumer)
+            if on_spawn is not None:
+                on_spawn(consumer, handle)
+
+        return spawned
+
+    def _stalled(self, group: WorkerGroup, consumer: str, since: float) -> str | None:
+        """Why `consumer`, draining since `since` (monotonic), is stuck: no heartbeat for longer than
+        `resilience.heartbeat_timeout_s`; None while it beats."""
+        limit = self.cfg.resilience.heartbeat_timeout_s
+        quiet = self._watch.quiet_s(consumer, since)
+        return f"no heartbeat for {quiet:.0f} s (resilience.heartbeat_timeout_s={limit:g})" if quiet > limit else None
+
+    def _worker_hung(self, role: str, consumer: str, handle: Any, reason: str) -> None:
+        """Before a stuck worker is killed: its Python stacks (`Runtime.stacks`: faulthandler on SIGUSR1) go to
+        `<run_dir>/controller.log` and to a `worker_hung` event (the last STACK_EVENT_CHARS characters)."""
+        t0 = time.perf_counter()
+        stacks = self.runtime.stacks(handle, self._watch.refresh(force=True).get(consumer))
+        path = self.run_dir / "controller.log"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a") as f:
+                f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} run {self.run_id}: {role} {consumer} is stuck: {reason}; "
+                        f"its stacks before it was killed:\n{stacks}\n")  # fmt: skip
+        except OSError:
+            log.exception("cannot write %s", path)
+        log.warning("run %s: %s %s is stuck (%s); stacks:\n%s", self.run_id, role, consumer, reason, stacks)
+        self._emit("worker_hung", role=role, consumer=consumer, reason=reason, log=str(path),
+                   stacks=stacks[-STACK_EVENT_CHARS:], capture_s=time.perf_counter() - t0)  # fmt: skip
+
+    def memory_metrics(self) -> dict[str, float]:
+        """`memory/rss_mb/<consumer>` (each live worker's RSS with its child processes at its last heartbeat;
+        `controller` for this process), `memory/redis_used_mb` (Redis INFO used_memory) and
+        `memory/object_store_mb` (Ray's plasma store in use; absent without one), all in MB (2**20 bytes).
+        Emits `memory_growth` (and logs a warning) for a worker whose RSS grew at each of the last
+        `resilience.memory_growth_iterations` iterations, by `memory_growth_mb` or more in all."""
+        r = self.cfg.resilience
+        live = {c for group in self.groups.values() for c in group.workers}
+        beats = self._watch.refresh(force=True)
+        rss = {c: (hb.get("pid"), float(hb["rss_mb"])) for c, hb in beats.items() if c in live and "rss_mb" in hb}
+        rss["controller"] = (None, process_rss_mb())
+        out = {f"memory/rss_mb/{c}": mb for c, (_, mb) in sorted(rss.items())}
+        out["memory/redis_used_mb"] = int(self.client.info("memory")["used_memory"]) / (1 << 20)
+        if (store_mb := self.runtime.object_store_mb()) is not None:
+            out["memory/object_store_mb"] = store_mb
+        n = r.memory_growth_iterations
+        for consumer, (pid, mb) in rss.items():
+            history = [h for h in self._rss.get(consumer, []) if h[0] == pid] + [(pid, mb)]  # one process's
+            self._rss[consumer] = history[-(n + 1) :]
+            series = [m for _, m in self._rss[consumer]]
+            if len(series) == n + 1 and all(b > a for a, b in zip(series, series[1:], strict=False)) and series[-1] - series[0] >= r.memory_growth_mb:
+                log.warning("run %s: %s's RSS grew %s MB over %d iterations", self.run_id, consumer, [round(m) for m in series], n)
+                self._emit("memory_growth", consumer=consumer, rss_mb=series, iterations=n,
+                           growth_mb=series[-1] - series[0], threshold_mb=r.memory_growth_mb)  # fmt: skip
+        return out
 
 
 @contextmanager

@@ -44,6 +44,26 @@ class WorkerDied(RuntimeError):
     """The worker's process is gone (a killed or crashed actor); the call's work may be half done."""
 
 
+class WorkerHung(WorkerDied):
+    """The worker made no progress (no heartbeat) or its call overran its stage's deadline: its stacks were
+    captured and it was killed, so whoever handles a dead worker (replacement, trainer restart) handles it."""
+
+
+class StageTimeout(RuntimeError):
+    """A whole stage (an iteration's generation and judging) overran `resilience.stage_timeout_s`; the stuck
+    workers' stacks were captured. The controller pauses the run with this message as the reason."""
+
+
+def current_node() -> str | None:
+    """The Ray node id of this process when it runs under Ray (a worker's heartbeat names its node), else None."""
+    try:
+        import ray
+
+        return str(ray.get_runtime_context().get_node_id()) if ray.is_initialized() else None
+    except Exception:  # no Ray, or a process Ray does not know
+        return None
+
+
 class VersionMismatch(RuntimeError):
     """A task asks for a policy version this engine does not hold; the controller must sync it first."""
 
@@ -103,6 +123,15 @@ class Runtime(Protocol):
         ...
 
     def kill(self, handle: Any) -> None: ...
+
+    def stacks(self, handle: Any, heartbeat: dict[str, Any] | None) -> str:
+        """Every thread's Python stack of the worker behind `handle` (its last `heartbeat` says its pid, node
+        and stack file; `workers/health.py`), or a line saying why there is none."""
+        ...
+
+    def object_store_mb(self) -> float | None:
+        """MB (2**20 bytes) in use in the object store of the cluster, or None when there is none."""
+        ...
 
     def reserve(self, resources: Resources, count: int, strategy: str, name: str) -> Resources:
         """`resources` placed in a reserved group of `count` bundles (Ray: a placement group with `strategy`,
@@ -204,6 +233,44 @@ class RayRuntime:
         except Exception:  # already dead is fine
             pass
 
+    def stacks(self, handle: Any, heartbeat: dict[str, Any] | None) -> str:
+        """SIGUSR1 to the worker's process and its faulthandler dump (`health.dump_stacks`): directly when the
+        worker runs on this node, else in a zero-CPU Ray task pinned to the worker's node."""
+        import ray
+
+        from sparring.workers.health import dump_stacks
+
+        if not heartbeat or not heartbeat.get("pid") or not heartbeat.get("stacks"):
+            return "(no stack dump: the worker never sent a heartbeat with its pid and stack file)"
+        pid, path, node = int(heartbeat["pid"]), str(heartbeat["stacks"]), heartbeat.get("node")
+        if node is None or node == current_node():
+            return dump_stacks(pid, path)
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        remote = ray.remote(num_cpus=0, max_retries=0)(dump_stacks).options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)
+        )
+        try:
+            return str(ray.get(remote.remote(pid, path), timeout=60))
+        except Exception as err:  # the node is gone or unreachable
+            return f"(no stack dump: node {node} did not answer: {type(err).__name__}: {err})"
+
+    def object_store_mb(self) -> float | None:
+        """Plasma memory in use on every node, from the raylets' memory summary (`ray memory --stats-only`;
+        Ray has no public API for it); None when the summary cannot be read."""
+        import re
+
+        import ray
+        from ray._private.internal_api import memory_summary
+
+        try:
+            text = memory_summary(address=ray.get_runtime_context().gcs_address, stats_only=True)
+        except Exception:  # a raylet that does not answer: no number this time
+            log.debug("no object store summary", exc_info=True)
+            return None
+        m = re.search(r"Plasma memory usage (\d+(?:\.\d+)?) MiB", text)
+        return float(m.group(1)) if m else None
+
 
 class _LocalHandle:
     def __init__(self, instance: Any, name: str) -> None:
@@ -246,6 +313,19 @@ class LocalRuntime:
         if stop is not None:
             stop()
 
+    def stacks(self, handle: _LocalHandle, heartbeat: dict[str, Any] | None) -> str:
+        """Every thread of this process (the in-process workers are threads of it), by faulthandler."""
+        import faulthandler
+        import tempfile
+
+        with tempfile.TemporaryFile("w+") as f:
+            faulthandler.dump_traceback(f, all_threads=True)
+            f.seek(0)
+            return f.read()
+
+    def object_store_mb(self) -> None:
+        return None  # one process: no object store
+
     def reserve(self, resources: Resources, count: int, strategy: str, name: str) -> Resources:
         return resources  # one process: nothing to place
 
@@ -273,6 +353,7 @@ class WorkerGroup:
     name_prefix: str
     on_spawn: Callable[[str, Any], None] | None = None
     incarnation: int = 0  # how many controllers the run has had: part of every worker's name
+    on_hung: Callable[[str, Any, str], None] | None = None  # (consumer, handle, reason) before a stuck one is killed
     workers: dict[str, Any] = field(default_factory=dict)
     restarts: int = 0
     _spawned: int = 0
@@ -304,35 +385,62 @@ class WorkerGroup:
     def submit(self, consumer: str, method: str, *args: Any) -> Any:
         return self.runtime.submit(self.workers[consumer], method, *args)
 
-    def call(self, consumer: str, method: str, *args: Any, retry_dead: bool = False) -> Any:
-        """`method(*args)` on one worker. With `retry_dead`, a worker that dies during the call is replaced
-        and the call is made once more on the replacement (for calls that are safe to repeat)."""
+    def hung(self, consumer: str, reason: str) -> None:
+        """`consumer`'s worker is stuck: `on_hung` captures its stacks, then it is killed (not yet replaced)."""
+        log.warning("%s %s is stuck: %s", self.role, consumer, reason)
+        if self.on_hung is not None:
+            self.on_hung(consumer, self.workers[consumer], reason)
+        self.runtime.kill(self.workers[consumer])
+
+    def result(self, consumer: str, ref: Any, method: str, timeout_s: float | None, limit_s: float | None = None) -> Any:
+        """The result of `consumer`'s call `ref` of `method`. Not done after `timeout_s` more seconds (the
+        stage's deadline `limit_s`, default `timeout_s`, has passed), the worker is stuck: its stacks are
+        captured, it is killed and `WorkerHung` (a `WorkerDied`) is raised."""
+        if timeout_s is not None and not self.runtime.wait([ref], timeout=timeout_s):
+            reason = f"{method} ran past its deadline of {limit_s or timeout_s:g} s (resilience.stage_timeout_s)"
+            self.hung(consumer, reason)
+            raise WorkerHung(reason)
+        return self.runtime.result(ref)
+
+    def call(self, consumer: str, method: str, *args: Any, retry_dead: bool = False, timeout_s: float | None = None) -> Any:
+        """`method(*args)` on one worker, within `timeout_s` seconds if given (else `WorkerHung`). With
+        `retry_dead`, a worker that dies (or hangs) during the call is replaced and the call is made once more
+        on the replacement (for calls that are safe to repeat)."""
         try:
-            return self.runtime.result(self.submit(consumer, method, *args))
+            return self.result(consumer, self.submit(consumer, method, *args), method, timeout_s)
         except WorkerDied as err:
             if not retry_dead:
                 raise
             self.replace(consumer, f"died during {method} ({err})")
-            return self.runtime.result(self.submit(consumer, method, *args))
+            return self.result(consumer, self.submit(consumer, method, *args), method, timeout_s)
 
-    def call_any(self, method: str, *args: Any) -> Any:
-        """`method` on the first worker, replaced and retried once if it dies (evaluation sampling, probes)."""
-        return self.call(next(iter(self.workers)), method, *args, retry_dead=True)
+    def call_any(self, method: str, *args: Any, timeout_s: float | None = None) -> Any:
+        """`method` on the first worker, replaced and retried once if it dies or hangs past `timeout_s`
+        (evaluation sampling, probes)."""
+        return self.call(next(iter(self.workers)), method, *args, retry_dead=True, timeout_s=timeout_s)
 
     def call_all(
-        self, method: str, *args: Any, replace_on_error: bool = False, after_replace: str | None = None
+        self,
+        method: str,
+        *args: Any,
+        replace_on_error: bool = False,
+        after_replace: str | None = None,
+        timeout_s: float | None = None,
     ) -> dict[str, Any]:
         """`method(*args)` on every worker at once; results by consumer.
 
-        A worker that died is replaced and its result is missing from the output; with `replace_on_error`
-        so is one whose call raised. `after_replace` names a method to call on the replacement (e.g. `info`
-        to wait until its engine is up). Other exceptions propagate.
+        A worker that died, or whose call is not done `timeout_s` seconds after the calls were made (stacks
+        captured, killed: `hung`), is replaced and its result is missing from the output; with
+        `replace_on_error` so is one whose call raised. `after_replace` names a method to call on the
+        replacement (e.g. `info` to wait until its engine is up). Other exceptions propagate.
         """
         refs = {consumer: self.submit(consumer, method, *args) for consumer in self.workers}
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         out: dict[str, Any] = {}
         for consumer, ref in refs.items():
             try:
-                out[consumer] = self.runtime.result(ref)
+                left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+                out[consumer] = self.result(consumer, ref, method, left, timeout_s)
             except WorkerDied as err:
                 self._replace_and_wait(consumer, f"died during {method} ({err})", after_replace)
             except Exception as err:
@@ -361,6 +469,8 @@ def drain_until_idle(
     on_replaced: Callable[[WorkerGroup, str], None] = lambda group, consumer: None,
     poll_s: float = 0.5,
     before_replace: Callable[[WorkerGroup, str], None] = lambda group, consumer: None,
+    stalled: Callable[[WorkerGroup, str, float], str | None] = lambda group, consumer, since: None,
+    timeout_s: float | None = None,
 ) -> None:
     """Keep every worker of `groups` calling `drain()` while its group `has_work()`, until `done()` holds
     and no drain call is in flight.
@@ -371,21 +481,47 @@ def drain_until_idle(
     exception propagates. `on_result(group, consumer, counters)` receives each finished drain's counters;
     `before_replace(group, consumer)` runs before a dead worker is replaced (raising there stops the drain
     with the worker not replaced: a respawn budget), `on_replaced(group, consumer)` after.
+
+    Hangs: `stalled(group, consumer, since)` (the monotonic time its drain was submitted) returns why a
+    worker whose drain is in flight is stuck (no heartbeat), or None; a stuck worker is `hung` (stacks
+    captured, killed) and replaced like a dead one. Past `timeout_s` seconds in all, the in-flight workers are
+    `hung` and `StageTimeout` is raised.
     """
     running: dict[Any, tuple[WorkerGroup, str]] = {}
+    since: dict[Any, float] = {}  # ref -> when its drain was submitted
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
     while True:
         on_tick()
         if not running and done():
             return
+        if deadline is not None and time.monotonic() > deadline:
+            stuck = sorted(consumer for _, consumer in running.values())
+            for group, consumer in running.values():
+                group.hung(consumer, f"its stage ran past the deadline of {timeout_s:g} s")
+            raise StageTimeout(
+                f"generation and judging ran past resilience.stage_timeout_s.generate={timeout_s:g} s; still "
+                f"draining: {', '.join(stuck) or 'none'} (their stacks are in the run's log); resume the run to retry"
+            )
         busy = set(running.values())
         for group, has_work in groups:
             if not has_work():
                 continue
             for consumer in list(group.workers):
                 if (group, consumer) not in busy:
-                    running[group.submit(consumer, "drain")] = (group, consumer)
+                    ref = group.submit(consumer, "drain")
+                    running[ref], since[ref] = (group, consumer), time.monotonic()
+        for ref, (group, consumer) in list(running.items()):
+            reason = stalled(group, consumer, since[ref])
+            if reason is None:
+                continue
+            del running[ref], since[ref]  # the killed worker's call is abandoned
+            group.hung(consumer, reason)
+            before_replace(group, consumer)
+            group.replace(consumer, f"stuck ({reason})")
+            on_replaced(group, consumer)
         for ref in runtime.wait(list(running), timeout=poll_s) if running else []:
             group, consumer = running.pop(ref)
+            since.pop(ref, None)
             try:
                 out = runtime.result(ref)
             except WorkerDied as err:
