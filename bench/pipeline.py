@@ -1,0 +1,124 @@
+"""Sync vs async (`schedule.mode`): the same arena run, one after the other, wall time and gold win rate.
+
+    .venv/bin/python bench/pipeline.py [--iterations 5] [--prompts 128] [--backend vllm|transformers]
+
+Both runs use the demo's settings (tasks/arena/demo.yaml: the arena policy, K=4 at temperature 1, 48 new
+tokens, the oracle judge, best-vs-worst pairs, DPO with the iteration-start reference, lr 3e-4, 2 epochs,
+batch 16; evaluation on 256 held-out prompts with the `arena_gold` evaluator) except: `--iterations`
+iterations of `--prompts` prompts drawn `disjoint` (the same prompts in the same iterations in both modes, so
+both train the same number of versions on the same prompt sets), one generator with one engine thread and a
+trainer with one torch thread (on a 2-core machine the overlapped stages then hold one core each), and
+`schedule.mode` sync vs async with `max_staleness` 1. Workers are Ray actors (a local Ray started here),
+Redis is a private server started here.
+
+Measured per mode: `loop_s`, the wall time from the end of start-up (workers up, version-0 held-out samples
+taken) to the last record; the busy seconds of each stage summed over iterations (`generate_judge`, `train`,
+`sync`, `eval`) and their fraction of `loop_s` (async: generate and train overlap, so fractions can add up
+past 1); pairs trained; the last iteration's `eval/arena_gold/win_rate_vs_iter0`; the version-violation
+count and the largest staleness. Prints one line per mode, then one JSON object as the last line with
+`speedup` (sync loop_s / async loop_s), `speedup_excl_eval` (the same without the evaluation seconds, which
+are serial in both modes), `gold_sync`, `gold_async` and `version_violations`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from sparring.shared.config import load_config, parse_config
+from sparring.shared.redis_server import PrivateRedis, connect
+from sparring.shared.store import RunStore
+
+DEMO = Path(__file__).resolve().parents[1] / "tasks" / "arena" / "demo.yaml"
+GOLD = "eval/arena_gold/win_rate_vs_iter0"
+STAGES = ("generate_judge", "train", "sync", "eval")
+
+
+def mode_config(mode: str, args: argparse.Namespace, run_dir: Path) -> Any:
+    data = load_config(DEMO).model_dump(mode="json", exclude_none=True)
+    data["generation"].update(backend=args.backend, num_generators=1, engine_threads=1)
+    data["trainer"].update(torch_threads=1)
+    data["schedule"] = {
+        "iterations": args.iterations,
+        "prompts_per_iteration": args.prompts,
+        "prompt_schedule": "disjoint",
+        "mode": mode,
+        "max_staleness": 1 if mode == "async" else 0,
+    }
+    data["storage"].update(run_dir=str(run_dir))
+    return parse_config(data)
+
+
+def run_mode(mode: str, args: argparse.Namespace, redis_url: str, root: Path) -> dict[str, Any]:
+    from sparring.workers.controller import RunController
+
+    cfg = mode_config(mode, args, root)
+    run_id = f"bench-{mode}-{time.time_ns()}"
+    run_dir = root / run_id
+    run_dir.mkdir()
+    store = RunStore(connect(redis_url))
+    store.create_run(run_id, cfg.model_dump(mode="json"), str(run_dir))
+    marks: dict[str, float] = {}
+
+    class Timed(RunController):
+        def evaluate_baseline(self) -> None:
+            super().evaluate_baseline()
+            marks["loop_start"] = time.time()
+
+    t0 = time.time()
+    Timed(run_id, cfg.model_dump_json(), redis_url, str(run_dir)).run()
+    records = store.iterations(run_id)
+    loop_s = records[-1].finished_at - marks["loop_start"]
+    busy = {s: sum(r.stage_seconds.get(s, 0.0) for r in records) for s in STAGES}
+    return {
+        "mode": mode,
+        "total_s": round(time.time() - t0, 1),
+        "loop_s": round(loop_s, 1),
+        "busy_s": {s: round(v, 1) for s, v in busy.items()},
+        "busy_fraction": {s: round(v / loop_s, 2) for s, v in busy.items()},
+        "pairs": sum(r.num_pairs for r in records),
+        "versions": records[-1].policy_version_out,
+        "gold": records[-1].eval[GOLD],
+        "version_violations": sum(r.metrics["version/violations"] for r in records),
+        "staleness_max": max(r.metrics["staleness/max"] for r in records),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--iterations", type=int, default=5)
+    parser.add_argument("--prompts", type=int, default=128, help="prompts per iteration (disjoint parts of the 640)")
+    parser.add_argument("--backend", choices=("vllm", "transformers"), default="vllm")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    from sparring.services.launch import init_ray
+
+    init_ray()
+    with tempfile.TemporaryDirectory() as tmp, PrivateRedis(Path(tmp) / "redis") as redis:
+        rows = []
+        for mode in ("sync", "async"):
+            row = run_mode(mode, args, redis.url, Path(tmp))
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    sync, async_ = rows
+    print(json.dumps({
+        "iterations": args.iterations, "prompts_per_iteration": args.prompts, "backend": args.backend,
+        "speedup": round(sync["loop_s"] / async_["loop_s"], 3),
+        # evaluation runs after every version, serially, in both modes: the speed-up of the rest of the loop
+        "speedup_excl_eval": round((sync["loop_s"] - sync["busy_s"]["eval"]) / (async_["loop_s"] - async_["busy_s"]["eval"]), 3),
+        "loop_s_sync": sync["loop_s"], "loop_s_async": async_["loop_s"],
+        "gold_sync": sync["gold"], "gold_async": async_["gold"],
+        "pairs_sync": sync["pairs"], "pairs_async": async_["pairs"],
+        "version_violations": sync["version_violations"] + async_["version_violations"],
+        "staleness_max_async": async_["staleness_max"],
+    }))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
