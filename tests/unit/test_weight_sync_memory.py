@@ -147,3 +147,27 @@ def test_memory_is_the_default_transport() -> None:
     assert (cfg.weight_transport, cfg.sync_bucket_mb, cfg.sync_delta) == ("memory", 512, False)
     with pytest.raises(ValueError):
         StorageConfig.model_validate({"sync_bucket_mb": 0})
+
+
+def test_a_dir_only_target_gets_a_full_update_staged_and_refuses_a_delta(
+    ckpts: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Targets without `load_tensors` (a judge that follows the policy loads checkpoint dirs): a full memory
+    update is verified, staged as a checkpoint dir and loaded from there; a delta cannot be and is refused."""
+
+    class DirLoader:
+        engine_id = "judge-0"
+        state: dict[str, torch.Tensor] = {}
+
+        def load_weights(self, path: str) -> float:
+            self.state = load_state_dir(path)
+            return 0.0
+
+    target = DirLoader()
+    state_b = load_state_dir(ckpts[1])
+    sender = MemorySender(delta=True, put=lambda x: x)
+    apply_update(target, sender.update(state_b, 1), ckpts[0], tmp_path / "staging", current_version=0)
+    assert set(target.state) == set(state_b) and all(target.state[k].equal(v) for k, v in state_b.items())
+    delta = sender.update(load_state_dir(ckpts[0]), 2)
+    with pytest.raises(WeightSyncError, match="cannot take a delta"):
+        apply_update(target, delta, ckpts[0], tmp_path / "staging", current_version=1)
