@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -84,8 +85,8 @@ def test_generator_builds_its_engine_in_the_policy_dtype(monkeypatch: pytest.Mon
         return object()
 
     monkeypatch.setattr(generation, "make_engine", fake_make_engine)
-    monkeypatch.setattr(actors, "_queue", lambda *a: None)
-    monkeypatch.setattr(actors, "Heartbeat", lambda *a: None)  # no Redis here: the engine's dtype is the point
+    monkeypatch.setattr(actors, "_queue", lambda *a: SimpleNamespace(client=None))  # no Redis here: the engine's
+    monkeypatch.setattr(actors, "Heartbeat", lambda *a: None)  # dtype is the point
     actors.GeneratorWorker("run", "redis://unused", cfg.model_dump_json(), str(model), 0, "gen-0", str(tmp_path))
     assert built["dtype"] == "bfloat16"
 
