@@ -40,6 +40,7 @@ import os
 import shutil
 import socket
 import tempfile
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -297,7 +298,10 @@ def load_sharded(ckpt_dir: Path, model: nn.Module, optimizer: torch.optim.Optimi
     state: dict[str, Any] = {"model": get_model_state_dict(model)}
     if optimizer is not None:
         state["optimizer"] = get_optimizer_state_dict(model, optimizer)
-    dcp.load(state, checkpoint_id=str(path))
+    with warnings.catch_warnings():
+        if not dist.is_initialized():  # one plain process (resumed on one rank): DCP warns that it assumes so
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(state, checkpoint_id=str(path), no_dist=not dist.is_initialized())
     set_model_state_dict(model, state["model"])
     if optimizer is not None:
         set_optimizer_state_dict(model, optimizer, state["optimizer"])
