@@ -256,7 +256,8 @@ class RunService:
 
         q = self.queue(run_id)
         out = {}
-        for stage, group in (("prompts", GENERATORS_GROUP), ("generations", JUDGES_GROUP), ("pairs", TRAINER_GROUP)):
+        for stage, group in (("prompts", GENERATORS_GROUP), ("generations", JUDGES_GROUP), ("pairs", TRAINER_GROUP),
+                             ("feedback", TRAINER_GROUP)):  # fmt: skip
             try:
                 out[stage] = q.outstanding(stage, group)
             except redis.ResponseError:  # the stream/group does not exist yet

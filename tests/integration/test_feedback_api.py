@@ -86,6 +86,7 @@ def test_feedback_is_validated_whole_and_stored_once(api_server, redis_client, f
         assert r.status_code == 201 and r.json() == {"run_id": feedback_run, "items": 2, "stored": 0, "duplicates": 2}
         r = c.post(url, json={"items": [{**GOOD[0], "label": False}]})  # the opposite label is another item
         assert r.status_code == 201 and r.json()["stored"] == 1
+        assert c.get(f"/v1/runs/{feedback_run}/queues").json()["queues"]["feedback"] == 4  # not trained on yet
     with api_server.client(api_server.read_token) as ro:
         assert ro.post(url, json={"items": GOOD}).status_code == 403
     records = [rec for _, rec in StreamQueue(redis_client, feedback_run).read_all("feedback", LabelledAnswer)]

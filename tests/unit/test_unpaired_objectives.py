@@ -183,3 +183,14 @@ def test_pointwise_recipe_rules() -> None:
         algo("dpo", pairs="pointwise", label_threshold=1.0)
     with pytest.raises(ValidationError, match="all_pairs"):
         algo("bco", pairs="all_pairs")
+
+
+def test_unpaired_runs_are_one_rank_and_sync() -> None:
+    from sparring.shared.config import ConfigError, parse_config
+
+    base = {"policy": {"path": "arena"}, "judge": {"kind": "arena_oracle"}, "prompts": {"source": "arena"},
+            "algorithm": {"objective": "kto", "pairs": "pointwise", "label_threshold": 2}}  # fmt: skip
+    assert parse_config(base).algorithm.objective == "kto"
+    for extra in ({"resources": {"trainer": {"num_ranks": 2}}}, {"schedule": {"mode": "async", "max_staleness": 1}}):
+        with pytest.raises(ConfigError, match="trains on one trainer rank in sync mode"):
+            parse_config({**base, **extra})
