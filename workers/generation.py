@@ -310,7 +310,9 @@ def _align(n: int) -> int:
 class SharedBuffer:
     """A file in /dev/shm (else the temp dir) mapped read-write here and, by path, read by the vLLM worker
     process (`SyncWorkerExtension.sparring_load_bucket`): how a bucket of tensors crosses from the engine's
-    process into vLLM's worker process with one copy. Removed on `close` (and its name is unique)."""
+    process into vLLM's worker process with one copy. On Linux the file is unlinked as soon as it is created
+    and the worker opens it as `/proc/<pid>/fd/<fd>`: its memory goes back to the system when this process
+    closes it or dies (an engine killed without `close` leaks nothing); elsewhere it is removed on `close`."""
 
     def __init__(self, size: int) -> None:
         import mmap
@@ -319,15 +321,27 @@ class SharedBuffer:
 
         import torch
 
-        root = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+        root = (
+            "/dev/shm"
+            if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK)
+            else tempfile.gettempdir()
+        )
         self.size = max(_ALIGN, size)
-        self.path = os.path.join(root, f"sparring-sync-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        name = os.path.join(root, f"sparring-sync-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        self._fd = os.open(name, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
         try:
-            os.ftruncate(fd, self.size)
-            self._mmap: Any = mmap.mmap(fd, self.size)
-        finally:
-            os.close(fd)
+            os.ftruncate(self._fd, self.size)
+            self._mmap: Any = mmap.mmap(self._fd, self.size)
+        except BaseException:
+            os.close(self._fd)
+            os.unlink(name)
+            raise
+        self._name: str | None = name
+        self.path = name
+        proc_path = f"/proc/{os.getpid()}/fd/{self._fd}"
+        if os.path.exists(proc_path):
+            os.unlink(name)
+            self._name, self.path = None, proc_path
         self.tensor: Any = torch.frombuffer(self._mmap, dtype=torch.uint8)
 
     def write(self, offset: int, t: torch.Tensor) -> None:
@@ -337,17 +351,17 @@ class SharedBuffer:
         self.tensor[offset : offset + n].copy_(t.detach().reshape(-1).view(torch.uint8))
 
     def close(self) -> None:
+        import contextlib
         import os
 
         self.tensor = None
-        try:
+        with contextlib.suppress(BufferError):  # a view still alive: the mapping goes with it
             self._mmap.close()
-        except BufferError:  # a view still alive: the mapping goes with it
-            pass
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+        if self._name is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._name)
 
 
 class VLLMEngine:
