@@ -1,5 +1,5 @@
 """`resources:`: validation of the section, each role's Ray actor options, and the run-start check that
-refuses what the cluster cannot hold (with the numbers). No Ray here: tests/integration/test_placement.py
+refuses what the cluster cannot hold (with the numbers). No Ray here: tests/integration/test_placement_ray.py
 places real actors on logical GPUs."""
 
 from __future__ import annotations
