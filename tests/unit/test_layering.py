@@ -185,3 +185,10 @@ def test_packages_import() -> None:
     import sparring.shared.config  # noqa: F401
     import sparring.tasks.arena  # noqa: F401
     import sparring.workers.recipes.pairs  # noqa: F401
+
+
+def test_test_modules_have_unique_basenames() -> None:
+    """The test folders have no __init__.py, so pytest imports each test module by its basename: two files of
+    one name in different folders stop the whole collection ("import file mismatch")."""
+    names = sorted(p.name for p in (ROOT / "tests").rglob("test_*.py"))
+    assert sorted({n for n in names if names.count(n) > 1}) == []
