@@ -8,6 +8,7 @@ where the prompt ends and the response starts.
 
 from __future__ import annotations
 
+import json
 import logging
 import weakref
 from collections.abc import Callable
@@ -122,6 +123,23 @@ def check_config_models(cfg: RunConfig) -> None:
             problems.append(f"{field}: {err}")
     if problems:
         raise ModelLoadError("; ".join(problems))
+
+
+def check_context_length(model_path: str, max_model_len: int) -> None:
+    """Refuse `generation.max_model_len` longer than the checkpoint's context (`max_position_embeddings`, or
+    `text_config.max_position_embeddings`, in its config.json) before any engine starts: vLLM raises at engine
+    start otherwise and the generators would be replaced over and over. A hub id (no local config.json) or a
+    config without the field is not checked. Raises `ModelLoadError` naming both numbers."""
+    config = Path(model_path) / "config.json"
+    if not config.is_file():
+        return
+    data = json.loads(config.read_text())
+    context = data.get("max_position_embeddings") or (data.get("text_config") or {}).get("max_position_embeddings")
+    if isinstance(context, int) and max_model_len > context:
+        raise ModelLoadError(
+            f"generation.max_model_len {max_model_len} is longer than the policy's context: max_position_embeddings "
+            f"{context} in {config}; set generation.max_model_len <= {context}"
+        )
 
 
 def resolve_model_path(path: str, seed: int, progress: Callable[[str], None] | None = None) -> str:

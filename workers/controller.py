@@ -448,6 +448,9 @@ class RunController:
 
             self.base_model_path = resolve_model_path(self.cfg.policy.path, self.cfg.seed, progress)
             self.checkpoint = self.checkpoint or self.base_model_path
+        from sparring.shared.models import check_context_length
+
+        check_context_length(self.base_model_path, self.cfg.generation.max_model_len)
 
     def restore(self) -> int:
         """Pick up after the last recorded iteration (0 = a fresh run); returns the next iteration to run."""

@@ -64,3 +64,18 @@ def test_every_local_model_field_of_a_config_is_checked(tmp_path: Path) -> None:
     assert str(e.value).startswith("judge.weak_model: ") and str(bad) in str(e.value)
     assert "policy.path" not in str(e.value) and "strong_model" not in str(e.value)
     check_config_models(cfg.model_copy(update={"judge": cfg.judge.model_copy(update={"weak_model": str(good)})}))
+
+
+def test_a_context_longer_than_the_model_is_refused_with_both_numbers(tmp_path: Path) -> None:
+    """vLLM would raise at engine start and the generators would be replaced over and over; the controller
+    checks generation.max_model_len against the checkpoint's config.json first."""
+    from sparring.shared.models import check_context_length
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "max_position_embeddings": 256}))
+    check_context_length(str(tmp_path), 256)
+    with pytest.raises(ModelLoadError, match=r"max_model_len 512 is longer .* max_position_embeddings 256"):
+        check_context_length(str(tmp_path), 512)
+    (tmp_path / "config.json").write_text(json.dumps({"text_config": {"max_position_embeddings": 128}}))
+    with pytest.raises(ModelLoadError, match="set generation.max_model_len <= 128"):
+        check_context_length(str(tmp_path), 256)
+    check_context_length("org/some-hub-model", 10**6)  # no local config.json: not checked here
