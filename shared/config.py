@@ -74,6 +74,21 @@ def looks_local(path: str) -> bool:
     return path.startswith(("/", "./", "../", "~")) or os.sep + os.sep in path
 
 
+# fields that moved: (section, old key) -> where they live now; a config that still uses one gets this message
+MOVED_FIELDS = {
+    ("generation", "cpus_per_generator"): "resources.generators.num_cpus",
+    ("trainer", "cpus"): "resources.trainer.num_cpus",
+}
+
+
+def _refuse_moved(section: str, data: Any) -> Any:
+    if isinstance(data, dict):
+        moved = [f"{section}.{k} moved to {MOVED_FIELDS[section, k]}" for k in data if (section, k) in MOVED_FIELDS]
+        if moved:
+            raise ValueError("; ".join(moved))
+    return data
+
+
 class GenerationConfig(Section):
     backend: Literal["vllm", "transformers"] = Field("vllm", description="sampling engine")
     num_generators: int = Field(1, ge=1, description="generator actors (one engine each)")
@@ -84,7 +99,6 @@ class GenerationConfig(Section):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_new_tokens: int = Field(48, ge=1)
     prompts_per_request: int = Field(64, ge=1, description="prompts a generator takes from the stream at once")
-    cpus_per_generator: float = Field(0.5, gt=0.0, description="Ray logical CPUs per generator actor")
     kv_cache_memory_mb: int = Field(128, ge=16, description="vLLM KV cache size (CPU backend)")
     engine_threads: int | None = Field(
         1, ge=1, description="compute threads per engine on CPU (None = the backend's own binding)"
@@ -121,6 +135,11 @@ class GenerationConfig(Section):
                 f"({self.max_model_len}): the context must hold the prompt and the answer"
             )
         return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        return _refuse_moved("generation", data)
 
 
 class UncertaintyConfig(Section):
@@ -611,7 +630,6 @@ class TrainerConfig(Section):
         description="bf16 autocast for forwards; auto = bf16 on CUDA, off on CPU. Log-softmax and loss "
         "arithmetic stay fp32 either way",
     )
-    cpus: float = Field(1.0, gt=0.0, description="Ray logical CPUs for the trainer actor")
     logps_chunk_tokens: int | None = Field(
         256,
         description="completion positions per LM-head chunk in the log-prob pass: each chunk's [chunk, vocab] "
@@ -635,7 +653,7 @@ class TrainerConfig(Section):
                 "step) and micro_batch_size the pairs per forward; e.g. batch_size 8 + grad_accumulation 2 is "
                 "batch_size 16 + micro_batch_size 8"
             )
-        return data
+        return _refuse_moved("trainer", data)
 
     @model_validator(mode="after")
     def _batches(self) -> TrainerConfig:
@@ -949,8 +967,8 @@ class RoleResources(Section):
     num_cpus: float | None = Field(
         None,
         gt=0.0,
-        description="Ray logical CPUs per worker; None = the role's default (generators: "
-        "generation.cpus_per_generator; judges: 0.25; trainer: trainer.cpus, per rank)",
+        description="Ray logical CPUs per worker; None = the role's default (generators 0.5, judges 0.25, "
+        "trainer 1 per rank)",
     )
     num_gpus: float = Field(
         0.0,

@@ -112,14 +112,16 @@ def combine_judge_metrics(drains: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
-# Ray logical CPUs of the roles `resources:` leaves at None that have no field of their own
+# Ray logical CPUs per worker of each role whose `resources.<role>.num_cpus` is None (the evaluator has no field)
+GENERATOR_CPUS = 0.5
 JUDGE_CPUS = 0.25
+TRAINER_CPUS = 1.0
 EVALUATOR_CPUS = 0.25
 
 
 def role_resources(cfg: RunConfig) -> dict[str, Resources]:
     """What one worker of each role asks for (`resources:`; num_cpus None = the role's default:
-    generation.cpus_per_generator, JUDGE_CPUS, trainer.cpus per rank). The evaluator takes EVALUATOR_CPUS."""
+    GENERATOR_CPUS, JUDGE_CPUS, TRAINER_CPUS per rank). The evaluator takes EVALUATOR_CPUS."""
     r = cfg.resources
 
     def of(role: Any, default_cpus: float) -> Resources:
@@ -131,9 +133,9 @@ def role_resources(cfg: RunConfig) -> dict[str, Resources]:
         )
 
     return {
-        "generators": of(r.generators, cfg.generation.cpus_per_generator),
+        "generators": of(r.generators, GENERATOR_CPUS),
         "judges": of(r.judges, JUDGE_CPUS),
-        "trainer": of(r.trainer, cfg.trainer.cpus),
+        "trainer": of(r.trainer, TRAINER_CPUS),
         "evaluator": Resources(num_cpus=EVALUATOR_CPUS),
     }
 

@@ -826,7 +826,7 @@ def make_engine(
     extra: Mapping[str, Any] | None = None,
 ) -> GenerationEngine:
     """Build the configured backend. `cpu_threads` is the engine's thread budget (None = backend default:
-    vLLM's own binding; for transformers, `max(1, int(cfg.cpus_per_generator))` threads)."""
+    vLLM's own binding; for transformers, one thread)."""
     kwargs = dict(extra or {})
     if backend == "vllm":
         return VLLMEngine(
@@ -843,7 +843,7 @@ def make_engine(
     if backend == "transformers":
         import torch
 
-        threads = cpu_threads if isinstance(cpu_threads, int) else max(1, int(cfg.cpus_per_generator))
+        threads = cpu_threads if isinstance(cpu_threads, int) else 1
         device = "cuda" if torch.cuda.is_available() else "cpu"
         torch.manual_seed(seed)
         return TransformersEngine(

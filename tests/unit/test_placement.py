@@ -36,7 +36,7 @@ def test_role_resources_become_ray_actor_options() -> None:
     roles = role_resources(cfg)
     gen = roles["generators"]
     assert gen.ray_options() == {
-        "num_cpus": 0.5,  # generation.cpus_per_generator: the default when resources leaves num_cpus out
+        "num_cpus": 0.5,  # GENERATOR_CPUS: the default when resources leaves num_cpus out
         "num_gpus": 0.5,
         "memory": 2 * 2**30,
         "resources": {"engine_node": 1.0},
@@ -109,3 +109,14 @@ def test_vllm_gpu_options_reach_the_engine_arguments() -> None:
         "enforce_eager": False, "tensor_parallel_size": 2,
     }  # fmt: skip
     assert "kv_cache_memory_bytes" not in kwargs  # the fraction sizes the KV cache, no byte budget over it
+
+
+def test_the_old_cpu_fields_name_their_new_place() -> None:
+    """One way to give a role CPUs: `resources.<role>.num_cpus`; the fields it replaced are refused with it."""
+    from sparring.shared.config import ConfigError, parse_config
+
+    base = {"policy": {"path": "arena"}, "judge": {"kind": "arena_oracle"}, "prompts": {"source": "arena"}}
+    with pytest.raises(ConfigError, match="generation.cpus_per_generator moved to resources.generators.num_cpus"):
+        parse_config({**base, "generation": {"cpus_per_generator": 1.0}})
+    with pytest.raises(ConfigError, match="trainer.cpus moved to resources.trainer.num_cpus"):
+        parse_config({**base, "trainer": {"cpus": 2.0}})
