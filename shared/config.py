@@ -597,6 +597,22 @@ def judge_config(**fields: Any) -> JudgeConfig:
     return _JUDGE.validate_python(fields)
 
 
+class LoraConfig(Section):
+    """LoRA adapters trained with `peft` (`trainer.lora`); the base weights stay frozen. The reference of
+    `algorithm.reference: initial` is the base model with the adapter disabled (no second model in memory).
+    Every checkpoint `vN/` holds both exports: the merged model (an ordinary HF dir, what engines and
+    recovery load) and the adapter alone in `vN/adapter/` (peft `save_pretrained`; what a resume loads)."""
+
+    rank: int = Field(8, ge=1, description="adapter rank r (A: [r, in], B: [out, r])")
+    alpha: float = Field(16.0, gt=0.0, description="scaling numerator: the update is (alpha / rank) * B @ A")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        min_length=1,
+        description="module name suffixes that get adapters (peft `target_modules`), e.g. q_proj, v_proj, up_proj",
+    )
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on the adapter's input (peft `lora_dropout`)")
+
+
 class TrainerConfig(Section):
     learning_rate: float = Field(5e-7, gt=0.0)
     epochs: int = Field(1, ge=1, description="passes over an iteration's pairs (training stops after them)")
@@ -629,6 +645,9 @@ class TrainerConfig(Section):
         "auto",
         description="bf16 autocast for forwards; auto = bf16 on CUDA, off on CPU. Log-softmax and loss "
         "arithmetic stay fp32 either way",
+    )
+    lora: LoraConfig | None = Field(
+        None, description="train LoRA adapters (peft) instead of every parameter; None = full-parameter training"
     )
     logps_chunk_tokens: int | None = Field(
         256,
@@ -1110,6 +1129,14 @@ class RunConfig(Section):
                 f"objective={self.algorithm.objective} (unpaired labels) trains on one trainer rank in sync mode: "
                 f"resources.trainer.num_ranks {self.resources.trainer.num_ranks}, schedule.mode {self.schedule.mode} "
                 "(sharded and async unpaired training are not built)"
+            )
+        if self.trainer.lora is not None and (
+            self.resources.trainer.num_ranks > 1 or self.algorithm.objective in UNPAIRED_OBJECTIVES
+        ):
+            raise ValueError(
+                f"trainer.lora trains on one trainer rank with a paired objective: resources.trainer.num_ranks "
+                f"{self.resources.trainer.num_ranks}, algorithm.objective {self.algorithm.objective} (LoRA with FSDP2 "
+                "and with unpaired objectives is not built)"
             )
         if self.judge.kind == "none" and not anchored:
             raise ValueError(

@@ -15,6 +15,7 @@ decides what is dispatched and when a stage is done.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -461,13 +462,16 @@ class TrainerWorker:
         from sparring.workers.logps import collate_sequences, sequence_logps
 
         model = self.trainer.initial_model
-        if model is None:
+        adapter_off: Any = contextlib.nullcontext()
+        if self.trainer.lora is not None:  # the base weights are version 0: the adapter disabled, no copy
+            model, adapter_off = self.trainer.model, self.trainer.model.disable_adapter()
+        elif model is None:
             if self._initial is None:
                 self._initial = load_causal_lm(self.model_path, dtype=self.cfg.policy.dtype, device=self.trainer.device)
                 self._initial.eval().requires_grad_(False)
             model = self._initial
         out: list[float] = []
-        with torch.no_grad():
+        with torch.no_grad(), adapter_off:
             for i in range(0, len(prompts), batch_size):
                 rows = [list(c.token_ids) for c in completions[i : i + batch_size]]
                 batch = collate_sequences(prompts[i : i + batch_size], rows, self.trainer.pad_token_id)

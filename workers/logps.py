@@ -114,6 +114,8 @@ def sequence_logps(
     """
     if chunk_tokens is not None and chunk_tokens < 1:
         raise ValueError(f"chunk_tokens must be >= 1 or None (unchunked), got {chunk_tokens}")
+    if hasattr(model, "get_base_model"):  # a peft LoRA wrapper: its transformers model holds the adapters
+        model = model.get_base_model()
     device = next(model.parameters()).device
     batch = batch.to(device)
     target_mask = batch.completion_mask[:, 1:]  # (N, T-1) position t-1 predicts token t

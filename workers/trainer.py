@@ -72,7 +72,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from sparring.shared.config import AlgorithmConfig, TrainerConfig
+from sparring.shared.config import AlgorithmConfig, LoraConfig, TrainerConfig
 from sparring.shared.models import load_causal_lm, load_tokenizer
 from sparring.shared.records import PreferencePair
 from sparring.workers.batching import map_by_length
@@ -265,12 +265,17 @@ class PolicyTrainer:
         self.vocab_size = int(self.model.get_input_embeddings().weight.shape[0])
         self.max_positions = _max_positions(self.model)
         self.initial_model: PreTrainedModel | None = None
-        if algo_cfg.reference == "initial" and self.objective.needs_reference:
+        self.lora = trainer_cfg.lora
+        if self.lora is not None:  # the reference is this model with its adapter disabled: no copy below
+            self.model = wrap_lora(self.model, self.lora)
+        elif algo_cfg.reference == "initial" and self.objective.needs_reference:
             self.initial_model = copy.deepcopy(self.model)
             self.initial_model.requires_grad_(False)
         if trainer_cfg.gradient_checkpointing:
             # HF checkpoints only in train mode; `disable_dropout` above keeps train mode deterministic.
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if self.lora is not None:  # frozen embeddings: checkpointed blocks need an input that requires grad
+                self.model.enable_input_require_grads()
         use_bf16 = trainer_cfg.mixed_precision == "bf16" or (
             trainer_cfg.mixed_precision == "auto" and str(device).startswith("cuda")
         )
@@ -486,11 +491,15 @@ class PolicyTrainer:
         if not (needs_ref or needs_prev):
             return frozen
         start_logps: tuple[Tensor, Tensor] | None = None
-        if needs_prev or (needs_ref and self.initial_model is None):
+        lora_ref = needs_ref and self.lora is not None and self.algo_cfg.reference == "initial"
+        if needs_prev or (needs_ref and self.initial_model is None and not lora_ref):
             start_logps = self._all_logps(self.model, examples)  # the policy at the iteration start (pi_t)
         if needs_prev and start_logps is not None:
             frozen.prev_chosen, frozen.prev_rejected = start_logps
-        if needs_ref:
+        if lora_ref:
+            with self.model.disable_adapter():  # the base weights, which LoRA never changes
+                frozen.ref_chosen, frozen.ref_rejected = self._all_logps(self.model, examples)
+        elif needs_ref:
             initial = self.initial_model
             ref_logps = start_logps if initial is None else self._all_logps(initial, examples)
             assert ref_logps is not None
@@ -609,7 +618,7 @@ class PolicyTrainer:
         """
         from transformers.modeling_utils import remove_tied_weights_from_state_dict
 
-        state = remove_tied_weights_from_state_dict(self._model_state(), self.model)
+        state = remove_tied_weights_from_state_dict(self._model_state(), self._hf_model())
         return {name: tensor.detach().to("cpu", copy=True).contiguous() for name, tensor in state.items()}
 
     def sync_tensors(self) -> dict[str, Tensor]:
@@ -618,13 +627,20 @@ class PolicyTrainer:
         into its bucket in the object store. Valid until the next optimizer step."""
         from transformers.modeling_utils import remove_tied_weights_from_state_dict
 
-        state = remove_tied_weights_from_state_dict(self._model_state(), self.model)
+        state = remove_tied_weights_from_state_dict(self._model_state(), self._hf_model())
         return {name: tensor.detach() for name, tensor in state.items()}
 
     def _model_state(self) -> dict[str, Tensor]:
         """The policy's state dict; a sharded trainer's is gathered from every rank (a collective: every rank
-        calls it; rank 0 gets the tensors, on the CPU, the others an empty dict)."""
+        calls it; rank 0 gets the tensors, on the CPU, the others an empty dict). With LoRA: the merged
+        weights under the base model's names (`merged_lora_state`)."""
+        if self.lora is not None:
+            return merged_lora_state(self.model)
         return self.model.state_dict() if self.ranks is None else full_state_dict(self.model)
+
+    def _hf_model(self) -> PreTrainedModel:
+        """The transformers model under a LoRA wrapper (its modules hold the adapter layers), else the model."""
+        return self.model.get_base_model() if self.lora is not None else self.model
 
     def save_checkpoint(self, out_dir: Path, version: int, iteration: int) -> Path:
         """Write an ordinary HF checkpoint dir at `out_dir` (+ `trainer_state.pt`), atomically.
@@ -637,7 +653,12 @@ class PolicyTrainer:
         """
 
         def write(tmp: Path, weights: dict[str, Tensor] | None = None) -> None:
-            self.model.save_pretrained(tmp, state_dict=weights)
+            if self.lora is not None:  # the merged model (engines, recovery) + the adapter alone (resume)
+                weights = self.state_dict_for_sync()
+                self._hf_model().save_pretrained(tmp, state_dict=weights)
+                self.model.save_pretrained(tmp / LORA_ADAPTER_DIR)
+            else:
+                self.model.save_pretrained(tmp, state_dict=weights)
             self.tokenizer.save_pretrained(tmp)
             torch.save(self._trainer_state(version, iteration), tmp / TRAINER_STATE_FILE)
 
@@ -654,7 +675,9 @@ class PolicyTrainer:
         ckpt_dir = Path(ckpt_dir)
         state = load_trainer_state(ckpt_dir)
         sharded, optimizer_sharded = is_sharded_checkpoint(ckpt_dir), bool(state.get("optimizer_sharded"))
-        if not sharded:  # the HF weights (a sharded checkpoint's DCP shards load below, resharded to this trainer)
+        if self.lora is not None:  # the adapter only: the base weights are the initial policy's, never trained
+            load_lora_adapter(self.model, ckpt_dir / LORA_ADAPTER_DIR)
+        elif not sharded:  # the HF weights (a sharded checkpoint's DCP shards load below, resharded to this trainer)
             dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
             loaded = load_causal_lm(str(ckpt_dir), dtype=dtype, device=self.device)
             if self.ranks is None:
@@ -705,6 +728,69 @@ class PolicyTrainer:
 
 # --------------------------------------------------------------------------------------------------
 # Helpers
+
+LORA_ADAPTER_DIR = "adapter"  # checkpoints/vN/adapter/: the peft adapter (adapter_config.json + safetensors)
+
+
+def wrap_lora(model: PreTrainedModel, cfg: LoraConfig) -> Any:  # peft.PeftModel
+    """`model` with LoRA adapters on `cfg.target_modules` (peft `get_peft_model`): only the adapters'
+    A [r, in] and B [out, r] matrices require grad; B starts at zero, so the wrapped model computes exactly
+    what `model` did. Raises ImportError naming the extra when peft is not installed."""
+    try:
+        from peft import LoraConfig as PeftLoraConfig
+        from peft import get_peft_model
+    except ImportError as e:  # pragma: no cover - depends on the install
+        raise ImportError("trainer.lora needs the peft library: pip install 'sparring[lora]'") from e
+    peft_cfg = PeftLoraConfig(
+        r=cfg.rank, lora_alpha=cfg.alpha, target_modules=list(cfg.target_modules), lora_dropout=cfg.dropout,
+        bias="none", task_type="CAUSAL_LM",
+    )  # fmt: skip
+    return get_peft_model(model, peft_cfg)
+
+
+@torch.no_grad()
+def merged_lora_state(peft_model: Any) -> dict[str, Tensor]:
+    """The weights the adapted model computes with, under the base model's HF names: every adapted layer's
+    `W + (alpha/r) * B @ A` (peft's `get_delta_weight`), every other tensor as it is; the adapter tensors
+    themselves left out. Nothing is changed in place (merging into and unmerging from the live base weights
+    would drift them by float rounding, and the reference is those base weights)."""
+    from peft.tuners.lora import LoraLayer
+
+    base = peft_model.get_base_model()
+    deltas: dict[str, Tensor] = {}
+    for name, module in base.named_modules():
+        if isinstance(module, LoraLayer) and not module.merged:
+            for adapter in module.active_adapters:
+                key = f"{name}.base_layer.weight"
+                d = module.get_delta_weight(adapter)
+                deltas[key] = d if key not in deltas else deltas[key] + d
+    out: dict[str, Tensor] = {}
+    for key, tensor in base.state_dict().items():
+        if ".lora_" in key:
+            continue
+        if key in deltas:
+            tensor = tensor + deltas[key].to(tensor.dtype)
+        out[key.replace(".base_layer.", ".")] = tensor
+    return out
+
+
+def load_lora_adapter(peft_model: Any, adapter_dir: Path) -> None:
+    """Load the adapter weights a checkpoint's `adapter/` dir holds (peft `save_pretrained`) into
+    `peft_model`'s adapter in place. Raises FileNotFoundError when the dir or its weights are missing, and
+    ValueError when the saved adapter does not cover exactly this model's adapter tensors."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    weights = Path(adapter_dir) / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"no LoRA adapter at {weights} (a checkpoint of a full-parameter run?)")
+    result = set_peft_model_state_dict(peft_model, load_file(str(weights)))
+    missing = [k for k in result.missing_keys if ".lora_" in k]
+    if missing or result.unexpected_keys:
+        raise ValueError(
+            f"adapter at {adapter_dir} does not fit trainer.lora: missing {missing[:3]}, unexpected "
+            f"{list(result.unexpected_keys)[:3]}"
+        )
 
 
 def _is_dropout_name(name: str) -> bool:
