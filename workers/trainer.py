@@ -231,7 +231,9 @@ class PolicyTrainer:
     `length_bucket_steps` > 1 turns on length bucketing over that many steps (see `epoch_steps`; off by
     default, as TRL's `group_by_length`). `ranks` makes this one rank of a sharded trainer (FSDP2, in a
     process group the caller initialised; `sparring.workers.distributed`): every rank is constructed and
-    called alike, on the same pairs, and each trains on its share of every step.
+    called alike, on the same pairs, and each trains on its share of every step. `trainer_cfg.lora` wraps the
+    model in peft LoRA adapters (`self.model` is then a `peft.PeftModel`; one rank only): the optimizer sees
+    the adapters alone, and the reference is `self.model` under `disable_adapter()`.
     """
 
     def __init__(
@@ -624,7 +626,8 @@ class PolicyTrainer:
     def sync_tensors(self) -> dict[str, Tensor]:
         """The same names as `state_dict_for_sync`, as views of the live weights (no copy on CPU; a GPU
         tensor is copied to CPU one at a time by the sender): the memory transport copies each tensor once,
-        into its bucket in the object store. Valid until the next optimizer step."""
+        into its bucket in the object store. Valid until the next optimizer step. With `trainer.lora` the
+        adapted layers' tensors are fresh merged copies (`merged_lora_state`), the others views."""
         from transformers.modeling_utils import remove_tied_weights_from_state_dict
 
         state = remove_tied_weights_from_state_dict(self._model_state(), self._hf_model())
