@@ -1,0 +1,134 @@
+"""Chaos: a whole Ray node lost mid-iteration (issue 14 item 7), on the two-node local cluster of
+tests/two_nodes.py (head `node_a`, worker `node_b`; real Ray, real Redis, the arena policy).
+
+`test_worker_node_lost_mid_training_trainer_rescheduled`: generators and judges on `node_a`, the trainer pinned to
+`node_b` (`resources.trainer.custom: {node_b: 1}`). While iteration 2 trains, the worker node is SIGKILLed as a
+whole (its raylet, object store and the trainer's worker process: `TwoNodes.kill_worker`), then a new node with
+`node_b` joins `REJOIN_AFTER_S` later (a replacement machine). The trainer's placement-group bundle is rescheduled
+by Ray onto the new node once it registers, and `restart_trainer` starts the replacement trainer there from the
+last checkpoint: the run completes every iteration with 0 prompts lost and 0 pairs trained twice, the restart in
+the interrupted iteration's record and events. (Pinned to a resource only the lost node had, the replacement
+cannot start anywhere else; until a node with it joins, `info` on the pending actor waits, and past
+`resilience.stage_timeout_s.train` x `trainer_restarts` the run fails with `TrainerLost` naming the death.)
+
+Prints one chaos-table row per call (docs/reliability.md); `make chaos` sets CHAOS_REPETITIONS=3.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sparring.shared.config import RunConfig, parse_config
+from sparring.shared.store import RunStore
+from tests.chaos.test_trainer_kill import accounting, row
+from tests.two_nodes import TwoNodes, node_of_actors, two_nodes  # noqa: F401 (fixture)
+
+pytestmark = [pytest.mark.chaos, pytest.mark.integration]
+
+REPETITIONS = int(os.environ.get("CHAOS_REPETITIONS", "1"))
+ITERATIONS = 2
+KILL_ITERATION = 2
+REJOIN_AFTER_S = 5.0
+
+
+def node_loss_config(tmp_path: Path) -> RunConfig:
+    return parse_config(
+        {
+            "name": "node-loss",
+            "policy": {"path": "arena"},
+            "judge": {"kind": "arena_oracle"},
+            "prompts": {"source": "arena"},
+            "generation": {"backend": "transformers", "num_generators": 1, "samples_per_prompt": 4,
+                           "prompts_per_request": 16, "max_new_tokens": 24},  # fmt: skip
+            # several optimizer steps per iteration, so the kill lands while the trainer trains
+            "trainer": {"learning_rate": 3e-4, "epochs": 3, "batch_size": 4, "torch_threads": 1},
+            "schedule": {"iterations": ITERATIONS, "prompts_per_iteration": 24},
+            "eval": {"enabled": False},
+            "storage": {"run_dir": str(tmp_path), "claim_idle_ms": 60_000},  # the default (memory) transport
+            "resilience": {"restart_backoff_s": 1.0},
+            "resources": {"generators": {"custom": {"node_a": 1}}, "judges": {"custom": {"node_a": 1}},
+                          "trainer": {"custom": {"node_b": 1}}},  # fmt: skip
+        }
+    )
+
+
+def lose_node_mid_training(cluster: TwoNodes, store: RunStore, run_id: str, iteration: int) -> dict[str, Any]:
+    """In a thread: at `iteration`'s first optimizer step, SIGKILL the worker node (`killed_at`), then start a
+    new `node_b` node `REJOIN_AFTER_S` later (`rejoined_at`)."""
+    out: dict[str, Any] = {}
+
+    def body() -> None:
+        last = "0-0"
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            for eid, kind, data in store.events(run_id, after=last):
+                last = eid
+                if (kind == "progress" and data.get("stage") == "train" and data.get("iteration") == iteration
+                        and str(data.get("message", "")).startswith("step")):  # fmt: skip
+                    out["killed_at"] = cluster.kill_worker()
+                    time.sleep(REJOIN_AFTER_S)
+                    cluster.start_worker()
+                    out["rejoined_at"] = time.time()
+                    return
+            time.sleep(0.02)
+
+    out["thread"] = threading.Thread(target=body, daemon=True)
+    out["thread"].start()
+    return out
+
+
+def test_worker_node_lost_mid_training_trainer_rescheduled(
+    two_nodes: TwoNodes, redis_url: str, redis_client: Any, tmp_path: Path  # noqa: F811
+) -> None:
+    import ray
+
+    from sparring.tasks.arena.policy import build_arena_model
+    from sparring.workers.controller import RunController
+
+    model = str(build_arena_model(0))
+    store = RunStore(redis_client)
+    completed = lost = duplicates = 0
+    recovery: list[float] = []
+    for _ in range(REPETITIONS):
+        cfg = node_loss_config(tmp_path)
+        run_id = f"nodeloss-{time.time_ns()}"
+        (tmp_path / run_id).mkdir()
+        store.create_run(run_id, cfg.model_dump(mode="json"), str(tmp_path / run_id))
+        controller = ray.remote(RunController).options(num_cpus=0, resources={"node_a": 0.01}).remote(
+            run_id, cfg.model_dump_json(), redis_url, str(tmp_path / run_id), model
+        )
+        node_b_before = {n["NodeID"] for n in ray.nodes() if n["Alive"] and "node_b" in n["Resources"]}
+        loss = lose_node_mid_training(two_nodes, store, run_id, KILL_ITERATION)
+        summary = ray.get(controller.run.remote(), timeout=900)
+        loss["thread"].join(timeout=60)
+        assert "killed_at" in loss and "rejoined_at" in loss, "the worker node was never lost and replaced"
+        assert "interrupted" not in summary and store.get_run(run_id)["state"] == "completed"
+
+        records = store.iterations(run_id)
+        assert [r.iteration for r in records] == list(range(1, ITERATIONS + 1))
+        assert [r.metrics["trainer/restarts"] >= 1 for r in records] == [r.iteration == KILL_ITERATION for r in records]
+        restarted = [d for _, kind, d in store.events(run_id) if kind == "trainer_restarted"]
+        died = [d for _, kind, d in store.events(run_id) if kind == "trainer_died"]
+        assert restarted and died and died[0]["during"] == f"train of iteration {KILL_ITERATION}", died
+        # the replacement trainer runs on the new node_b (a new node id), the generator never left node_a
+        nodes = node_of_actors(run_id)
+        assert {v for k, v in nodes.items() if ":gen-" in k} == {"node_a"}, nodes
+        trainers = sorted((k for k in nodes if ":trainer:" in k), key=lambda k: int(k.rsplit(".", 1)[1]))
+        assert len(trainers) >= 2 and nodes[trainers[-1]] == "node_b", nodes  # the replacement, on the new node
+        node_b_after = {n["NodeID"] for n in ray.nodes() if n["Alive"] and "node_b" in n["Resources"]}
+        assert node_b_after and not node_b_after & node_b_before
+
+        counts = accounting(redis_client, run_id)
+        assert counts == {"iterations": ITERATIONS, "lost_prompts": 0, "duplicate_pairs": 0, "untrained_pairs": 0, "unacked_pairs": 0}
+        completed += 1
+        lost += counts["lost_prompts"]
+        duplicates += counts["duplicate_pairs"]
+        recovery.append(restarted[-1]["ts"] - loss["killed_at"])
+    print("\n" + row(f"worker node lost mid-training, node_b back after {REJOIN_AFTER_S:g} s (trainer rescheduled)",  # noqa: T201
+                     REPETITIONS, completed, lost, duplicates, recovery))  # fmt: skip
