@@ -42,7 +42,8 @@ class TwoNodes:
         self.address = f"127.0.0.1:{_free_port()}"
         self.worker_cpus = worker_cpus
         self.head = self._start(["--head", f"--port={self.address.split(':')[1]}", f"--num-cpus={head_cpus}",
-                                 '--resources={"node_a": 100}', "--include-dashboard=false"])  # fmt: skip
+                                 '--resources={"node_a": 100}', "--include-dashboard=false",
+                                 f"--dashboard-port={_free_port()}"])  # fmt: skip  (its minimal dashboard: not 8265)
         self._wait(lambda: self._status_ok(), "the head node")
         self.worker: subprocess.Popen[bytes] | None = None
 
