@@ -111,12 +111,18 @@ def test_gpus_asked_without_gpus_and_an_incomplete_model_dir(
 
 def test_ray_cluster_resources_against_the_config(
     ray_head: str, ray_auth: dict[str, str], redis_url: str, capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest,
 ) -> None:  # fmt: skip
+    from ray._private.authentication_test_utils import reset_auth_token_state
+
     for k, v in ray_auth.items():
         monkeypatch.setenv(k, v)
     monkeypatch.setenv("RAY_ADDRESS", ray_head)
     monkeypatch.setenv("REDIS_URL", redis_url)
+    # Ray caches the first auth token a process reads: an earlier test of the same pytest process (another
+    # cluster, another token) would make this join fail. Read this head's token now; drop it afterwards.
+    reset_auth_token_state()
+    request.addfinalizer(reset_auth_token_state)
     code, checks = doctor(capsys, DEMO)  # 2 x 0.5 + 0.25 + 1 + 0.25 CPUs on a 4-CPU head
     assert checks["ray"]["status"] == "ok", checks["ray"]
     assert f"Ray cluster at {ray_head} (1 node(s)): CPU 4" in checks["ray"]["detail"]
