@@ -35,7 +35,7 @@ compose:
 	@if command -v docker-compose >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
 		echo "installing docker-compose with apt-get"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose; \
 	else \
 		echo "docker-compose is missing: install it (e.g. 'sudo apt-get install docker-compose')"; exit 1; \
 	fi
