@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from sparring.shared.records import Completion, GenerationGroup, Judgement, LabelledAnswer, PreferencePair
-from sparring.workers.recipes.pairs import ranking_scores
+from sparring.workers.recipes.pairs import prompt_fields, ranking_scores
 
 
 def pointwise_labels(group: GenerationGroup, judgement: Judgement, threshold: float) -> list[LabelledAnswer]:
@@ -32,13 +32,7 @@ def pointwise_labels(group: GenerationGroup, judgement: Judgement, threshold: fl
     scores = ranking_scores(judgement)
     return [
         LabelledAnswer(
-            run_id=group.run_id,
-            iteration=group.iteration,
-            policy_version=group.policy_version,
-            prompt_id=group.prompt_id,
-            prompt=group.prompt,
-            messages=group.messages,
-            prompt_token_ids=group.prompt_token_ids,
+            **prompt_fields(group),
             answer=sample,
             label=scores[i] >= threshold,
             score=float(scores[i]),
@@ -53,13 +47,7 @@ def pair_labels(pair: PreferencePair) -> list[LabelledAnswer]:
     """(chosen as desirable, rejected as undesirable), each carrying the pair's weight and the judge's score."""
     return [
         LabelledAnswer(
-            run_id=pair.run_id,
-            iteration=pair.iteration,
-            policy_version=pair.policy_version,
-            prompt_id=pair.prompt_id,
-            prompt=pair.prompt,
-            messages=pair.messages,
-            prompt_token_ids=pair.prompt_token_ids,
+            **prompt_fields(pair),
             answer=answer,
             label=label,
             weight=pair.weight,

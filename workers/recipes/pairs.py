@@ -18,12 +18,26 @@ instead of vanishing.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from sparring.shared.records import GenerationGroup, Judgement, PreferencePair
 from sparring.workers.recipes.winrate import pairwise_probs_from_scores, row_win_rates
 
 PairMode = Literal["best_vs_worst", "all_pairs", "ranked"]
+
+
+def prompt_fields(source: GenerationGroup | PreferencePair) -> dict[str, Any]:
+    """The fields that say which prompt, run, iteration and policy version a record belongs to, copied from the
+    group (or pair) it is built from: every pair and label record starts with these."""
+    return {
+        "run_id": source.run_id,
+        "iteration": source.iteration,
+        "policy_version": source.policy_version,
+        "prompt_id": source.prompt_id,
+        "prompt": source.prompt,
+        "messages": source.messages,
+        "prompt_token_ids": source.prompt_token_ids,
+    }
 
 
 class NoDistinctAnswers(ValueError):
@@ -64,13 +78,7 @@ def build_anchor_pairs(group: GenerationGroup, mode: Literal["drift", "spin"] = 
     spin = mode == "spin"
     return [
         PreferencePair(
-            run_id=group.run_id,
-            iteration=group.iteration,
-            policy_version=group.policy_version,
-            prompt_id=group.prompt_id,
-            prompt=group.prompt,
-            messages=group.messages,
-            prompt_token_ids=group.prompt_token_ids,
+            **prompt_fields(group),
             chosen=anchor if spin else sample,
             rejected=sample if spin else anchor,
             chosen_score=1.0,
@@ -120,13 +128,7 @@ def build_pairs(group: GenerationGroup, judgement: Judgement, mode: PairMode) ->
             continue  # identical responses carry no preference signal
         pairs.append(
             PreferencePair(
-                run_id=group.run_id,
-                iteration=group.iteration,
-                policy_version=group.policy_version,
-                prompt_id=group.prompt_id,
-                prompt=group.prompt,
-                messages=group.messages,
-                prompt_token_ids=group.prompt_token_ids,
+                **prompt_fields(group),
                 chosen=chosen,
                 rejected=rejected,
                 chosen_score=scores[i],
