@@ -9,8 +9,12 @@ from __future__ import annotations
 import random
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from sparring.shared.tiny import save_tiny_llama, train_tokenizer
+
+if TYPE_CHECKING:
+    from sparring.shared.config import RunConfig
 
 _WORDS = (
     "the a cat dog bird fish runs jumps sees eats likes red blue green small big quick slow "
@@ -39,3 +43,25 @@ def make_tiny_checkpoint(
         train_tokenizer(tiny_corpus(), vocab_size=vocab_size, out_dir=tok_dir)
         save_tiny_llama(out, tok_dir, seed=seed, **config_overrides)
     return out
+
+
+def chaos_run_config(tmp_path: Path, name: str, prompts: int, **overrides: Any) -> RunConfig:
+    """The small arena run the chaos tests break: the arena policy and oracle, one transformers generator (K=4,
+    24 new tokens, `prompts` per request), one iteration of `prompts` prompts, no evaluation, checkpoints
+    synced as safetensors dirs. `overrides` are config sections merged key by key over these."""
+    from sparring.shared.config import parse_config
+    from sparring.shared.presets import deep_merge
+
+    base: dict[str, Any] = {
+        "name": name,
+        "policy": {"path": "arena"},
+        "judge": {"kind": "arena_oracle"},
+        "prompts": {"source": "arena"},
+        "generation": {"backend": "transformers", "num_generators": 1, "samples_per_prompt": 4,
+                       "prompts_per_request": prompts, "max_new_tokens": 24},  # fmt: skip
+        "trainer": {"learning_rate": 3e-4, "batch_size": 8, "torch_threads": 1},
+        "schedule": {"iterations": 1, "prompts_per_iteration": prompts},
+        "eval": {"enabled": False},
+        "storage": {"run_dir": str(tmp_path), "weight_transport": "safetensors_dir", "claim_idle_ms": 60_000},
+    }
+    return parse_config(deep_merge(base, overrides))

@@ -21,11 +21,11 @@ from typing import Any
 
 import pytest
 
-from sparring.shared.config import parse_config
 from sparring.shared.prompts import iteration_prompt_indices, run_prompts
 from sparring.shared.queue import StreamQueue
 from sparring.shared.records import PreferencePair
 from sparring.shared.store import RunStore
+from tests.helpers import chaos_run_config
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration]
 
@@ -60,21 +60,10 @@ def test_a_hung_generator_is_killed_after_the_heartbeat_timeout_with_its_stacks_
     from sparring.workers.controller import RunController
     from sparring.workers.groups import RayRuntime
 
-    cfg = parse_config(
-        {
-            "name": "hang",
-            "policy": {"path": "arena"},
-            "judge": {"kind": "arena_oracle"},
-            "prompts": {"source": "arena"},
-            "generation": {"backend": "transformers", "num_generators": 1, "samples_per_prompt": 4,
-                           "prompts_per_request": PROMPTS, "max_new_tokens": 24},  # fmt: skip
-            "trainer": {"learning_rate": 3e-4, "batch_size": 8, "torch_threads": 1},
-            "schedule": {"iterations": 1, "prompts_per_iteration": PROMPTS},
-            "eval": {"enabled": False},
-            "storage": {"run_dir": str(tmp_path), "weight_transport": "safetensors_dir", "claim_idle_ms": 60_000},
-            "resilience": {"max_deliveries": MAX_DELIVERIES, "heartbeat_timeout_s": HEARTBEAT_TIMEOUT_S},
-        }
-    )
+    cfg = chaos_run_config(
+        tmp_path, "hang", PROMPTS,
+        resilience={"max_deliveries": MAX_DELIVERIES, "heartbeat_timeout_s": HEARTBEAT_TIMEOUT_S},
+    )  # fmt: skip
     pool = run_prompts(cfg).train
     drawn = [pool[int(i)].prompt_id for i in iteration_prompt_indices(len(pool), cfg, 1)]
     stuck = drawn[len(drawn) // 2]  # in the middle of the one batch of 8

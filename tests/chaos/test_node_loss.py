@@ -24,9 +24,10 @@ from typing import Any
 
 import pytest
 
-from sparring.shared.config import RunConfig, parse_config
+from sparring.shared.config import RunConfig
 from sparring.shared.store import RunStore
 from tests.chaos.test_trainer_kill import accounting, row
+from tests.helpers import chaos_run_config
 from tests.two_nodes import TwoNodes, node_of_actors, two_nodes  # noqa: F401 (fixture)
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration]
@@ -38,24 +39,15 @@ REJOIN_AFTER_S = 5.0
 
 
 def node_loss_config(tmp_path: Path) -> RunConfig:
-    return parse_config(
-        {
-            "name": "node-loss",
-            "policy": {"path": "arena"},
-            "judge": {"kind": "arena_oracle"},
-            "prompts": {"source": "arena"},
-            "generation": {"backend": "transformers", "num_generators": 1, "samples_per_prompt": 4,
-                           "prompts_per_request": 16, "max_new_tokens": 24},  # fmt: skip
-            # several optimizer steps per iteration, so the kill lands while the trainer trains
-            "trainer": {"learning_rate": 3e-4, "epochs": 3, "batch_size": 4, "torch_threads": 1},
-            "schedule": {"iterations": ITERATIONS, "prompts_per_iteration": 24},
-            "eval": {"enabled": False},
-            "storage": {"run_dir": str(tmp_path), "claim_idle_ms": 60_000},  # the default (memory) transport
-            "resilience": {"restart_backoff_s": 1.0},
-            "resources": {"generators": {"custom": {"node_a": 1}}, "judges": {"custom": {"node_a": 1}},
-                          "trainer": {"custom": {"node_b": 1}}},  # fmt: skip
-        }
-    )
+    return chaos_run_config(
+        tmp_path, "node-loss", 24, generation={"prompts_per_request": 16},
+        # several optimizer steps per iteration, so the kill lands while the trainer trains
+        trainer={"epochs": 3, "batch_size": 4}, schedule={"iterations": ITERATIONS},
+        storage={"weight_transport": "memory"},  # the default transport: weights cross the nodes in memory
+        resilience={"restart_backoff_s": 1.0},
+        resources={"generators": {"custom": {"node_a": 1}}, "judges": {"custom": {"node_a": 1}},
+                   "trainer": {"custom": {"node_b": 1}}},
+    )  # fmt: skip
 
 
 def lose_node_mid_training(cluster: TwoNodes, store: RunStore, run_id: str, iteration: int) -> dict[str, Any]:

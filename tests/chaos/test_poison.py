@@ -19,11 +19,11 @@ from typing import Any
 
 import pytest
 
-from sparring.shared.config import parse_config
 from sparring.shared.prompts import iteration_prompt_indices, run_prompts
 from sparring.shared.queue import StreamQueue
 from sparring.shared.records import PreferencePair
 from sparring.shared.store import RunStore
+from tests.helpers import chaos_run_config
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration]
 
@@ -52,20 +52,8 @@ def test_poison_prompt_is_dead_lettered_alone_and_the_run_completes(
     from sparring.workers.controller import RunController
     from sparring.workers.groups import RayRuntime
 
-    cfg = parse_config(
-        {
-            "name": "poison",
-            "policy": {"path": "arena"},
-            "judge": {"kind": "arena_oracle"},
-            "prompts": {"source": "arena"},
-            "generation": {"backend": "transformers", "num_generators": 1, "samples_per_prompt": 4,
-                           "prompts_per_request": PROMPTS, "max_new_tokens": 24},  # fmt: skip
-            "trainer": {"learning_rate": 3e-4, "batch_size": 8, "torch_threads": 1},
-            "schedule": {"iterations": 1, "prompts_per_iteration": PROMPTS},
-            "eval": {"enabled": False},
-            "storage": {"run_dir": str(tmp_path), "weight_transport": "safetensors_dir", "claim_idle_ms": 60_000},
-            "resilience": {"max_deliveries": 3, "worker_respawns_per_iteration": 8},
-        }
+    cfg = chaos_run_config(
+        tmp_path, "poison", PROMPTS, resilience={"max_deliveries": 3, "worker_respawns_per_iteration": 8}
     )
     pool = run_prompts(cfg).train
     drawn = [pool[int(i)].prompt_id for i in iteration_prompt_indices(len(pool), cfg, 1)]

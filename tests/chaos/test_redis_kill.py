@@ -21,11 +21,11 @@ from typing import Any
 
 import pytest
 
-from sparring.shared.config import parse_config
 from sparring.shared.queue import StreamQueue
 from sparring.shared.records import PreferencePair
 from sparring.shared.redis_server import PrivateRedis, connect
 from sparring.shared.store import RunStore
+from tests.helpers import chaos_run_config
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration]
 
@@ -39,21 +39,10 @@ DOWN_S = 3.0
 def run_with_a_redis_kill(ray: Any, arena_model: str, tmp_path: Path) -> dict[str, Any]:
     from sparring.workers.controller import launch_controller
 
-    cfg = parse_config(
-        {
-            "name": "redis-chaos",
-            "policy": {"path": "arena"},
-            "judge": {"kind": "arena_oracle"},
-            "prompts": {"source": "arena"},
-            "generation": {"backend": "transformers", "num_generators": 1, "samples_per_prompt": 4,
-                           "prompts_per_request": 2, "max_new_tokens": 24},  # fmt: skip
-            "trainer": {"learning_rate": 3e-4, "batch_size": 8, "torch_threads": 1},
-            "schedule": {"iterations": ITERATIONS, "prompts_per_iteration": PROMPTS},
-            "eval": {"enabled": False},
-            "storage": {"run_dir": str(tmp_path), "weight_transport": "safetensors_dir", "claim_idle_ms": 60_000},
-            "resilience": {"redis_outage_s": 60},
-        }
-    )
+    cfg = chaos_run_config(
+        tmp_path, "redis-chaos", PROMPTS, generation={"prompts_per_request": 2},
+        schedule={"iterations": ITERATIONS}, resilience={"redis_outage_s": 60},
+    )  # fmt: skip
     run_id = f"redis-chaos-{time.time_ns()}"
     run_dir = tmp_path / run_id
     data_dir = tmp_path / f"{run_id}-redis"

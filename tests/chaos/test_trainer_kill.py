@@ -23,11 +23,12 @@ from typing import Any
 
 import pytest
 
-from sparring.shared.config import RunConfig, parse_config
+from sparring.shared.config import RunConfig
 from sparring.shared.queue import StreamQueue
 from sparring.shared.records import PreferencePair
 from sparring.shared.store import RunStore
 from sparring.workers.actors import TRAINER_GROUP
+from tests.helpers import chaos_run_config
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration]
 
@@ -37,22 +38,12 @@ KILL_ITERATION = 2
 
 
 def chaos_config(tmp_path: Path, **resilience: Any) -> RunConfig:
-    return parse_config(
-        {
-            "name": "chaos",
-            "policy": {"path": "arena"},
-            "judge": {"kind": "arena_oracle"},
-            "prompts": {"source": "arena"},
-            "generation": {"backend": "transformers", "num_generators": 1, "samples_per_prompt": 4,
-                           "prompts_per_request": 16, "max_new_tokens": 24},  # fmt: skip
-            # several optimizer steps per iteration, so the kill lands while the trainer trains
-            "trainer": {"learning_rate": 3e-4, "epochs": 3, "batch_size": 4, "torch_threads": 1},
-            "schedule": {"iterations": ITERATIONS, "prompts_per_iteration": 24},
-            "eval": {"enabled": False},
-            "storage": {"run_dir": str(tmp_path), "weight_transport": "safetensors_dir", "claim_idle_ms": 60_000},
-            "resilience": {"restart_backoff_s": 1.0, **resilience},
-        }
-    )
+    return chaos_run_config(
+        tmp_path, "chaos", 24, generation={"prompts_per_request": 16},
+        # several optimizer steps per iteration, so the kill lands while the trainer trains
+        trainer={"epochs": 3, "batch_size": 4}, schedule={"iterations": ITERATIONS},
+        resilience={"restart_backoff_s": 1.0, **resilience},
+    )  # fmt: skip
 
 
 def start(ray: Any, cfg: RunConfig, redis_client: Any, redis_url: str, model: str, tmp_path: Path, run_id: str | None = None) -> tuple[str, Any]:
