@@ -58,7 +58,8 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
@@ -468,6 +469,22 @@ class VLLMEngine:
             result.append(samples)
         return result
 
+    @contextmanager
+    def _loading(self, what: str) -> Iterator[None]:
+        """Around a weight load into the live engine: afterwards the prefix cache is cleared (its KV entries were
+        computed with the old weights). Any failure inside leaves the engine unusable (half-loaded weights):
+        `EngineLoadError(engine_usable=False)` naming `what`."""
+        try:
+            yield
+            if not self._llm.reset_prefix_cache():
+                raise EngineError("reset_prefix_cache returned False")
+        except Exception as err:
+            self._unusable = f"{what} failed: {err!r}"
+            log.error("engine %s: %s", self.engine_id, self._unusable)
+            raise EngineLoadError(
+                f"engine {self.engine_id}: {what} failed; engine must be restarted: {err}", engine_usable=False
+            ) from err
+
     def load_weights(self, path: str) -> float:
         """Reload a checkpoint dir in place (`SyncWorkerExtension`: `reload_weights` + tied layers), then
         drop the prefix cache."""
@@ -482,17 +499,8 @@ class VLLMEngine:
                     f"engine {self.engine_id}: refusing checkpoint {path!r}: {reason}", engine_usable=True
                 )
             t0 = time.perf_counter()
-            try:
+            with self._loading(f"reload from {path!r}"):
                 self._llm.collective_rpc("sparring_reload_weights", kwargs={"weights_path": str(path)})
-                if not self._llm.reset_prefix_cache():
-                    raise EngineError("reset_prefix_cache returned False")
-            except Exception as err:
-                self._unusable = f"reload from {path!r} failed: {err!r}"
-                log.error("engine %s: %s", self.engine_id, self._unusable)
-                raise EngineLoadError(
-                    f"engine {self.engine_id}: reload from {path!r} failed; engine must be restarted: {err}",
-                    engine_usable=False,
-                ) from err
             seconds = time.perf_counter() - t0
         log.info("engine %s loaded %s in %.3f s", self.engine_id, path, seconds)
         return seconds
@@ -515,7 +523,7 @@ class VLLMEngine:
             if reason is not None:
                 raise EngineLoadError(f"engine {self.engine_id}: refusing in-memory update: {reason}", engine_usable=True)
             t0 = time.perf_counter()
-            try:
+            with self._loading("in-memory update"):
                 self._llm.collective_rpc("sparring_begin_update")
                 for bucket in buckets:
                     entries = []
@@ -536,15 +544,6 @@ class VLLMEngine:
                         kwargs={"path": self._buffer.path, "size": self._buffer.size, "entries": entries},
                     )
                 self._llm.collective_rpc("sparring_finish_update")
-                if not self._llm.reset_prefix_cache():
-                    raise EngineError("reset_prefix_cache returned False")
-            except Exception as err:
-                self._unusable = f"in-memory update failed: {err!r}"
-                log.error("engine %s: %s", self.engine_id, self._unusable)
-                raise EngineLoadError(
-                    f"engine {self.engine_id}: in-memory update failed; engine must be restarted: {err}",
-                    engine_usable=False,
-                ) from err
             seconds = time.perf_counter() - t0
         log.info("engine %s loaded %d tensors in memory in %.3f s", self.engine_id, len(manifest), seconds)
         return seconds
