@@ -130,6 +130,11 @@ class ShardedTrainer:
         return int(self.local.pad_token_id)
 
     @property
+    def lora(self) -> None:
+        """None: `trainer.lora` trains on one rank only (the config refuses it with `num_ranks` > 1)."""
+        return None
+
+    @property
     def initial_model(self) -> None:
         """None: the frozen reference is sharded over the ranks, so evaluation's KL loads its own copy."""
         return None
