@@ -546,16 +546,15 @@ class RunController:
             pairs_open += self.queue.outstanding("feedback", TRAINER_GROUP)
         if gen.groups == 0 or pairs_open == 0:
             self._fail_empty(t, n_prompts, gen.groups, pairs_open, dead_before)
-        colocated: dict[str, float] = {}  # placement colocated: timing/sleep_s, timing/wake_s
-        self.sleep_engines(t, colocated)
+        self.sleep_engines(t, seconds)  # placement colocated: stage seconds "sleep" and "wake"
         with _timed(seconds, "train"):
             out = self.train(t, v)
         if out["num_pairs"] == 0:  # every pair was from another version: nothing was trained
             self._fail_empty(t, n_prompts, gen.groups, 0, dead_before)
-        self.wake_engines(t, ["weights"], colocated)  # the sync loads into resident weights
+        self.wake_engines(t, ["weights"], seconds)  # the sync loads into resident weights
         with _timed(seconds, "sync"):
             sync_s = self.sync(out["update"], out["checkpoint"])
-        self.wake_engines(t, ["kv_cache"], colocated)  # then the KV cache, and generation resumes on v+1
+        self.wake_engines(t, ["kv_cache"], seconds)  # then the KV cache, and generation resumes on v+1
         with _timed(seconds, "eval"):
             evaluation = self.evaluate(t)
         record = IterationRecord(
@@ -567,7 +566,7 @@ class RunController:
             num_groups=gen.groups,
             num_pairs=out["num_pairs"],
             num_dead=self.queue.written("dead") - dead_before,
-            metrics=self.iteration_metrics(gen, out, seconds, sync_s) | colocated,
+            metrics=self.iteration_metrics(gen, out, seconds, sync_s),
             stage_seconds=seconds,
             eval=evaluation,
             checkpoint=out["checkpoint"],
@@ -839,10 +838,10 @@ class RunController:
 
     # ---------------------------------------------------------------------------------------- placement colocated
 
-    def sleep_engines(self, t: int, metrics: dict[str, float]) -> None:
+    def sleep_engines(self, t: int, seconds: dict[str, float]) -> None:
         """Placement colocated, before stage 4: every engine sleeps at `sleep_level` and a judge holding the
         policy on a GPU moves it to CPU memory (`JudgeWorker.sleep`), so the trainer has the GPUs they share.
-        Adds `timing/sleep_s` to `metrics` and emits `engines_asleep` with `memory_freed` (False where vLLM
+        Records the stage seconds `seconds["sleep"]` (trackers: `time/sleep_s`) and emits `engines_asleep` with `memory_freed` (False where vLLM
         has no sleep mode, e.g. vLLM-CPU: the calls are made and free nothing). No-op for placement separate."""
         if self.cfg.resources.placement != "colocated":
             return
@@ -850,15 +849,15 @@ class RunController:
         t0 = time.perf_counter()
         engines = self.groups["generators"].call_all("sleep", level, timeout_s=limit)
         judges = self.groups["judges"].call_all("sleep", timeout_s=limit)
-        metrics["timing/sleep_s"] = time.perf_counter() - t0
-        self._emit("engines_asleep", iteration=t, level=level, seconds=metrics["timing/sleep_s"],
+        seconds["sleep"] = time.perf_counter() - t0
+        self._emit("engines_asleep", iteration=t, level=level, seconds=seconds["sleep"],
                    engines=sorted(engines), memory_freed=bool(engines) and all(e["frees_memory"] for e in engines.values()),
                    judges_offloaded=sorted(c for c, j in judges.items() if j["offloaded"]))  # fmt: skip
 
-    def wake_engines(self, t: int, tags: list[str], metrics: dict[str, float]) -> None:
+    def wake_engines(self, t: int, tags: list[str], seconds: dict[str, float]) -> None:
         """Placement colocated, after stage 4: wake the engines' `tags` ("weights" before the sync, "kv_cache"
-        after it; a judge's offloaded policy comes back with the weights). Adds the seconds to `timing/wake_s`
-        and emits `engines_awake` with the tags. No-op for placement separate."""
+        after it; a judge's offloaded policy comes back with the weights). Adds the time to the stage seconds
+        `seconds["wake"]` (trackers: `time/wake_s`) and emits `engines_awake` with the tags. No-op for placement separate."""
         if self.cfg.resources.placement != "colocated":
             return
         limit = self.cfg.resilience.stage_timeout_s.sync
@@ -866,9 +865,9 @@ class RunController:
         engines = self.groups["generators"].call_all("wake_up", tags, timeout_s=limit)
         if "weights" in tags:
             self.groups["judges"].call_all("wake_up", timeout_s=limit)
-        seconds = time.perf_counter() - t0
-        metrics["timing/wake_s"] = metrics.get("timing/wake_s", 0.0) + seconds
-        self._emit("engines_awake", iteration=t, tags=tags, seconds=seconds, engines=sorted(engines),
+        took = time.perf_counter() - t0
+        seconds["wake"] = seconds.get("wake", 0.0) + took
+        self._emit("engines_awake", iteration=t, tags=tags, seconds=took, engines=sorted(engines),
                    awake=bool(engines) and all(e["awake"] for e in engines.values()))  # fmt: skip
 
     # ---------------------------------------------------------------------------------------- evaluation

@@ -71,23 +71,26 @@ def test_colocated_run_sleeps_engines_through_training_on_a_shared_gpu(
     assert ready["cuda_visible_devices"] == {"gen-0": "0", "trainer": "0"}
 
     for t in (1, 2):
-        def at(kind: str, t: int = t, **match: Any) -> int:
-            (i,) = [i for i, (k, d) in enumerate(events)
+        def where(kind: str, t: int = t, **match: Any) -> list[int]:
+            return [i for i, (k, d) in enumerate(events)
                     if k == kind and d.get("iteration") == t and all(d.get(f) == v for f, v in match.items())]  # fmt: skip
+
+        def at(kind: str, **match: Any) -> int:
+            (i,) = where(kind, **match)  # exactly one per iteration
             return i
 
         asleep = at("engines_asleep")
-        train = at("progress", stage="train")
+        train = min(where("progress", stage="train"))  # the controller's "training", then the trainer's own
         weights = at("engines_awake", tags=["weights"])
         kv_cache = at("engines_awake", tags=["kv_cache"])
         assert asleep < train < weights < kv_cache < at("iteration_done"), t
+        assert max(where("progress", stage="train")) < weights  # woken once the trainer is done
         info = events[asleep][1]
         assert info["engines"] == ["gen-0"] and info["level"] == 2  # full syncs: nothing to keep on the CPU
         assert info["memory_freed"] is bool(current_platform.is_sleep_mode_available())  # False on vLLM-CPU
         assert events[weights][1]["awake"] is False and events[kv_cache][1]["awake"] is True
 
     for record in store.iterations(unique_run_id):
-        m = record.metrics
-        assert m["timing/sleep_s"] > 0 and m["timing/wake_s"] > 0
+        assert record.stage_seconds["sleep"] > 0 and record.stage_seconds["wake"] > 0  # trackers: time/sleep_s, ...
         # a sync into sleeping weights is refused by the engine, which would then be replaced: none was
-        assert m["workers/restarts"] == 0.0 and record.num_groups == 32
+        assert record.metrics["workers/restarts"] == 0.0 and record.num_groups == 32
