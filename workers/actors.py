@@ -128,6 +128,8 @@ class GeneratorWorker:
             self.cfg.seed,
             dtype=self.cfg.policy.dtype,  # the trainer's dtype: engines sample from the weights it trains
             cpu_threads=self.cfg.generation.engine_threads,
+            # placement colocated (vLLM only, RunConfig checks): the engine sleeps while the trainer trains
+            extra={"sleep_mode": True} if self.cfg.resources.placement == "colocated" else None,
         )
         self.version = version
         self.tokens_generated = 0
@@ -140,7 +142,17 @@ class GeneratorWorker:
         self._stopped.set()
 
     def info(self) -> dict[str, Any]:
-        return {"consumer": self.consumer, "version": self.version, "engine_id": self.engine.engine_id}
+        """Consumer, policy version, engine id and the GPUs Ray gave this process (`CUDA_VISIBLE_DEVICES`)."""
+        return {"consumer": self.consumer, "version": self.version, "engine_id": self.engine.engine_id,
+                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}  # fmt: skip
+
+    def sleep(self, level: int) -> dict[str, Any]:
+        """Placement colocated, before the trainer trains: the engine sleeps (`VLLMEngine.sleep`)."""
+        return dict(self.engine.sleep(level))
+
+    def wake_up(self, tags: list[str] | None = None) -> dict[str, Any]:
+        """Placement colocated, after training: wake `tags` ("weights" before the sync, "kv_cache" after)."""
+        return dict(self.engine.wake_up(tags))
 
     def drain(self, idle_rounds: int = 3) -> dict[str, float]:
         """Generate for prompt tasks until the prompts stream is idle; returns counters of this call."""
@@ -291,6 +303,7 @@ class JudgeWorker:
         self.pairs_filtered = 0
         self.version_violations = 0  # pairs whose answers came from different weights (refused; must stay 0)
         self.judge_seconds = 0.0
+        self._offloaded_from: Any = None  # placement colocated: the policy judge's device while it sleeps
         self._stopped = threading.Event()
         self.heartbeat = Heartbeat(self.queue.client, run_id, consumer, current_node())  # and SIGUSR1 stack dumps
 
@@ -405,14 +418,46 @@ class JudgeWorker:
         Judges with weights of their own ignore it (0.0)."""
         from sparring.workers.weight_sync import apply_update
 
-        target = next(
-            (j for j in (self.judge, getattr(self.judge, "primary", None)) if getattr(j, "follows_policy", False)), None
-        )
+        target = self._policy_judge()
         if target is None:
             return 0.0
         seconds = apply_update(target, update, target.model_path, staging_root, getattr(target, "version", None))
         target.version = update.version
         return seconds
+
+    def _policy_judge(self) -> Any:
+        """The judge (or the primary of a composition) that judges with the policy's weights, else None."""
+        return next(
+            (j for j in (self.judge, getattr(self.judge, "primary", None)) if getattr(j, "follows_policy", False)), None
+        )
+
+    def sleep(self) -> dict[str, Any]:
+        """Placement colocated, while the trainer trains: a judge that judges with the policy (self-preference)
+        holds a transformers copy of it; on a GPU that copy moves to CPU memory (`Module.to("cpu")`, then
+        `torch.cuda.empty_cache()`) until `wake_up`, which runs before the weight sync. Judges with weights of
+        their own (PairRM, density ratio, rule judges) and models already on the CPU stay as they are.
+        Returns {"offloaded": bool, "device": the model's device or None}."""
+        import torch
+
+        model = getattr(self._policy_judge(), "model", None)
+        if model is None:
+            return {"offloaded": False, "device": None}
+        device = next(model.parameters()).device
+        if device.type == "cpu":
+            return {"offloaded": False, "device": "cpu"}
+        model.to("cpu")
+        torch.cuda.empty_cache()
+        self._offloaded_from = device
+        return {"offloaded": True, "device": str(device)}
+
+    def wake_up(self) -> dict[str, Any]:
+        """Undo `sleep`: the policy judge's model goes back to the device it came from. {"restored": bool}."""
+        device = self._offloaded_from
+        if device is None:
+            return {"restored": False}
+        self._policy_judge().model.to(device)
+        self._offloaded_from = None
+        return {"restored": True}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -481,7 +526,8 @@ class TrainerWorker:
 
     def info(self) -> dict[str, Any]:
         """The policy version the trainer holds, its device and process id (a readiness probe)."""
-        return {"version": self.trainer.policy_version, "device": str(self.trainer.device), "pid": os.getpid()}
+        return {"version": self.trainer.policy_version, "device": str(self.trainer.device), "pid": os.getpid(),
+                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}  # fmt: skip
 
     def restore(self, checkpoint: str) -> int:
         """Continue from a checkpoint this trainer wrote (a resumed run); returns its policy version."""

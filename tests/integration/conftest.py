@@ -145,13 +145,14 @@ def ray_auth() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def ray_head(ray_auth: dict[str, str]) -> Iterator[str]:
-    """A Ray head node in its own process group, torn down at the end of the module."""
+    """A Ray head node (4 CPUs, 1 logical GPU: GPU configs can be placed) in its own process group, torn down
+    at the end of the module."""
     port = free_port()
     temp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short: Ray's socket paths have a length limit
     ray_bin = Path(sys.executable).parent / "ray"
     proc = subprocess.Popen(
         [
-            str(ray_bin), "start", "--head", "--block", f"--port={port}", "--num-cpus=4",
+            str(ray_bin), "start", "--head", "--block", f"--port={port}", "--num-cpus=4", "--num-gpus=1",
             "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}",
         ],
         stdout=subprocess.DEVNULL,

@@ -132,6 +132,11 @@ def test_ray_cluster_resources_against_the_config(
     assert "CPU: the config asks for 5.5 in all (generators 8 x 0.5; judges 1 x 0.25; trainer 1 x 1; evaluator 1 x 0.25), the cluster has 4" in detail
     assert "judge_node: the config asks for 1 in all (judges 1 x 1), the cluster has 0" in detail
     assert "one judges worker needs CPU 0.25, judge_node 1; no node has that much" in detail
+    # placement colocated on the head's 1 (logical) GPU: the trainer's 0.5 and 2 engines x 0.25 share it
+    colocated = [f"resources.{k}" for k in ("placement=colocated", "generators.num_gpus=0.25", "trainer.num_gpus=0.5")]
+    code, checks = doctor(capsys, DEMO, *(a for s in colocated for a in ("--set", s)))
+    assert checks["ray"]["status"] == "ok", checks["ray"]
+    assert "generators 2 x (CPU 0.5, GPU 0.25)" in checks["ray"]["detail"]
     dead = f"127.0.0.1:{free_port()}"  # nothing listens there: answered in seconds, not after ray.init's retries
     monkeypatch.setenv("RAY_ADDRESS", dead)
     code, checks = doctor(capsys)
@@ -139,10 +144,19 @@ def test_ray_cluster_resources_against_the_config(
     assert f"cannot reach the Ray head at {dead}" in checks["ray"]["detail"] and "RAY_ADDRESS" in checks["ray"]["fix"]
 
 
-def test_colocated_placement_is_refused_as_the_run_start_would(
+def test_colocated_placement_without_a_gpu_says_what_does_not_fit(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, redis_url: str, no_cluster: None
 ) -> None:
+    """The local Ray a run would start has the GPUs torch sees: none on the CPU CI machines, so the colocated
+    GPU bundle (the trainer's 0.5 + 2 engines x 0.25) fits nowhere; with a GPU it fits (the Ray-head test)."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the colocated config fits here")
     monkeypatch.setenv("REDIS_URL", redis_url)
-    sets = ["resources.placement=colocated", "resources.generators.num_gpus=0.5", "resources.trainer.num_gpus=0.5"]
+    sets = ["resources.placement=colocated", "resources.generators.num_gpus=0.25", "resources.trainer.num_gpus=0.5"]
     code, checks = doctor(capsys, DEMO, *(a for s in sets for a in ("--set", s)))
-    assert code == 1 and "colocated needs vLLM sleep mode" in checks["ray"]["detail"]
+    detail = checks["ray"]["detail"]
+    assert code == 1 and checks["ray"]["status"] == "problem"
+    assert "GPU: the config asks for 1 in all (generators 2 x 0.25; trainer 1 x 0.5), the cluster has 0" in detail
+    assert "one colocated bundle (a trainer rank + 2 engine(s) on one GPU) needs CPU 2, GPU 1; no node has that much" in detail

@@ -108,3 +108,39 @@ def test_placement_refuses_more_gpus_than_the_cluster_has(ray_two_gpus: Any) -> 
     with pytest.raises(PlacementError, match=r"GPU: the run needs 4 \(generators 2 x 1, trainer 2 x 1\), the cluster has 2"):
         place_workers(cfg, runtime, "too-big")
     assert runtime.placement_groups == []  # refused before reserving anything
+
+
+def test_colocated_puts_each_trainer_rank_and_its_engines_on_one_gpu(ray_two_gpus: Any) -> None:
+    """Placement colocated, 2 trainer ranks x 0.5 GPU and 4 engines x 0.25 GPU on 2 logical GPUs: one bundle
+    per rank holds the rank and 2 engines (0.5 + 2 x 0.25 = 1 GPU), so rank 0 shares its GPU with gen-0 and
+    gen-1, rank 1 (bundle 1, as `ShardedTrainer` places it) with gen-2 and gen-3."""
+    cfg = parse_config(
+        {
+            "policy": {"path": "arena"},
+            "judge": {"kind": "arena_oracle"},
+            "prompts": {"source": "arena"},
+            "generation": {"num_generators": 4},
+            "resources": {"placement": "colocated", "trainer": {"num_gpus": 0.5, "num_ranks": 2, "num_cpus": 0.5},
+                          "generators": {"num_gpus": 0.25, "num_cpus": 0.25}},
+        }
+    )  # fmt: skip
+    runtime = RayRuntime()
+    try:
+        placed = place_workers(cfg, runtime, "colocated-test")
+        assert len(runtime.placement_groups) == 1  # one group: the shared bundles
+        groups = {role: WorkerGroup(role, Probe, runtime, lambda c: (), placed[role], "colocated-test")
+                  for role in ("generators", "trainer")}  # fmt: skip
+        groups["generators"].spawn([f"gen-{i}" for i in range(4)])
+        groups["trainer"].spawn(["trainer", "rank1"])
+        reports = {role: group.call_all("report") for role, group in groups.items()}
+    finally:
+        for group in groups.values():
+            group.kill_all()
+        runtime.release()
+
+    gens, ranks = reports["generators"], reports["trainer"]
+    for report in [*gens.values(), *ranks.values()]:
+        assert len(report["gpu_ids"]) == 1 and report["cuda_visible_devices"] == report["gpu_ids"][0]
+    assert gens["gen-0"]["gpu_ids"] == gens["gen-1"]["gpu_ids"] == ranks["trainer"]["gpu_ids"]
+    assert gens["gen-2"]["gpu_ids"] == gens["gen-3"]["gpu_ids"] == ranks["rank1"]["gpu_ids"]
+    assert {*ranks["trainer"]["gpu_ids"], *ranks["rank1"]["gpu_ids"]} == {"0", "1"}

