@@ -113,6 +113,8 @@ class GeneratorWorker:
         staging_root: str,
     ) -> None:
         from sparring.workers.generation import make_engine
+        from sparring.workers.trainer import LORA_ADAPTER_DIR
+        from sparring.workers.weight_sync import adapter_base_model, read_adapter_dir
 
         self.cfg = RunConfig.model_validate_json(config_json)
         self.run_id, self.consumer = run_id, consumer
@@ -120,15 +122,25 @@ class GeneratorWorker:
         self.staging_root = staging_root
         self.queue = _queue(run_id, redis_url, self.cfg)
         self.tokenizer = load_tokenizer(model_path)
+        adapter_sync = self.cfg.lora_sync == "adapter"
+        vllm_lora = adapter_sync and self.cfg.generation.backend == "vllm"
+        adapter_dir = Path(model_path) / LORA_ADAPTER_DIR
+        resumed_adapter = adapter_sync and (adapter_dir / "adapter_config.json").is_file()
+        if resumed_adapter:  # a LoRA checkpoint (a replaced engine, a resumed run): later adapters apply to the base
+            self.base_model_path = adapter_base_model(adapter_dir)
         self.engine = make_engine(
             self.cfg.generation.backend,
-            model_path,
+            self.base_model_path if vllm_lora else model_path,  # vLLM: the base + the checkpoint's adapter below
             self.cfg.generation,
             consumer,
             self.cfg.seed,
             dtype=self.cfg.policy.dtype,  # the trainer's dtype: engines sample from the weights it trains
             cpu_threads=self.cfg.generation.engine_threads,
+            extra={"lora_rank": self.cfg.trainer.lora.rank} if vllm_lora else None,  # type: ignore[union-attr]
         )
+        if vllm_lora and resumed_adapter:
+            tensors, adapter_config = read_adapter_dir(adapter_dir)
+            self.engine.load_adapter(tensors, adapter_config, version, Path(staging_root) / "lora")  # type: ignore[attr-defined]
         self.version = version
         self.tokens_generated = 0
         self.generate_seconds = 0.0
@@ -178,7 +190,11 @@ class GeneratorWorker:
         ]
         t0 = time.perf_counter()
         held = self.version  # weights change only between requests (`load_weights`); each answer says which it came from
-        outputs = [[c.model_copy(update={"policy_version": held}) for c in out] for out in self.engine.generate(sampler_prompts, specs)]
+        # an engine serving a LoRA adapter stamps the adapter's version itself (the one that really answered)
+        outputs = [
+            [c if c.policy_version is not None else c.model_copy(update={"policy_version": held}) for c in out]
+            for out in self.engine.generate(sampler_prompts, specs)
+        ]
         latency = time.perf_counter() - t0
         self.generate_seconds += latency
         _make_room(self.queue, self.cfg, "generations", JUDGES_GROUP, len(entries))
@@ -642,8 +658,12 @@ class TrainerWorker:
                 self._sender = MemorySender(
                     storage.sync_bucket_mb << 20, delta=storage.sync_delta, full_every=storage.sync_full_every
                 )
-            update = self._sender.update(self.trainer.sync_tensors(), new_version)
-            result.metrics["sync/bytes"] = float(update.nbytes)  # a delta sends fewer
+            if self.cfg.lora_sync == "adapter":  # the adapter tensors only (vLLM LoRA requests on the engines)
+                tensors, adapter_config = self.trainer.adapter_for_sync()
+                update = self._sender.update(tensors, new_version, adapter_config=adapter_config)
+            else:
+                update = self._sender.update(self.trainer.sync_tensors(), new_version)
+            result.metrics["sync/bytes"] = float(update.nbytes)  # a delta or an adapter sends fewer
             result.metrics["sync/sender_s"] = sum(self._sender.last_seconds.values())
         elif storage.weight_transport == "object_store":
             update = object_store_update(self.trainer.state_dict_for_sync(), new_version)
