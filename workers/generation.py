@@ -614,7 +614,8 @@ class VLLMEngine:
             except OSError as err:
                 shutil.rmtree(target, ignore_errors=True)
                 raise EngineLoadError(f"engine {self.engine_id}: cannot write adapter v{version} to {str(target)!r}: {err}", engine_usable=True) from err
-            request = LoRARequest(f"{self.engine_id}-v{version}", self._lora_ids + 1, str(target))
+            # a unique name per load: vLLM keys adapters' prefix-cache blocks by name
+            request = LoRARequest(f"{self.engine_id}-v{version}-{self._lora_ids + 1}", self._lora_ids + 1, str(target))
             try:
                 if not self._llm.llm_engine.add_lora(request):
                     raise EngineError("add_lora returned False")
