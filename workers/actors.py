@@ -99,6 +99,27 @@ def _drain(
 # --------------------------------------------------------------------------------------------------
 
 
+def generator_weights(cfg: RunConfig, model_path: str) -> tuple[str, str, Path | None]:
+    """(what the generator's engine starts from, the base model later adapter syncs apply to, the adapter dir
+    the engine then loads or None) for a generator started on checkpoint `model_path`.
+
+    Without adapter sync: (model_path, model_path, None). With `trainer.lora.sync: adapter` and a LoRA
+    checkpoint (a replaced generator, a resumed run: `model_path/adapter/` exists), the later adapters apply to
+    the *base* model (`adapter_base_model`), never to the merged checkpoint (they would apply twice): a vLLM
+    engine starts from the base and loads the checkpoint's adapter; the transformers engine starts from the
+    merged checkpoint (the same policy) and merges each later adapter onto the base."""
+    from sparring.workers.trainer import LORA_ADAPTER_DIR
+    from sparring.workers.weight_sync import ADAPTER_CONFIG_FILE, adapter_base_model
+
+    adapter_dir = Path(model_path) / LORA_ADAPTER_DIR
+    if cfg.lora_sync != "adapter" or not (adapter_dir / ADAPTER_CONFIG_FILE).is_file():
+        return model_path, model_path, None
+    base = adapter_base_model(adapter_dir)
+    if cfg.generation.backend == "vllm":
+        return base, base, adapter_dir
+    return model_path, base, None
+
+
 class GeneratorWorker:
     """PromptTask -> GenerationGroup: K samples per prompt from one engine under one policy version."""
 
@@ -113,24 +134,18 @@ class GeneratorWorker:
         staging_root: str,
     ) -> None:
         from sparring.workers.generation import make_engine
-        from sparring.workers.trainer import LORA_ADAPTER_DIR
-        from sparring.workers.weight_sync import adapter_base_model, read_adapter_dir
+        from sparring.workers.weight_sync import read_adapter_dir
 
         self.cfg = RunConfig.model_validate_json(config_json)
         self.run_id, self.consumer = run_id, consumer
-        self.base_model_path = model_path
         self.staging_root = staging_root
         self.queue = _queue(run_id, redis_url, self.cfg)
         self.tokenizer = load_tokenizer(model_path)
-        adapter_sync = self.cfg.lora_sync == "adapter"
-        vllm_lora = adapter_sync and self.cfg.generation.backend == "vllm"
-        adapter_dir = Path(model_path) / LORA_ADAPTER_DIR
-        resumed_adapter = adapter_sync and (adapter_dir / "adapter_config.json").is_file()
-        if resumed_adapter:  # a LoRA checkpoint (a replaced engine, a resumed run): later adapters apply to the base
-            self.base_model_path = adapter_base_model(adapter_dir)
+        engine_path, self.base_model_path, adapter_dir = generator_weights(self.cfg, model_path)
+        vllm_lora = self.cfg.lora_sync == "adapter" and self.cfg.generation.backend == "vllm"
         self.engine = make_engine(
             self.cfg.generation.backend,
-            self.base_model_path if vllm_lora else model_path,  # vLLM: the base + the checkpoint's adapter below
+            engine_path,
             self.cfg.generation,
             consumer,
             self.cfg.seed,
@@ -138,7 +153,7 @@ class GeneratorWorker:
             cpu_threads=self.cfg.generation.engine_threads,
             extra={"lora_rank": self.cfg.trainer.lora.rank} if vllm_lora else None,  # type: ignore[union-attr]
         )
-        if vllm_lora and resumed_adapter:
+        if adapter_dir is not None:
             tensors, adapter_config = read_adapter_dir(adapter_dir)
             self.engine.load_adapter(tensors, adapter_config, version, Path(staging_root) / "lora")  # type: ignore[attr-defined]
         self.version = version

@@ -228,3 +228,21 @@ def test_self_preference_judge_follows_an_adapter_sync(ckpt: Path, tmp_path: Pat
     torch.testing.assert_close(logps(judge.model, trainer.pad_token_id), before)
     apply_update(judge, update, judge.model_path, tmp_path)
     torch.testing.assert_close(logps(judge.model, trainer.pad_token_id), adapted, atol=1e-4, rtol=0)
+
+
+def test_a_generator_started_on_a_lora_checkpoint_adapts_the_base(ckpt: Path, tmp_path: Path) -> None:
+    """A replaced generator (or a resumed run) starts on the last checkpoint: with adapter sync its engine must
+    start from the base model + the checkpoint's adapter (vLLM) and every later adapter must apply to the base,
+    never to the merged checkpoint (it would apply twice)."""
+    from sparring.workers.actors import generator_weights
+
+    out = lora_trainer(ckpt).save_checkpoint(tmp_path / "v1", version=1, iteration=1)
+    base = {"policy": {"path": "arena"}, "judge": {"kind": "arena_oracle"}, "prompts": {"source": "arena"},
+            "trainer": {"lora": LORA}}  # fmt: skip
+    adapter = RunConfig.model_validate(base)
+    assert generator_weights(adapter, str(out)) == (str(ckpt), str(ckpt), out / LORA_ADAPTER_DIR)
+    assert generator_weights(adapter, str(ckpt)) == (str(ckpt), str(ckpt), None)  # version 0: the base itself
+    hf = RunConfig.model_validate({**base, "generation": {"backend": "transformers"}})
+    assert generator_weights(hf, str(out)) == (str(out), str(ckpt), None)  # merged start, later merges on the base
+    merged = RunConfig.model_validate({**base, "trainer": {"lora": {**LORA, "sync": "merged"}}})
+    assert generator_weights(merged, str(out)) == (str(out), str(out), None)
