@@ -615,7 +615,8 @@ class LoraConfig(Section):
         "auto",
         description="what a weight sync sends: adapter = the adapter tensors only (memory transport; vLLM engines "
         "serve them as versioned LoRA requests, other targets merge them onto the base weights); merged = the "
-        "merged weights like a full-parameter run; auto = adapter with the memory transport, else merged",
+        "merged weights like a full-parameter run (where `storage.sync_delta` applies; an adapter sync is never a "
+        "delta); auto = adapter with the memory transport, else merged",
     )
 
 
