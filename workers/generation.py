@@ -61,6 +61,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from sparring.shared.records import Completion
@@ -301,6 +302,17 @@ def refresh_shared_weight_layers(model: Any) -> int:
     return refreshed
 
 
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm/config/lora.py::MaxLoRARanks
+
+
+def vllm_lora_rank(rank: int) -> int:
+    """The smallest `max_lora_rank` vLLM accepts that serves adapters of rank `rank`; ValueError above 512."""
+    for allowed in VLLM_LORA_RANKS:
+        if rank <= allowed:
+            return allowed
+    raise ValueError(f"LoRA rank {rank} exceeds vLLM's largest max_lora_rank {VLLM_LORA_RANKS[-1]}")
+
+
 _ALIGN = 64
 
 
@@ -381,12 +393,14 @@ class VLLMEngine:
         max_num_seqs: int | None = None,
         llm_options: Mapping[str, Any] | None = None,
         sleep_mode: bool = False,
+        lora_rank: int | None = None,
     ) -> None:
         """`llm_options`: more `LLM(...)` arguments, e.g. the config's GPU options (`vllm_llm.engine_options`).
         `sleep_mode` (placement colocated): the engine is built with vLLM's `enable_sleep_mode=True` where the
         platform has it (`current_platform.is_sleep_mode_available()`: CUDA, ROCm, XPU); vLLM refuses the flag
         elsewhere ("Sleep mode is not supported on current platform", vllm/config/model.py), so on CPU it is
-        left out and `sleep` / `wake_up` free nothing (`sleep_frees_memory` False)."""
+        left out and `sleep` / `wake_up` free nothing (`sleep_frees_memory` False).
+        `lora_rank`: serve LoRA adapters up to this rank (`enable_lora`; `load_adapter`); None = no LoRA."""
         from sparring.shared.models import check_model_path
 
         self.engine_id = engine_id or f"vllm-{uuid.uuid4().hex[:8]}"
@@ -418,6 +432,15 @@ class VLLMEngine:
             else:
                 log.warning("engine %s: vLLM sleep mode is not available on this platform (%s): sleep and "
                             "wake_up keep the engine's memory", self.engine_id, current_platform.device_type)  # fmt: skip
+        self._lora_request: Any = None  # vllm LoRARequest of the adapter every request carries (None: base weights)
+        self._lora_dir: Path | None = None
+        self._lora_ids = 0
+        self.adapter_version: int | None = None  # the policy version of the adapter served (None: no adapter)
+        self.max_lora_rank: int | None = None
+        if lora_rank is not None:
+            self.max_lora_rank = vllm_lora_rank(lora_rank)
+            # one adapter per batch; two cached while a sync swaps them (the new one loads before the old goes)
+            extra.update(enable_lora=True, max_lora_rank=self.max_lora_rank, max_loras=1, max_cpu_loras=2)
         extra.update(llm_options or {})
         t0 = time.perf_counter()
         self._llm: Any = build_vllm_llm(
@@ -499,7 +522,9 @@ class VLLMEngine:
                 for s in specs
             ]
             inputs = [TokensPrompt(prompt_token_ids=[int(t) for t in p]) for p in prompts]
-            outputs = self._llm.generate(inputs, params, use_tqdm=False)
+            # every request of the call carries the same adapter (read under the lock: a sync waits for it)
+            served = self.adapter_version
+            outputs = self._llm.generate(inputs, params, use_tqdm=False, lora_request=self._lora_request)
         result: list[list[Completion]] = []
         for out in outputs:
             samples: list[Completion] = []
@@ -520,6 +545,7 @@ class VLLMEngine:
                         logprobs=lps,
                         finish_reason=reason,
                         stop_token_id=stop_id,
+                        policy_version=served,
                     )
                 )
             result.append(samples)
@@ -557,6 +583,7 @@ class VLLMEngine:
                 )
             t0 = time.perf_counter()
             with self._loading(f"reload from {path!r}"):
+                self._drop_adapter()  # the new weights are the whole policy
                 self._llm.collective_rpc("sparring_reload_weights", kwargs={"weights_path": str(path)})
             seconds = time.perf_counter() - t0
         log.info("engine %s loaded %s in %.3f s", self.engine_id, path, seconds)
@@ -582,6 +609,7 @@ class VLLMEngine:
                 raise EngineLoadError(f"engine {self.engine_id}: refusing in-memory update: {reason}", engine_usable=True)
             t0 = time.perf_counter()
             with self._loading("in-memory update"):
+                self._drop_adapter()  # the new weights are the whole policy
                 self._llm.collective_rpc("sparring_begin_update")
                 for bucket in buckets:
                     entries = []
@@ -606,10 +634,86 @@ class VLLMEngine:
         log.info("engine %s loaded %d tensors in memory in %.3f s", self.engine_id, len(manifest), seconds)
         return seconds
 
+    def load_adapter(self, tensors: Mapping[str, torch.Tensor], adapter_config: str, version: int, root: Path) -> float:
+        """Serve LoRA adapter `tensors` (peft names) of policy `version` from now on; returns seconds taken.
+
+        The adapter is written as a peft dir under `root` (`adapter_config.json` + `adapter_model.safetensors`;
+        vLLM 0.32's `LoRARequest` loads from a path: its in-memory `LoRAModel.from_lora_tensors` has no public
+        route, and the LRU adapter cache reloads evicted adapters from the path) and loaded with a new adapter
+        id (`LLM.llm_engine.add_lora`) *before* it replaces the served one; the previous id is then removed
+        (`remove_lora`) and its dir deleted, so at most two adapters are held and only during the swap. Every
+        `generate` call after this carries the new `LoRARequest` and stamps `version` on its completions.
+        Raises `EngineLoadError(engine_usable=True)` when the engine has no LoRA, the rank exceeds
+        `max_lora_rank`, or vLLM refuses the adapter: the previous adapter keeps serving."""
+        import json
+        import shutil
+
+        from vllm.lora.request import LoRARequest
+
+        from sparring.workers.weight_sync import adapter_problems, write_adapter_dir
+
+        with self._lock:
+            self._check_usable()
+            if self.max_lora_rank is None:
+                raise EngineLoadError(f"engine {self.engine_id} was built without LoRA (lora_rank=None): cannot serve an adapter", engine_usable=True)
+            config = json.loads(adapter_config)
+            rank = int(config.get("r", 0))
+            reason = (
+                f"adapter rank {rank} exceeds max_lora_rank {self.max_lora_rank}"
+                if rank > self.max_lora_rank
+                else adapter_problems(tensors, config, self._manifest)
+            )
+            if reason is not None:
+                raise EngineLoadError(f"engine {self.engine_id}: refusing adapter v{version}: {reason}", engine_usable=True)
+            t0 = time.perf_counter()
+            target = Path(root) / f"v{version:08d}-{uuid.uuid4().hex[:6]}"
+            try:
+                write_adapter_dir(target, tensors, adapter_config)
+            except OSError as err:
+                shutil.rmtree(target, ignore_errors=True)
+                raise EngineLoadError(f"engine {self.engine_id}: cannot write adapter v{version} to {str(target)!r}: {err}", engine_usable=True) from err
+            # a unique name per load: vLLM keys adapters' prefix-cache blocks by name
+            request = LoRARequest(f"{self.engine_id}-v{version}-{self._lora_ids + 1}", self._lora_ids + 1, str(target))
+            try:
+                if not self._llm.llm_engine.add_lora(request):
+                    raise EngineError("add_lora returned False")
+            except Exception as err:
+                shutil.rmtree(target, ignore_errors=True)
+                raise EngineLoadError(
+                    f"engine {self.engine_id}: vLLM refused adapter v{version}: {err}; still serving "
+                    f"{'the base weights' if self.adapter_version is None else f'adapter v{self.adapter_version}'}",
+                    engine_usable=True,
+                ) from err
+            self._lora_ids += 1
+            self._drop_adapter()
+            self._lora_request, self._lora_dir, self.adapter_version = request, target, version
+            seconds = time.perf_counter() - t0
+        log.info("engine %s serves LoRA adapter v%d (id %d) after %.3f s", self.engine_id, version, request.lora_int_id, seconds)
+        return seconds
+
+    def _drop_adapter(self) -> None:
+        """Stop serving the current adapter (if any): removed from vLLM, its dir deleted. Holds `_lock`."""
+        import shutil
+
+        if self._lora_request is None:
+            return
+        self._llm.llm_engine.remove_lora(self._lora_request.lora_int_id)
+        if self._lora_dir is not None:
+            shutil.rmtree(self._lora_dir, ignore_errors=True)
+        self._lora_request, self._lora_dir, self.adapter_version = None, None, None
+
+    def loaded_adapter_ids(self) -> set[int]:
+        """The adapter ids vLLM holds (`list_loras`): the served one only, between syncs."""
+        return set(self._llm.llm_engine.list_loras())
+
     def close(self) -> None:
         if self._unusable == "closed":
             return
         self._unusable = "closed"
+        if self._lora_dir is not None:
+            import shutil
+
+            shutil.rmtree(self._lora_dir, ignore_errors=True)
         if self._buffer is not None:
             self._buffer.close()
             self._buffer = None

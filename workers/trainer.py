@@ -633,6 +633,18 @@ class PolicyTrainer:
         state = remove_tied_weights_from_state_dict(self._model_state(), self._hf_model())
         return {name: tensor.detach() for name, tensor in state.items()}
 
+    def adapter_for_sync(self) -> tuple[dict[str, Tensor], str]:
+        """With `trainer.lora`: (the adapter tensors, peft names as in `adapter_model.safetensors`, detached
+        CPU copies; the text of its `adapter_config.json`), what an adapter-only sync ships
+        (`trainer.lora.sync: adapter`; peft `get_peft_model_state_dict`). Raises ValueError without LoRA."""
+        from peft import get_peft_model_state_dict
+
+        if self.lora is None:
+            raise ValueError("adapter_for_sync needs trainer.lora (a full-parameter trainer has no adapter)")
+        state = get_peft_model_state_dict(self.model)
+        tensors = {name: t.detach().to("cpu", copy=True).contiguous() for name, t in state.items()}
+        return tensors, adapter_config_json(self.model)
+
     def _model_state(self) -> dict[str, Tensor]:
         """The policy's state dict; a sharded trainer's is gathered from every rank (a collective: every rank
         calls it; rank 0 gets the tensors, on the CPU, the others an empty dict). With LoRA: the merged
@@ -749,6 +761,15 @@ def wrap_lora(model: PreTrainedModel, cfg: LoraConfig) -> Any:  # peft.PeftModel
         bias="none", task_type="CAUSAL_LM",
     )  # fmt: skip
     return get_peft_model(model, peft_cfg)
+
+
+def adapter_config_json(peft_model: Any) -> str:
+    """The `adapter_config.json` text peft's `save_pretrained` writes for `peft_model`'s active adapter
+    (sets as sorted lists; `base_model_name_or_path` = the base model the trainer loaded)."""
+    import json
+
+    cfg = peft_model.peft_config[peft_model.active_adapter].to_dict()
+    return json.dumps(cfg, indent=2, sort_keys=True, default=lambda v: sorted(v) if isinstance(v, set) else str(v))
 
 
 @torch.no_grad()

@@ -13,6 +13,12 @@ One control message per engine per sync, never one per tensor. Three transports:
   reload; see `sparring.workers.generation`). Optional delta syncs (`storage.sync_delta`) send only the
   transformer blocks with a changed tensor checksum since the version the engines hold, with a full sync
   every `storage.sync_full_every` versions; an engine that is not on the delta's base version refuses it.
+  LoRA adapter syncs (`trainer.lora.sync: adapter`) use the same buckets for the adapter tensors alone
+  (peft's adapter state dict, names as in `adapter_model.safetensors`), with the adapter's
+  `adapter_config.json` in the message (`WeightUpdate.adapter_config`); never a delta. A target with
+  `load_adapter` (the vLLM engine: a versioned LoRA request) takes them as they are; any other target (the
+  transformers engine, the self-preference judge) gets the base weights with the adapter merged in
+  (`merge_adapter`, from `base_model_dir`), so it serves the same adapted policy.
 - `safetensors_dir` — the trainer wrote a HF checkpoint dir (shared storage or /dev/shm); the engine loads
   from that path. If the update carries a checksum, the dir's tensors are read back and verified first.
 - `object_store` — the trainer `ray.put`s its whole state dict once (`{HF name: CPU tensor}`); every
@@ -124,7 +130,8 @@ class Bucket:
 class WeightUpdate:
     """One versioned push of new weights; `path` for `safetensors_dir`, `state_ref` for `object_store`,
     `buckets` for `memory` (`base_version` set: a delta holding only changed tensors, valid only on an
-    engine serving `base_version`; None: every tensor)."""
+    engine serving `base_version`; None: every tensor; `adapter_config` set: the buckets hold a LoRA adapter's
+    tensors, peft names, and this is its `adapter_config.json` text)."""
 
     version: int
     transport: str
@@ -133,6 +140,7 @@ class WeightUpdate:
     checksum: str
     buckets: tuple[Bucket, ...] = ()
     base_version: int | None = None
+    adapter_config: str | None = None  # memory transport: the buckets hold a LoRA adapter (its adapter_config.json)
 
     @property
     def nbytes(self) -> int:
@@ -308,9 +316,12 @@ class MemorySender:
         *,
         dtype: torch.dtype | None = None,
         full: bool = False,
+        adapter_config: str | None = None,
     ) -> WeightUpdate:
         """Bucket, checksum and `ray.put` `tensors` (HF names; cast to `dtype` if given, else as they are);
-        `full=True` forces a full update even in delta mode."""
+        `full=True` forces a full update even in delta mode. `adapter_config` (an `adapter_config.json` text):
+        `tensors` are a LoRA adapter's (peft names); always a full update."""
+        full = full or adapter_config is not None
         if self._put is None:
             import ray
 
@@ -363,6 +374,7 @@ class MemorySender:
             checksum=",".join(b.checksum for b in buckets),
             buckets=tuple(buckets),
             base_version=base,
+            adapter_config=adapter_config,
         )
 
 
@@ -562,6 +574,8 @@ def _apply_memory(
         )
     if not partial and not update.buckets:
         raise WeightSyncError(f"v{update.version}: memory update without buckets")
+    if partial and update.adapter_config is not None:
+        raise WeightSyncError(f"v{update.version}: a LoRA adapter update is never a delta (base v{update.base_version})")
     names = [e.name for b in update.buckets for e in b.tensors]
     if len(names) != len(set(names)):
         raise WeightSyncError(f"v{update.version}: a tensor appears in two buckets")
@@ -583,6 +597,9 @@ def _apply_memory(
         for i, bucket in enumerate(update.buckets):
             yield _bucket_tensors(bucket, _fetch_bucket(update, i))
 
+    if update.adapter_config is not None:
+        _apply_adapter(engine, update, dict(kv for b in buckets() for kv in b), base_model_dir, staging_root, t0)
+        return
     load_tensors = getattr(engine, "load_tensors", None)
     if load_tensors is not None:
         t1 = time.perf_counter()
@@ -617,3 +634,169 @@ def _fetch_state(ref: Any) -> dict[str, torch.Tensor]:
             f"object-store payload is not a {{name: tensor}} dict (got {type(state).__name__})"
         )
     return state
+
+
+# --------------------------------------------------------------------------------------------------
+# LoRA adapters (`trainer.lora.sync: adapter`)
+
+ADAPTER_CONFIG_FILE = "adapter_config.json"  # peft `save_pretrained`'s two files
+ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
+
+
+def parse_adapter_config(text: str) -> dict[str, Any]:
+    """An `adapter_config.json` text -> dict, checked to be a plain LoRA adapter this module can serve and merge:
+    `r` >= 1, `lora_alpha`, `target_modules`; no DoRA, per-module rank/alpha patterns or `modules_to_save`
+    (raises `WeightSyncError` naming the field)."""
+    import json
+
+    try:
+        cfg = json.loads(text)
+    except ValueError as err:
+        raise WeightSyncError(f"adapter_config is not JSON: {err}") from err
+    if not isinstance(cfg, dict):
+        raise WeightSyncError(f"adapter_config is a {type(cfg).__name__}, expected an object")
+    if cfg.get("peft_type", "LORA") != "LORA":
+        raise WeightSyncError(f"adapter_config.peft_type is {cfg.get('peft_type')!r}, expected 'LORA'")
+    if not isinstance(cfg.get("r"), int) or cfg["r"] < 1 or not isinstance(cfg.get("lora_alpha"), int | float):
+        raise WeightSyncError(f"adapter_config needs r >= 1 and lora_alpha, got r={cfg.get('r')!r}, lora_alpha={cfg.get('lora_alpha')!r}")
+    for field in ("use_dora", "rank_pattern", "alpha_pattern", "modules_to_save"):
+        if cfg.get(field):
+            raise WeightSyncError(f"adapter_config.{field} = {cfg[field]!r} is not supported (plain LoRA only)")
+    return cfg
+
+
+_LORA_NAME = re.compile(r"^(?:base_model\.model\.)?(.+)\.lora_([AB])(?:\.[^.]+)?\.weight$")
+
+
+def adapter_problems(
+    tensors: Mapping[str, torch.Tensor], config: Mapping[str, Any], manifest: Mapping[str, tuple[tuple[int, ...], str]]
+) -> str | None:
+    """Why adapter `tensors` (peft names) cannot serve the model whose checkpoint manifest (HF names -> (shape,
+    dtype)) is `manifest`, or None: each adapted module needs lora_A [r, in] and lora_B [out, r] for a base
+    `<module>.weight` of shape [out, in] (vLLM copies an adapter into its slots by slicing, so a narrower
+    tensor would load without an error and compute garbage)."""
+    r = int(config["r"])
+    pairs: dict[str, dict[str, tuple[int, ...]]] = {}
+    for name, t in tensors.items():
+        m = _LORA_NAME.match(name)
+        if m is None:
+            return f"{name!r} is not a LoRA A/B weight"
+        pairs.setdefault(m.group(1), {})[m.group(2)] = tuple(t.shape)
+    for module, ab in pairs.items():
+        if set(ab) != {"A", "B"}:
+            return f"module {module!r} has lora_{next(iter(ab))} without its pair"
+        base = manifest.get(f"{module}.weight")
+        if base is None:
+            return f"module {module!r}: the served model has no {module}.weight"
+        out_f, in_f = base[0]
+        if ab["A"] != (r, in_f) or ab["B"] != (out_f, r):
+            return f"module {module!r}: lora_A {list(ab['A'])}, lora_B {list(ab['B'])}; expected [{r}, {in_f}] and [{out_f}, {r}]"
+    return None
+
+
+def merge_adapter(
+    base: Mapping[str, torch.Tensor], adapter: Mapping[str, torch.Tensor], config: Mapping[str, Any]
+) -> dict[str, torch.Tensor]:
+    """The base weights (HF names) with a LoRA adapter merged in: `W + s * B @ A` for each adapted linear
+    layer, s = lora_alpha / r (lora_alpha / sqrt(r) with `use_rslora`), transposed for `fan_in_fan_out`
+    (peft `tuners/lora/layer.py::Linear.get_delta_weight`); every other tensor as it is (not copied). Adapter
+    names are peft's (`base_model.model.<module>.lora_A.weight` / `.lora_B.weight`); A: [r, in], B: [out, r].
+    Raises `WeightSyncError` for an adapter tensor without its pair or without a base weight of the right shape."""
+    import math
+
+    import torch
+
+    r = int(config["r"])
+    scale = float(config["lora_alpha"]) / (math.sqrt(r) if config.get("use_rslora") else r)
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    for name, t in adapter.items():
+        m = _LORA_NAME.match(name)
+        if m is None:
+            raise WeightSyncError(f"adapter tensor {name!r} is not a LoRA A/B weight")
+        pairs.setdefault(m.group(1), {})[m.group(2)] = t
+    out = dict(base)
+    for module, ab in pairs.items():
+        key = f"{module}.weight"
+        if set(ab) != {"A", "B"}:
+            raise WeightSyncError(f"adapter module {module!r} has lora_{next(iter(ab))} without its pair")
+        if key not in base:
+            raise WeightSyncError(f"adapter module {module!r}: the base model has no {key!r}")
+        w = base[key]
+        delta = ab["B"].to(torch.float32) @ ab["A"].to(torch.float32)
+        if config.get("fan_in_fan_out"):
+            delta = delta.T
+        if tuple(delta.shape) != tuple(w.shape):
+            raise WeightSyncError(f"adapter module {module!r}: B @ A is {tuple(delta.shape)}, {key!r} is {tuple(w.shape)}")
+        out[key] = (w.to(delta.dtype) + scale * delta).to(w.dtype)
+    return out
+
+
+def write_adapter_dir(target: Path, tensors: Mapping[str, torch.Tensor], config_text: str) -> Path:
+    """Write a peft adapter dir (`adapter_config.json` + `adapter_model.safetensors`) at `target`, atomically
+    (a `.partial` sibling renamed); returns `target`. What vLLM's `LoRARequest(lora_path=...)` loads."""
+    from safetensors.torch import save_file
+
+    tmp = target.with_name(target.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    (tmp / ADAPTER_CONFIG_FILE).write_text(config_text)
+    save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp / ADAPTER_WEIGHTS_FILE), metadata={"format": "pt"})
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    return target
+
+
+def read_adapter_dir(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
+    """(tensors, adapter_config.json text) of a peft adapter dir (a checkpoint's `adapter/`); raises
+    FileNotFoundError naming the missing file."""
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    for name in (ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE):
+        if not (p / name).is_file():
+            raise FileNotFoundError(f"no {name} in adapter dir {str(p)!r}")
+    return load_file(str(p / ADAPTER_WEIGHTS_FILE)), (p / ADAPTER_CONFIG_FILE).read_text()
+
+
+def adapter_base_model(adapter_dir: str | Path) -> str:
+    """The base model path an adapter dir was trained on (`base_model_name_or_path` of its adapter_config.json,
+    which peft records from the model the trainer loaded); raises FileNotFoundError when it is not a local dir."""
+    import json
+
+    cfg = json.loads((Path(adapter_dir) / ADAPTER_CONFIG_FILE).read_text())
+    base = cfg.get("base_model_name_or_path")
+    if not base or not Path(base).is_dir():
+        raise FileNotFoundError(f"adapter {str(adapter_dir)!r}: its base model {base!r} is not a local directory")
+    return str(base)
+
+
+def _apply_adapter(
+    engine: WeightLoader,
+    update: WeightUpdate,
+    tensors: dict[str, torch.Tensor],
+    base_model_dir: str | Path,
+    staging_root: str | Path | None,
+    t0: float,
+) -> None:
+    """Load a verified adapter update: `engine.load_adapter` where there is one, else the merged weights."""
+    assert update.adapter_config is not None
+    config = parse_adapter_config(update.adapter_config)
+    t1 = time.perf_counter()
+    load_adapter = getattr(engine, "load_adapter", None)
+    if load_adapter is not None:
+        root = Path(staging_root) if staging_root is not None else default_staging_root()
+        load_adapter(tensors, update.adapter_config, update.version, _engine_staging_dir(root, engine.engine_id) / "lora")
+    else:
+        try:
+            base = load_state_dir(base_model_dir)
+        except (OSError, ValueError) as err:
+            raise WeightSyncError(f"v{update.version}: cannot read the base weights {str(base_model_dir)!r}: {err}") from err
+        merged = merge_adapter(base, tensors, config)
+        load_tensors = getattr(engine, "load_tensors", None)
+        if load_tensors is not None:
+            load_tensors([list(merged.items())], {k: (tuple(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in merged.items()})
+        else:
+            _stage_and_load(engine, merged, update.version, base_model_dir, staging_root)
+    LAST_MEMORY_TIMINGS.update(verify=t1 - t0, load=time.perf_counter() - t1)
+    log.info("v%d: LoRA adapter, %d tensors, %d bytes: verify %.3f s, load %.3f s", update.version, len(tensors),
+             update.nbytes, t1 - t0, LAST_MEMORY_TIMINGS["load"])  # fmt: skip

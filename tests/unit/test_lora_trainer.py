@@ -116,3 +116,133 @@ def test_lora_with_fsdp2_or_unpaired_is_refused() -> None:
         RunConfig.model_validate({**base, "resources": {"trainer": {"num_ranks": 2}}})
     with pytest.raises(ValueError, match="LoRA with FSDP2"):
         RunConfig.model_validate({**base, "algorithm": {"objective": "kto"}})
+
+
+def test_adapter_sync_payload_merges_to_what_the_trainer_computes(ckpt: Path, tmp_path: Path) -> None:
+    """What an adapter-only sync ships (peft's adapter state + adapter_config.json) is what the checkpoint's
+    `adapter/` holds, and merged onto the base weights (`merge_adapter`: the route of engines and judges
+    without LoRA support) gives the weights the trainer's merged sync sends."""
+    import json
+
+    from sparring.workers.checkpoints import load_state_dir
+    from sparring.workers.trainer import merged_lora_state
+    from sparring.workers.weight_sync import (
+        WeightSyncError,
+        merge_adapter,
+        parse_adapter_config,
+        read_adapter_dir,
+    )
+
+    trainer = lora_trainer(ckpt)
+    trainer.train_iteration(synthetic_pairs(32), iteration=1)
+    tensors, config_text = trainer.adapter_for_sync()
+    assert tensors and all(".lora_A." in n or ".lora_B." in n for n in tensors)
+    assert any(t.abs().max() > 0 for n, t in tensors.items() if ".lora_B." in n)  # trained: B moved off zero
+    config = parse_adapter_config(config_text)
+    assert (config["r"], config["lora_alpha"], sorted(config["target_modules"])) == (8, 16, ["down_proj", "q_proj", "v_proj"])
+    assert config["base_model_name_or_path"] == str(ckpt)
+    saved, saved_config = read_adapter_dir(trainer.save_checkpoint(tmp_path / "v1", 1, 1) / LORA_ADAPTER_DIR)
+    assert saved.keys() == tensors.keys() and all(torch.equal(saved[k], tensors[k]) for k in tensors)
+    assert json.loads(saved_config)["r"] == 8
+
+    merged = merge_adapter(load_state_dir(ckpt), tensors, config)
+    want = merged_lora_state(trainer.model)
+    changed = [k for k in want if not torch.equal(want[k], load_state_dir(ckpt).get(k, want[k]))]
+    assert changed and all(k.endswith(("q_proj.weight", "v_proj.weight", "down_proj.weight")) for k in changed)
+    for key in want:
+        if key in merged:
+            torch.testing.assert_close(merged[key], want[key], atol=1e-6, rtol=0)
+    with pytest.raises(WeightSyncError, match="without its pair"):
+        merge_adapter(load_state_dir(ckpt), {k: v for k, v in tensors.items() if ".lora_B." not in k}, config)
+    with pytest.raises(WeightSyncError, match="use_dora"):
+        parse_adapter_config(json.dumps({**config, "use_dora": True}))
+
+
+def test_lora_sync_mode_follows_the_transport() -> None:
+    base = {"policy": {"path": "arena"}, "judge": {"kind": "arena_oracle"}, "prompts": {"source": "arena"},
+            "trainer": {"lora": {"rank": 4}}}  # fmt: skip
+    assert RunConfig.model_validate(base).lora_sync == "adapter"  # auto + the default memory transport
+    on_disk = {**base, "storage": {"weight_transport": "safetensors_dir"}}
+    assert RunConfig.model_validate(on_disk).lora_sync == "merged"
+    assert RunConfig.model_validate({**base, "trainer": {"lora": {"rank": 4, "sync": "merged"}}}).lora_sync == "merged"
+    with pytest.raises(ValueError, match="storage.weight_transport must be memory"):
+        RunConfig.model_validate({**on_disk, "trainer": {"lora": {"rank": 4, "sync": "adapter"}}})
+    with pytest.raises(ValueError, match="vLLM serves LoRA ranks up to 512"):
+        RunConfig.model_validate({**base, "trainer": {"lora": {"rank": 1024, "sync": "adapter"}}})
+    full = {k: v for k, v in base.items() if k != "trainer"}
+    assert RunConfig.model_validate(full).lora_sync is None
+
+
+def test_lora_checkpoint_exports_merged_or_adapter(ckpt: Path, tmp_path: Path) -> None:
+    """The API's two archives of a LoRA checkpoint (`archive?part=merged|adapter`, both `tar_stream`): the
+    merged one is an ordinary HF model computing the adapted log-probs (no adapter files in it); the adapter
+    one is a peft dir that, on the base model, computes them too."""
+    import io
+    import tarfile
+
+    from peft import PeftModel
+
+    from sparring.services.api.routers.checkpoints import tar_stream
+
+    trainer = lora_trainer(ckpt)
+    trainer.train_iteration(synthetic_pairs(32), iteration=1)
+    adapted = logps(trainer.model, trainer.pad_token_id)
+    out = trainer.save_checkpoint(tmp_path / "v1", version=1, iteration=1)
+    for directory, prefix in ((out, "run-v1"), (out / LORA_ADAPTER_DIR, "run-v1-adapter")):
+        with tarfile.open(fileobj=io.BytesIO(b"".join(tar_stream(directory, prefix)))) as tar:
+            tar.extractall(tmp_path / "x", filter="data")
+    merged_dir, adapter_dir = tmp_path / "x" / "run-v1", tmp_path / "x" / "run-v1-adapter"
+    assert not any("adapter" in p.name for p in merged_dir.iterdir())
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in adapter_dir.iterdir()}
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
+    torch.testing.assert_close(logps(merged, trainer.pad_token_id), adapted, atol=1e-4, rtol=0)
+    base = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32)
+    peft = PeftModel.from_pretrained(base, adapter_dir).eval()
+    torch.testing.assert_close(logps(peft, trainer.pad_token_id), adapted, atol=1e-4, rtol=0)
+
+
+def test_self_preference_judge_follows_an_adapter_sync(ckpt: Path, tmp_path: Path) -> None:
+    """A judge that follows the policy has no LoRA support: an adapter update reaches it merged onto its base
+    weights (`apply_update` -> `merge_adapter` -> staged dir -> `load_weights`), so it judges with the adapted
+    policy; a corrupt bucket is refused first and the judge keeps its weights."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from sparring.shared.models import load_causal_lm, load_tokenizer
+    from sparring.workers.judges.self_preference import SelfPreferenceJudge
+    from sparring.workers.weight_sync import MemorySender, WeightSyncError, apply_update
+
+    trainer = lora_trainer(ckpt)
+    trainer.train_iteration(synthetic_pairs(32), iteration=1)
+    adapted = logps(trainer.model, trainer.pad_token_id)
+    tensors, config = trainer.adapter_for_sync()
+    update = MemorySender(put=lambda arrays: arrays).update(tensors, 1, adapter_config=config)
+    judge = SelfPreferenceJudge(load_causal_lm(str(ckpt)), load_tokenizer(str(ckpt)), model_path=str(ckpt),
+                                answers=("a", "b"))  # fmt: skip
+    before = logps(judge.model, trainer.pad_token_id)
+    arrays = [np.array(a, copy=True) for a in update.buckets[0].ref]
+    arrays[-1][-1] ^= 0x01
+    with pytest.raises(WeightSyncError, match="checksum mismatch"):
+        apply_update(judge, replace(update, buckets=(replace(update.buckets[0], ref=arrays), *update.buckets[1:])), ckpt, tmp_path)
+    torch.testing.assert_close(logps(judge.model, trainer.pad_token_id), before)
+    apply_update(judge, update, judge.model_path, tmp_path)
+    torch.testing.assert_close(logps(judge.model, trainer.pad_token_id), adapted, atol=1e-4, rtol=0)
+
+
+def test_a_generator_started_on_a_lora_checkpoint_adapts_the_base(ckpt: Path, tmp_path: Path) -> None:
+    """A replaced generator (or a resumed run) starts on the last checkpoint: with adapter sync its engine must
+    start from the base model + the checkpoint's adapter (vLLM) and every later adapter must apply to the base,
+    never to the merged checkpoint (it would apply twice)."""
+    from sparring.workers.actors import generator_weights
+
+    out = lora_trainer(ckpt).save_checkpoint(tmp_path / "v1", version=1, iteration=1)
+    base = {"policy": {"path": "arena"}, "judge": {"kind": "arena_oracle"}, "prompts": {"source": "arena"},
+            "trainer": {"lora": LORA}}  # fmt: skip
+    adapter = RunConfig.model_validate(base)
+    assert generator_weights(adapter, str(out)) == (str(ckpt), str(ckpt), out / LORA_ADAPTER_DIR)
+    assert generator_weights(adapter, str(ckpt)) == (str(ckpt), str(ckpt), None)  # version 0: the base itself
+    hf = RunConfig.model_validate({**base, "generation": {"backend": "transformers"}})
+    assert generator_weights(hf, str(out)) == (str(out), str(ckpt), None)  # merged start, later merges on the base
+    merged = RunConfig.model_validate({**base, "trainer": {"lora": {**LORA, "sync": "merged"}}})
+    assert generator_weights(merged, str(out)) == (str(out), str(out), None)

@@ -1,15 +1,20 @@
 """Checkpoints of a run's recorded iterations: `GET /v1/runs/{run_id}/checkpoints` (list),
 `GET /v1/runs/{run_id}/checkpoints/{version}/archive` (one checkpoint directory as a streamed tar) and
-`GET /v1/runs/{run_id}/checkpoints/{version}/files/{name}` (one file of it)."""
+`GET /v1/runs/{run_id}/checkpoints/{version}/files/{name}` (one file of it).
+
+A LoRA run's checkpoint exports two ways (`archive?part=`): `merged` (the default) is the checkpoint dir, an
+ordinary HF model with the adapter merged in; `adapter` is its `adapter/` dir alone (peft `save_pretrained`:
+`adapter_config.json` + `adapter_model.safetensors`, to load with `PeftModel.from_pretrained` on the base
+model or serve as a vLLM LoRA adapter)."""
 
 from __future__ import annotations
 
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, StreamingResponse
 
@@ -45,15 +50,30 @@ def checkpoints(run_id: RUN_ID, service: Service) -> dict[str, Any]:
     response_class=StreamingResponse,
     responses={**CKPT_MISSING, 200: {"description": "a POSIX tar stream", "content": {"application/x-tar": BINARY}}},
 )
-def checkpoint_archive(run_id: RUN_ID, version: VERSION, service: Service) -> Any:
+def checkpoint_archive(
+    run_id: RUN_ID,
+    version: VERSION,
+    service: Service,
+    part: Annotated[
+        Literal["merged", "adapter"],
+        Query(description="merged = the whole model (adapter merged in for LoRA runs); adapter = a LoRA run's adapter only"),
+    ] = "merged",
+) -> Any:
     try:
         directory = service.checkpoint_dir(run_id, version)
     except CheckpointNotFound as err:
         return error_response(404, str(err))
+    name = f"{run_id}-v{version}"
+    if part == "adapter":
+        from sparring.workers.trainer import LORA_ADAPTER_DIR  # (imports torch: only for this export)
+
+        directory, name = directory / LORA_ADAPTER_DIR, f"{name}-adapter"
+        if not (directory / "adapter_model.safetensors").is_file():
+            return error_response(404, f"checkpoint v{version} of run {run_id!r} has no LoRA adapter (not a trainer.lora run)")
     return StreamingResponse(
-        tar_stream(directory, f"{run_id}-v{version}"),
+        tar_stream(directory, name),
         media_type="application/x-tar",
-        headers={"Content-Disposition": f'attachment; filename="{run_id}-v{version}.tar"'},
+        headers={"Content-Disposition": f'attachment; filename="{name}.tar"'},
     )
 
 
