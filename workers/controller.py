@@ -64,7 +64,7 @@ from sparring.workers.groups import (
     WorkerGroup,
     drain_until_idle,
 )
-from sparring.workers.health import HeartbeatWatch, process_rss_mb
+from sparring.workers.health import HeartbeatWatch, process_rss_mb, stack_dir
 from sparring.workers.trackers import Trackers
 from sparring.workers.trainer_state import retain_checkpoints
 
@@ -318,7 +318,7 @@ class RunController:
         judges.spawn(f"judge-{i}" for i in range(j.num_judges))
         trainer.spawn(["trainer"])
         if self.cfg.eval.enabled:
-            self._group("evaluator", EvalWorker, lambda c: (self.run_id, self.config_json), placed["evaluator"]).spawn(["eval"])
+            self._group("evaluator", EvalWorker, lambda c: (self.run_id, self.redis_url, self.config_json), placed["evaluator"]).spawn(["eval"])
         generators.call_all("info")
         if self.version > 0:  # a resumed run: the trainer continues from the last recorded checkpoint
             trainer.call("trainer", "restore", self.checkpoint)
@@ -484,9 +484,11 @@ class RunController:
         return {c: {"tokens": tokens[c], "version": infos[c]["version"]} for c in tokens}
 
     def shutdown(self) -> None:
-        """Stop every worker and remove the engines' staging copies (the checkpoints are the durable record)."""
+        """Stop every worker and remove the engines' staging copies (the checkpoints are the durable record) and
+        the run's stack-dump directory on this node (`health.stack_dir`; what was captured is in controller.log)."""
         self.stop_workers()
         shutil.rmtree(self.run_dir / "staging", ignore_errors=True)
+        shutil.rmtree(stack_dir(self.run_id), ignore_errors=True)
 
     def run_iteration(self, t: int) -> IterationRecord:
         """One iteration as named stages; the record is written, then the trainer acknowledges its pairs.
