@@ -60,6 +60,7 @@ from sparring.workers.groups import (
     Resources,
     Runtime,
     StageTimeout,
+    WaitingForCapacity,
     WorkerDied,
     WorkerGroup,
     drain_until_idle,
@@ -769,6 +770,7 @@ class RunController:
             self.trainer_restarts += 1
             time.sleep(backoff)
             group = self.groups["trainer"]
+            self.wait_for_capacity(group, t)
             group.replace("trainer", f"died during {during} ({failure_reason(err)})")
             try:
                 if self.version > 0:
@@ -782,6 +784,26 @@ class RunController:
             self._emit("trainer_restarted", iteration=t, restart=self.trainer_restarts, version=self.version,
                        checkpoint=self.checkpoint, recovery_s=recovery_s)  # fmt: skip
             return
+
+    def wait_for_capacity(self, group: WorkerGroup, t: int) -> None:
+        """Before a replacement of `group`'s worker is started: wait while the runtime says no live node can
+        hold it (`Runtime.missing`: its node was lost, e.g. a trainer pinned by a custom resource), at most
+        `resilience.capacity_wait_s`, then raise `WaitingForCapacity` (the run pauses with the reason; resume
+        it once a node with the resources has joined). Emits one `progress` event when it starts waiting."""
+        limit = self.cfg.resilience.capacity_wait_s
+        deadline = time.monotonic() + limit
+        missing = self.runtime.missing(group.resources)
+        if missing is not None:
+            self._emit("progress", stage="capacity", iteration=t,
+                       message=f"waiting up to {limit:g} s for capacity for the {group.role}: {missing}")  # fmt: skip
+        while missing is not None:
+            if time.monotonic() >= deadline:
+                raise WaitingForCapacity(
+                    f"waiting for capacity: the {group.role}'s replacement cannot be placed, {missing}, for "
+                    f"{limit:g} s (resilience.capacity_wait_s={limit:g}); resume the run once a node with them has joined"
+                )
+            time.sleep(1.0)
+            missing = self.runtime.missing(group.resources)
 
     def sync(self, update: Any, checkpoint: str) -> float:
         """Stage 5: push `update` to every generator and policy-following judge (one message each); a worker
