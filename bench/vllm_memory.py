@@ -1,15 +1,16 @@
-"""Which vLLM call grows the engine's processes: weight reloads alone, generation alone, reloads + malloc_trim.
+"""Does a vLLM CPU engine's memory grow with its calls: sparring's engine settings against vLLM's defaults.
 
     .venv/bin/python bench/vllm_memory.py            # 15 calls per phase
     .venv/bin/python bench/vllm_memory.py --calls 30
 
-Builds sparring's vLLM engine (`workers/generation.py`, CPU) on the arena policy, warms it (one generate, one
-reload), then measures the anonymous RSS (/proc/PID/status `RssAnon`, MB) of each of the engine's processes
-(EngineCore, the model-runner `VLLM::Worker`) after each phase: N `load_weights` of the same checkpoint
-(what a safetensors-dir weight sync does), N `generate` calls of 32 prompts x 4 samples x 24 tokens (one
-iteration's batches of bench/memory_soak.py), N reloads each followed by glibc `malloc_trim(0)` in the worker
-(through `collective_rpc`). Prints MB per call of each phase and, last, one JSON object; the baseline is the
-warmed engine of the same run.
+Builds sparring's vLLM engine (`workers/generation.py`, CPU) on the arena policy twice in one run: first with
+the allocator settings of `workers/vllm_llm.py::CPU_ENGINE_ENV` at oneDNN's and glibc's defaults (the baseline:
+ONEDNN_PRIMITIVE_CACHE_CAPACITY=1024, MALLOC_ARENA_MAX=8 x cores), then as sparring starts it. Each engine is
+warmed (one generate, one reload), then the anonymous RSS (/proc/PID/status `RssAnon`, MB) of each of its
+processes (EngineCore, the model-runner `VLLM::Worker`) is measured after N `load_weights` of the same
+checkpoint (what a safetensors-dir weight sync does) and after every 5 of N `generate` calls of 32 prompts x 4
+samples x 24 tokens (one iteration's batches of bench/memory_soak.py), timed. Prints each engine's series, MB
+per call and generated tokens per second, and last one JSON object with the ratios sparring / baseline.
 """
 
 from __future__ import annotations
@@ -17,9 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
 from pathlib import Path
+from typing import Any
 
 import psutil
+
+WORKER = "VLLM::Worker"
 
 
 def anon_mb() -> dict[str, float]:
@@ -36,52 +41,69 @@ def anon_mb() -> dict[str, float]:
     return out
 
 
-def trim(worker: object) -> int:
-    """glibc malloc_trim(0) in the worker process: give freed heap pages back to the OS."""
-    import ctypes
-
-    return int(ctypes.CDLL("libc.so.6").malloc_trim(0))
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--calls", type=int, default=15, help="calls per phase")
-    args = ap.parse_args()
-    os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")  # collective_rpc of `trim` (a function)
-
+def measure(env: dict[str, str], calls: int) -> dict[str, Any]:
+    """One engine spawned with `env` over the process's environment: its RSS series and generation speed."""
     from sparring.shared.config import GenerationConfig
     from sparring.shared.models import load_tokenizer, prompt_token_ids
     from sparring.tasks.arena.policy import build_arena_model
     from sparring.workers.generation import SamplingSpec, make_engine
 
-    model = str(build_arena_model(0))
-    engine = make_engine("vllm", model, GenerationConfig(backend="vllm", max_new_tokens=24), "bench", 0, cpu_threads=1)
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # read by the engine's processes when they are spawned (vllm_llm.engine_env keeps it)
+    try:
+        model = str(build_arena_model(0))
+        engine = make_engine("vllm", model, GenerationConfig(backend="vllm", max_new_tokens=24), "bench", 0, cpu_threads=1)
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
     tok = load_tokenizer(model)
     prompts = [prompt_token_ids(tok, f"say {i} things about rivers") for i in range(32)]
     specs = [SamplingSpec(n=4, temperature=1.0, top_p=1.0, max_new_tokens=24, seed=i) for i in range(32)]
     engine.generate(prompts, specs)
     engine.load_weights(model)
-    phases = {"warm": anon_mb()}
-    for _ in range(args.calls):
+    series = {"warm": anon_mb()}
+    for _ in range(calls):
         engine.load_weights(model)
-    phases["reloads"] = anon_mb()
-    for _ in range(args.calls):
-        engine.generate(prompts, specs)
-    phases["generates"] = anon_mb()
-    for _ in range(args.calls):
-        engine.load_weights(model)
-        engine._llm.collective_rpc(trim)  # the engine's vllm.LLM
-    phases["reloads_with_trim"] = anon_mb()
+    series["reloads"] = anon_mb()
+    tokens, seconds = 0, 0.0
+    for i in range(1, calls + 1):
+        t0 = time.perf_counter()
+        out = engine.generate(prompts, specs)
+        seconds += time.perf_counter() - t0
+        tokens += sum(len(c.token_ids) for group in out for c in group)
+        if i % 5 == 0 or i == calls:
+            series[f"generate_{i}"] = anon_mb()
     engine.close()
-    worker = "VLLM::Worker"
-    names = list(phases)
-    per_call = {b: round((phases[b].get(worker, 0) - phases[a].get(worker, 0)) / args.calls, 2) for a, b in zip(names, names[1:], strict=False)}
-    for name, values in phases.items():
-        print(f"{name:18s} " + "  ".join(f"{k} {v:.1f} MB" for k, v in sorted(values.items())))  # noqa: T201
-    print(f"{worker} MB per call: " + ", ".join(f"{k} {v:+.2f}" for k, v in per_call.items()))  # noqa: T201
-    ratio = phases["generates"].get(worker, 0) / max(phases["warm"].get(worker, 1), 1e-9)
-    print(json.dumps({"bench": "vllm_memory", "calls": args.calls, "rss_anon_mb": phases, "worker_mb_per_call": per_call,
-                      "worker_ratio_after_generates_vs_warm": round(ratio, 4)}))  # noqa: T201  # fmt: skip
+    worker = {phase: v.get(WORKER, 0.0) for phase, v in series.items()}
+    first = min(5, calls)  # growth after the first 5 calls: warm-up over, or still growing?
+    return {
+        "rss_anon_mb": series,
+        "worker_mb_per_reload": round((worker["reloads"] - worker["warm"]) / calls, 2),
+        "worker_mb_per_generate": round((worker[f"generate_{calls}"] - worker["reloads"]) / calls, 2),
+        "worker_mb_per_generate_after_5": round((worker[f"generate_{calls}"] - worker[f"generate_{first}"]) / max(calls - first, 1), 2),
+        "tokens_per_s": round(tokens / seconds, 1),
+    }  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--calls", type=int, default=15, help="calls per phase (a multiple of 5 reads best)")
+    args = ap.parse_args()
+    from sparring.workers.vllm_llm import CPU_ENGINE_ENV
+
+    defaults = {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "1024", "MALLOC_ARENA_MAX": str(8 * (os.cpu_count() or 1))}
+    assert set(defaults) == set(CPU_ENGINE_ENV), "the baseline must undo every setting of CPU_ENGINE_ENV"
+    results = {"defaults": measure(defaults, args.calls), "sparring": measure({}, args.calls)}
+    for name, r in results.items():
+        print(f"== {name}: {WORKER} {r['worker_mb_per_reload']:+.2f} MB per reload, {r['worker_mb_per_generate']:+.2f} MB "  # noqa: T201
+              f"per generate ({r['worker_mb_per_generate_after_5']:+.2f} after the first 5), {r['tokens_per_s']} tokens/s")  # fmt: skip
+        for phase, values in r["rss_anon_mb"].items():
+            print(f"   {phase:12s} " + "  ".join(f"{k} {v:.1f} MB" for k, v in sorted(values.items())))  # noqa: T201
+    d, s = results["defaults"], results["sparring"]
+    print(json.dumps({"bench": "vllm_memory", "calls": args.calls, "env": CPU_ENGINE_ENV, "results": results,  # noqa: T201
+                      "worker_growth_ratio": round(s["worker_mb_per_generate"] / d["worker_mb_per_generate"], 3)
+                      if d["worker_mb_per_generate"] else None,
+                      "tokens_per_s_ratio": round(s["tokens_per_s"] / d["tokens_per_s"], 3)}))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -912,6 +912,12 @@ class ResilienceConfig(Section):
         description="deadline of each blocking stage call, by stage (generate, train, sync, eval); one number sets "
         "every stage, a mapping with `default` sets the stages it does not name",
     )
+    capacity_wait_s: float = Field(
+        600.0,
+        gt=0.0,
+        description="how long a trainer restart waits for a live node with the trainer's resources (its node was "
+        "lost and none like it is left); past it the run pauses with the reason (waiting for capacity)",
+    )
     heartbeat_timeout_s: float = Field(
         600.0,
         gt=0.0,

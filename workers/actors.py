@@ -748,15 +748,19 @@ class TrainerWorker:
 
 class EvalWorker:
     """Held-out responses -> `eval/*` metrics: the evaluation judge (behind the judge pool) and the task
-    evaluators of `eval.evaluators` (arithmetic and metric names: `workers/evaluation.py`)."""
+    evaluators of `eval.evaluators` (arithmetic and metric names: `workers/evaluation.py`). Beats like the
+    other workers (consumer `eval`: its RSS in the memory metrics, its stacks on SIGUSR1 when an `evaluate`
+    call overruns `resilience.stage_timeout_s.eval`)."""
 
-    def __init__(self, run_id: str, config_json: str) -> None:
+    def __init__(self, run_id: str, redis_url: str, config_json: str) -> None:
         from sparring.shared import tasks
         from sparring.workers.judges.pool import JudgePool
         from sparring.workers.judges.registry import build_judge
 
         self.cfg = RunConfig.model_validate_json(config_json)
         self.run_id = run_id
+        self.client = connect(redis_url, outage_s=self.cfg.resilience.redis_outage_s, wait_s=self.cfg.resilience.redis_outage_s)
+        self.heartbeat = Heartbeat(self.client, run_id, "eval", current_node())  # RSS metric, SIGUSR1 stack dumps
         judge_cfg = self.cfg.eval_judge
         judge = None if judge_cfg is None else build_judge(judge_cfg, self.cfg)
         self.pool = None if judge is None else JudgePool(judge, judge_cfg.timeout_s, judge_cfg.cache_size)  # type: ignore[union-attr]
@@ -777,10 +781,12 @@ class EvalWorker:
         from sparring.workers.judges.pool import GroupFailure
 
         out: dict[str, float] = {}
+        self.heartbeat.beat(force=True)
         if self.pool is not None:
             others = {"iter0": baseline} if previous is None else {"iter0": baseline, "prev": previous}
             for name, other in others.items():
                 outcomes = self.pool.judge_groups(pair_groups(self.run_id, prompts, current, other, version))
+                self.heartbeat.beat()
                 failed = [o.reason for o in outcomes if isinstance(o, GroupFailure)]
                 if failed:
                     raise RuntimeError(f"evaluation judge failed on {len(failed)} pair(s): {failed[0]}")
@@ -791,4 +797,6 @@ class EvalWorker:
         for evaluator in self.evaluators:
             metrics = evaluator.evaluate(prompts, [c.text for c in current], [c.text for c in baseline])
             out.update({f"{PREFIX}{evaluator.name}/{k}": float(v) for k, v in metrics.items()})
+            self.heartbeat.beat()
+        self.heartbeat.beat(force=True)  # the RSS after evaluating (the memory metrics)
         return out

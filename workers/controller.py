@@ -61,11 +61,12 @@ from sparring.workers.groups import (
     Resources,
     Runtime,
     StageTimeout,
+    WaitingForCapacity,
     WorkerDied,
     WorkerGroup,
     drain_until_idle,
 )
-from sparring.workers.health import HeartbeatWatch, process_rss_mb
+from sparring.workers.health import HeartbeatWatch, process_rss_mb, stack_dir
 from sparring.workers.trackers import Trackers
 from sparring.workers.trainer_state import retain_checkpoints
 
@@ -346,7 +347,7 @@ class RunController:
         judges.spawn(f"judge-{i}" for i in range(j.num_judges))
         trainer.spawn(["trainer"])
         if self.cfg.eval.enabled:
-            self._group("evaluator", EvalWorker, lambda c: (self.run_id, self.config_json), placed["evaluator"]).spawn(["eval"])
+            self._group("evaluator", EvalWorker, lambda c: (self.run_id, self.redis_url, self.config_json), placed["evaluator"]).spawn(["eval"])
         infos = generators.call_all("info")
         if self.version > 0:  # a resumed run: the trainer continues from the last recorded checkpoint
             trainer.call("trainer", "restore", self.checkpoint)
@@ -514,9 +515,11 @@ class RunController:
         return {c: {"tokens": tokens[c], "version": infos[c]["version"]} for c in tokens}
 
     def shutdown(self) -> None:
-        """Stop every worker and remove the engines' staging copies (the checkpoints are the durable record)."""
+        """Stop every worker and remove the engines' staging copies (the checkpoints are the durable record) and
+        the run's stack-dump directory on this node (`health.stack_dir`; what was captured is in controller.log)."""
         self.stop_workers()
         shutil.rmtree(self.run_dir / "staging", ignore_errors=True)
+        shutil.rmtree(stack_dir(self.run_id), ignore_errors=True)
 
     def run_iteration(self, t: int) -> IterationRecord:
         """One iteration as named stages; the record is written, then the trainer acknowledges its pairs.
@@ -800,6 +803,7 @@ class RunController:
             self.trainer_restarts += 1
             time.sleep(backoff)
             group = self.groups["trainer"]
+            self.wait_for_capacity(group, t)
             group.replace("trainer", f"died during {during} ({failure_reason(err)})")
             try:
                 if self.version > 0:
@@ -813,6 +817,26 @@ class RunController:
             self._emit("trainer_restarted", iteration=t, restart=self.trainer_restarts, version=self.version,
                        checkpoint=self.checkpoint, recovery_s=recovery_s)  # fmt: skip
             return
+
+    def wait_for_capacity(self, group: WorkerGroup, t: int) -> None:
+        """Before a replacement of `group`'s worker is started: wait while the runtime says no live node can
+        hold it (`Runtime.missing`: its node was lost, e.g. a trainer pinned by a custom resource), at most
+        `resilience.capacity_wait_s`, then raise `WaitingForCapacity` (the run pauses with the reason; resume
+        it once a node with the resources has joined). Emits one `progress` event when it starts waiting."""
+        limit = self.cfg.resilience.capacity_wait_s
+        deadline = time.monotonic() + limit
+        missing = self.runtime.missing(group.resources)
+        if missing is not None:
+            self._emit("progress", stage="capacity", iteration=t,
+                       message=f"waiting up to {limit:g} s for capacity for the {group.role}: {missing}")  # fmt: skip
+        while missing is not None:
+            if time.monotonic() >= deadline:
+                raise WaitingForCapacity(
+                    f"waiting for capacity: the {group.role}'s replacement cannot be placed, {missing}, for "
+                    f"{limit:g} s (resilience.capacity_wait_s={limit:g}); resume the run once a node with them has joined"
+                )
+            time.sleep(1.0)
+            missing = self.runtime.missing(group.resources)
 
     def sync(self, update: Any, checkpoint: str) -> float:
         """Stage 5: push `update` to every generator and policy-following judge (one message each); a worker

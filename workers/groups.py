@@ -54,6 +54,11 @@ class StageTimeout(RuntimeError):
     workers' stacks were captured. The controller pauses the run with this message as the reason."""
 
 
+class WaitingForCapacity(StageTimeout):
+    """A worker's replacement cannot be placed: no live node has the resources it needs (its node was lost)
+    and none joined within `resilience.capacity_wait_s`. The controller pauses the run with this message."""
+
+
 def current_node() -> str | None:
     """The Ray node id of this process when it runs under Ray (a worker's heartbeat names its node), else None."""
     try:
@@ -145,6 +150,11 @@ class Runtime(Protocol):
         """Total resources of the cluster (Ray's `cluster_resources()`), or None when nothing is scheduled."""
         ...
 
+    def missing(self, resources: Resources) -> str | None:
+        """Why no worker asking for `resources` can be placed now (no live node has all of `bundle()` in
+        total), or None when one could be (always None without placement)."""
+        ...
+
     def release(self) -> None:
         """Give back every reservation `reserve` made."""
         ...
@@ -192,6 +202,19 @@ class RayRuntime:
         import ray
 
         return {k: float(v) for k, v in ray.cluster_resources().items()}
+
+    def missing(self, resources: Resources) -> str | None:
+        """None when some live Ray node has every resource of `resources.bundle()` in total (busy or not: a
+        placement group's bundle is rescheduled there), else a line naming what is missing and the live
+        nodes' resources (`ray.nodes()`)."""
+        import ray
+
+        need = resources.bundle()
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        if any(all(n.get("Resources", {}).get(k, 0.0) >= v for k, v in need.items()) for n in nodes):
+            return None
+        have = [{k: v for k, v in n.get("Resources", {}).items() if not k.startswith("node:")} for n in nodes]
+        return f"no live node has {need} (live nodes: {have})"
 
     def node_address(self) -> str:
         """This process's node IP as Ray knows it (the address other nodes reach it at)."""
@@ -334,6 +357,9 @@ class LocalRuntime:
 
     def cluster_resources(self) -> None:
         return None
+
+    def missing(self, resources: Resources) -> None:
+        return None  # one process: a worker always fits
 
     def release(self) -> None:
         pass

@@ -13,6 +13,11 @@ the C signal handler, so it works while the worker's Python code is blocked (a s
 holds the GIL) — exactly when a Python-level probe would not get the GIL. `dump_stacks(pid, path)` sends the
 signal and reads what was appended. (Ray's own `ray stack` and the dashboard's stack view need py-spy, which
 is not a dependency of sparring; faulthandler needs nothing.)
+
+Retention: the controller removes its run's stack directory on its own node when the run ends (what it captured
+is in `<run dir>/controller.log` and the `worker_hung` event); every new `Heartbeat` removes the directories of
+other runs on its node untouched for `STACK_RETENTION_S` (7 days): those of runs whose workers ran on other
+nodes, or whose controller died.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import faulthandler
 import logging
 import os
+import shutil
 import signal
 import tempfile
 import time
@@ -33,6 +39,7 @@ from sparring.shared.events import beat
 log = logging.getLogger(__name__)
 
 STACK_SIGNAL = signal.SIGUSR1
+STACK_RETENTION_S = 7 * 24 * 3600.0  # other runs' stack-dump directories older than this go (`prune_stack_dirs`)
 MB = 1 << 20
 
 
@@ -49,10 +56,41 @@ def process_rss_mb(pid: int | None = None) -> float:
     return total / MB
 
 
+def stack_dir(run_id: str) -> Path:
+    """The directory of `run_id`'s stack-dump files on this node: `<tmp>/sparring-stacks/<run id>`."""
+    return stack_root() / run_id.replace("/", "_").replace(":", "_")
+
+
+def stack_root() -> Path:
+    """`<tmp>/sparring-stacks` on this node (read when used: the temp dir can change)."""
+    return Path(tempfile.gettempdir()) / "sparring-stacks"
+
+
 def stack_file(run_id: str, consumer: str, pid: int | None = None) -> Path:
     """Where the worker `consumer` of `run_id` in process `pid` writes its stack dumps (the node's temp dir)."""
-    safe = run_id.replace("/", "_").replace(":", "_")
-    return Path(tempfile.gettempdir()) / "sparring-stacks" / safe / f"{consumer}-{pid or os.getpid()}.txt"
+    return stack_dir(run_id) / f"{consumer}-{pid or os.getpid()}.txt"
+
+
+def prune_stack_dirs(keep: str, max_age_s: float = STACK_RETENTION_S) -> list[Path]:
+    """Remove the stack-dump directories of other runs on this node not written for `max_age_s` seconds
+    (default `STACK_RETENTION_S`, 7 days; a directory's mtime changes when a worker of its run starts).
+    The directory of run `keep` stays. Returns the removed paths; errors (a directory another process is
+    removing) are skipped. The controller removes its own run's directory when the run ends (the dumps it
+    captured are in `<run dir>/controller.log`); this rule reclaims the ones on other nodes."""
+    removed: list[Path] = []
+    root, now, mine = stack_root(), time.time(), stack_dir(keep)
+    try:
+        entries = list(root.iterdir())
+    except OSError:
+        return removed
+    for path in entries:
+        try:
+            if path != mine and path.is_dir() and now - path.stat().st_mtime > max_age_s:
+                shutil.rmtree(path)
+                removed.append(path)
+        except OSError:
+            continue
+    return removed
 
 
 class Heartbeat:
@@ -70,6 +108,7 @@ class Heartbeat:
         self.stack_path = stack_file(run_id, consumer)
         self._stack_out: TextIO | None = None
         try:
+            prune_stack_dirs(keep=run_id)
             self.stack_path.parent.mkdir(parents=True, exist_ok=True)
             self._stack_out = self.stack_path.open("a")  # open for the process's lifetime: the handler writes to its fd
             faulthandler.register(STACK_SIGNAL, file=self._stack_out, all_threads=True, chain=False)

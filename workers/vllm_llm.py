@@ -7,6 +7,10 @@ models do not repay), with an explicit KV-cache budget in bytes (`kv_cache_memor
 `vllm/v1/worker/cpu_worker.py::CPUWorker`) and an explicit dtype (`auto` = float32 on CPU, bfloat16 on GPU,
 as the transformers backends load).
 
+Memory: a CPU engine's processes are spawned with `CPU_ENGINE_ENV` (oneDNN's global primitive cache off, one
+glibc malloc arena) unless the environment sets those variables; without them the model-runner process grows
+with every generate call (the measurements are at `CPU_ENGINE_ENV`).
+
 Thread budget: vLLM-CPU binds its worker's OpenMP threads itself (`VLLM_CPU_OMP_THREADS_BIND`, default
 `auto`). `cpu_threads` overrides it for one engine while its processes are spawned (they inherit the
 environment): an int = that many unbound threads (`nobind` + OMP_NUM_THREADS), a string = a core list such
@@ -46,16 +50,39 @@ def resolve_dtype(dtype: str) -> str:
     return "bfloat16" if torch.cuda.is_available() else "float32"
 
 
-@contextmanager
-def cpu_thread_env(cpu_threads: int | str | None) -> Iterator[None]:
-    """Set vLLM-CPU's thread-binding env vars while the engine's processes are spawned (they inherit it)."""
-    if cpu_threads is None:
-        yield
-        return
+# A CPU engine's memory settings, set while its processes are spawned unless the environment already sets them.
+# With oneDNN's and glibc's defaults the model-runner process (`VLLM::Worker`) grew ~6 MB per generate call of
+# 32 prompts x 4 samples for as long as it ran (1.13x in 40 soak iterations); measured one at a time on the
+# engine alone (bench/vllm_memory.py, 2026-11-30), only the oneDNN setting stops it:
+# - ONEDNN_PRIMITIVE_CACHE_CAPACITY=0: oneDNN's process-wide primitive cache (default 1024 primitives, each with
+#   its JIT code) off; with it alone the worker grew +47 MB over its first 15 calls, then +1.1 MB over 15 more.
+#   vLLM-CPU's linear layers keep their own cache of 32 primitives per weight
+#   (`vllm/model_executor/layers/utils.py`: `create_onednn_mm(weight, 32)`), so repeated batch shapes still
+#   reuse a primitive.
+# - MALLOC_ARENA_MAX=1: one glibc malloc arena instead of 8 per core (memory one thread frees is reused by the
+#   others); alone it only slowed the growth (4.5 instead of 6.1 MB per call); with the oneDNN setting the
+#   worker was flat from its 5th call (+42 MB over the first 5, then +1.4 MB over 25 more).
+# Tried and not kept (growth per call): MALLOC_MMAP_THRESHOLD_=65536 5.6, MALLOC_TRIM_THRESHOLD_=0 6.7, jemalloc
+# (LD_PRELOAD) 5.2. vLLM preloads its bundled tcmalloc only where its wheel ships it (this one does not).
+CPU_ENGINE_ENV: dict[str, str] = {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "0", "MALLOC_ARENA_MAX": "1"}
+
+
+def engine_env(cpu_threads: int | str | None, on_cpu: bool) -> dict[str, str]:
+    """The environment variables an engine's processes are spawned with: on CPU (`on_cpu`) those of
+    `CPU_ENGINE_ENV` the environment does not set already (an operator's value wins), and vLLM-CPU's thread
+    binding for `cpu_threads` (see the module docstring; None: vLLM's own)."""
+    new = {k: v for k, v in CPU_ENGINE_ENV.items() if k not in os.environ} if on_cpu else {}
     if isinstance(cpu_threads, int):
-        new = {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": str(cpu_threads)}
-    else:
-        new = {"VLLM_CPU_OMP_THREADS_BIND": cpu_threads}
+        new.update({"VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": str(cpu_threads)})
+    elif cpu_threads is not None:
+        new["VLLM_CPU_OMP_THREADS_BIND"] = cpu_threads
+    return new
+
+
+@contextmanager
+def spawn_env(new: Mapping[str, str]) -> Iterator[None]:
+    """Set `new` in this process's environment while the engine's processes are spawned (they inherit it),
+    then restore what was there."""
     old = {k: os.environ.get(k) for k in new}
     os.environ.update(new)
     try:
@@ -124,7 +151,9 @@ def build_vllm_llm(
         model_path, max_model_len=max_model_len, kv_cache_memory_bytes=kv_cache_memory_bytes, dtype=dtype, seed=seed,
         extra=extra,
     )  # fmt: skip
-    with cpu_thread_env(cpu_threads):
+    import torch
+
+    with spawn_env(engine_env(cpu_threads, on_cpu=not torch.cuda.is_available())):
         return LLM(**kwargs)
 
 

@@ -25,3 +25,19 @@ def ray_local() -> Iterator[Any]:
     init_ray()
     yield ray
     ray.shutdown()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A chaos test repeats its failure CHAOS_REPETITIONS times in one test function, so its pytest-timeout
+    (pyproject's `timeout`, sized for one repetition) is multiplied by that number; a test's own
+    `@pytest.mark.timeout` stays as it is. (With 3 repetitions on a loaded 2-core box the poison test ran
+    past the 900 s meant for one.)"""
+    import os
+
+    repetitions = int(os.environ.get("CHAOS_REPETITIONS", "1"))
+    base = float(config.getini("timeout") or 0)
+    if repetitions <= 1 or not base:
+        return
+    for item in items:
+        if item.get_closest_marker("chaos") is not None and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(base * repetitions))

@@ -50,9 +50,11 @@ def node_loss_config(tmp_path: Path) -> RunConfig:
     )  # fmt: skip
 
 
-def lose_node_mid_training(cluster: TwoNodes, store: RunStore, run_id: str, iteration: int) -> dict[str, Any]:
-    """In a thread: at `iteration`'s first optimizer step, SIGKILL the worker node (`killed_at`), then start a
-    new `node_b` node `REJOIN_AFTER_S` later (`rejoined_at`)."""
+def lose_node_mid_training(
+    cluster: TwoNodes, store: RunStore, run_id: str, iteration: int, rejoin: bool = True
+) -> dict[str, Any]:
+    """In a thread: at `iteration`'s first optimizer step, SIGKILL the worker node (`killed_at`), then (with
+    `rejoin`) start a new `node_b` node `REJOIN_AFTER_S` later (`rejoined_at`)."""
     out: dict[str, Any] = {}
 
     def body() -> None:
@@ -64,6 +66,8 @@ def lose_node_mid_training(cluster: TwoNodes, store: RunStore, run_id: str, iter
                 if (kind == "progress" and data.get("stage") == "train" and data.get("iteration") == iteration
                         and str(data.get("message", "")).startswith("step")):  # fmt: skip
                     out["killed_at"] = cluster.kill_worker()
+                    if not rejoin:
+                        return
                     time.sleep(REJOIN_AFTER_S)
                     cluster.start_worker()
                     out["rejoined_at"] = time.time()
@@ -124,3 +128,60 @@ def test_worker_node_lost_mid_training_trainer_rescheduled(
         recovery.append(restarted[-1]["ts"] - loss["killed_at"])
     print("\n" + row(f"worker node lost mid-training, node_b back after {REJOIN_AFTER_S:g} s (trainer rescheduled)",  # noqa: T201
                      REPETITIONS, completed, lost, duplicates, recovery))  # fmt: skip
+
+
+CAPACITY_WAIT_S = 10.0
+
+
+def test_worker_node_lost_for_good_pauses_waiting_for_capacity_then_resumes(
+    two_nodes: TwoNodes, redis_url: str, redis_client: Any, tmp_path: Path  # noqa: F811
+) -> None:
+    """The worker node dies and no node with `node_b` joins: the trainer's replacement cannot be placed, so
+    after `resilience.capacity_wait_s` the run pauses with the reason (waiting for capacity, naming the missing
+    resource) instead of waiting `stage_timeout_s.train` per restart. A node with `node_b` joins, the run is
+    resumed from its last recorded iteration and completes with nothing lost or trained twice."""
+    import ray
+
+    from sparring.tasks.arena.policy import build_arena_model
+    from sparring.workers.controller import RunController
+
+    model = str(build_arena_model(0))
+    store = RunStore(redis_client)
+    base = node_loss_config(tmp_path)
+    cfg = base.model_copy(update={"resilience": base.resilience.model_copy(update={"capacity_wait_s": CAPACITY_WAIT_S})})
+    run_id = f"nodegone-{time.time_ns()}"
+    (tmp_path / run_id).mkdir()
+    store.create_run(run_id, cfg.model_dump(mode="json"), str(tmp_path / run_id))
+
+    def controller() -> Any:
+        return ray.remote(RunController).options(num_cpus=0, resources={"node_a": 0.01}).remote(
+            run_id, cfg.model_dump_json(), redis_url, str(tmp_path / run_id), model
+        )
+
+    loss = lose_node_mid_training(two_nodes, store, run_id, KILL_ITERATION, rejoin=False)
+    try:
+        summary = ray.get(controller().run.remote(), timeout=900)
+        loss["thread"].join(timeout=60)
+        assert "killed_at" in loss, "the worker node was never lost"
+        paused_after_s = time.time() - loss["killed_at"]
+        run = store.get_run(run_id)
+        assert summary.get("interrupted") == "paused" and run["state"] == "paused", (summary, run)
+        assert run["reason"].startswith("waiting for capacity: the trainer's replacement cannot be placed")
+        assert "node_b" in run["reason"] and f"capacity_wait_s={CAPACITY_WAIT_S:g}" in run["reason"], run["reason"]
+        waits = [d for _, kind, d in store.events(run_id) if kind == "progress" and d.get("stage") == "capacity"]
+        assert waits and "node_b" in waits[0]["message"]
+        # the rule bounds it: the kill noticed, at most trainer_restarts restarts, each waiting capacity_wait_s
+        assert paused_after_s < 120 + CAPACITY_WAIT_S * (cfg.resilience.trainer_restarts + 1), paused_after_s
+        assert [r.iteration for r in store.iterations(run_id)] == list(range(1, KILL_ITERATION))
+    finally:
+        if two_nodes.worker is None:
+            two_nodes.start_worker()  # the module's other tests need the worker node back
+
+    store.transition(run_id, ("paused",), "created", reason="resumed by the chaos test")  # as POST .../resume
+    ray.get(controller().run.remote(), timeout=900)
+    assert store.get_run(run_id)["state"] == "completed"
+    assert [r.iteration for r in store.iterations(run_id)] == list(range(1, ITERATIONS + 1))
+    counts = accounting(redis_client, run_id)
+    assert counts == {"iterations": ITERATIONS, "lost_prompts": 0, "duplicate_pairs": 0, "untrained_pairs": 0, "unacked_pairs": 0}
+    print(f"\nworker node lost for good: paused after {paused_after_s:.1f} s (capacity_wait_s {CAPACITY_WAIT_S:g}), "  # noqa: T201
+          f"resumed on a new node_b and completed")  # fmt: skip

@@ -199,3 +199,29 @@ def test_long_seeded_prompts_with_top_p_do_not_kill_the_engine(vllm_engine: VLLM
     again = vllm_engine.generate(prompts, specs)
     assert len(first) == 64 and all(len(g) == 2 for g in first)
     assert _ids(first) == _ids(again)
+
+
+
+
+def test_the_cpu_engine_processes_get_the_memory_settings(ckpt: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`vllm_llm.CPU_ENGINE_ENV` reaches the engine's model-runner process (`VLLM::Worker`, the one that grew)
+    unless the environment sets it already, and this process's environment is restored afterwards. The engine
+    is started as in a Ray actor, where vLLM spawns (execs) its processes, so they start with it (glibc reads
+    MALLOC_ARENA_MAX at a process's start; a forked child keeps its parent's malloc). The worker's environment
+    is read inside it (`collective_rpc`): vLLM's process titles overwrite /proc/PID/environ."""
+    import os
+
+    from sparring.workers.vllm_llm import CPU_ENGINE_ENV
+
+    monkeypatch.setenv("VLLM_WORKER_MULTIPROC_METHOD", "spawn")  # what vLLM forces inside a Ray actor
+    monkeypatch.setenv("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")  # collective_rpc of a function
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "2")  # an operator's value wins over sparring's
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    names = sorted(CPU_ENGINE_ENV)
+    engine = VLLMEngine(str(ckpt), max_model_len=256, kv_cache_memory_bytes=32 * 2**20, engine_id="vllm-env-test")
+    try:
+        (seen,) = engine._llm.collective_rpc(lambda worker: {k: __import__("os").environ.get(k) for k in names})
+    finally:
+        engine.close()
+    assert seen == {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": CPU_ENGINE_ENV["ONEDNN_PRIMITIVE_CACHE_CAPACITY"], "MALLOC_ARENA_MAX": "2"}
+    assert "ONEDNN_PRIMITIVE_CACHE_CAPACITY" not in os.environ and os.environ["MALLOC_ARENA_MAX"] == "2"

@@ -196,3 +196,72 @@ def test_stage_timeouts_take_one_value_a_mapping_or_a_default_with_overrides() -
         timeouts({"gen": 5})
     with pytest.raises(ConfigError):
         timeouts(0)
+
+
+def stuck_evaluator() -> type:
+    """EvalWorker whose first `evaluate` call blocks (no return) until it is stopped (killed)."""
+    from sparring.workers.actors import EvalWorker
+
+    class StuckEvaluator(EvalWorker):
+        calls = 0
+
+        def stop(self) -> None:  # LocalRuntime.kill calls it
+            if hasattr(self, "released"):
+                self.released.set()
+
+        def evaluate(self, *args: Any) -> dict[str, float]:
+            type(self).calls += 1
+            if type(self).calls == 1:
+                self.released = threading.Event()
+                self.stuck_evaluating()
+                raise RuntimeError("killed while stuck")
+            return super().evaluate(*args)
+
+        def stuck_evaluating(self) -> None:
+            self.released.wait()
+
+    return StuckEvaluator
+
+
+def test_the_evaluator_beats_and_is_replaced_with_its_stacks_when_stuck_past_the_eval_deadline(
+    models: dict[str, str], pool_path: str, tmp_path: Path, redis_url: str, redis_client: Any, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    import sparring.workers.controller as controller_module
+    from sparring.shared.events import heartbeats
+    from sparring.workers.health import stack_dir, stack_file
+
+    cfg = recovery_config(tmp_path, models, pool_path, stage_timeout_s=StageTimeouts(generate=600, train=600, sync=600, eval=15))
+    cfg = cfg.model_copy(update={"schedule": cfg.schedule.model_copy(update={"iterations": 1}),
+                                 "eval": cfg.eval.model_copy(update={"enabled": True, "num_prompts": 4})})  # fmt: skip
+    monkeypatch.setattr(controller_module, "EvalWorker", stuck_evaluator())
+    run_id, run_dir = new_run(cfg, redis_client, tmp_path, "stuck-eval")
+    controller(cfg, run_id, redis_url, run_dir).run()
+    store = RunStore(redis_client)
+    assert store.get_run(run_id)["state"] == "completed"
+    (record,) = store.iterations(run_id)
+    (hung,) = [d for _, kind, d in store.events(run_id) if kind == "worker_hung"]
+    assert (hung["role"], hung["consumer"]) == ("evaluator", "eval")
+    assert "evaluate ran past its deadline of 15 s" in hung["reason"] and "in stuck_evaluating" in hung["stacks"]
+    # the evaluator's heartbeat: its pid and stack file in the run's heartbeats hash, its RSS in the record
+    beat_ = heartbeats(redis_client, run_id)["eval"]
+    assert beat_["pid"] > 0 and beat_["stacks"] == str(stack_file(run_id, "eval", beat_["pid"]))
+    assert record.metrics["memory/rss_mb/eval"] > 50
+    assert not stack_dir(run_id).exists()  # the run's stack files go when it ends
+
+
+def test_other_runs_stack_dirs_older_than_the_retention_are_pruned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import tempfile
+
+    from sparring.workers.health import STACK_RETENTION_S, prune_stack_dirs, stack_dir
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    old, recent, mine = stack_dir("old-run"), stack_dir("recent-run"), stack_dir("my:run")
+    for path in (old, recent, mine):
+        path.mkdir(parents=True)
+        (path / "gen-0-1.txt").write_text("")
+    stale = time.time() - STACK_RETENTION_S - 60
+    os.utime(old, (stale, stale))
+    os.utime(mine, (stale, stale))  # the caller's own run is never pruned, whatever its age
+    assert prune_stack_dirs(keep="my:run") == [old]
+    assert not old.exists() and recent.exists() and mine.exists()
