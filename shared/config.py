@@ -312,6 +312,13 @@ class AlgorithmCommon(Section):
         description="drift: sample the positive from DRIFT's guided transcript (logged answer + user feedback + "
         "improvement instruction); False = from the original prompt (the paper's 'unguided' ablation)",
     )
+    drift_warm_start_epochs: int = Field(
+        0,
+        ge=0,
+        description="drift: before iteration 1, train this many epochs on the seed pairs (every DSAT log with a "
+        "`satisfied` answer: it chosen, the logged response rejected; arXiv 2510.02341's warm start, 3 epochs in "
+        "cacayaya/DRIFT config-seed.yaml); 0 = no warm start",
+    )
     reference: Literal["iteration_start", "initial"] = Field(
         "iteration_start", description="reference policy: pi_t (iterative DPO/SPPO) or the fixed initial policy"
     )
@@ -334,6 +341,11 @@ class AlgorithmCommon(Section):
                 f"objective={self.objective} trains on labelled answers: pairs must be one of "
                 f"{', '.join(UNPAIRED_RECIPES)} (pointwise labels, or a judged pair's chosen = desirable and "
                 f"rejected = undesirable), not {self.pairs}, whose answers appear in several pairs"
+            )
+        if self.drift_warm_start_epochs and self.pairs != "drift":
+            raise ValueError(
+                f"algorithm.drift_warm_start_epochs={self.drift_warm_start_epochs} goes with pairs=drift (its seed "
+                f"pairs come from DSAT logs), not pairs={self.pairs}"
             )
         if self.label_threshold is not None and not math.isfinite(self.label_threshold):
             raise ValueError(f"algorithm.label_threshold must be finite, got {self.label_threshold}")
@@ -807,6 +819,13 @@ class EvalConfig(Section):
         True,
         description="estimate KL(policy || initial policy) on the held-out samples: mean over samples of the summed "
         "log-ratio, policy log-probs from the sampler, initial-policy log-probs from the trainer",
+    )
+
+    heldout_pairs: int = Field(
+        64,
+        ge=0,
+        description="judged pairs held out of training for the per-iteration diagnostics (ranking accuracy, "
+        "idealized ranking accuracy, chosen/rejected log-prob drift; workers/diagnostics.py); 0 = off",
     )
 
     @field_validator("evaluators")
