@@ -294,10 +294,12 @@ class AlgorithmCommon(Section):
         description="loss over per-sequence log-probs (a name of the objective registry; it selects the fields "
         "beside it); default dpo"
     )
-    pairs: Literal["best_vs_worst", "all_pairs", "ranked", "drift", "spin", "pointwise"] = Field(
+    pairs: Literal["best_vs_worst", "all_pairs", "ranked", "baseline", "drift", "spin", "pointwise"] = Field(
         "best_vs_worst",
         description="how a judged group of K becomes training pairs: best vs worst (SPPO, INPO, iterative DPO), "
-        "every strictly preferred pair, OSP's ranked pairing (1st vs K-th, 2nd vs K-1-th, ...), DRIFT's "
+        "every strictly preferred pair, OSP's ranked pairing (1st vs K-th, 2nd vs K-1-th, ...), OSP's "
+        "baseline-anchored ranked pairing (`baseline`: every sample judged against sample 0 only, O(K) "
+        "comparisons, ranked by P(y_i beats y_0), strengths composed through it), DRIFT's "
         "fresh sample (chosen) vs the logged dissatisfying response (rejected), or SPIN's reference answer "
         "(chosen) vs each fresh sample (rejected); the last two need no judge. `pointwise` builds no pairs: "
         "each sample is labelled up/down by the judge's score against `label_threshold` (unpaired objectives)",
@@ -1195,7 +1197,7 @@ class RunConfig(Section):
         """The most training pairs the recipe builds from one group (workers/recipes/pairs.py); pointwise: its
         K labelled samples (workers/recipes/labels.py)."""
         k = self.generation.samples_per_prompt
-        modes = {"best_vs_worst": 1, "ranked": k // 2, "all_pairs": k * (k - 1) // 2, "drift": k, "spin": k, "pointwise": k}
+        modes = {"best_vs_worst": 1, "ranked": k // 2, "baseline": k // 2, "all_pairs": k * (k - 1) // 2, "drift": k, "spin": k, "pointwise": k}
         return modes[
             self.algorithm.pairs
         ]

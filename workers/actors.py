@@ -280,13 +280,15 @@ class JudgeWorker:
         """`judge` replaces the configured one (embedding, tests); None builds `cfg.judge` from the registry."""
         from sparring.workers.judges.pool import JudgePool
         from sparring.workers.judges.registry import build_judge
+        from sparring.workers.recipes.winrate import BASELINE
 
         self.cfg = RunConfig.model_validate_json(config_json)
         self.run_id, self.consumer = run_id, consumer
         self.queue = _queue(run_id, redis_url, self.cfg)
         self.judge = judge if judge is not None else build_judge(self.cfg.judge, self.cfg)
         # batching, cache, position-bias cancellation, timing, timeout and per-group isolation (pool.py)
-        self.pool = None if self.judge is None else JudgePool(self.judge, self.cfg.judge.timeout_s, self.cfg.judge.cache_size)
+        baseline = BASELINE if self.cfg.algorithm.pairs == "baseline" else None  # OSP: O(K) comparisons
+        self.pool = None if self.judge is None else JudgePool(self.judge, self.cfg.judge.timeout_s, self.cfg.judge.cache_size, baseline)
         self.pairs_written = 0
         self.pairs_filtered = 0
         self.version_violations = 0  # pairs whose answers came from different weights (refused; must stay 0)
