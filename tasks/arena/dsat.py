@@ -34,6 +34,20 @@ def dsat_feedback(topic: str, response: str) -> str:
     return " ".join(complaints) or "That was not what I wanted."
 
 
+def full_gold_response(topic: str, rng: random.Random) -> str:
+    """A corpus response to a prompt about `topic` with the full gold score (`MAX_GOLD`): the answer a user is
+    satisfied with (DRIFT's seed pairs) and the arena's SFT answer (SPIN's `arena_sft` prompts)."""
+    while gold_score(topic, response := corpus_response(topic, rng)) < MAX_GOLD:
+        pass
+    return response
+
+
+def arena_sft_answers(seed: int = 0) -> dict[str, str]:
+    """One full-gold answer per arena train prompt (prompt id -> answer), deterministic per seed."""
+    rng = random.Random(f"arena-sft-{seed}")
+    return {p.prompt_id: full_gold_response(p.topic, rng) for p in arena_prompts("train")}
+
+
 SEED_EVERY = 4  # one log in 4 is a DRIFT seed pair (the paper's seed set is 491 pairs beside ~11k logs)
 
 
@@ -63,8 +77,6 @@ def arena_dsat_logs(count: int = 512, seed: int = 0, max_gold: int = 1) -> list[
             "feedback": dsat_feedback(p.topic, response),
         }
         if i % SEED_EVERY == 0:
-            while gold_score(p.topic, satisfied := corpus_response(p.topic, sat_rng)) < MAX_GOLD:
-                pass
-            log["satisfied"] = satisfied
+            log["satisfied"] = full_gold_response(p.topic, sat_rng)
         logs.append(log)
     return logs
