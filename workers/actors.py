@@ -594,18 +594,21 @@ class TrainerWorker:
         return n
 
     def _heldout_split(self, pairs: list[PreferencePair]) -> tuple[list[PreferencePair], list[Any]]:
-        """(pairs to train on, the held-out set tokenised) by `workers/diagnostics.py::HeldoutPairs`; the set is
-        empty when `eval.heldout_pairs` is 0 or the trainer is sharded (not built there)."""
+        """(pairs to train on, the held-out set tokenised) by `workers/diagnostics.py::HeldoutPairs`. A sharded
+        trainer withholds the same pairs (so it trains what one rank would) but measures nothing: the set comes
+        back empty there, as when `eval.heldout_pairs` is 0."""
         from sparring.workers.diagnostics import HeldoutPairs
         from sparring.workers.trainer import PolicyTrainer
 
-        if not self.cfg.eval.heldout_pairs or not isinstance(self.trainer, PolicyTrainer):
+        if not self.cfg.eval.heldout_pairs:
             return pairs, []
         if self._heldout is None:
             from sparring.shared.store import RunStore
 
             self._heldout = HeldoutPairs(RunStore(self.client), self.run_id, self.cfg.eval.heldout_pairs, self.cfg.seed)
         train = self._heldout.split(pairs)
+        if not isinstance(self.trainer, PolicyTrainer):
+            return train, []
         examples, _ = self.trainer.tokenize_pairs(self._heldout.pairs)
         return train, examples
 
@@ -656,19 +659,18 @@ class TrainerWorker:
 
         # Arrival order depends on which engine finished first; training order must not.
         fresh.sort(key=lambda e: e.record.record_id)
-        num_trained = len(fresh)  # less the held-out pairs (paired objectives)
         if self.unpaired:  # KTO / BCO: the pairs split into labels, plus the run's feedback stream
             result = self._train_unpaired([e.record for e in fresh], iteration, version, progress)
         else:
             from_feedback, feedback_metrics = self._feedback_as_pairs(iteration, version)
             judged, heldout = self._heldout_split([e.record for e in fresh])
             before = self._heldout_logps(heldout)
-            num_trained = len(judged)
             result = self.trainer.train_iteration(judged + from_feedback, iteration, progress=progress)
             result.metrics.update(feedback_metrics)
+            if len(judged) < len(fresh):  # this iteration's pairs of held-out prompts, not trained
+                result.metrics["heldout/pairs_withheld"] = float(len(fresh) - len(judged))
             if before is not None:
                 result.metrics.update(self._heldout_metrics(heldout, before))
-                result.metrics["heldout/pairs_withheld"] = float(len(fresh) - len(judged))  # this iteration's, untrained
         result.metrics.update(selection_metrics(sel))
         for record_id, reason in result.rejected:
             self.queue.dead_letter("train", record_id, reason)
@@ -678,7 +680,9 @@ class TrainerWorker:
         ckpt, update = self._publish(result, version + 1, iteration)
         return {
             "metrics": result.metrics,
-            "num_pairs": num_trained + self._feedback_records,  # + pairs (paired) or labelled answers (unpaired) of feedback
+            # every pair of the iteration (those held out for the diagnostics included: `heldout/pairs_withheld`,
+            # `train/pairs` is what was trained) + pairs (paired) or labelled answers (unpaired) of feedback
+            "num_pairs": len(fresh) + self._feedback_records,
             "num_rejected": len(result.rejected),
             "num_stale": sum(len(d) for d in sel.dropped.values()),
             "checkpoint": str(ckpt),

@@ -25,7 +25,8 @@ Metrics (in the iteration record's `metrics`, TRL-style names; P = held-out pair
   arXiv 2410.08847; Pal et al. 2024, arXiv 2402.13228 Sec. 3): the controller emits a
   `likelihood_displacement` event and `heldout/both_logps_fell` is 1.
 - `heldout/pairs`: the set's size this iteration; `heldout/pairs_withheld`: this iteration's pairs not
-  trained because their prompt is held out (the record's `num_pairs` counts the trained ones).
+  trained because their prompt is held out (the record's `num_pairs` counts every pair of the iteration,
+  these included; `train/pairs` counts the trained ones).
 
 How the set is drawn (`HeldoutPairs.split`): from each iteration's trainable pairs, in the order of a digest
 of (run seed, prompt id) — a fixed pseudo-random order of prompts that arrival order cannot change — whole
@@ -33,8 +34,8 @@ prompts (every pair of a prompt, so no sibling pair of a held-out answer is trai
 set until it holds `eval.heldout_pairs` pairs, taking at most a quarter of one iteration's pairs (a small
 async batch still trains). Once full it never changes. Held-out prompts' pairs in later iterations are not
 trained either. The set lives in the run's Redis kv (`heldout_pairs`), so a restarted trainer or a resumed
-run measures the same pairs. Paired objectives on one trainer rank; not computed for unpaired objectives
-(KTO, BCO) or a sharded trainer.
+run measures the same pairs. Paired objectives only (not KTO, BCO); a sharded trainer withholds the same
+pairs (it trains what one rank would) but computes no metric.
 """
 
 from __future__ import annotations

@@ -141,8 +141,8 @@ def test_pause_resume_and_a_replaced_worker_without_ray(
     assert records[2].metrics["workers/restarts"] == 0
     # every stream's peak depth: 8 prompts and 8 groups dispatched, and the pairs the trainer found waiting
     # every pair consumed is trained or held out for the diagnostics (workers/diagnostics.py)
-    assert all(r.metrics["queue/peak/prompts"] == 8 and r.metrics["queue/peak/pairs"] == r.num_pairs + r.metrics["heldout/pairs_withheld"]
-               for r in records)  # fmt: skip
+    assert all(r.metrics["queue/peak/prompts"] == 8 and r.metrics["queue/peak/pairs"] == r.num_pairs for r in records)
+    assert all(r.metrics["train/pairs"] == r.num_pairs - r.metrics.get("heldout/pairs_withheld", 0) for r in records)
     sizes = [r.metrics["heldout/pairs"] for r in records]
     assert 0 < sizes[0] <= 2 and sizes == sorted(sizes)  # at most a quarter of iteration 1's 8 pairs, then growing
     for r in records:
