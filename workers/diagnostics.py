@@ -151,7 +151,9 @@ class HeldoutPairs:
             return list(pairs)
         held_prompts = {p.prompt_id for p in self.pairs}
         held_ids = {p.record_id for p in self.pairs}
-        budget = min(self.size - len(self.pairs), int(len(pairs) * MAX_ITERATION_SHARE))
+        # a retried iteration (restarted trainer, resumed run) already gave its share on the first attempt
+        already = sum(p.record_id in held_ids for p in pairs)
+        budget = min(self.size - len(self.pairs), int(len(pairs) * MAX_ITERATION_SHARE) - already)
         if budget > 0:
             by_prompt: dict[str, list[PreferencePair]] = {}
             for p in pairs:

@@ -111,6 +111,8 @@ def test_heldout_pairs_hold_whole_prompts_fixed_and_persisted(redis_client: redi
     redis_client.delete(f"run:{run}:kv")
     small = HeldoutPairs(store, run, size=64, seed=3)
     assert len(small.split(pairs[:16])) == 12 and len(small.pairs) == 4
+    retried = HeldoutPairs(store, run, size=64, seed=3)  # the same iteration again (a restarted trainer)
+    assert len(retried.split(pairs[:16])) == 12 and [p.record_id for p in retried.pairs] == [p.record_id for p in small.pairs]
     with pytest.raises(ValueError, match="eval.heldout_pairs must be >= 0"):
         HeldoutPairs(store, run, size=-1, seed=3)
     assert HeldoutPairs(store, "off", size=0, seed=3).split(pairs) == pairs
