@@ -690,7 +690,7 @@ class TrainerWorker:
         }
 
     def warm_start(self) -> dict[str, Any]:
-        """DRIFT's warm start (arXiv 2510.02341 Sec. 4; cacayaya/DRIFT configs/*/config-seed.yaml): the run's
+        """DRIFT's warm start (arXiv 2510.02341, the recipe's step 0; cacayaya/DRIFT configs/*/config-seed.yaml): the run's
         objective for `algorithm.drift_warm_start_epochs` epochs on the seed pairs, every DSAT log of the run's
         training pool with a `satisfied` answer (chosen) over its logged response (rejected), before
         iteration 1; then checkpoint and weights of version 1, as `train` returns them. `num_pairs` 0 (and
