@@ -102,6 +102,9 @@ def _print_event(kind: str, ev: dict[str, Any]) -> None:
         print(f"  [iter {ev['iteration']}] trainer restarted from version {ev['version']} in {ev['recovery_s']:.1f}s", flush=True)
     elif kind == "paused" and ev.get("reason"):
         print(f"run paused: {ev['reason']}", flush=True)
+    elif kind == "likelihood_displacement":
+        print(f"  [iter {ev['iteration']}] held-out chosen and rejected log-probs both fell "
+              f"({ev['chosen_delta']:+.3f}, {ev['rejected_delta']:+.3f} nats)", flush=True)  # fmt: skip
     elif kind == "failed":
         print(f"run failed: {ev['reason']}", flush=True)
 

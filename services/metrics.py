@@ -15,6 +15,9 @@ Metric names (all gauges unless noted; `run` label = run id):
     sparring_eval{run,metric}                    every `eval/*` metric of the last iteration (metric = its name
                                                  without `eval/`: win_rate_vs_iter0, kl_vs_iter0, response_length_mean,
                                                  <evaluator>/win_rate_vs_iter0, ...)
+    sparring_heldout{run,metric}                 every `heldout/*` diagnostic of the last iteration (metric = its name
+                                                 without `heldout/`: ranking_accuracy, idealized_ranking_accuracy,
+                                                 logps/chosen_delta, ...; workers/diagnostics.py)
     sparring_http_requests_total{method,route,status}  API requests served by this process (counter)
 
 Queue depths are read for executing runs only (a finished run's streams are idle by definition).
@@ -55,6 +58,7 @@ class RunCollector(Collector):
             "judge": GaugeMetricFamily("sparring_judge_latency_seconds", "Judge seconds per group, last iteration", labels=["run"]),
         }
         evals = GaugeMetricFamily("sparring_eval", "Evaluation metrics of the last iteration (eval/*)", labels=["run", "metric"])
+        heldout = GaugeMetricFamily("sparring_heldout", "Held-out pair diagnostics of the last iteration (heldout/*)", labels=["run", "metric"])
         depth = GaugeMetricFamily("sparring_queue_depth", "Unconsumed entries per stream", labels=["run", "stream"])
         for run in runs:
             run_id = run["run_id"]
@@ -74,6 +78,9 @@ class RunCollector(Collector):
                         gauges[metric].add_metric([run_id], m[key])
                 for name, value in records[-1].eval.items():
                     evals.add_metric([run_id, name.removeprefix("eval/")], value)
+                for name, value in m.items():
+                    if name.startswith("heldout/"):
+                        heldout.add_metric([run_id, name.removeprefix("heldout/")], value)
             if run["state"] in ACTIVE_STATES:
                 for stream, n in self.service.queue_depths(run_id).items():
                     depth.add_metric([run_id, stream], n)
@@ -81,6 +88,7 @@ class RunCollector(Collector):
         yield pairs
         yield from gauges.values()
         yield evals
+        yield heldout
         yield depth
 
 

@@ -294,10 +294,12 @@ class AlgorithmCommon(Section):
         description="loss over per-sequence log-probs (a name of the objective registry; it selects the fields "
         "beside it); default dpo"
     )
-    pairs: Literal["best_vs_worst", "all_pairs", "ranked", "drift", "spin", "pointwise"] = Field(
+    pairs: Literal["best_vs_worst", "all_pairs", "ranked", "baseline", "drift", "spin", "pointwise"] = Field(
         "best_vs_worst",
         description="how a judged group of K becomes training pairs: best vs worst (SPPO, INPO, iterative DPO), "
-        "every strictly preferred pair, OSP's ranked pairing (1st vs K-th, 2nd vs K-1-th, ...), DRIFT's "
+        "every strictly preferred pair, OSP's ranked pairing (1st vs K-th, 2nd vs K-1-th, ...), OSP's "
+        "baseline-anchored ranked pairing (`baseline`: every sample judged against sample 0 only, O(K) "
+        "comparisons, ranked by P(y_i beats y_0), strengths composed through it), DRIFT's "
         "fresh sample (chosen) vs the logged dissatisfying response (rejected), or SPIN's reference answer "
         "(chosen) vs each fresh sample (rejected); the last two need no judge. `pointwise` builds no pairs: "
         "each sample is labelled up/down by the judge's score against `label_threshold` (unpaired objectives)",
@@ -311,6 +313,13 @@ class AlgorithmCommon(Section):
         True,
         description="drift: sample the positive from DRIFT's guided transcript (logged answer + user feedback + "
         "improvement instruction); False = from the original prompt (the paper's 'unguided' ablation)",
+    )
+    drift_warm_start_epochs: int = Field(
+        0,
+        ge=0,
+        description="drift: before iteration 1, train this many epochs on the seed pairs (every DSAT log with a "
+        "`satisfied` answer: it chosen, the logged response rejected; arXiv 2510.02341's warm start, 3 epochs in "
+        "cacayaya/DRIFT config-seed.yaml); 0 = no warm start",
     )
     reference: Literal["iteration_start", "initial"] = Field(
         "iteration_start", description="reference policy: pi_t (iterative DPO/SPPO) or the fixed initial policy"
@@ -334,6 +343,11 @@ class AlgorithmCommon(Section):
                 f"objective={self.objective} trains on labelled answers: pairs must be one of "
                 f"{', '.join(UNPAIRED_RECIPES)} (pointwise labels, or a judged pair's chosen = desirable and "
                 f"rejected = undesirable), not {self.pairs}, whose answers appear in several pairs"
+            )
+        if self.drift_warm_start_epochs and self.pairs != "drift":
+            raise ValueError(
+                f"algorithm.drift_warm_start_epochs={self.drift_warm_start_epochs} goes with pairs=drift (its seed "
+                f"pairs come from DSAT logs), not pairs={self.pairs}"
             )
         if self.label_threshold is not None and not math.isfinite(self.label_threshold):
             raise ValueError(f"algorithm.label_threshold must be finite, got {self.label_threshold}")
@@ -816,6 +830,13 @@ class EvalConfig(Section):
         "log-ratio, policy log-probs from the sampler, initial-policy log-probs from the trainer",
     )
 
+    heldout_pairs: int = Field(
+        64,
+        ge=0,
+        description="judged pairs held out of training for the per-iteration diagnostics (ranking accuracy, "
+        "idealized ranking accuracy, chosen/rejected log-prob drift; workers/diagnostics.py); 0 = off",
+    )
+
     @field_validator("evaluators")
     @classmethod
     def _known_evaluators(cls, evaluators: list[str]) -> list[str]:
@@ -1243,7 +1264,7 @@ class RunConfig(Section):
         """The most training pairs the recipe builds from one group (workers/recipes/pairs.py); pointwise: its
         K labelled samples (workers/recipes/labels.py)."""
         k = self.generation.samples_per_prompt
-        modes = {"best_vs_worst": 1, "ranked": k // 2, "all_pairs": k * (k - 1) // 2, "drift": k, "spin": k, "pointwise": k}
+        modes = {"best_vs_worst": 1, "ranked": k // 2, "baseline": k // 2, "all_pairs": k * (k - 1) // 2, "drift": k, "spin": k, "pointwise": k}
         return modes[
             self.algorithm.pairs
         ]

@@ -38,6 +38,12 @@ class DSATLog(BaseModel):
     messages: list[Message] = Field(min_length=1)
     response: str = Field(min_length=1, description="the logged assistant response the user was unhappy with")
     feedback: str = Field(min_length=1, description="the user's dissatisfied follow-up")
+    satisfied: str | None = Field(
+        None,
+        min_length=1,
+        description="optional: the later assistant response the user was satisfied with; a log that has one is a "
+        "DRIFT seed pair (chosen = this, rejected = `response`) for the warm start (`algorithm.drift_warm_start_epochs`)",
+    )
 
     @field_validator("messages")
     @classmethod

@@ -215,6 +215,7 @@ def dsat_item(log: DSATLog) -> PromptItem:
         messages=messages if len(messages) > 1 else None,
         guided_prompt=drift_generation_prompt(log),
         anchor_text=log.response,
+        reference_answer=log.satisfied,  # DRIFT's seed pair: the satisfying answer over the logged one
     )
 
 

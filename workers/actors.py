@@ -326,13 +326,15 @@ class JudgeWorker:
         """`judge` replaces the configured one (embedding, tests); None builds `cfg.judge` from the registry."""
         from sparring.workers.judges.pool import JudgePool
         from sparring.workers.judges.registry import build_judge
+        from sparring.workers.recipes.winrate import BASELINE
 
         self.cfg = RunConfig.model_validate_json(config_json)
         self.run_id, self.consumer = run_id, consumer
         self.queue = _queue(run_id, redis_url, self.cfg)
         self.judge = judge if judge is not None else build_judge(self.cfg.judge, self.cfg)
         # batching, cache, position-bias cancellation, timing, timeout and per-group isolation (pool.py)
-        self.pool = None if self.judge is None else JudgePool(self.judge, self.cfg.judge.timeout_s, self.cfg.judge.cache_size)
+        baseline = BASELINE if self.cfg.algorithm.pairs == "baseline" else None  # OSP: O(K) comparisons
+        self.pool = None if self.judge is None else JudgePool(self.judge, self.cfg.judge.timeout_s, self.cfg.judge.cache_size, baseline)
         self.pairs_written = 0
         self.pairs_filtered = 0
         self.version_violations = 0  # pairs whose answers came from different weights (refused; must stay 0)
@@ -529,6 +531,7 @@ class TrainerWorker:
         self._feedback_records = 0  # training records the last `train` made of them (pairs or labelled answers)
         self._tokenizer: Any = None  # posted feedback's tokenizer (paired objectives), loaded on first use
         self.unpaired = self.cfg.algorithm.objective in UNPAIRED_OBJECTIVES  # KTO / BCO: workers/unpaired.py
+        self._heldout: Any = None  # the diagnostics' held-out pairs (workers/diagnostics.py), read on first use
         self.heartbeat = Heartbeat(self.client, run_id, "trainer", current_node())  # RSS metric, SIGUSR1 stack dumps
 
     def initial_logps(self, prompts: list[list[int]], completions: list[Completion], batch_size: int = 16) -> list[float]:
@@ -670,13 +673,48 @@ class TrainerWorker:
                 n += 1
         return n
 
+    def _heldout_split(self, pairs: list[PreferencePair]) -> tuple[list[PreferencePair], list[Any]]:
+        """(pairs to train on, the held-out set tokenised) by `workers/diagnostics.py::HeldoutPairs`. A sharded
+        trainer withholds the same pairs (so it trains what one rank would) but measures nothing: the set comes
+        back empty there, as when `eval.heldout_pairs` is 0."""
+        from sparring.workers.diagnostics import HeldoutPairs
+        from sparring.workers.trainer import PolicyTrainer
+
+        if not self.cfg.eval.heldout_pairs:
+            return pairs, []
+        if self._heldout is None:
+            from sparring.shared.store import RunStore
+
+            self._heldout = HeldoutPairs(RunStore(self.client), self.run_id, self.cfg.eval.heldout_pairs, self.cfg.seed)
+        train = self._heldout.split(pairs)
+        if not isinstance(self.trainer, PolicyTrainer):
+            return train, []
+        examples, _ = self.trainer.tokenize_pairs(self._heldout.pairs)
+        return train, examples
+
+    def _heldout_logps(self, examples: list[Any]) -> dict[str, Any] | None:
+        """The held-out pairs' log-probs before training: the policy's, and the reference's (the initial
+        policy's when the objective has one, else the iteration-start policy's); None without a set."""
+        if not examples:
+            return None
+        before = self.trainer.pair_logps(examples)
+        initial = self.cfg.algorithm.reference == "initial" and (self.trainer.lora is not None or self.trainer.initial_model is not None)
+        reference = self.trainer.pair_logps(examples, initial=True) if initial else before
+        return {"before": before, "reference": reference}
+
+    def _heldout_metrics(self, examples: list[Any], logps: dict[str, Any]) -> dict[str, float]:
+        from sparring.workers.diagnostics import heldout_metrics, objective_beta
+
+        after = self.trainer.pair_logps(examples)
+        win_prob = [e.win_prob for e in examples]
+        return heldout_metrics(logps["before"], after, logps["reference"], win_prob, objective_beta(self.cfg.algorithm))
+
     def train(self, iteration: int, version: int) -> dict[str, Any]:
         """Train on every pending pair of `version` (sync mode), or of batch `iteration` within
         `schedule.max_staleness` versions of `version` (async mode; the rules: `workers/staleness.py::select_pairs`);
         returns metrics (with the staleness histogram and the drops by reason), counts and the WeightUpdate
         for v+1."""
         from sparring.workers.staleness import select_pairs, selection_metrics
-        from sparring.workers.weight_sync import MemorySender, object_store_update, safetensors_dir_update
 
         entries: list[Entry[PreferencePair]] = []
         first = True  # the first read returns this consumer's pending entries (a resumed iteration), then new ones
@@ -705,16 +743,77 @@ class TrainerWorker:
             result = self._train_unpaired([e.record for e in fresh], iteration, version, progress)
         else:
             from_feedback, feedback_metrics = self._feedback_as_pairs(iteration, version)
-            result = self.trainer.train_iteration([e.record for e in fresh] + from_feedback, iteration, progress=progress)
+            judged, heldout = self._heldout_split([e.record for e in fresh])
+            before = self._heldout_logps(heldout)
+            result = self.trainer.train_iteration(judged + from_feedback, iteration, progress=progress)
             result.metrics.update(feedback_metrics)
+            if len(judged) < len(fresh):  # this iteration's pairs of held-out prompts, not trained
+                result.metrics["heldout/pairs_withheld"] = float(len(fresh) - len(judged))
+            if before is not None:
+                result.metrics.update(self._heldout_metrics(heldout, before))
         result.metrics.update(selection_metrics(sel))
         for record_id, reason in result.rejected:
             self.queue.dead_letter("train", record_id, reason)
-        new_version = version + 1
-        ckpt = self.trainer.save_checkpoint(self.run_dir / "checkpoints" / f"v{new_version}", new_version, iteration)
         # Acknowledged by `commit` once the controller has recorded the iteration: a run resumed after a crash
         # anywhere before that point retrains the iteration from the same pairs (they are still pending).
         self._uncommitted = [e.entry_id for e in fresh]
+        ckpt, update = self._publish(result, version + 1, iteration)
+        return {
+            "metrics": result.metrics,
+            # every pair of the iteration (those held out for the diagnostics included: `heldout/pairs_withheld`,
+            # `train/pairs` is what was trained) + pairs (paired) or labelled answers (unpaired) of feedback
+            "num_pairs": len(fresh) + self._feedback_records,
+            "num_rejected": len(result.rejected),
+            "num_stale": sum(len(d) for d in sel.dropped.values()),
+            "checkpoint": str(ckpt),
+            "update": update,
+        }
+
+    def warm_start(self) -> dict[str, Any]:
+        """DRIFT's warm start (arXiv 2510.02341, the recipe's step 0; cacayaya/DRIFT configs/*/config-seed.yaml): the run's
+        objective for `algorithm.drift_warm_start_epochs` epochs on the seed pairs, every DSAT log of the run's
+        training pool with a `satisfied` answer (chosen) over its logged response (rejected), before
+        iteration 1; then checkpoint and weights of version 1, as `train` returns them. `num_pairs` 0 (and
+        nothing trained, version unchanged) when the pool has no seed pair."""
+        from sparring.shared.prompts import run_prompts
+        from sparring.workers.trainer import PolicyTrainer
+
+        if not isinstance(self.trainer, PolicyTrainer):
+            raise ValueError("algorithm.drift_warm_start_epochs needs a single-rank trainer (resources.trainer.num_ranks 1)")
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.model_path)
+        tok, pairs = self._tokenizer, []
+        for item in run_prompts(self.cfg).train:
+            if item.reference_answer is None or item.anchor_text is None:
+                continue
+            chosen, rejected = (
+                Completion(index=i, text=text, token_ids=text_token_ids(tok, text), logprobs=None, finish_reason="stop")
+                for i, text in enumerate((item.reference_answer, item.anchor_text))
+            )
+            pairs.append(PreferencePair(
+                run_id=self.run_id, iteration=0, policy_version=0, prompt_id=item.prompt_id, prompt=item.prompt,
+                messages=item.messages, prompt_token_ids=prompt_token_ids(tok, item.messages or item.prompt),
+                chosen=chosen, rejected=rejected, chosen_score=1.0, rejected_score=0.0, win_prob=1.0, judge="seed",
+            ))  # fmt: skip
+        if not pairs:
+            return {"num_pairs": 0}
+        cfg = self.trainer.trainer_cfg
+        self.trainer.trainer_cfg = cfg.model_copy(update={"epochs": self.cfg.algorithm.drift_warm_start_epochs, "schedule_epochs": None})
+        try:
+            result = self.trainer.train_iteration(pairs, 0)
+        finally:
+            self.trainer.trainer_cfg = cfg
+        for record_id, reason in result.rejected:
+            self.queue.dead_letter("warm_start", record_id, reason)
+        ckpt, update = self._publish(result, 1, 0)
+        return {"metrics": result.metrics, "num_pairs": len(pairs) - len(result.rejected), "checkpoint": str(ckpt), "update": update}
+
+    def _publish(self, result: Any, new_version: int, iteration: int) -> tuple[Path, Any]:
+        """Checkpoint `new_version` and the weight update the engines load (the configured transport); sync
+        metrics go into `result.metrics`."""
+        from sparring.workers.weight_sync import MemorySender, object_store_update, safetensors_dir_update
+
+        ckpt = self.trainer.save_checkpoint(self.run_dir / "checkpoints" / f"v{new_version}", new_version, iteration)
         self.heartbeat.beat(force=True)  # the RSS after training and checkpointing (the memory metrics)
         storage = self.cfg.storage
         if storage.weight_transport == "memory":
@@ -733,14 +832,7 @@ class TrainerWorker:
             update = object_store_update(self.trainer.state_dict_for_sync(), new_version)
         else:
             update = safetensors_dir_update(ckpt, new_version)
-        return {
-            "metrics": result.metrics,
-            "num_pairs": len(fresh) + self._feedback_records,  # + pairs (paired) or labelled answers (unpaired) of feedback
-            "num_rejected": len(result.rejected),
-            "num_stale": sum(len(d) for d in sel.dropped.values()),
-            "checkpoint": str(ckpt),
-            "update": update,
-        }
+        return ckpt, update
 
 
 # --------------------------------------------------------------------------------------------------

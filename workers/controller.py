@@ -400,6 +400,7 @@ class RunController:
             self.trackers = Trackers.open(self.cfg, self.run_id, self.run_dir, first, self._report_tracking)  # report_to
             self.start_workers()
             self.evaluate_baseline()
+            self.warm_start()
             if self.cfg.schedule.mode == "async":  # generation overlaps training (workers/pipeline.py)
                 from sparring.workers.pipeline import AsyncLoop
 
@@ -521,6 +522,29 @@ class RunController:
         shutil.rmtree(self.run_dir / "staging", ignore_errors=True)
         shutil.rmtree(stack_dir(self.run_id), ignore_errors=True)
 
+    def warm_start(self) -> None:
+        """DRIFT's warm start on the seed pairs before iteration 1 (`TrainerWorker.warm_start`), once: a run
+        with a recorded iteration or weights past version 0 has had it. Its metrics are kept in the run's kv
+        (`warm_start`) and go into iteration 1's record as `warm_start/*`; iteration 0's evaluation samples
+        are the initial policy's, so win rates count the warm start's gain."""
+        epochs = self.cfg.algorithm.drift_warm_start_epochs
+        if not epochs or self.version != 0:
+            return
+        self._emit("progress", stage="warm_start", message=f"DRIFT warm start: {epochs} epoch(s) on the seed pairs")
+        out = self.call_trainer(0, "warm_start")
+        if not out["num_pairs"]:
+            log.warning("run %s: drift_warm_start_epochs=%d but no DSAT log has a `satisfied` answer: no warm start", self.run_id, epochs)
+            self._emit("progress", stage="warm_start", message="no seed pairs (no DSAT log has `satisfied`): skipped")
+            return
+        sync_s = self.sync(out["update"], out["checkpoint"])
+        metrics = {f"warm_start/{k}": v for k, v in out["metrics"].items()} | {"warm_start/pairs": float(out["num_pairs"]), "warm_start/sync_s": sync_s}
+        self.store.set_value(self.run_id, "warm_start", json.dumps(metrics).encode())
+        self._emit("progress", stage="warm_start", message=f"version 1 from {out['num_pairs']} seed pairs, loss {metrics['warm_start/loss/mean']:.4f}")
+
+    def _warm_start_metrics(self) -> dict[str, float]:
+        blob = self.store.get_value(self.run_id, "warm_start")
+        return {} if blob is None else dict(json.loads(blob))
+
     def run_iteration(self, t: int) -> IterationRecord:
         """One iteration as named stages; the record is written, then the trainer acknowledges its pairs.
 
@@ -554,6 +578,12 @@ class RunController:
             out = self.train(t, v)
         if out["num_pairs"] == 0:  # every pair was from another version: nothing was trained
             self._fail_empty(t, n_prompts, gen.groups, 0, dead_before)
+        if out["metrics"].get("heldout/both_logps_fell"):  # the classic DPO failure (workers/diagnostics.py)
+            m = out["metrics"]
+            log.warning("run %s iteration %d: held-out chosen and rejected log-probs both fell (%.3f, %.3f nats)",
+                        self.run_id, t, m["heldout/logps/chosen_delta"], m["heldout/logps/rejected_delta"])  # fmt: skip
+            self._emit("likelihood_displacement", iteration=t, chosen_delta=m["heldout/logps/chosen_delta"],
+                       rejected_delta=m["heldout/logps/rejected_delta"])  # fmt: skip
         self.wake_engines(t, ["weights"], seconds)  # the sync loads into resident weights
         with _timed(seconds, "sync"):
             sync_s = self.sync(out["update"], out["checkpoint"])
@@ -569,7 +599,7 @@ class RunController:
             num_groups=gen.groups,
             num_pairs=out["num_pairs"],
             num_dead=self.queue.written("dead") - dead_before,
-            metrics=self.iteration_metrics(gen, out, seconds, sync_s),
+            metrics=self.iteration_metrics(gen, out, seconds, sync_s) | (self._warm_start_metrics() if t == 1 else {}),
             stage_seconds=seconds,
             eval=evaluation,
             checkpoint=out["checkpoint"],
@@ -978,6 +1008,7 @@ class RunController:
                     "loss": r.metrics.get("loss/mean"),
                     "rewards/accuracies": r.metrics.get("rewards/accuracies"),
                     "rewards/margins": r.metrics.get("rewards/margins"),
+                    "heldout": {k: v for k, v in r.metrics.items() if k.startswith("heldout/")},
                     "eval": r.eval,
                     "stage_seconds": r.stage_seconds,
                     "checkpoint": r.checkpoint,

@@ -508,6 +508,22 @@ class PolicyTrainer:
             frozen.ref_chosen, frozen.ref_rejected = ref_logps
         return frozen
 
+    @torch.no_grad()
+    def pair_logps(self, examples: Sequence[TokenizedPair], initial: bool = False) -> tuple[list[float], list[float]]:
+        """(chosen, rejected) summed completion log-probs (nats, one per pair) of `examples` under the policy
+        now, or with `initial` under the initial policy (the frozen reference; LoRA: the adapter off).
+        `ValueError` when `initial` is asked and the trainer holds no initial policy."""
+        if not initial:
+            chosen, rejected = self._all_logps(self.model, examples)
+        elif self.lora is not None:
+            with self.model.disable_adapter():
+                chosen, rejected = self._all_logps(self.model, examples)
+        elif self.initial_model is not None:
+            chosen, rejected = self._all_logps(self.initial_model, examples)
+        else:
+            raise ValueError("initial=True needs a trainer with an initial policy (algorithm.reference: initial)")
+        return chosen.tolist(), rejected.tolist()
+
     def _all_logps(self, model: PreTrainedModel, examples: Sequence[TokenizedPair]) -> tuple[Tensor, Tensor]:
         """(chosen (P,), rejected (P,)) log-probs of every pair; sorted by length to cut padding."""
 

@@ -114,6 +114,18 @@
       series: [{ key: "rewards/margins", label: "margin", get: metric("rewards/margins") }] },
     { name: "accuracy", group: "train", title: "Reward accuracy", range: [0, 1],
       series: [{ key: "rewards/accuracies", label: "accuracy", get: metric("rewards/accuracies") }] },
+    { name: "heldout_ranking", group: "train", range: [0, 1],
+      title: "Held-out ranking accuracy: policy vs the ideal DPO policy (Chen et al. 2024)",
+      series: [
+        { key: "heldout/ranking_accuracy", label: "policy", get: metric("heldout/ranking_accuracy") },
+        { key: "heldout/idealized_ranking_accuracy", label: "idealized", get: metric("heldout/idealized_ranking_accuracy") },
+      ] },
+    { name: "heldout_logps", group: "train", ref: 0,
+      title: "Held-out log-prob change per iteration (nats; both below 0 = likelihood displacement)",
+      series: [
+        { key: "heldout/logps/chosen_delta", label: "chosen", get: metric("heldout/logps/chosen_delta") },
+        { key: "heldout/logps/rejected_delta", label: "rejected", get: metric("heldout/logps/rejected_delta") },
+      ] },
     { name: "pairs_per_s", group: "train", title: "Pairs / s",
       series: [{ key: "pairs/per_s", label: "pairs/s", get: metric("pairs/per_s") }] },
     { name: "tokens_per_s", group: "train", title: "Generated tokens / s",

@@ -3,8 +3,9 @@
 Prompts "Tell me about {topic}."-style; the gold score rewards naming the topic and polite words and
 penalises stutters and odd lengths (`rules.py`). The task registers, by the names a run config uses:
 
-- prompt sources `arena` (the 640 train prompts), `arena_heldout` (the 320 held-out prompts) and
-  `arena_dsat` (`prompts.count` generated dissatisfaction logs for DRIFT, `dsat.py`);
+- prompt sources `arena` (the 640 train prompts), `arena_heldout` (the 320 held-out prompts),
+  `arena_dsat` (`prompts.count` generated dissatisfaction logs for DRIFT, `dsat.py`) and `arena_sft` (the
+  train prompts with a full-gold reference answer each, SPIN's chosen side);
 - models `arena` (the tiny pretrained policy, `policy.py`), `arena_strong` (its fine-tune on good answers,
   the strong side of CDR, `strong.py`) and `arena_pairrm` (a tiny PairRM ranker, `ranker.py`), each built
   once per seed and cached;
@@ -38,6 +39,15 @@ def _prompts(split: str) -> Any:
         return [PromptItem(p.prompt_id, p.prompt) for p in arena_prompts(split)]  # type: ignore[arg-type]
 
     return load
+
+
+def _sft(cfg: PromptsConfig) -> list[PromptItem]:
+    from sparring.shared.prompts import PromptItem
+    from sparring.tasks.arena.dsat import arena_sft_answers
+    from sparring.tasks.arena.rules import arena_prompts
+
+    answers = arena_sft_answers()
+    return [PromptItem(p.prompt_id, p.prompt, reference_answer=answers[p.prompt_id]) for p in arena_prompts("train")]
 
 
 def _dsat(cfg: PromptsConfig) -> list[PromptItem]:
@@ -111,7 +121,7 @@ def task() -> Task:
     return Task(
         name="arena",
         description="deterministic synthetic task with a verifiable gold preference (tests, demo)",
-        prompt_sources={"arena": _prompts("train"), "arena_heldout": _prompts("heldout"), "arena_dsat": _dsat},
+        prompt_sources={"arena": _prompts("train"), "arena_heldout": _prompts("heldout"), "arena_dsat": _dsat, "arena_sft": _sft},
         models={"arena": _policy, "arena_strong": _strong, "arena_pairrm": _ranker},
         judges={"arena_oracle": _oracle, "arena_cdr": _cdr, "arena_pairrm": _pairrm},
         evaluators={"arena_gold": _gold},

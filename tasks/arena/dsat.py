@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 
 from sparring.tasks.arena.rules import (
+    MAX_GOLD,
     MIN_WORDS,
     POLITE_CAP,
     arena_prompts,
@@ -33,13 +34,34 @@ def dsat_feedback(topic: str, response: str) -> str:
     return " ".join(complaints) or "That was not what I wanted."
 
 
+def full_gold_response(topic: str, rng: random.Random) -> str:
+    """A corpus response to a prompt about `topic` with the full gold score (`MAX_GOLD`): the answer a user is
+    satisfied with (DRIFT's seed pairs) and the arena's SFT answer (SPIN's `arena_sft` prompts)."""
+    while gold_score(topic, response := corpus_response(topic, rng)) < MAX_GOLD:
+        pass
+    return response
+
+
+def arena_sft_answers(seed: int = 0) -> dict[str, str]:
+    """One full-gold answer per arena train prompt (prompt id -> answer), deterministic per seed."""
+    rng = random.Random(f"arena-sft-{seed}")
+    return {p.prompt_id: full_gold_response(p.topic, rng) for p in arena_prompts("train")}
+
+
+SEED_EVERY = 4  # one log in 4 is a DRIFT seed pair (the paper's seed set is 491 pairs beside ~11k logs)
+
+
 def arena_dsat_logs(count: int = 512, seed: int = 0, max_gold: int = 1) -> list[dict[str, object]]:
     """Deterministic DSAT logs on the arena's train prompts, in the JSONL schema of `shared/dsat.py`.
 
     Each has a response drawn from the base policy's corpus distribution with gold score <= `max_gold`
-    (what the base policy says when it does badly) and a follow-up complaint naming what was missing.
+    (what the base policy says when it does badly) and a follow-up complaint naming what was missing. Every
+    `SEED_EVERY`-th log also carries `satisfied`: a corpus response with the full gold score (the answer the
+    user was then happy with), DRIFT's seed pair for the warm start (drawn from a separate stream, so the
+    logs themselves are the same with or without it).
     """
     rng = random.Random(f"arena-dsat-{seed}")
+    sat_rng = random.Random(f"arena-sat-{seed}")
     prompts = arena_prompts("train")
     logs: list[dict[str, object]] = []
     for i in range(count):
@@ -48,12 +70,13 @@ def arena_dsat_logs(count: int = 512, seed: int = 0, max_gold: int = 1) -> list[
             response = corpus_response(p.topic, rng)
             if gold_score(p.topic, response) <= max_gold:
                 break
-        logs.append(
-            {
-                "id": f"dsat-{i}-{p.prompt_id}",
-                "messages": [{"role": "user", "content": p.prompt}],
-                "response": response,
-                "feedback": dsat_feedback(p.topic, response),
-            }
-        )
+        log: dict[str, object] = {
+            "id": f"dsat-{i}-{p.prompt_id}",
+            "messages": [{"role": "user", "content": p.prompt}],
+            "response": response,
+            "feedback": dsat_feedback(p.topic, response),
+        }
+        if i % SEED_EVERY == 0:
+            log["satisfied"] = full_gold_response(p.topic, sat_rng)
+        logs.append(log)
     return logs

@@ -57,6 +57,8 @@ FIXED_SERIES: dict[str, Series] = {
     "loss": {"loss/mean": _metric("loss/mean")},
     "margin": {"rewards/margins": _metric("rewards/margins")},
     "accuracy": {"rewards/accuracies": _metric("rewards/accuracies")},
+    "heldout_ranking": {k: _metric(k) for k in ("heldout/ranking_accuracy", "heldout/idealized_ranking_accuracy")},
+    "heldout_logps": {k: _metric(k) for k in ("heldout/logps/chosen_delta", "heldout/logps/rejected_delta")},
     "pairs_per_s": {"pairs/per_s": _metric("pairs/per_s")},
     "tokens_per_s": {"gen/tokens_per_s": _metric("gen/tokens_per_s")},
     "queues": {f"queue/peak/{q}": _metric(f"queue/peak/{q}") for q in ("prompts", "generations", "pairs")},

@@ -247,6 +247,21 @@ def test_pairwise_judge_ordered_pair_cache_and_debiasing() -> None:
     assert 0.0 <= m["judge/flip_consistency"] <= 1.0 and m["judge/flip_pairs"] == 6
 
 
+def test_baseline_mode_compares_each_answer_with_the_baseline_only() -> None:
+    """OSP's O(K) pairing: 2(K-1) ordered comparisons (both orders) instead of K(K-1), the rest composed."""
+    judge = BiasedComparer()
+    pool = JudgePool(judge, timeout_s=10, baseline=0)
+    g = arena_group(2, k=4)
+    out = pool.judge_batch([g])[0]
+    assert judge.compared == 2 * 3  # (i, 0) and (0, i) for i = 1..3; all ordered pairs would be 12
+    m = out.win_matrix
+    assert m is not None and all(m[i][j] + m[j][i] == pytest.approx(1.0) for i in range(4) for j in range(4))
+    gold = [arena.gold_score(arena.topic_of(g.prompt), c.text) for c in g.completions]
+    for i in range(1, 4):  # the baseline column is the (debiased) comparison itself
+        if gold[i] != gold[0]:
+            assert (m[i][0] > 0.5) == (gold[i] > gold[0])
+
+
 def test_timeout_and_isolation_outcomes_directly() -> None:
     pool = JudgePool(SleepyJudge({"x"}, 0.0), timeout_s=5)
     assert all(isinstance(o, Judgement) for o in pool.judge_groups([arena_group(0), arena_group(1)]))

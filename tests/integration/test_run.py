@@ -189,7 +189,7 @@ def test_drift_pairs_fresh_samples_against_logged_responses(
     cfg = parse_config(data)
     _, done, _ = start(ray_local, cfg, unique_run_id, redis_url, redis_client, arena_model, tmp_path)
     (it,) = ray_local.get(done, timeout=600)["iterations"]
-    assert it["groups"] == 32 and it["policy_version"] == 1
+    assert it["groups"] == 32 and it["policy_version"] == 2  # the preset's warm start on 8 seed pairs made version 1
     logged = {d["id"]: d["response"] for d in arena_dsat_logs(32)}
     pairs = StreamQueue(redis_client, unique_run_id).read_all("pairs", PreferencePair)
     assert len(pairs) == it["pairs"] > 0

@@ -77,7 +77,7 @@ def test_model_judge_and_prompts_are_required(tmp_path: Path) -> None:
 def test_unknown_task_components_name_the_known_ones(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"judge.kind: .*unknown judge kind 'arena_orakel'; known: .*arena_oracle.*pairrm"):
         load_config(write(tmp_path, "judge:\n  kind: arena_orakel\n"))
-    with pytest.raises(ConfigError, match=r"prompts.source: .*unknown prompt source 'arenna'; known: arena, arena_dsat, arena_heldout, dsat, hf, jsonl"):
+    with pytest.raises(ConfigError, match=r"prompts.source: .*unknown prompt source 'arenna'; known: arena, arena_dsat, arena_heldout, arena_sft, dsat, hf, jsonl"):
         load_config(write(tmp_path, "prompts:\n  source: arenna\n"))
     with pytest.raises(ConfigError, match=r"eval.evaluators.*unknown evaluator 'gold'; known: arena_gold"):
         load_config(write(tmp_path, "eval:\n  evaluators: [gold]\n"))

@@ -140,7 +140,14 @@ def test_pause_resume_and_a_replaced_worker_without_ray(
     assert records[1].metrics["workers/restarts"] >= 1  # the replaced generator, counted in its iteration
     assert records[2].metrics["workers/restarts"] == 0
     # every stream's peak depth: 8 prompts and 8 groups dispatched, and the pairs the trainer found waiting
+    # every pair consumed is trained or held out for the diagnostics (workers/diagnostics.py)
     assert all(r.metrics["queue/peak/prompts"] == 8 and r.metrics["queue/peak/pairs"] == r.num_pairs for r in records)
+    assert all(r.metrics["train/pairs"] == r.num_pairs - r.metrics.get("heldout/pairs_withheld", 0) for r in records)
+    sizes = [r.metrics["heldout/pairs"] for r in records]
+    assert 0 < sizes[0] <= 2 and sizes == sorted(sizes)  # at most a quarter of iteration 1's 8 pairs, then growing
+    for r in records:
+        assert 0.0 <= r.metrics["heldout/ranking_accuracy"] <= 1.0 and 0.0 <= r.metrics["heldout/idealized_ranking_accuracy"] <= 1.0
+        assert r.metrics["heldout/logps/chosen"] < 0 and r.metrics["heldout/logps/rejected"] < 0
     died = [d["consumer"] for _, kind, d in store.events(unique_run_id) if kind == "worker_died"]
     assert died == ["gen-0"]
     groups = Counter(g.record_id for _, g in queue.read_all("generations", GenerationGroup))
@@ -184,6 +191,8 @@ def test_pause_resume_and_a_replaced_worker_without_ray(
     }
     key = ("sparring_eval", (("metric", "win_rate_vs_iter0"), ("run", unique_run_id)))
     assert samples[key] == records[2].eval["eval/win_rate_vs_iter0"]
+    key = ("sparring_heldout", (("metric", "ranking_accuracy"), ("run", unique_run_id)))
+    assert samples[key] == records[2].metrics["heldout/ranking_accuracy"]
 
 
 def test_an_iteration_without_pairs_fails_the_run_with_the_reason(

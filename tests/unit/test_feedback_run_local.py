@@ -63,5 +63,5 @@ def test_dpo_pairs_a_conversations_up_and_down_feedback(
     (record,) = _run(cfg, unique_run_id, redis_url, redis_client, tmp_path, POSTED)
     m = record.metrics
     assert (m["feedback/posted"], m["feedback/pairs"], m["feedback/unpaired"]) == (3, 1, 1)  # owls: up > down; tea alone
-    assert m["train/pairs"] == record.num_pairs
+    assert m["train/pairs"] == record.num_pairs - m.get("heldout/pairs_withheld", 0)  # held-out judged pairs are not trained
     assert StreamQueue(redis_client, unique_run_id).outstanding("feedback", "trainer") == 0

@@ -172,3 +172,37 @@ def test_pairs_carry_the_conversation() -> None:
     g = group(["a", "b"]).model_copy(update={"messages": messages})
     (pair,) = build_pairs(g, Judgement(judge="t", scores=[1.0, 0.0]), "best_vs_worst")
     assert pair.messages == messages and pair.prompt == "Tell me about otters."
+
+
+def test_baseline_pairing_reads_only_the_baseline_column_and_composes_strengths() -> None:
+    import math
+
+    from sparring.workers.recipes.winrate import matrix_through_baseline, sigmoid
+
+    # P(y_i beats y_0): s = [1/2 (itself), 0.8, 0.2, 0.6]; the entries off column 0 are garbage on purpose
+    m = [
+        [0.5, 0.2, 0.8, 0.4],
+        [0.8, 0.5, 0.0, 0.0],
+        [0.2, 1.0, 0.5, 1.0],
+        [0.6, 1.0, 0.0, 0.5],
+    ]
+    pairs = build_pairs(group(["a", "b", "c", "d"]), Judgement(judge="t", win_matrix=m), "baseline")
+    logit = lambda p: math.log(p / (1 - p))  # noqa: E731
+    # ranked by s: 1 (0.8) > 3 (0.6) > 0 (0.5) > 2 (0.2): outside in (1, 2), (3, 0)
+    assert [(p.chosen.index, p.rejected.index) for p in pairs] == [(1, 2), (3, 0)]
+    assert pairs[0].win_prob == pytest.approx(sigmoid(logit(0.8) - logit(0.2)))  # 0.941
+    assert pairs[1].win_prob == pytest.approx(0.6)  # against the baseline itself: its own comparison
+    assert pairs[0].chosen_score == 0.8 and pairs[0].rejected_score == 0.2
+    composed = matrix_through_baseline([0.5, 0.8, 0.2, 0.6])
+    assert all(composed[i][j] + composed[j][i] == pytest.approx(1.0) for i in range(4) for j in range(4))
+    assert matrix_through_baseline([0.9, 1.0, 0.0])[1][2] == pytest.approx(1.0, abs=1e-9)  # hard verdicts stay finite
+    with pytest.raises(ValueError, match="baseline 3 outside a group of 3"):
+        matrix_through_baseline([0.5, 0.5, 0.5], 3)
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
+        matrix_through_baseline([0.5, 1.5])
+    # a hard-verdict judge: 1 and 2 both beat the baseline, so they tie (2 > 1 in the full matrix is not read)
+    hard = [[0.5, 0.0, 0.0, 1.0], [1.0, 0.5, 0.0, 1.0], [1.0, 1.0, 0.5, 1.0], [0.0, 0.0, 0.0, 0.5]]
+    ranked = build_pairs(group(["a", "b", "c", "d"]), Judgement(judge="t", win_matrix=hard), "baseline")
+    # s = [.5, 1, 1, 0]: order 1, 2 (tie, by index), 0, 3 -> (1, 3), (2, 0)
+    assert [(p.chosen.index, p.rejected.index) for p in ranked] == [(1, 3), (2, 0)]
+    assert build_pairs(group(["a", "b", "c", "d"]), Judgement(judge="t", win_matrix=hard), "ranked")[0].chosen.index == 2

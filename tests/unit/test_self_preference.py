@@ -227,3 +227,22 @@ def test_a_tied_policy_follows_a_sync(tmp_path: Path) -> None:
     fresh = SelfPreferenceJudge.from_pretrained(str(new), template=template, answers=answers)  # type: ignore[arg-type]
     for (name, a), (_, b) in zip(judge.model.state_dict().items(), fresh.model.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_baseline_mode_scores_2k_minus_2_prompts_and_keeps_the_baseline_column(ckpts: tuple[Path, Path]) -> None:
+    """OSP's O(K) pairing (`algorithm.pairs: baseline`): each answer against answer 0 only, both orders."""
+    full, based = judge_for(ckpts[0]), judge_for(ckpts[0], baseline=0)
+    add_answer_bias(full, 1.5)
+    add_answer_bias(based, 1.5)
+    seen: list[int] = []
+    original = based.answer_probs
+    based.answer_probs = lambda rows: seen.append(len(rows)) or original(rows)  # type: ignore[method-assign]
+    (f,) = full.judge([group(RESPONSES)])
+    (b,) = based.judge([group(RESPONSES)])
+    assert seen == [2 * (len(RESPONSES) - 1)]  # 6 judge prompts for K=4, not 12
+    assert f.win_matrix is not None and b.win_matrix is not None
+    for i in range(len(RESPONSES)):
+        assert b.win_matrix[i][0] == pytest.approx(f.win_matrix[i][0], abs=1e-5)  # the same comparisons (batch padding: ~1e-7)
+        for j in range(len(RESPONSES)):
+            assert b.win_matrix[i][j] + b.win_matrix[j][i] == pytest.approx(1.0)
+    assert based.flip_pairs == len(RESPONSES) - 1

@@ -119,3 +119,15 @@ def test_a_spin_run_trains_on_answer_vs_sample_pairs_and_raises_the_answers_like
     pool = parse_jsonl_prompts(path.read_text().splitlines())
     before, after = answer_logps(policy, pool), answer_logps(summary["final_checkpoint"], pool)
     assert (after > before).float().mean() >= 0.9, (before, after)
+
+
+def test_arena_sft_prompts_carry_a_full_gold_answer_each() -> None:
+    from sparring.shared.prompts import load_prompt_pool
+    from sparring.tasks.arena.rules import MAX_GOLD, gold_score, topic_of
+
+    cfg = parse_config({"policy": {"path": "arena"}, "judge": {"kind": "none"}, "algorithm": {"pairs": "spin"},
+                        "generation": {"samples_per_prompt": 1}, "prompts": {"source": "arena_sft"}})  # fmt: skip
+    pool = load_prompt_pool(cfg.prompts)
+    assert len(pool) == 640 and len({p.reference_answer for p in pool}) > 300
+    assert all(gold_score(topic_of(p.prompt), p.reference_answer or "") == MAX_GOLD for p in pool)
+    check_pool(pool, cfg.prompts, cfg)

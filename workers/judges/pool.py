@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from sparring.shared.records import Completion, GenerationGroup, Judgement, PreferencePair
+from sparring.workers.recipes.winrate import matrix_through_baseline
 
 log = logging.getLogger(__name__)
 
@@ -138,10 +139,13 @@ def _sign(x: float) -> int:
 class JudgePool:
     """One judge with the pool's machinery around it (see the module docstring)."""
 
-    def __init__(self, judge: Any, timeout_s: float = 60.0, cache_size: int = 100_000) -> None:
+    def __init__(self, judge: Any, timeout_s: float = 60.0, cache_size: int = 100_000, baseline: int | None = None) -> None:
+        """`baseline`: a pairwise judge compares every response with that one only (OSP's O(K) pairing,
+        `algorithm.pairs: baseline`), the other entries composed through it (`matrix_through_baseline`)."""
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
         self.judge = judge
+        self.baseline = baseline
         self.timeout_s = float(timeout_s)
         self.cache_size = int(cache_size)
         self.stats = PoolStats()
@@ -380,7 +384,7 @@ class JudgePool:
             rows = []
             for i in range(k):
                 for j in range(k):
-                    if i == j or (not both and j < i):
+                    if i == j or (not both and j < i) or (self.baseline is not None and self.baseline not in (i, j)):
                         continue
                     key = (pk, ck[i], ck[j])
                     rows.append((i, j, key))
@@ -409,6 +413,8 @@ class JudgePool:
             m = [[0.5] * k for _ in range(k)]
             for i in range(k):
                 for j in range(i + 1, k):
+                    if (i, j) not in p and (j, i) not in p:  # baseline mode: composed below
+                        continue
                     if both:
                         pij, pji = p[(i, j)], p[(j, i)]
                         self.stats.flip_pairs += 1
@@ -417,6 +423,8 @@ class JudgePool:
                     else:
                         m[i][j] = p[(i, j)]
                     m[j][i] = 1.0 - m[i][j]
+            if self.baseline is not None and k > self.baseline:
+                m = matrix_through_baseline([m[i][self.baseline] for i in range(k)], self.baseline)
             scores = [sum(row) / k for row in m]
             out.append(Judgement(judge=self.judge.name, scores=scores, win_matrix=m))
         return out

@@ -51,7 +51,10 @@ def build_judge(cfg: JudgeConfig, run: RunConfig | None = None) -> Judge | None:
         from sparring.workers.judges.self_preference import SelfPreferenceJudge
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
+        from sparring.workers.recipes.winrate import BASELINE
+
+        baseline = BASELINE if run.algorithm.pairs == "baseline" else None  # OSP's O(K) comparisons
         return SelfPreferenceJudge.from_pretrained(
-            resolve_model_path(run.policy.path, run.seed), dtype=run.policy.dtype, device=device
+            resolve_model_path(run.policy.path, run.seed), dtype=run.policy.dtype, device=device, baseline=baseline
         )
     return tasks.require("judges", cfg.kind)(cfg, run)

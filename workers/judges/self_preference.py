@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING
 
 from sparring.shared.models import load_causal_lm, load_tokenizer, prompt_token_ids, text_token_ids
 from sparring.shared.records import GenerationGroup, Judgement
+from sparring.workers.recipes.winrate import matrix_through_baseline
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -74,7 +75,11 @@ class SelfPreferenceJudge:
         answers: tuple[str, str] | None = None,
         batch_size: int = 64,
         name: str = "self_preference",
+        baseline: int | None = None,
     ) -> None:
+        """`baseline`: compare every response with that one only (OSP's O(K) baseline pairing,
+        `algorithm.pairs: baseline`; the rest of the matrix is composed through it, `matrix_through_baseline`);
+        None = every ordered pair (K(K-1) judge prompts per group)."""
         template = DEFAULT_TEMPLATE if template is None else template
         answers = DEFAULT_ANSWERS if answers is None else answers
         for key in ("{question}", "{a}", "{b}"):
@@ -94,6 +99,7 @@ class SelfPreferenceJudge:
         self.answers = answers
         self.answer_ids = (ids[0][0], ids[1][0])
         self.batch_size = batch_size
+        self.baseline = baseline
         self.name = name
         self.engine_id = f"{name}-judge"
         self.version = 0
@@ -160,7 +166,7 @@ class SelfPreferenceJudge:
             where: dict[tuple[int, int], int] = {}
             for i in range(len(texts)):
                 for j in range(len(texts)):
-                    if i != j:
+                    if i != j and (self.baseline is None or self.baseline in (i, j)):
                         key = tuple(self.prompt_ids(question, texts[i], texts[j]))
                         where[(i, j)] = unique.setdefault(key, len(unique))
             plans.append((texts, where))
@@ -173,12 +179,16 @@ class SelfPreferenceJudge:
             matrix = [[0.5] * k for _ in range(k)]
             for i in range(k):
                 for j in range(i + 1, k):
+                    if (i, j) not in where:  # baseline mode: composed below
+                        continue
                     p_ij, p_ji = probs[where[(i, j)]], probs[where[(j, i)]]
                     half_gap = 0.5 * (p_ij - p_ji)
                     matrix[i][j], matrix[j][i] = 0.5 + half_gap, 0.5 - half_gap
                     if texts[i] != texts[j]:
                         pairs += 1
                         consistent += _sign(p_ij - 0.5) == -_sign(p_ji - 0.5)
+            if self.baseline is not None and k > self.baseline:
+                matrix = matrix_through_baseline([matrix[i][self.baseline] for i in range(k)], self.baseline)
             scores = [
                 sum(matrix[i][j] for j in range(k) if j != i) / (k - 1) if k > 1 else 0.5 for i in range(k)
             ]

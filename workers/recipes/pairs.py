@@ -7,6 +7,14 @@ outside in, (1st, K-th), (2nd, K-1-th), ..., giving up to K/2 disjoint pairs, ea
 strength P(chosen beats rejected) as its `win_prob` (the soft label of SPCE). Responses are ranked by their
 scalar score when the judge gives one, else by the row mean of the win matrix (their estimated win rate
 against the group). A group whose responses all tie yields no pair: there is nothing to learn from it.
+`baseline` (OSP's ranked pairing against an intermediate baseline, arXiv 2405.14103 as the LLM-as-a-judge
+survey arXiv 2411.16594 Sec. 4.2.6 describes it: O(K) judge comparisons instead of O(K^2)): the same outside-in
+pairing, but each response is ranked only by s_i = P(y_i beats y_b), its comparison with the baseline
+b = sample 0 (an i.i.d. policy sample: the group's median in expectation), and a pair's strength is composed
+through the baseline, P(i beats j) = sigmoid(logit s_i - logit s_j) (`winrate.py::matrix_through_baseline`).
+Only column b of the judge's matrix is read; a judge told the recipe (self-preference, a pairwise judge behind
+the pool) compares each response with the baseline only. Two responses that both beat (or both lose to) the
+baseline by a hard verdict tie and give no pair: what O(K) comparisons cannot separate.
 
 Empty answers (no tokens) are never a side of a training pair, in every mode: the pairs are built from the
 non-empty answers only, so best-vs-worst pairs the best answer with the worst *non-empty* one (an empty
@@ -21,9 +29,14 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from sparring.shared.records import GenerationGroup, Judgement, PreferencePair
-from sparring.workers.recipes.winrate import pairwise_probs_from_scores, row_win_rates
+from sparring.workers.recipes.winrate import (
+    BASELINE,
+    matrix_through_baseline,
+    pairwise_probs_from_scores,
+    row_win_rates,
+)
 
-PairMode = Literal["best_vs_worst", "all_pairs", "ranked"]
+PairMode = Literal["best_vs_worst", "all_pairs", "ranked", "baseline"]
 
 
 def prompt_fields(source: GenerationGroup | PreferencePair) -> dict[str, Any]:
@@ -101,6 +114,9 @@ def build_pairs(group: GenerationGroup, judgement: Judgement, mode: PairMode) ->
         )
     scores = ranking_scores(judgement)
     matrix = win_matrix(judgement)
+    if mode == "baseline":  # only the comparisons with the baseline count (module docstring)
+        scores = [0.5 if i == BASELINE else matrix[i][BASELINE] for i in range(len(matrix))]
+        matrix = matrix_through_baseline(scores, BASELINE)
     rates = [float(r) for r in row_win_rates(matrix)]  # P-hat(y_i beats pi_t), self term included
     # Only non-empty answers can be a pair's side (module docstring); win rates stay over the whole group.
     live = [i for i, c in enumerate(group.completions) if c.token_ids]
@@ -114,7 +130,7 @@ def build_pairs(group: GenerationGroup, judgement: Judgement, mode: PairMode) ->
         best = max(live, key=lambda i: (scores[i], -i))  # ties: lowest index, deterministic
         worst = min(live, key=lambda i: (scores[i], i))
         candidates = [(best, worst)] if scores[best] > scores[worst] else []
-    elif mode == "ranked":
+    elif mode in ("ranked", "baseline"):
         order = sorted(live, key=lambda i: (-scores[i], i))  # best first; ties by index
         candidates = [
             (order[r], order[k - 1 - r]) for r in range(k // 2) if scores[order[r]] > scores[order[k - 1 - r]]

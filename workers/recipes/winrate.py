@@ -32,6 +32,32 @@ def pairwise_probs_from_scores(scores: Sequence[float]) -> list[list[float]]:
     return [[sigmoid(si - sj) for sj in scores] for si in scores]
 
 
+BASELINE = 0  # OSP's baseline-anchored pairing: the sample every other is compared with (the group's first)
+
+
+def logit(p: float, eps: float = 1e-6) -> float:
+    """log(p / (1 - p)) with p clipped to [eps, 1 - eps] (a hard 0 or 1 stays finite)."""
+    p = min(max(p, eps), 1.0 - eps)
+    return math.log(p / (1.0 - p))
+
+
+def matrix_through_baseline(against: Sequence[float], baseline: int = BASELINE) -> list[list[float]]:
+    """K x K P[i][j] = sigmoid(logit s_i - logit s_j) from s_i = P(y_i beats y_b) only: Bradley-Terry
+    strengths composed through the shared baseline b (its own s_b = 1/2, whatever `against[b]` says).
+
+    OSP's ranked pairing against an intermediate baseline (arXiv 2405.14103, via the LLM-as-a-judge survey
+    arXiv 2411.16594 Sec. 4.2.6: O(K) comparisons instead of O(K^2)); the composition is the reference's
+    reconstruction (shared/reference/algorithms.md Sec. 4.2 step 3). ValueError for an empty `against`, a
+    baseline outside it or a value outside [0, 1]."""
+    k = len(against)
+    if not 0 <= baseline < k:
+        raise ValueError(f"baseline {baseline} outside a group of {k}")
+    if any(not 0.0 <= s <= 1.0 for s in against):
+        raise ValueError(f"P(y_i beats the baseline) must lie in [0, 1], got {list(against)}")
+    z = [0.0 if i == baseline else logit(s) for i, s in enumerate(against)]
+    return [[0.5 if i == j else sigmoid(z[i] - z[j]) for j in range(k)] for i in range(k)]
+
+
 def row_win_rates(win_matrix: Sequence[Sequence[float]]) -> list[float]:
     """Each response's win rate against the group: the mean of its row, self term included (SPPO)."""
     k = len(win_matrix)
