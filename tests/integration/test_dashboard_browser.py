@@ -61,6 +61,7 @@ FIXED_SERIES: dict[str, Series] = {
     "tokens_per_s": {"gen/tokens_per_s": _metric("gen/tokens_per_s")},
     "queues": {f"queue/peak/{q}": _metric(f"queue/peak/{q}") for q in ("prompts", "generations", "pairs")},
     "stale_dropped": {"pairs/stale_dropped": _metric("pairs/stale_dropped")},
+    "staleness": {"staleness/max": _metric("staleness/max"), "staleness/mean": _metric("staleness/mean")},
     "sync": {"sync/max_engine_s": _metric("sync/max_engine_s"),
              "stage/sync": lambda r: r.get("stage_seconds", {}).get("sync")},
     "judge_latency": {"judge/latency_s": _metric("judge/latency_s")},
@@ -213,7 +214,8 @@ def check_charts_match(pics: Drawn, records: list[dict[str, Any]]) -> None:
                     )
             chart_iters |= set(want)
         assert pics.counts[chart] == len(chart_iters), chart
-    assert not set(pics.counts) - set(expected) - {"stages"}, f"unexpected charts {set(pics.counts) - set(expected)}"
+    pipeline = {"timeline", "staleness_hist"}  # drawn from stage_spans / staleness/lag_<k>: check_pipeline_charts
+    assert not set(pics.counts) - set(expected) - {"stages"} - pipeline, f"unexpected charts {set(pics.counts) - set(expected)}"
     for chart in ALWAYS_FILLED:
         assert pics.counts.get(chart) == last, f"chart {chart!r} has {pics.counts.get(chart)} iterations, loss has {last}"
     for key, label in WIN_RATE_LABELS.items():
@@ -225,6 +227,36 @@ def check_charts_match(pics: Drawn, records: list[dict[str, Any]]) -> None:
         for key in [k for k in ev if WIN_RATE_KEY.match(k) and not CI.search(k)] + ["eval/kl_vs_iter0"]:
             assert cells.get(key) == pytest.approx(ev[key], rel=1e-9, abs=1e-12), (i, key, cells)
         assert cells.get("loss/mean") == pytest.approx(rec["metrics"]["loss/mean"], rel=1e-9, abs=1e-12)
+
+
+def check_pipeline_charts(page: Any, records: list[dict[str, Any]]) -> None:
+    """The stage timeline: one bar per stage span of each drawn iteration at (start, end) - started_at, in order
+    within its iteration (the demo-like run here is sync); the staleness histogram: one bar per lag with the
+    records' summed `staleness/lag_<k>` (every pair of a sync run at lag 0)."""
+    snap = page.evaluate(
+        """() => ({
+            bars: [...document.querySelectorAll('svg[data-chart="timeline"] rect[data-stage]')].map((r) => [
+                Number(r.dataset.iteration), r.dataset.stage, Number(r.dataset.start), Number(r.dataset.end)]),
+            hist: [...document.querySelectorAll('svg[data-chart="staleness_hist"] rect[data-lag]')].map((r) => [
+                Number(r.dataset.lag), Number(r.dataset.value)]),
+        })"""
+    )
+    drawn = {i for i, *_ in snap["bars"]}
+    by_iter = {r["iteration"]: r for r in records if r["iteration"] in drawn}
+    assert drawn and set(by_iter) == drawn and chart_points(page, "timeline") == len(drawn)
+    want = sorted((i, st, a - r["started_at"], b - r["started_at"]) for i, r in by_iter.items() for st, (a, b) in r["stage_spans"].items())
+    got = sorted(snap["bars"])
+    assert [(i, st) for i, st, *_ in got] == [(i, st) for i, st, *_ in want]
+    assert all(g[2:] == pytest.approx(w[2:], abs=1e-6) for g, w in zip(got, want, strict=True))
+    for i in drawn:
+        edges = [x for st in ("generate_judge", "train", "sync", "eval") for x in by_iter[i]["stage_spans"].get(st, [])]
+        assert edges == sorted(edges), (i, by_iter[i]["stage_spans"])
+    hist: dict[int, float] = {}
+    for r in records:
+        for k, v in r["metrics"].items():
+            if k.startswith("staleness/lag_"):
+                hist[int(k.removeprefix("staleness/lag_"))] = hist.get(int(k.removeprefix("staleness/lag_")), 0.0) + v
+    assert dict(snap["hist"]) == hist and set(hist) == {0} and hist[0] == sum(r["num_pairs"] for r in records) > 0
 
 
 def test_shell_is_static_and_outside_the_schema(api_server: Any) -> None:
@@ -322,6 +354,9 @@ def test_live_run_page(api_server: Any, browser: Any, tmp_path: Path) -> None:
         assert pics.counts["loss"] > n0
         check_charts_match(pics, api_iterations(api_server, run_id))
         assert page.text_content("#progress") != "waiting for events…"
+        wait_for("the pipeline charts", lambda: chart_points(page, "timeline") == pics.counts["loss"], 10, 0.2)
+        records = api_iterations(api_server, run_id)
+        check_pipeline_charts(page, [r for r in records if r["iteration"] <= pics.counts["loss"]])
 
         # 4. recent pairs and live queue depths are on the page
         wait_for("the pairs table", lambda: page.locator("#pairs tbody tr").count() > 0, 30)
