@@ -1,7 +1,7 @@
 """online_dpo against the demo's wall time: the 3-iteration demo, then the online_dpo arena run, back to back.
 
     .venv/bin/python bench/online.py [--batches 30] [--eval-every 3] [--target 0.85] [--set KEY=VALUE ...]
-        [--variant 'KEY=VALUE ...' ...] [--skip-demo]
+        [--variant 'KEY=VALUE ...' ...] [--stop-at-target] [--skip-demo]
 
 Issue 16's goal: "an online_dpo arena run (64-prompt batches) reaching gold win rate >= 0.85 within the same wall
 time as the 3-iteration demo". Both runs share one local Ray and one private Redis started here, one after the
@@ -24,7 +24,8 @@ its start) and a summary row with the mean per-batch stage seconds (generate_jud
 eval (over all batches, and over the evaluated ones), `wall`, and `other`: the rest of a batch's wall time,
 i.e. dispatch, record, acknowledge, control checks); then one JSON object as the last line with, per online
 run, `ratio` = reach_s / demo_s (< 1: online_dpo reaches the target within the demo's wall time; null when it
-never does).
+never does). `--stop-at-target` stops each online run at the end of the batch that reached the target
+(saves the rest of its batches; `reach_s` is the same).
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def online_row(run: dict[str, Any], target: float, demo_s: float | None, variant
         "variant": variant, "wall_s": round(run["finished"] - started, 1), "startup_s": round(run["loop_start"] - started, 1),
         "reach_s": None if reach_s is None else round(reach_s, 1), "reach_batch": None if reach is None else reach.iteration,
         "ratio": None if reach_s is None or demo_s is None else round(reach_s / demo_s, 3),
-        "gold_last": records[-1].eval[GOLD],
+        "batches_run": len(records), "gold_last": next((r.eval[GOLD] for r in reversed(records) if r.eval), None),
         "version_violations": sum(r.metrics["version/violations"] for r in records),
         "staleness_max": max(r.metrics["staleness/max"] for r in records),
         "per_batch_s": per_batch_seconds(records),
@@ -101,6 +102,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key of every online run")
     parser.add_argument("--variant", action="append", default=[], metavar="'KEY=VALUE ...'",
                         help="one more online run with these overrides (repeatable; none: one run as set)")
+    parser.add_argument("--stop-at-target", action="store_true", help="stop each online run once it reaches --target")
     parser.add_argument("--skip-demo", action="store_true", help="online runs only (no ratio)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -119,7 +121,9 @@ def main() -> None:
             print(json.dumps({"run": "demo", "wall_s": round(demo_s, 1), "startup_s": round(demo["loop_start"] - demo["started"], 1),
                               "gold": demo_gold}), flush=True)  # fmt: skip
         for variant in [v.split() for v in args.variant] or [[]]:
-            run = timed_run(load_config(ONLINE, online_overrides(args, variant, root)), "online", redis.url, root)
+            cfg = load_config(ONLINE, online_overrides(args, variant, root))
+            stop = (lambda r: GOLD in r.eval and r.eval[GOLD] >= args.target) if args.stop_at_target else None
+            run = timed_run(cfg, "online", redis.url, root, stop_when=stop)
             rows.append(online_row(run, args.target, demo_s, variant))
             print(json.dumps(rows[-1]), flush=True)
     print(json.dumps({

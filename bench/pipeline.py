@@ -58,10 +58,11 @@ def mode_config(mode: str, args: argparse.Namespace, run_dir: Path) -> Any:
     return parse_config(data)
 
 
-def timed_run(cfg: Any, label: str, redis_url: str, root: Path) -> dict[str, Any]:
-    """Run `cfg` to the end with an in-process `RunController` (workers are Ray actors) on a fresh run id.
-    Returns `started` (wall clock before the controller is built), `loop_start` (after start-up: workers up,
-    version-0 held-out samples taken), `finished` and the run's iteration `records`."""
+def timed_run(cfg: Any, label: str, redis_url: str, root: Path, stop_when: Any = None) -> dict[str, Any]:
+    """Run `cfg` to the end with an in-process `RunController` (workers are Ray actors) on a fresh run id, or
+    until `stop_when(record)` is true for a recorded iteration (then a stop is requested: the run ends at the
+    next iteration boundary). Returns `started` (wall clock before the controller is built), `loop_start`
+    (after start-up: workers up, version-0 held-out samples taken), `finished` and the run's iteration `records`."""
     from sparring.workers.controller import RunController
 
     run_id = f"bench-{label}-{time.time_ns()}"
@@ -75,6 +76,11 @@ def timed_run(cfg: Any, label: str, redis_url: str, root: Path) -> dict[str, Any
         def evaluate_baseline(self) -> None:
             super().evaluate_baseline()
             marks["loop_start"] = time.time()
+
+        def record_iteration(self, record: Any) -> None:
+            super().record_iteration(record)
+            if stop_when is not None and stop_when(record):
+                store.request_control(run_id, "stop")
 
     started = time.time()
     Timed(run_id, cfg.model_dump_json(), redis_url, str(run_dir)).run()
