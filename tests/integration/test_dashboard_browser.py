@@ -13,6 +13,10 @@
   the iteration is pushed over the event stream); every request stays on the API's origin, carries the token in the
   Authorization header only, and never in a URL. A full-page screenshot is saved under the test's tmp_path.
 
+- the pipeline charts of an async run whose records are written straight to Redis (no run executes): the stage
+  timeline draws each record's `stage_spans` (the next batch's generation beside training), the staleness
+  histogram the records' summed `staleness/lag_<k>`.
+
 Needs `make browser` (apt `chromium`); it does not skip when chromium is missing, it fails and says so.
 """
 
@@ -229,10 +233,10 @@ def check_charts_match(pics: Drawn, records: list[dict[str, Any]]) -> None:
         assert cells.get("loss/mean") == pytest.approx(rec["metrics"]["loss/mean"], rel=1e-9, abs=1e-12)
 
 
-def check_pipeline_charts(page: Any, records: list[dict[str, Any]]) -> None:
-    """The stage timeline: one bar per stage span of each drawn iteration at (start, end) - started_at, in order
-    within its iteration (the demo-like run here is sync); the staleness histogram: one bar per lag with the
-    records' summed `staleness/lag_<k>` (every pair of a sync run at lag 0)."""
+def check_pipeline_charts(page: Any, records: list[dict[str, Any]], sync: bool = True) -> None:
+    """The stage timeline: one bar per stage span of each drawn iteration at (start, end) - started_at (in a
+    `sync` run, one stage after another); the staleness histogram: one bar per lag with the records' summed
+    `staleness/lag_<k>` (in a sync run every pair is at lag 0)."""
     snap = page.evaluate(
         """() => ({
             bars: [...document.querySelectorAll('svg[data-chart="timeline"] rect[data-stage]')].map((r) => [
@@ -248,7 +252,7 @@ def check_pipeline_charts(page: Any, records: list[dict[str, Any]]) -> None:
     got = sorted(snap["bars"])
     assert [(i, st) for i, st, *_ in got] == [(i, st) for i, st, *_ in want]
     assert all(g[2:] == pytest.approx(w[2:], abs=1e-6) for g, w in zip(got, want, strict=True))
-    for i in drawn:
+    for i in drawn if sync else ():
         edges = [x for st in ("generate_judge", "train", "sync", "eval") for x in by_iter[i]["stage_spans"].get(st, [])]
         assert edges == sorted(edges), (i, by_iter[i]["stage_spans"])
     hist: dict[int, float] = {}
@@ -256,7 +260,8 @@ def check_pipeline_charts(page: Any, records: list[dict[str, Any]]) -> None:
         for k, v in r["metrics"].items():
             if k.startswith("staleness/lag_"):
                 hist[int(k.removeprefix("staleness/lag_"))] = hist.get(int(k.removeprefix("staleness/lag_")), 0.0) + v
-    assert dict(snap["hist"]) == hist and set(hist) == {0} and hist[0] == sum(r["num_pairs"] for r in records) > 0
+    assert dict(snap["hist"]) == hist and sum(hist.values()) == sum(r["num_pairs"] for r in records) > 0
+    assert chart_points(page, "staleness_hist") == len(hist) and (not sync or set(hist) == {0})
 
 
 def test_shell_is_static_and_outside_the_schema(api_server: Any) -> None:
@@ -381,3 +386,52 @@ def test_live_run_page(api_server: Any, browser: Any, tmp_path: Path) -> None:
             assert headers.get("authorization") == f"Bearer {api_server.read_token}", url
     assert not [e for e in log.errors if "Content Security Policy" in e or "pageerror" in e], log.errors
     assert shot.stat().st_size > 10_000
+
+
+def test_pipeline_charts_of_an_async_run(api_server: Any, browser: Any, redis_client: Any, tmp_path: Path) -> None:
+    from sparring.shared.config import parse_config
+    from sparring.shared.records import IterationRecord
+    from sparring.shared.store import RunStore
+    from tests.integration.conftest import SMALL_ARENA_RUN
+
+    cfg = parse_config({**SMALL_ARENA_RUN, "policy": {"path": "arena"}, "judge": {"kind": "arena_oracle"}, "prompts": {"source": "arena"},
+                        "schedule": {"iterations": 3, "prompts_per_iteration": 32, "mode": "async",
+                                                        "max_staleness": 1, "prompt_schedule": "disjoint"}})  # fmt: skip
+    store = RunStore(redis_client)
+    run_id = f"pipeline-charts-{time.time_ns()}"
+    store.create_run(run_id, cfg.model_dump(mode="json"), str(tmp_path))
+    t0, lags = 1_700_000_000.0, {1: {0: 30.0}, 2: {1: 28.0}, 3: {1: 31.0}}
+    for i in (1, 2, 3):
+        s0 = t0 + 10 * i
+        spans = {"train": [s0 + 0.1, s0 + 1.5], "sync": [s0 + 2.0, s0 + 2.2], "eval": [s0 + 2.2, s0 + 3.0]}
+        if i < 3:  # the next batch, generated while this one trains
+            spans["generate_judge"] = [s0 + 0.1, s0 + 1.9]
+        store.put_iteration(IterationRecord(
+            run_id=run_id, iteration=i, policy_version_in=i - 1, policy_version_out=i, num_prompts=32, num_groups=32,
+            num_pairs=int(sum(lags[i].values())), num_dead=0, started_at=s0, finished_at=s0 + 3.1,
+            metrics={"loss/mean": 0.69, **{f"staleness/lag_{k}": n for k, n in lags[i].items()},
+                     "staleness/max": float(max(lags[i])), "staleness/mean": float(max(lags[i]))},
+            stage_seconds={k: b - a for k, (a, b) in spans.items()}, stage_spans=spans,
+        ))  # fmt: skip
+    store.set_state(run_id, "completed")
+
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    log = PageLog(page)
+    try:
+        page.goto(f"{api_server.url}/dashboard#/runs/{run_id}&token={api_server.read_token}")
+        page.wait_for_selector('svg[data-chart="timeline"][data-points="3"]', timeout=30_000)
+        check_pipeline_charts(page, api_iterations(api_server, run_id), sync=False)
+        bars = page.evaluate(
+            """() => [...document.querySelectorAll('svg[data-chart="timeline"] rect[data-stage]')].map((r) => [
+                Number(r.dataset.iteration), r.dataset.stage, Number(r.getAttribute('x')), Number(r.getAttribute('width'))])"""
+        )
+        x = {(i, st): (a, a + w) for i, st, a, w in bars}
+        for i in (1, 2):  # drawn side by side: the bars overlap in x, in lanes of their own
+            assert x[(i, "generate_judge")][0] < x[(i, "train")][1] and x[(i, "train")][0] < x[(i, "generate_judge")][1]
+            assert x[(i, "sync")][0] >= x[(i, "generate_judge")][1]
+        assert Drawn(page).series["staleness"]["staleness/max"] == {1: 0.0, 2: 1.0, 3: 1.0}
+    finally:
+        page.screenshot(path=str(tmp_path / "pipeline-charts.png"), full_page=True)
+        context.close()
+    assert not [e for e in log.errors if "pageerror" in e], log.errors
