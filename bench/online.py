@@ -1,6 +1,6 @@
 """online_dpo against the demo's wall time: the 3-iteration demo, then the online_dpo arena run, back to back.
 
-    .venv/bin/python bench/online.py [--batches 30] [--eval-every 3] [--target 0.85] [--set KEY=VALUE ...]
+    .venv/bin/python bench/online.py [--batches N] [--eval-every K] [--target 0.85] [--set KEY=VALUE ...]
         [--variant 'KEY=VALUE ...' ...] [--stop-at-target] [--skip-demo]
 
 Issue 16's goal: "an online_dpo arena run (64-prompt batches) reaching gold win rate >= 0.85 within the same wall
@@ -9,11 +9,11 @@ other in this process (each with its own in-process `RunController`, workers as 
 
 - the demo: tasks/arena/demo.yaml unchanged (3 x 512 prompts, K=4, DPO 2 epochs). Its wall time `demo_s` runs
   from building the controller to the run's end (start-up included, as a user waits for it).
-- online_dpo: examples/arena-online-dpo.yaml (the `online_dpo` preset at the arena's lr 3e-4, async,
-  max_staleness 1) with `schedule.iterations = --batches` and, past the 10 disjoint batches the 640 prompts
-  give, `prompt_schedule: random`; it is evaluated (256 held-out prompts, the `arena_gold` evaluator) after
-  every `--eval-every`-th batch and the last (`eval.every`), so evaluation, which is serial, costs 1/k of the
-  batches. `--set` overrides more keys of this run. `reach_s`: from building its controller to the end of the
+- online_dpo: examples/arena-online-dpo.yaml (the `online_dpo` preset at the arena's lr, async, max_staleness 1,
+  15 random batches, evaluated on 256 held-out prompts with the `arena_gold` evaluator after every 3rd batch and
+  the last: `eval.every`, so evaluation, which is serial, costs 1/k of the batches). `--batches` sets
+  `schedule.iterations` (random draws past the 10 disjoint batches the 640 prompts give, else disjoint),
+  `--eval-every` sets `eval.every`, `--set` overrides more keys of this run. `reach_s`: from building its controller to the end of the
   first batch whose evaluation has gold win rate vs iteration 0 >= `--target` (start-up included, as in
   `demo_s`); the win rate can only be seen at an evaluated batch, so `reach_s` is up to k - 1 batches late.
 
@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import statistics
 import tempfile
 from pathlib import Path
@@ -52,9 +53,12 @@ STAGES = ("generate_judge", "train", "overlap", "sync", "eval")
 
 
 def online_overrides(args: argparse.Namespace, variant: list[str], run_dir: Path) -> dict[str, Any]:
-    out: dict[str, Any] = {"schedule.iterations": args.batches, "eval.every": args.eval_every, "storage.run_dir": str(run_dir)}
-    if args.batches > DISJOINT_BATCHES:
-        out["schedule.prompt_schedule"] = "random"
+    out: dict[str, Any] = {"storage.run_dir": str(run_dir)}
+    if args.batches is not None:
+        out["schedule.iterations"] = args.batches
+        out["schedule.prompt_schedule"] = "random" if args.batches > DISJOINT_BATCHES else "disjoint"
+    if args.eval_every is not None:
+        out["eval.every"] = args.eval_every
     out.update(parse_sets(args.set + variant))
     return out
 
@@ -90,14 +94,14 @@ def online_row(run: dict[str, Any], target: float, demo_s: float | None, variant
         "batches_run": len(records), "gold_last": next((r.eval[GOLD] for r in reversed(records) if r.eval), None),
         "version_violations": sum(r.metrics["version/violations"] for r in records),
         "staleness_max": max(r.metrics["staleness/max"] for r in records),
-        "per_batch_s": per_batch_seconds(records),
+        "per_batch_s": per_batch_seconds(records), "load_avg_1m": os.getloadavg()[0],
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batches", type=int, default=30, help="online_dpo batches of 64 prompts")
-    parser.add_argument("--eval-every", type=int, default=3, help="evaluate every k-th batch (and the last)")
+    parser.add_argument("--batches", type=int, default=None, help="online_dpo batches of 64 prompts (default: the example's)")
+    parser.add_argument("--eval-every", type=int, default=None, help="evaluate every k-th batch and the last (default: the example's)")
     parser.add_argument("--target", type=float, default=0.85, help="the gold win rate vs iteration 0 to reach")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key of every online run")
     parser.add_argument("--variant", action="append", default=[], metavar="'KEY=VALUE ...'",
@@ -119,7 +123,7 @@ def main() -> None:
             demo_s = demo["finished"] - demo["started"]
             demo_gold = demo["records"][-1].eval[GOLD]
             print(json.dumps({"run": "demo", "wall_s": round(demo_s, 1), "startup_s": round(demo["loop_start"] - demo["started"], 1),
-                              "gold": demo_gold}), flush=True)  # fmt: skip
+                              "gold": demo_gold, "load_avg_1m": os.getloadavg()[0]}), flush=True)  # fmt: skip
         for variant in [v.split() for v in args.variant] or [[]]:
             cfg = load_config(ONLINE, online_overrides(args, variant, root))
             stop = (lambda r: GOLD in r.eval and r.eval[GOLD] >= args.target) if args.stop_at_target else None
@@ -127,7 +131,7 @@ def main() -> None:
             rows.append(online_row(run, args.target, demo_s, variant))
             print(json.dumps(rows[-1]), flush=True)
     print(json.dumps({
-        "target": args.target, "batches": args.batches, "eval_every": args.eval_every, "set": args.set,
+        "target": args.target, "batches": args.batches, "eval_every": args.eval_every, "set": args.set, "load_avg_1m": os.getloadavg()[0],
         "demo_s": None if demo_s is None else round(demo_s, 1), "demo_gold": demo_gold,
         "online": [{k: r[k] for k in ("variant", "reach_s", "reach_batch", "ratio", "gold_last", "version_violations", "staleness_max")} for r in rows],
     }))  # fmt: skip
