@@ -15,9 +15,12 @@ Measured per mode: `loop_s`, the wall time from the end of start-up (workers up,
 taken) to the last record; the busy seconds of each stage summed over iterations (`generate_judge`, `train`,
 `sync`, `eval`) and their fraction of `loop_s` (async: generate and train overlap, so fractions can add up
 past 1); pairs trained; the last iteration's `eval/arena_gold/win_rate_vs_iter0`; the version-violation
-count and the largest staleness. Prints one line per mode, then one JSON object as the last line with
-`speedup` (sync loop_s / async loop_s), `speedup_excl_eval` (the same without the evaluation seconds, which
-are serial in both modes), `gold_sync`, `gold_async` and `version_violations`.
+count and the largest staleness. `--rounds` (default 2) runs sync then async that many times, alternately, so
+a change of the machine's load shows as two different ratios rather than one wrong one; each row carries the
+1-minute load average at its end. Prints one line per run, then one JSON object as the last line with, per
+round, `speedup` (sync loop_s / async loop_s), `speedup_excl_eval` (the same without the evaluation seconds,
+which are serial in both modes), the busy fractions, `gold_sync`, `gold_async` and `version_violations`;
+`speedups` lists the rounds' ratios.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -54,11 +58,14 @@ def mode_config(mode: str, args: argparse.Namespace, run_dir: Path) -> Any:
     return parse_config(data)
 
 
-def run_mode(mode: str, args: argparse.Namespace, redis_url: str, root: Path) -> dict[str, Any]:
+def timed_run(cfg: Any, label: str, redis_url: str, root: Path, stop_when: Any = None) -> dict[str, Any]:
+    """Run `cfg` to the end with an in-process `RunController` (workers are Ray actors) on a fresh run id, or
+    until `stop_when(record)` is true for a recorded iteration (then a stop is requested: the run ends at the
+    next iteration boundary). Returns `started` (wall clock before the controller is built), `loop_start`
+    (after start-up: workers up, version-0 held-out samples taken), `finished` and the run's iteration `records`."""
     from sparring.workers.controller import RunController
 
-    cfg = mode_config(mode, args, root)
-    run_id = f"bench-{mode}-{time.time_ns()}"
+    run_id = f"bench-{label}-{time.time_ns()}"
     run_dir = root / run_id
     run_dir.mkdir()
     store = RunStore(connect(redis_url))
@@ -70,14 +77,24 @@ def run_mode(mode: str, args: argparse.Namespace, redis_url: str, root: Path) ->
             super().evaluate_baseline()
             marks["loop_start"] = time.time()
 
-    t0 = time.time()
+        def record_iteration(self, record: Any) -> None:
+            super().record_iteration(record)
+            if stop_when is not None and stop_when(record):
+                store.request_control(run_id, "stop")
+
+    started = time.time()
     Timed(run_id, cfg.model_dump_json(), redis_url, str(run_dir)).run()
-    records = store.iterations(run_id)
-    loop_s = records[-1].finished_at - marks["loop_start"]
+    return {"started": started, "loop_start": marks["loop_start"], "finished": time.time(), "records": store.iterations(run_id)}
+
+
+def run_mode(mode: str, args: argparse.Namespace, redis_url: str, root: Path) -> dict[str, Any]:
+    run = timed_run(mode_config(mode, args, root), mode, redis_url, root)
+    records = run["records"]
+    loop_s = records[-1].finished_at - run["loop_start"]
     busy = {s: sum(r.stage_seconds.get(s, 0.0) for r in records) for s in STAGES}
     return {
         "mode": mode,
-        "total_s": round(time.time() - t0, 1),
+        "total_s": round(run["finished"] - run["started"], 1),
         "loop_s": round(loop_s, 1),
         "busy_s": {s: round(v, 1) for s, v in busy.items()},
         "busy_fraction": {s: round(v / loop_s, 2) for s, v in busy.items()},
@@ -94,29 +111,42 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=5)
     parser.add_argument("--prompts", type=int, default=128, help="prompts per iteration (disjoint parts of the 640)")
     parser.add_argument("--backend", choices=("vllm", "transformers"), default="vllm")
+    parser.add_argument("--rounds", type=int, default=2, help="sync, async pairs run alternately (one ratio each)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
     from sparring.services.launch import init_ray
 
     init_ray()
+    pairs = []
     with tempfile.TemporaryDirectory() as tmp, PrivateRedis(Path(tmp) / "redis") as redis:
-        rows = []
-        for mode in ("sync", "async"):
-            row = run_mode(mode, args, redis.url, Path(tmp))
-            print(json.dumps(row), flush=True)
-            rows.append(row)
-    sync, async_ = rows
+        for r in range(1, args.rounds + 1):
+            round_rows = []
+            for mode in ("sync", "async"):
+                row = {"round": r, **run_mode(mode, args, redis.url, Path(tmp)), "load_avg_1m": os.getloadavg()[0]}
+                print(json.dumps(row), flush=True)
+                round_rows.append(row)
+            pairs.append(round_rows)
+
+    def ratios(sync: dict[str, Any], async_: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "speedup": round(sync["loop_s"] / async_["loop_s"], 3),
+            # evaluation runs after every version, serially, in both modes: the speed-up of the rest of the loop
+            "speedup_excl_eval": round((sync["loop_s"] - sync["busy_s"]["eval"]) / (async_["loop_s"] - async_["busy_s"]["eval"]), 3),
+            "loop_s_sync": sync["loop_s"], "loop_s_async": async_["loop_s"],
+            "gold_sync": sync["gold"], "gold_async": async_["gold"],
+            "pairs_sync": sync["pairs"], "pairs_async": async_["pairs"],
+            "version_violations": sync["version_violations"] + async_["version_violations"],
+            "staleness_max_async": async_["staleness_max"],
+            "busy_fraction_sync": sync["busy_fraction"], "busy_fraction_async": async_["busy_fraction"],
+        }  # fmt: skip
+
+    per_round = [ratios(sync, async_) for sync, async_ in pairs]
     print(json.dumps({
         "iterations": args.iterations, "prompts_per_iteration": args.prompts, "backend": args.backend,
-        "speedup": round(sync["loop_s"] / async_["loop_s"], 3),
-        # evaluation runs after every version, serially, in both modes: the speed-up of the rest of the loop
-        "speedup_excl_eval": round((sync["loop_s"] - sync["busy_s"]["eval"]) / (async_["loop_s"] - async_["busy_s"]["eval"]), 3),
-        "loop_s_sync": sync["loop_s"], "loop_s_async": async_["loop_s"],
-        "gold_sync": sync["gold"], "gold_async": async_["gold"],
-        "pairs_sync": sync["pairs"], "pairs_async": async_["pairs"],
-        "version_violations": sync["version_violations"] + async_["version_violations"],
-        "staleness_max_async": async_["staleness_max"],
+        "speedups": [r["speedup"] for r in per_round],
+        "speedups_excl_eval": [r["speedup_excl_eval"] for r in per_round],
+        "rounds": per_round,
     }))  # fmt: skip
 
 

@@ -12,12 +12,19 @@ Metric names (all gauges unless noted; `run` label = run id):
     sparring_stale_pairs_dropped{run}            pairs from another policy version dropped by the trainer, last iteration
     sparring_weight_sync_seconds{run}            slowest engine's weight load, last iteration
     sparring_judge_latency_seconds{run}          judge seconds per group, last iteration
-    sparring_eval{run,metric}                    every `eval/*` metric of the last iteration (metric = its name
-                                                 without `eval/`: win_rate_vs_iter0, kl_vs_iter0, response_length_mean,
-                                                 <evaluator>/win_rate_vs_iter0, ...)
+    sparring_eval{run,metric}                    every `eval/*` metric of the last evaluated iteration (metric = its
+                                                 name without `eval/`: win_rate_vs_iter0, kl_vs_iter0,
+                                                 response_length_mean, <evaluator>/win_rate_vs_iter0, ...;
+                                                 `eval.every` > 1 evaluates every k-th iteration only)
     sparring_heldout{run,metric}                 every `heldout/*` diagnostic of the last iteration (metric = its name
                                                  without `heldout/`: ranking_accuracy, idealized_ranking_accuracy,
                                                  logps/chosen_delta, ...; workers/diagnostics.py)
+    sparring_stage_seconds{run,stage}            busy seconds of each stage in the last iteration (generate_judge,
+                                                 train, sync, eval; async runs add overlap = train || generate)
+    sparring_iteration_seconds{run}              wall seconds of the last iteration
+    sparring_staleness_max{run}                  largest version lag of a pair trained in the last iteration
+    sparring_staleness_pairs_total{run,lag}      trained pairs by version lag over recorded iterations (counter;
+                                                 the staleness histogram, docs/online.md)
     sparring_http_requests_total{method,route,status}  API requests served by this process (counter)
 
 Queue depths are read for executing runs only (a finished run's streams are idle by definition).
@@ -36,6 +43,7 @@ from sparring.shared.store import ACTIVE_STATES, RUN_STATES
 
 if TYPE_CHECKING:
     from sparring.services.runs import RunService
+    from sparring.shared.records import IterationRecord
 
 
 class RunCollector(Collector):
@@ -57,6 +65,10 @@ class RunCollector(Collector):
             "sync": GaugeMetricFamily("sparring_weight_sync_seconds", "Slowest engine weight load, last iteration", labels=["run"]),
             "judge": GaugeMetricFamily("sparring_judge_latency_seconds", "Judge seconds per group, last iteration", labels=["run"]),
         }
+        stages = GaugeMetricFamily("sparring_stage_seconds", "Busy seconds per stage, last iteration", labels=["run", "stage"])
+        wall = GaugeMetricFamily("sparring_iteration_seconds", "Wall seconds of the last iteration", labels=["run"])
+        stale_max = GaugeMetricFamily("sparring_staleness_max", "Largest lag of a trained pair, last iteration", labels=["run"])
+        lags = CounterMetricFamily("sparring_staleness_pairs", "Trained pairs by version lag", labels=["run", "lag"])
         evals = GaugeMetricFamily("sparring_eval", "Evaluation metrics of the last iteration (eval/*)", labels=["run", "metric"])
         heldout = GaugeMetricFamily("sparring_heldout", "Held-out pair diagnostics of the last iteration (heldout/*)", labels=["run", "metric"])
         depth = GaugeMetricFamily("sparring_queue_depth", "Unconsumed entries per stream", labels=["run", "stream"])
@@ -76,11 +88,19 @@ class RunCollector(Collector):
                 ):
                     if key in m:
                         gauges[metric].add_metric([run_id], m[key])
-                for name, value in records[-1].eval.items():
+                last_eval = next((r.eval for r in reversed(records) if r.eval), {})
+                for name, value in last_eval.items():
                     evals.add_metric([run_id, name.removeprefix("eval/")], value)
                 for name, value in m.items():
                     if name.startswith("heldout/"):
                         heldout.add_metric([run_id, name.removeprefix("heldout/")], value)
+                for stage, seconds in records[-1].stage_seconds.items():
+                    stages.add_metric([run_id, stage], seconds)
+                wall.add_metric([run_id], records[-1].finished_at - records[-1].started_at)
+                if "staleness/max" in m:
+                    stale_max.add_metric([run_id], m["staleness/max"])
+                for lag, n in sorted(staleness_histogram(records).items()):
+                    lags.add_metric([run_id, str(lag)], n)
             if run["state"] in ACTIVE_STATES:
                 for stream, n in self.service.queue_depths(run_id).items():
                     depth.add_metric([run_id, stream], n)
@@ -89,7 +109,19 @@ class RunCollector(Collector):
         yield from gauges.values()
         yield evals
         yield heldout
+        yield from (stages, wall, stale_max, lags)
         yield depth
+
+
+def staleness_histogram(records: list[IterationRecord]) -> dict[int, float]:
+    """Trained pairs by version lag (the records' `staleness/lag_<k>` metrics summed over iterations)."""
+    out: dict[int, float] = {}
+    for r in records:
+        for key, n in r.metrics.items():
+            if key.startswith("staleness/lag_"):
+                lag = int(key.removeprefix("staleness/lag_"))
+                out[lag] = out.get(lag, 0.0) + n
+    return out
 
 
 def build_registry(service: RunService) -> tuple[CollectorRegistry, Counter]:

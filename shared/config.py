@@ -809,6 +809,12 @@ class EvalConfig(Section):
     """Evaluation of every iteration's policy on held-out prompts (`workers/evaluation.py`)."""
 
     enabled: bool = Field(True, description="evaluate the policy after every iteration (and version 0 at start)")
+    every: int = Field(
+        1,
+        ge=1,
+        description="evaluate after every k-th iteration (iterations k, 2k, ...) and always after the last one; the "
+        "others record no `eval/*` metrics. >1 saves time with many small versions (the online_dpo preset)",
+    )
     num_prompts: int = Field(
         64,
         ge=1,

@@ -321,6 +321,12 @@ class IterationRecord(Record):
     num_dead: int
     metrics: dict[str, float] = Field(default_factory=dict, description="loss/*, rewards/*, gen/*, ...")
     stage_seconds: dict[str, float] = Field(default_factory=dict)
+    stage_spans: dict[str, list[float]] = Field(
+        default_factory=dict,
+        description="busy interval [start, end] (unix seconds) of each stage run in this iteration's wall time: "
+        "generate_judge, train, sync, eval. In async mode generate_judge is the generation that overlapped this "
+        "iteration's training (the batch max_staleness ahead), so its span lies beside train's",
+    )
     eval: dict[str, float] = Field(
         default_factory=dict,
         description="evaluation of the policy this iteration produced on held-out prompts (workers/evaluation.py): "

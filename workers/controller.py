@@ -553,12 +553,13 @@ class RunController:
         the run's kv (`_iteration_progress`)."""
         v = self.version
         seconds: dict[str, float] = {}
+        spans: dict[str, list[float]] = {}
         self._restarts_before = {role: group.restarts for role, group in self.groups.items()}
         self._recovery_s = 0.0
         progress = self._iteration_progress(t)
         started, dead_before = progress["started_at"], progress["dead_before"]
         self._emit("iteration_started", iteration=t, policy_version=v)
-        with _timed(seconds, "generate_judge"):
+        with _timed(seconds, "generate_judge", spans):
             n_prompts = self.dispatch(t, v)
             gen = self.generate_and_judge(t, n_prompts)
         # exact, whichever attempt and workers wrote them (a dead worker's own counters are lost)
@@ -574,7 +575,7 @@ class RunController:
         if gen.groups == 0 or pairs_open == 0:
             self._fail_empty(t, n_prompts, gen.groups, pairs_open, dead_before)
         self.sleep_engines(t, seconds)  # placement colocated: stage seconds "sleep" and "wake"
-        with _timed(seconds, "train"):
+        with _timed(seconds, "train", spans):
             out = self.train(t, v)
         if out["num_pairs"] == 0:  # every pair was from another version: nothing was trained
             self._fail_empty(t, n_prompts, gen.groups, 0, dead_before)
@@ -585,10 +586,10 @@ class RunController:
             self._emit("likelihood_displacement", iteration=t, chosen_delta=m["heldout/logps/chosen_delta"],
                        rejected_delta=m["heldout/logps/rejected_delta"])  # fmt: skip
         self.wake_engines(t, ["weights"], seconds)  # the sync loads into resident weights
-        with _timed(seconds, "sync"):
+        with _timed(seconds, "sync", spans):
             sync_s = self.sync(out["update"], out["checkpoint"])
         self.wake_engines(t, ["kv_cache"], seconds)  # then the KV cache, and generation resumes on v+1
-        with _timed(seconds, "eval"):
+        with _timed(seconds, "eval", spans):
             evaluation = self.evaluate(t)
         record = IterationRecord(
             run_id=self.run_id,
@@ -601,6 +602,7 @@ class RunController:
             num_dead=self.queue.written("dead") - dead_before,
             metrics=self.iteration_metrics(gen, out, seconds, sync_s) | (self._warm_start_metrics() if t == 1 else {}),
             stage_seconds=seconds,
+            stage_spans=spans,
             eval=evaluation,
             checkpoint=out["checkpoint"],
             started_at=started,
@@ -962,10 +964,12 @@ class RunController:
         self.eval_samples = {"baseline": baseline, "previous": self._load_samples("previous") or baseline}
 
     def evaluate(self, t: int) -> dict[str, float]:
-        """Stage 6: `eval/*` metrics of the policy version just synced (workers/evaluation.py)."""
+        """Stage 6: `eval/*` metrics of the policy version just synced (workers/evaluation.py); {} when
+        evaluation is off or iteration `t` is not one of every `eval.every` (nor the last). `vs_prev` compares with
+        the last version evaluated."""
         from sparring.workers.evaluation import PREFIX, kl_estimate, length_metrics
 
-        if not self.eval_samples:
+        if not self.eval_samples or (t % self.cfg.eval.every and t != self.cfg.schedule.iterations):
             return {}
         self._emit("progress", stage="eval", iteration=t, message=f"evaluating version {self.version}")
         current = self._sample_eval(self.version)
@@ -1090,12 +1094,15 @@ class RunController:
 
 
 @contextmanager
-def _timed(seconds: dict[str, float], stage: str) -> Iterator[None]:
-    t0 = time.perf_counter()
+def _timed(seconds: dict[str, float], stage: str, spans: dict[str, list[float]] | None = None) -> Iterator[None]:
+    """`seconds[stage]`: the block's duration; `spans[stage]`: its [start, end] in unix seconds (the timeline)."""
+    t0, w0 = time.perf_counter(), time.time()
     try:
         yield
     finally:
         seconds[stage] = time.perf_counter() - t0
+        if spans is not None:
+            spans[stage] = [w0, time.time()]
 
 
 def _conversation(item: PromptItem) -> str | list[dict[str, str]]:

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from sparring.shared import keys
 from sparring.shared.records import IterationRecord
+from sparring.workers.controller import _timed  # imported here lazily by the controller: no cycle at import
 
 if TYPE_CHECKING:
     from sparring.workers.controller import GenerationStats, RunController
@@ -105,11 +106,13 @@ class AsyncLoop:
         n_prompts, gen, gen_s = self.generated.pop(t)
         gen.queue_peaks["pairs"] = ctl.queue.outstanding("pairs", "trainer")  # actors.TRAINER_GROUP
         seconds: dict[str, float] = {"generate_judge": gen_s}
+        spans: dict[str, list[float]] = {}  # the timeline: what ran in this iteration's wall time (unix seconds)
 
         def train() -> tuple[dict[str, Any], float]:
-            t0 = time.perf_counter()
+            t0, w0 = time.perf_counter(), time.time()
             ctl._emit("progress", stage="train", iteration=t, message="training (generation of the next batch overlaps)")
             out = ctl.call_trainer(t, "train", t, v)
+            spans["train"] = [w0, time.time()]
             return out, time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -117,19 +120,19 @@ class AsyncLoop:
         ahead = t + self.ahead
         try:
             if ahead <= ctl.cfg.schedule.iterations:
+                w0 = time.time()
                 self.generate(ahead)
+                spans["generate_judge"] = [w0, time.time()]  # batch `ahead`'s generation, beside train's span
         finally:  # a failed or paused generation still lets the training call finish before workers stop
             cf.wait([training])
         out, seconds["train"] = training.result()
         seconds["overlap"] = time.perf_counter() - t0  # wall time of train || generate
         if out["num_pairs"] == 0:
             ctl._fail_empty(t, n_prompts, gen.groups, 0, dead_before)
-        t1 = time.perf_counter()
-        sync_s = ctl.sync(out["update"], out["checkpoint"])
-        seconds["sync"] = time.perf_counter() - t1
-        t1 = time.perf_counter()
-        evaluation = ctl.evaluate(t)
-        seconds["eval"] = time.perf_counter() - t1
+        with _timed(seconds, "sync", spans):
+            sync_s = ctl.sync(out["update"], out["checkpoint"])
+        with _timed(seconds, "eval", spans):
+            evaluation = ctl.evaluate(t)
         metrics = ctl.iteration_metrics(gen, out, seconds, sync_s)
         record = IterationRecord(
             run_id=ctl.run_id,
@@ -142,6 +145,7 @@ class AsyncLoop:
             num_dead=ctl.queue.written("dead") - dead_before,
             metrics=metrics,
             stage_seconds=seconds,
+            stage_spans=spans,
             eval=evaluation,
             checkpoint=out["checkpoint"],
             started_at=started,

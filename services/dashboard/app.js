@@ -9,6 +9,11 @@
 // iterations with a point), each point a <circle data-iteration="I" data-series="KEY" data-value="V">, with
 // data-low / data-high when the point has a 95% interval; the iteration table is described above
 // iterationRow; the run view root has data-run-id, and data-iterations (iterations known to the page).
+// The pipeline charts: <svg data-chart="timeline" data-points="N"> (N = iterations drawn, the last
+// TIMELINE_ITERATIONS with stage spans), each busy interval a <rect data-iteration="I" data-stage="S"
+// data-start="A" data-end="B"> (seconds from the iteration's start); <svg data-chart="staleness_hist"
+// data-points="N"> (N = lags), each bar a <rect data-lag="K" data-value="PAIRS"> (trained pairs at version lag
+// K, summed over the records' staleness/lag_K).
 "use strict";
 
 (() => {
@@ -17,6 +22,8 @@
   const QUEUES_REFRESH_MS = 2000;
   const RUN_REFRESH_MS = 10000;
   const PAIRS_LIMIT = 20;
+  const TIMELINE_ITERATIONS = 12;
+  const TIMELINE_STAGES = ["generate_judge", "train", "sync", "eval"]; // IterationRecord.stage_spans keys
   const ACTIVE_STATES = new Set(["created", "running", "pausing", "stopping"]);
   const SVG_NS = "http://www.w3.org/2000/svg";
 
@@ -135,6 +142,11 @@
         { key: "queue/peak/prompts", label: "prompts", get: metric("queue/peak/prompts") },
         { key: "queue/peak/generations", label: "generations", get: metric("queue/peak/generations") },
         { key: "queue/peak/pairs", label: "pairs", get: metric("queue/peak/pairs") },
+      ] },
+    { name: "staleness", group: "pipeline", title: "Staleness of trained pairs (version lag)", ref: 0,
+      series: [
+        { key: "staleness/max", label: "max", get: metric("staleness/max") },
+        { key: "staleness/mean", label: "mean", get: metric("staleness/mean") },
       ] },
     { name: "stale_dropped", group: "train", title: "Stale pairs dropped (from another policy version)",
       series: [{ key: "pairs/stale_dropped", label: "dropped", get: metric("pairs/stale_dropped") }] },
@@ -350,7 +362,8 @@
     const progress = el("p", { class: "progress", id: "progress" }, "waiting for events…");
     const note = el("p", { class: "error", id: "run-error", role: "alert" });
     const queues = el("dl", { class: "queues", id: "queues" });
-    const chartGroups = { eval: el("div", { class: "charts", id: "eval-charts" }), train: el("div", { class: "charts", id: "train-charts" }) };
+    const chartGroups = { eval: el("div", { class: "charts", id: "eval-charts" }), train: el("div", { class: "charts", id: "train-charts" }),
+      pipeline: el("div", { class: "charts", id: "pipeline-charts" }) };
     const chartNodes = new Map();
     const chartNode = (spec) => { // created on first use: evaluator charts appear with their first values
       let node = chartNodes.get(spec.name);
@@ -363,6 +376,10 @@
       return node;
     };
     CHARTS.forEach(chartNode);
+    const timeline = chartNode({ name: "timeline", group: "pipeline",
+      title: `Stage timeline: busy intervals of the last ${TIMELINE_ITERATIONS} iterations (s from the iteration's start)` });
+    const stalenessHist = chartNode({ name: "staleness_hist", group: "pipeline",
+      title: "Staleness histogram: trained pairs by version lag, all iterations" });
     const evalNote = el("p", { class: "muted", id: "eval-note" });
     const iterBody = el("tbody", {});
     const iterTable = el("table", { class: "iterations", id: "iterations" },
@@ -384,6 +401,7 @@
       el("h2", {}, "Dead letters"), deadNote, dead,
       el("h2", {}, "Evaluation (held-out prompts)"), evalNote, chartGroups.eval,
       el("h2", {}, "Training, by iteration"), chartGroups.train,
+      el("h2", {}, "Pipeline: stage timeline and staleness"), chartGroups.pipeline,
       el("h2", {}, "Iterations"), iterTable,
       el("h2", {}, `Recent pairs (latest ${PAIRS_LIMIT})`), pairs);
     $("app").replaceChildren(root);
@@ -408,6 +426,8 @@
     function drawCharts() {
       const recs = [...iterations.values()].sort((a, b) => a.iteration - b.iteration);
       for (const spec of [...CHARTS, ...evalGroupCharts(recs)]) drawChart(chartNode(spec), spec, recs);
+      drawTimeline(timeline, recs);
+      drawStalenessHistogram(stalenessHist, recs);
       iterBody.replaceChildren(...recs.slice().reverse().map(iterationRow));
       const last = recs.length ? recs[recs.length - 1] : null;
       const n = last ? evalValue("eval/num_prompts")(last) : null;
@@ -749,6 +769,87 @@
       node.append(g);
     }
     node.append(legend);
+  }
+
+  // One row per iteration (the last TIMELINE_ITERATIONS with stage_spans), one bar per stage's busy interval,
+  // x in seconds from the iteration's start. Async runs show generate_judge (the next batch) beside train.
+  function drawTimeline(node, recs) {
+    const rows = recs.filter((r) => r.stage_spans && Object.keys(r.stage_spans).length).slice(-TIMELINE_ITERATIONS);
+    node.dataset.points = String(rows.length);
+    node.replaceChildren();
+    if (!rows.length) {
+      node.append(svg("text", { x: W / 2, y: H / 2, "text-anchor": "middle", class: "empty" },
+        recs.length ? "no stage spans in this run's records" : "no data yet"));
+      return;
+    }
+    const bars = rows.flatMap((r) => TIMELINE_STAGES.filter((st) => Array.isArray(r.stage_spans[st])).map((st) => ({
+      it: r.iteration, stage: st, a: Math.max(0, r.stage_spans[st][0] - r.started_at), b: Math.max(0, r.stage_spans[st][1] - r.started_at),
+    })));
+    const x1 = Math.max(1e-3, ...rows.map((r) => r.finished_at - r.started_at), ...bars.map((b) => b.b));
+    const top = M.top + 4, rowH = (H - top - M.bottom) / rows.length;
+    const px = (x) => M.left + (x / x1) * (W - M.left - M.right);
+    const grid = svg("g", { class: "grid" });
+    const xTicks = ticks(0, x1, 5);
+    for (const t of xTicks) {
+      grid.append(svg("line", { x1: px(t), x2: px(t), y1: top, y2: H - M.bottom }),
+        svg("text", { x: px(t), y: H - M.bottom + 14, "text-anchor": "middle" }, fmtTick(t, xTicks[1] - xTicks[0])));
+    }
+    rows.forEach((r, i) => grid.append(svg("text", { x: M.left - 5, y: top + (i + 0.5) * rowH + 3, "text-anchor": "end" }, String(r.iteration))));
+    grid.append(svg("text", { x: W - M.right, y: H - 2, "text-anchor": "end", class: "axis-label" }, "seconds"));
+    node.append(grid);
+    const lane = rowH / TIMELINE_STAGES.length;
+    for (const b of bars) {
+      const i = rows.findIndex((r) => r.iteration === b.it), k = TIMELINE_STAGES.indexOf(b.stage);
+      node.append(svg("rect", { class: `s${k}`, x: px(b.a).toFixed(1), y: (top + i * rowH + k * lane).toFixed(1),
+        width: Math.max(1, px(b.b) - px(b.a)).toFixed(1), height: Math.max(1, lane - 1).toFixed(1),
+        "data-iteration": b.it, "data-stage": b.stage, "data-start": b.a, "data-end": b.b },
+        svg("title", {}, `iteration ${b.it}, ${b.stage}: ${fmt(b.a)}-${fmt(b.b)} s (${fmt(b.b - b.a)} s)`)));
+    }
+    const legend = svg("g", { class: "legend" });
+    let lx = M.left;
+    TIMELINE_STAGES.forEach((st, k) => {
+      legend.append(svg("rect", { class: `swatch s${k}`, x: lx, y: 8, width: 10, height: 10 }),
+        svg("text", { x: lx + 13, y: 17, "data-series": st }, st));
+      lx += 22 + 6.5 * st.length;
+    });
+    node.append(legend);
+  }
+
+  // Bars: trained pairs per version lag (the records' staleness/lag_<k>, summed).
+  function drawStalenessHistogram(node, recs) {
+    const counts = new Map();
+    for (const r of recs) {
+      for (const [k, v] of Object.entries(r.metrics || {})) {
+        const m = /^staleness\/lag_(\d+)$/.exec(k);
+        if (m && num(v) !== null) counts.set(Number(m[1]), (counts.get(Number(m[1])) || 0) + v);
+      }
+    }
+    const lags = [...counts.keys()].sort((a, b) => a - b);
+    node.dataset.points = String(lags.length);
+    node.replaceChildren();
+    if (!lags.length) {
+      node.append(svg("text", { x: W / 2, y: H / 2, "text-anchor": "middle", class: "empty" },
+        recs.length ? "not in this run's records" : "no data yet"));
+      return;
+    }
+    const y1 = Math.max(...counts.values()), top = M.top;
+    const py = (y) => H - M.bottom - (y / y1) * (H - top - M.bottom);
+    const slot = (W - M.left - M.right) / lags.length;
+    const grid = svg("g", { class: "grid" });
+    const yTicks = ticks(0, y1, 4);
+    for (const t of yTicks) {
+      grid.append(svg("line", { x1: M.left, x2: W - M.right, y1: py(t), y2: py(t) }),
+        svg("text", { x: M.left - 5, y: py(t) + 3, "text-anchor": "end" }, fmtTick(t, yTicks.length > 1 ? yTicks[1] - yTicks[0] : t)));
+    }
+    lags.forEach((lag, i) => grid.append(svg("text", { x: M.left + (i + 0.5) * slot, y: H - M.bottom + 14, "text-anchor": "middle" }, String(lag))));
+    grid.append(svg("text", { x: W - M.right, y: H - 2, "text-anchor": "end", class: "axis-label" }, "version lag"));
+    node.append(grid);
+    lags.forEach((lag, i) => {
+      const n = counts.get(lag);
+      node.append(svg("rect", { class: "s0", x: (M.left + i * slot + slot * 0.2).toFixed(1), y: py(n).toFixed(1),
+        width: (slot * 0.6).toFixed(1), height: Math.max(1, py(0) - py(n)).toFixed(1), "data-lag": lag, "data-value": n },
+        svg("title", {}, `lag ${lag}: ${fmt(n)} pairs`)));
+    });
   }
 
   // [low, high] when both bounds are numbers, else null (no interval is drawn).

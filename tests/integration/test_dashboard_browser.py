@@ -13,6 +13,10 @@
   the iteration is pushed over the event stream); every request stays on the API's origin, carries the token in the
   Authorization header only, and never in a URL. A full-page screenshot is saved under the test's tmp_path.
 
+- the pipeline charts of an async run whose records are written straight to Redis (no run executes): the stage
+  timeline draws each record's `stage_spans` (the next batch's generation beside training), the staleness
+  histogram the records' summed `staleness/lag_<k>`.
+
 Needs `make browser` (apt `chromium`); it does not skip when chromium is missing, it fails and says so.
 """
 
@@ -63,6 +67,7 @@ FIXED_SERIES: dict[str, Series] = {
     "tokens_per_s": {"gen/tokens_per_s": _metric("gen/tokens_per_s")},
     "queues": {f"queue/peak/{q}": _metric(f"queue/peak/{q}") for q in ("prompts", "generations", "pairs")},
     "stale_dropped": {"pairs/stale_dropped": _metric("pairs/stale_dropped")},
+    "staleness": {"staleness/max": _metric("staleness/max"), "staleness/mean": _metric("staleness/mean")},
     "sync": {"sync/max_engine_s": _metric("sync/max_engine_s"),
              "stage/sync": lambda r: r.get("stage_seconds", {}).get("sync")},
     "judge_latency": {"judge/latency_s": _metric("judge/latency_s")},
@@ -215,7 +220,8 @@ def check_charts_match(pics: Drawn, records: list[dict[str, Any]]) -> None:
                     )
             chart_iters |= set(want)
         assert pics.counts[chart] == len(chart_iters), chart
-    assert not set(pics.counts) - set(expected) - {"stages"}, f"unexpected charts {set(pics.counts) - set(expected)}"
+    pipeline = {"timeline", "staleness_hist"}  # drawn from stage_spans / staleness/lag_<k>: check_pipeline_charts
+    assert not set(pics.counts) - set(expected) - {"stages"} - pipeline, f"unexpected charts {set(pics.counts) - set(expected)}"
     for chart in ALWAYS_FILLED:
         assert pics.counts.get(chart) == last, f"chart {chart!r} has {pics.counts.get(chart)} iterations, loss has {last}"
     for key, label in WIN_RATE_LABELS.items():
@@ -227,6 +233,37 @@ def check_charts_match(pics: Drawn, records: list[dict[str, Any]]) -> None:
         for key in [k for k in ev if WIN_RATE_KEY.match(k) and not CI.search(k)] + ["eval/kl_vs_iter0"]:
             assert cells.get(key) == pytest.approx(ev[key], rel=1e-9, abs=1e-12), (i, key, cells)
         assert cells.get("loss/mean") == pytest.approx(rec["metrics"]["loss/mean"], rel=1e-9, abs=1e-12)
+
+
+def check_pipeline_charts(page: Any, records: list[dict[str, Any]], sync: bool = True) -> None:
+    """The stage timeline: one bar per stage span of each drawn iteration at (start, end) - started_at (in a
+    `sync` run, one stage after another); the staleness histogram: one bar per lag with the records' summed
+    `staleness/lag_<k>` (in a sync run every pair is at lag 0)."""
+    snap = page.evaluate(
+        """() => ({
+            bars: [...document.querySelectorAll('svg[data-chart="timeline"] rect[data-stage]')].map((r) => [
+                Number(r.dataset.iteration), r.dataset.stage, Number(r.dataset.start), Number(r.dataset.end)]),
+            hist: [...document.querySelectorAll('svg[data-chart="staleness_hist"] rect[data-lag]')].map((r) => [
+                Number(r.dataset.lag), Number(r.dataset.value)]),
+        })"""
+    )
+    drawn = {i for i, *_ in snap["bars"]}
+    by_iter = {r["iteration"]: r for r in records if r["iteration"] in drawn}
+    assert drawn and set(by_iter) == drawn and chart_points(page, "timeline") == len(drawn)
+    want = sorted((i, st, a - r["started_at"], b - r["started_at"]) for i, r in by_iter.items() for st, (a, b) in r["stage_spans"].items())
+    got = sorted(snap["bars"])
+    assert [(i, st) for i, st, *_ in got] == [(i, st) for i, st, *_ in want]
+    assert all(g[2:] == pytest.approx(w[2:], abs=1e-6) for g, w in zip(got, want, strict=True))
+    for i in drawn if sync else ():
+        edges = [x for st in ("generate_judge", "train", "sync", "eval") for x in by_iter[i]["stage_spans"].get(st, [])]
+        assert edges == sorted(edges), (i, by_iter[i]["stage_spans"])
+    hist: dict[int, float] = {}
+    for r in records:
+        for k, v in r["metrics"].items():
+            if k.startswith("staleness/lag_"):
+                hist[int(k.removeprefix("staleness/lag_"))] = hist.get(int(k.removeprefix("staleness/lag_")), 0.0) + v
+    assert dict(snap["hist"]) == hist and sum(hist.values()) == sum(r["num_pairs"] for r in records) > 0
+    assert chart_points(page, "staleness_hist") == len(hist) and (not sync or set(hist) == {0})
 
 
 def test_shell_is_static_and_outside_the_schema(api_server: Any) -> None:
@@ -324,6 +361,9 @@ def test_live_run_page(api_server: Any, browser: Any, tmp_path: Path) -> None:
         assert pics.counts["loss"] > n0
         check_charts_match(pics, api_iterations(api_server, run_id))
         assert page.text_content("#progress") != "waiting for events…"
+        wait_for("the pipeline charts", lambda: chart_points(page, "timeline") == pics.counts["loss"], 10, 0.2)
+        records = api_iterations(api_server, run_id)
+        check_pipeline_charts(page, [r for r in records if r["iteration"] <= pics.counts["loss"]])
 
         # 4. recent pairs and live queue depths are on the page
         wait_for("the pairs table", lambda: page.locator("#pairs tbody tr").count() > 0, 30)
@@ -348,3 +388,52 @@ def test_live_run_page(api_server: Any, browser: Any, tmp_path: Path) -> None:
             assert headers.get("authorization") == f"Bearer {api_server.read_token}", url
     assert not [e for e in log.errors if "Content Security Policy" in e or "pageerror" in e], log.errors
     assert shot.stat().st_size > 10_000
+
+
+def test_pipeline_charts_of_an_async_run(api_server: Any, browser: Any, redis_client: Any, tmp_path: Path) -> None:
+    from sparring.shared.config import parse_config
+    from sparring.shared.records import IterationRecord
+    from sparring.shared.store import RunStore
+    from tests.integration.conftest import SMALL_ARENA_RUN
+
+    cfg = parse_config({**SMALL_ARENA_RUN, "policy": {"path": "arena"}, "judge": {"kind": "arena_oracle"}, "prompts": {"source": "arena"},
+                        "schedule": {"iterations": 3, "prompts_per_iteration": 32, "mode": "async",
+                                                        "max_staleness": 1, "prompt_schedule": "disjoint"}})  # fmt: skip
+    store = RunStore(redis_client)
+    run_id = f"pipeline-charts-{time.time_ns()}"
+    store.create_run(run_id, cfg.model_dump(mode="json"), str(tmp_path))
+    t0, lags = 1_700_000_000.0, {1: {0: 30.0}, 2: {1: 28.0}, 3: {1: 31.0}}
+    for i in (1, 2, 3):
+        s0 = t0 + 10 * i
+        spans = {"train": [s0 + 0.1, s0 + 1.5], "sync": [s0 + 2.0, s0 + 2.2], "eval": [s0 + 2.2, s0 + 3.0]}
+        if i < 3:  # the next batch, generated while this one trains
+            spans["generate_judge"] = [s0 + 0.1, s0 + 1.9]
+        store.put_iteration(IterationRecord(
+            run_id=run_id, iteration=i, policy_version_in=i - 1, policy_version_out=i, num_prompts=32, num_groups=32,
+            num_pairs=int(sum(lags[i].values())), num_dead=0, started_at=s0, finished_at=s0 + 3.1,
+            metrics={"loss/mean": 0.69, **{f"staleness/lag_{k}": n for k, n in lags[i].items()},
+                     "staleness/max": float(max(lags[i])), "staleness/mean": float(max(lags[i]))},
+            stage_seconds={k: b - a for k, (a, b) in spans.items()}, stage_spans=spans,
+        ))  # fmt: skip
+    store.set_state(run_id, "completed")
+
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    log = PageLog(page)
+    try:
+        page.goto(f"{api_server.url}/dashboard#/runs/{run_id}&token={api_server.read_token}")
+        page.wait_for_selector('svg[data-chart="timeline"][data-points="3"]', timeout=30_000)
+        check_pipeline_charts(page, api_iterations(api_server, run_id), sync=False)
+        bars = page.evaluate(
+            """() => [...document.querySelectorAll('svg[data-chart="timeline"] rect[data-stage]')].map((r) => [
+                Number(r.dataset.iteration), r.dataset.stage, Number(r.getAttribute('x')), Number(r.getAttribute('width'))])"""
+        )
+        x = {(i, st): (a, a + w) for i, st, a, w in bars}
+        for i in (1, 2):  # drawn side by side: the bars overlap in x, in lanes of their own
+            assert x[(i, "generate_judge")][0] < x[(i, "train")][1] and x[(i, "train")][0] < x[(i, "generate_judge")][1]
+            assert x[(i, "sync")][0] >= x[(i, "generate_judge")][1]
+        assert Drawn(page).series["staleness"]["staleness/max"] == {1: 0.0, 2: 1.0, 3: 1.0}
+    finally:
+        page.screenshot(path=str(tmp_path / "pipeline-charts.png"), full_page=True)
+        context.close()
+    assert not [e for e in log.errors if "pageerror" in e], log.errors

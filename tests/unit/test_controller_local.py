@@ -193,6 +193,20 @@ def test_pause_resume_and_a_replaced_worker_without_ray(
     assert samples[key] == records[2].eval["eval/win_rate_vs_iter0"]
     key = ("sparring_heldout", (("metric", "ranking_accuracy"), ("run", unique_run_id)))
     assert samples[key] == records[2].metrics["heldout/ranking_accuracy"]
+    # the timeline: each stage's busy interval, one after another within the iteration (sync mode), and its
+    # Prometheus gauges; every trained pair at lag 0 in the staleness histogram
+    for r in records:
+        spans = r.stage_spans
+        assert list(spans) == ["generate_judge", "train", "sync", "eval"]
+        edges = [r.started_at] + [x for stage in spans.values() for x in stage] + [r.finished_at]
+        assert edges == sorted(edges)
+        assert all(abs((b - a) - r.stage_seconds[s]) < 0.05 for s, (a, b) in spans.items())
+    for stage in ("generate_judge", "train", "sync", "eval"):
+        assert samples[("sparring_stage_seconds", (("run", unique_run_id), ("stage", stage)))] == records[2].stage_seconds[stage]
+    assert samples[("sparring_iteration_seconds", (("run", unique_run_id),))] == records[2].finished_at - records[2].started_at
+    lag0 = ("sparring_staleness_pairs_total", (("lag", "0"), ("run", unique_run_id)))
+    assert samples[lag0] == sum(r.num_pairs for r in records) > 0
+    assert samples[("sparring_staleness_max", (("run", unique_run_id),))] == 0
 
 
 def test_an_iteration_without_pairs_fails_the_run_with_the_reason(

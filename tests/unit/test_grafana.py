@@ -66,7 +66,9 @@ class FakeStore:
                 run_id=run_id, iteration=1, policy_version_in=0, policy_version_out=1, num_prompts=4, num_groups=4,
                 num_pairs=3, num_dead=0, started_at=0.0, finished_at=1.0,
                 metrics={"gen/tokens_per_s": 10.0, "pairs/per_s": 1.0, "pairs/stale_dropped": 0.0,
-                         "sync/max_engine_s": 0.1, "judge/latency_s": 0.01},
+                         "sync/max_engine_s": 0.1, "judge/latency_s": 0.01, "staleness/max": 1.0,
+                         "staleness/lag_0": 1.0, "staleness/lag_1": 2.0},
+                stage_seconds={"generate_judge": 0.5, "train": 0.4, "overlap": 0.5, "sync": 0.1, "eval": 0.3},
                 eval={"eval/win_rate_vs_iter0": 0.6, "eval/win_rate_vs_prev": 0.55, "eval/kl_vs_iter0": 0.2,
                       "eval/response_length_mean": 12.0},
             )

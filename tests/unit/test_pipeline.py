@@ -63,7 +63,7 @@ def async_config(tmp_path: Path, models: dict[str, str], pool: str) -> Any:  # n
     # disjoint batches: random draws could repeat a prompt in batches dispatched at one version (sampled once)
     base["schedule"] = {"iterations": 4, "prompts_per_iteration": 4, "mode": "async", "max_staleness": 1,
                         "prompt_schedule": "disjoint"}  # fmt: skip
-    base["eval"] = {"num_prompts": 4, "kl": False}
+    base["eval"] = {"num_prompts": 4, "kl": False, "every": 3}  # iterations 3 and 4 (the last) are evaluated
     return parse_config(base)
 
 
@@ -136,7 +136,15 @@ def test_async_run_versions_bound_resume_and_a_killed_generator(
         assert r.metrics["version/violations"] == 0 and r.metrics["judge/version_violations"] == 0
         assert r.metrics["staleness/max"] <= cfg.schedule.max_staleness
         assert r.num_groups == 4 and r.num_prompts == 4  # batch 2 counted once, by its first attempt, not regenerated
-        assert r.eval["eval/num_prompts"] == 4
+        assert r.eval.get("eval/num_prompts") == (4 if r.iteration >= 3 else None)  # eval.every 3, and the last
+        # the timeline: the next batch's generation (none after the last) overlaps this iteration's training
+        spans = r.stage_spans
+        assert ("generate_judge" in spans) == (r.iteration < 4)
+        if r.iteration < 4:
+            assert spans["generate_judge"][0] < spans["train"][1] and spans["train"][0] < spans["generate_judge"][1]
+        assert max(spans["train"][1], spans.get("generate_judge", [0, 0])[1]) <= spans["sync"][0] <= spans["sync"][1] <= spans["eval"][0]
+    # vs_prev compares with the last version evaluated: iteration 3's is version 0 (the first evaluated)
+    assert records[2].eval["eval/win_rate_vs_prev"] == records[2].eval["eval/win_rate_vs_iter0"]
     # batch 1 was trained by the version that sampled it; every later batch was sampled while the previous one
     # trained, so it lags exactly 1
     assert records[0].metrics["staleness/max"] == 0
