@@ -30,8 +30,6 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -67,6 +65,7 @@ from sparring.workers.groups import (
     drain_until_idle,
 )
 from sparring.workers.health import HeartbeatWatch, process_rss_mb, stack_dir
+from sparring.workers.timing import timed
 from sparring.workers.trackers import Trackers
 from sparring.workers.trainer_state import retain_checkpoints
 
@@ -559,7 +558,7 @@ class RunController:
         progress = self._iteration_progress(t)
         started, dead_before = progress["started_at"], progress["dead_before"]
         self._emit("iteration_started", iteration=t, policy_version=v)
-        with _timed(seconds, "generate_judge", spans):
+        with timed(seconds, "generate_judge", spans):
             n_prompts = self.dispatch(t, v)
             gen = self.generate_and_judge(t, n_prompts)
         # exact, whichever attempt and workers wrote them (a dead worker's own counters are lost)
@@ -575,7 +574,7 @@ class RunController:
         if gen.groups == 0 or pairs_open == 0:
             self._fail_empty(t, n_prompts, gen.groups, pairs_open, dead_before)
         self.sleep_engines(t, seconds)  # placement colocated: stage seconds "sleep" and "wake"
-        with _timed(seconds, "train", spans):
+        with timed(seconds, "train", spans):
             out = self.train(t, v)
         if out["num_pairs"] == 0:  # every pair was from another version: nothing was trained
             self._fail_empty(t, n_prompts, gen.groups, 0, dead_before)
@@ -586,10 +585,10 @@ class RunController:
             self._emit("likelihood_displacement", iteration=t, chosen_delta=m["heldout/logps/chosen_delta"],
                        rejected_delta=m["heldout/logps/rejected_delta"])  # fmt: skip
         self.wake_engines(t, ["weights"], seconds)  # the sync loads into resident weights
-        with _timed(seconds, "sync", spans):
+        with timed(seconds, "sync", spans):
             sync_s = self.sync(out["update"], out["checkpoint"])
         self.wake_engines(t, ["kv_cache"], seconds)  # then the KV cache, and generation resumes on v+1
-        with _timed(seconds, "eval", spans):
+        with timed(seconds, "eval", spans):
             evaluation = self.evaluate(t)
         record = IterationRecord(
             run_id=self.run_id,
@@ -1091,18 +1090,6 @@ class RunController:
                 self._emit("memory_growth", consumer=consumer, rss_mb=series, iterations=n,
                            growth_mb=series[-1] - series[0], threshold_mb=r.memory_growth_mb)  # fmt: skip
         return out
-
-
-@contextmanager
-def _timed(seconds: dict[str, float], stage: str, spans: dict[str, list[float]] | None = None) -> Iterator[None]:
-    """`seconds[stage]`: the block's duration; `spans[stage]`: its [start, end] in unix seconds (the timeline)."""
-    t0, w0 = time.perf_counter(), time.time()
-    try:
-        yield
-    finally:
-        seconds[stage] = time.perf_counter() - t0
-        if spans is not None:
-            spans[stage] = [w0, time.time()]
 
 
 def _conversation(item: PromptItem) -> str | list[dict[str, str]]:

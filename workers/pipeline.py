@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from sparring.shared import keys
 from sparring.shared.records import IterationRecord
-from sparring.workers.controller import _timed  # imported here lazily by the controller: no cycle at import
+from sparring.workers.timing import timed
 
 if TYPE_CHECKING:
     from sparring.workers.controller import GenerationStats, RunController
@@ -129,9 +129,9 @@ class AsyncLoop:
         seconds["overlap"] = time.perf_counter() - t0  # wall time of train || generate
         if out["num_pairs"] == 0:
             ctl._fail_empty(t, n_prompts, gen.groups, 0, dead_before)
-        with _timed(seconds, "sync", spans):
+        with timed(seconds, "sync", spans):
             sync_s = ctl.sync(out["update"], out["checkpoint"])
-        with _timed(seconds, "eval", spans):
+        with timed(seconds, "eval", spans):
             evaluation = ctl.evaluate(t)
         metrics = ctl.iteration_metrics(gen, out, seconds, sync_s)
         record = IterationRecord(
