@@ -15,6 +15,7 @@ from sparring.shared.tiny import save_tiny_llama, train_tokenizer
 
 if TYPE_CHECKING:
     from sparring.shared.config import RunConfig
+    from sparring.shared.records import PreferencePair
 
 _WORDS = (
     "the a cat dog bird fish runs jumps sees eats likes red blue green small big quick slow "
@@ -65,3 +66,25 @@ def chaos_run_config(tmp_path: Path, name: str, prompts: int, **overrides: Any) 
         "storage": {"run_dir": str(tmp_path), "weight_transport": "safetensors_dir", "claim_idle_ms": 60_000},
     }
     return parse_config(deep_merge(base, overrides))
+
+
+def random_pairs(seed: int, num_pairs: int = 8) -> list[PreferencePair]:
+    """`num_pairs` preference pairs of random token ids (4-token prompts, 5-token answers, ids 20-299, so any
+    tiny test tokenizer's vocabulary holds them), chosen = answer 0 with win probability 0.9: a fixed,
+    learnable preference for trainer tests. Deterministic for a given `seed`."""
+    from sparring.shared.records import Completion, PreferencePair
+
+    rng = random.Random(seed)
+
+    def answer(i: int) -> Completion:
+        ids = [rng.randrange(20, 300) for _ in range(5)]
+        return Completion(index=i, text="", token_ids=ids, logprobs=[0.0] * 5, finish_reason="stop")
+
+    return [
+        PreferencePair(
+            run_id="r", iteration=1, policy_version=0, prompt_id=f"p{k}", prompt="p",
+            prompt_token_ids=[rng.randrange(20, 300) for _ in range(4)], chosen=answer(0), rejected=answer(1),
+            chosen_score=1.0, rejected_score=0.0, win_prob=0.9, judge="test",
+        )  # fmt: skip
+        for k in range(num_pairs)
+    ]

@@ -12,7 +12,6 @@ serves the same policy.
 
 from __future__ import annotations
 
-import random
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -23,10 +22,11 @@ import torch
 
 from sparring.shared.config import DPOConfig, TrainerConfig
 from sparring.shared.models import load_tokenizer, prompt_token_ids
-from sparring.shared.records import Completion, PreferencePair
+from sparring.shared.records import Completion
 from sparring.workers.generation import EngineLoadError, SamplingSpec, TransformersEngine, VLLMEngine
 from sparring.workers.trainer import PolicyTrainer
 from sparring.workers.weight_sync import MemorySender, WeightSyncError, apply_update
+from tests.helpers import random_pairs
 
 pytestmark = pytest.mark.integration
 
@@ -40,23 +40,6 @@ def _greedy(engine: VLLMEngine | TransformersEngine, prompts: list[list[int]]) -
 
 def _logprobs(completions: list[Completion]) -> torch.Tensor:
     return torch.tensor([lp for c in completions for lp in c.logprobs])  # (sum of lengths,) nats
-
-
-def _pairs(seed: int) -> list[PreferencePair]:
-    rng = random.Random(seed)
-
-    def comp(i: int) -> Completion:
-        ids = [rng.randrange(20, 300) for _ in range(5)]
-        return Completion(index=i, text="", token_ids=ids, logprobs=[0.0] * 5, finish_reason="stop")
-
-    return [
-        PreferencePair(
-            run_id="r", iteration=1, policy_version=0, prompt_id=f"p{k}", prompt="p",
-            prompt_token_ids=[rng.randrange(20, 300) for _ in range(4)], chosen=comp(0), rejected=comp(1),
-            chosen_score=1.0, rejected_score=0.0, win_prob=0.9, judge="test",
-        )  # fmt: skip
-        for k in range(8)
-    ]
 
 
 def _peft_greedy(trainer: Any, base: Path, prompts: list[list[int]]) -> list[Completion]:
@@ -91,7 +74,7 @@ def test_vllm_serves_each_adapter_version_and_refuses_bad_ones(tmp_path: Path) -
         assert all(c.policy_version is None for c in before)  # the base weights: no adapter yet
         served: list[list[Completion]] = []
         for version in (1, 2):
-            trainer.train_iteration(_pairs(version), iteration=version)
+            trainer.train_iteration(random_pairs(version), iteration=version)
             tensors, adapter_config = trainer.adapter_for_sync()
             update = sender.update(tensors, version, adapter_config=adapter_config)
             assert update.adapter_config is not None and update.base_version is None
@@ -116,7 +99,7 @@ def test_vllm_serves_each_adapter_version_and_refuses_bad_ones(tmp_path: Path) -
         assert adapter_bytes < 0.2 * full_bytes  # rank 8 on three projections of a 2-layer model
 
         # a corrupt bucket (same checksum, one byte flipped in transit) is refused before the engine is touched
-        trainer.train_iteration(_pairs(3), iteration=3)
+        trainer.train_iteration(random_pairs(3), iteration=3)
         tensors, adapter_config = trainer.adapter_for_sync()
         good = sender.update(tensors, 3, adapter_config=adapter_config)
         arrays = [np.array(a, copy=True) for a in good.buckets[0].ref]

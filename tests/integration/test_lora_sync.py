@@ -6,7 +6,6 @@ no embedding, final norm or (tied) LM head: only blocks holding an adapted proje
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,10 +15,11 @@ import torch
 
 from sparring.shared.config import DPOConfig, TrainerConfig
 from sparring.shared.models import load_tokenizer, prompt_token_ids
-from sparring.shared.records import Completion, PreferencePair
+from sparring.shared.records import Completion
 from sparring.workers.generation import SamplingSpec, TransformersEngine, VLLMEngine
 from sparring.workers.trainer import PolicyTrainer
 from sparring.workers.weight_sync import MemorySender, apply_update, block_key
+from tests.helpers import random_pairs
 
 pytestmark = pytest.mark.integration
 
@@ -49,23 +49,6 @@ def _logprobs(completions: list[Completion]) -> torch.Tensor:
     return torch.tensor([lp for c in completions for lp in c.logprobs])  # (sum of lengths,) nats
 
 
-def _pairs(seed: int) -> list[PreferencePair]:
-    rng = random.Random(seed)
-
-    def comp(i: int) -> Completion:
-        ids = [rng.randrange(20, 300) for _ in range(5)]
-        return Completion(index=i, text="", token_ids=ids, logprobs=[0.0] * 5, finish_reason="stop")
-
-    return [
-        PreferencePair(
-            run_id="r", iteration=1, policy_version=0, prompt_id=f"p{k}", prompt="p",
-            prompt_token_ids=[rng.randrange(20, 300) for _ in range(4)], chosen=comp(0), rejected=comp(1),
-            chosen_score=1.0, rejected_score=0.0, win_prob=0.9, judge="test",
-        )  # fmt: skip
-        for k in range(8)
-    ]
-
-
 def _reference(ckpt: Path, prompts: list[list[int]]) -> list[Completion]:
     ref = TransformersEngine(str(ckpt))
     try:
@@ -93,7 +76,7 @@ def test_engine_serves_each_lora_version_after_a_sync(ray_local: None, tmp_path:
         expected: list[list[Completion]] = []
         updates = []
         for version in (1, 2):
-            trainer.train_iteration(_pairs(version), iteration=version)
+            trainer.train_iteration(random_pairs(version), iteration=version)
             update = sender.update(trainer.sync_tensors(), version)
             apply_update(engine, update, base, tmp_path / "staging", version - 1)
             updates.append(update)

@@ -31,7 +31,7 @@ from sparring.workers.weight_sync import (
     safetensors_dir_update,
     state_checksum,
 )
-from tests.helpers import make_tiny_checkpoint
+from tests.helpers import make_tiny_checkpoint, random_pairs
 
 pytestmark = pytest.mark.integration
 
@@ -329,26 +329,10 @@ def test_sampled_checksum_sees_a_single_changed_element() -> None:
 
 def _trained_policy(model_dir: Path, dtype: str = "auto") -> object:
     """A PolicyTrainer on `model_dir` after one DPO iteration with a large step (weights clearly moved)."""
-    import random
-
     from sparring.shared.config import DPOConfig, TrainerConfig
-    from sparring.shared.records import PreferencePair
     from sparring.workers.trainer import PolicyTrainer
 
-    rng = random.Random(0)
-
-    def comp(i: int) -> Completion:
-        ids = [rng.randrange(20, 300) for _ in range(5)]
-        return Completion(index=i, text="", token_ids=ids, logprobs=[0.0] * 5, finish_reason="stop")
-
-    pairs = [
-        PreferencePair(
-            run_id="r", iteration=1, policy_version=0, prompt_id=f"p{k}", prompt="p",
-            prompt_token_ids=[rng.randrange(20, 300) for _ in range(4)], chosen=comp(0), rejected=comp(1),
-            chosen_score=1.0, rejected_score=0.0, win_prob=0.9, judge="test",
-        )  # fmt: skip
-        for k in range(8)
-    ]
+    pairs = random_pairs(0)
     cfg = TrainerConfig.model_validate({"learning_rate": 5e-2, "batch_size": 8, "epochs": 2, "torch_threads": 1})
     trainer = PolicyTrainer(str(model_dir), cfg, DPOConfig(beta=0.1), seed=0, dtype=dtype)
     trainer.train_iteration(pairs, iteration=1)
