@@ -8,7 +8,10 @@ batch 16; evaluation on 256 held-out prompts with the `arena_gold` evaluator) ex
 iterations of `--prompts` prompts drawn `disjoint` (the same prompts in the same iterations in both modes, so
 both train the same number of versions on the same prompt sets), one generator with one engine thread and a
 trainer with one torch thread (on a 2-core machine the overlapped stages then hold one core each), and
-`schedule.mode` sync vs async with `max_staleness` 1. Workers are Ray actors (a local Ray started here),
+`schedule.mode` sync vs async with `max_staleness` 1, and by default evaluation after the last iteration only
+(`--eval-every`: evaluation samples on the engines and is serial in both modes; the gold compared is the last
+iteration's) and no held-out diagnostic pairs (`--heldout-pairs`: withheld pairs would be up to a quarter of
+each of these small iterations' training pairs). Workers are Ray actors (a local Ray started here),
 Redis is a private server started here.
 
 Measured per mode: `loop_s`, the wall time from the end of start-up (workers up, version-0 held-out samples
@@ -55,6 +58,7 @@ def mode_config(mode: str, args: argparse.Namespace, run_dir: Path) -> Any:
         "max_staleness": 1 if mode == "async" else 0,
     }
     data["storage"].update(run_dir=str(run_dir))
+    data["eval"].update(every=args.eval_every or args.iterations, heldout_pairs=args.heldout_pairs)
     return parse_config(data)
 
 
@@ -112,6 +116,10 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=128, help="prompts per iteration (disjoint parts of the 640)")
     parser.add_argument("--backend", choices=("vllm", "transformers"), default="vllm")
     parser.add_argument("--rounds", type=int, default=2, help="sync, async pairs run alternately (one ratio each)")
+    parser.add_argument("--eval-every", type=int, default=0,
+                        help="eval.every in both modes (default 0: only after the last iteration, whose gold is compared)")
+    parser.add_argument("--heldout-pairs", type=int, default=0,
+                        help="eval.heldout_pairs in both modes (default 0: every judged pair trains, as before the diagnostics)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
