@@ -71,6 +71,9 @@ def _rank_main(rank: int, world: int, port: int, job: dict[str, Any]) -> None:
             trainer.save_checkpoint(Path(job["save"]), trainer.policy_version, len(job["pairs"]))
         if rank == 0:
             torch.save({"metrics": metrics, "weights": weights, "version": trainer.policy_version}, job["out"])
+        # every rank leaves together: a rank that tore its group down while rank 0 was still writing aborted
+        # once ("terminate called without an active exception", SIGABRT) in a fresh-clone run
+        torch.distributed.barrier()
     finally:
         destroy_process_group()
 
