@@ -25,6 +25,7 @@ import msgpack
 import redis
 
 from . import keys
+from .events import EVENTS_MAXLEN
 from .records import IterationRecord, decode, encode
 
 logger = logging.getLogger(__name__)
@@ -34,7 +35,6 @@ RUN_STATES: tuple[str, ...] = ("created", "running", "pausing", "paused", "stopp
 # A run in one of these states has (or should have) a live controller; the others are at rest.
 ACTIVE_STATES: tuple[str, ...] = ("running", "pausing", "stopping")
 TERMINAL_STATES: tuple[str, ...] = ("stopped", "completed", "failed")
-EVENTS_MAXLEN = 10_000
 
 # KEYS: meta, runs index, events. ARGV: run_id, config json, run_dir, now, event data, events maxlen, labels json.
 _CREATE_LUA = """
