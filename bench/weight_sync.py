@@ -37,8 +37,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,7 @@ TRANSPORTS = ("memory", "memory_delta_1block", "object_store", "safetensors_dir"
 
 
 def build(size: str, root: Path) -> tuple[Path, Path]:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: tests/ when run as a script
     from tests.helpers import make_tiny_checkpoint
 
     shape = dict(SIZES[size])
@@ -283,7 +286,9 @@ def run_lora_size(size: str, root: Path, repeats: int, rank: int) -> dict[str, A
     return result
 
 
-def main_lora(args: argparse.Namespace) -> None:
+def sized_rows(args: argparse.Namespace, run: Callable[[str, Path], dict[str, Any]], report: Callable[[str, dict[str, Any]], None]) -> list[dict[str, Any]]:
+    """`run(size, cache_dir)` for every `--sizes` entry on a local 2-CPU Ray, `report(size, row)` after each;
+    the rows in order."""
     import ray
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -292,17 +297,24 @@ def main_lora(args: argparse.Namespace) -> None:
     rows = []
     try:
         for size in args.sizes:
-            row = run_lora_size(size, root, args.repeats, args.lora_rank)
-            rows.append(row)
-            print(f"# {size}: {row['bytes'] / 1e6:.2f} MB of weights, LoRA rank {row['lora_rank']} on all 7 "
-                  f"projections, copy bound {row['copy_bound_s']:.4f} s", flush=True)  # fmt: skip
-            for name, m in row["modes"].items():
-                print(f"#   {name:13s} {m['bytes']:>12,.0f} B = {m['bytes_vs_merged']:.3f}x merged; {m['seconds']:.3f} s "
-                      f"= {m['seconds_vs_merged']:.2f}x merged, {m['over_bound']:.1f}x bound (sender "
-                      f"{m['sender_s']:.3f} s, engine {m['engine_s']:.3f} s); {m['tokens_per_s_after']:.0f} tok/s after",
-                      flush=True)  # fmt: skip
+            rows.append(run(size, root))
+            report(size, rows[-1])
     finally:
         ray.shutdown()
+    return rows
+
+
+def main_lora(args: argparse.Namespace) -> None:
+    def report(size: str, row: dict[str, Any]) -> None:
+        print(f"# {size}: {row['bytes'] / 1e6:.2f} MB of weights, LoRA rank {row['lora_rank']} on all 7 "
+              f"projections, copy bound {row['copy_bound_s']:.4f} s", flush=True)  # fmt: skip
+        for name, m in row["modes"].items():
+            print(f"#   {name:13s} {m['bytes']:>12,.0f} B = {m['bytes_vs_merged']:.3f}x merged; {m['seconds']:.3f} s "
+                  f"= {m['seconds_vs_merged']:.2f}x merged, {m['over_bound']:.1f}x bound (sender "
+                  f"{m['sender_s']:.3f} s, engine {m['engine_s']:.3f} s); {m['tokens_per_s_after']:.0f} tok/s after",
+                  flush=True)  # fmt: skip
+
+    rows = sized_rows(args, lambda size, root: run_lora_size(size, root, args.repeats, args.lora_rank), report)
     print(json.dumps({"lora": True, "modes": rows[-1]["modes"], "sizes": rows}))
 
 
@@ -319,26 +331,17 @@ def main() -> None:
         main_lora(args)
         return
 
-    import ray
+    def report(size: str, row: dict[str, Any]) -> None:
+        print(f"# {size}: {row['params'] / 1e6:.1f}M params, {row['bytes'] / 1e6:.0f} MB, copy bound "
+              f"{row['copy_bound_s']:.3f} s (copy into allocated memory {row['copy_into_s']:.3f} s), "
+              f"{row['tokens_per_s_before']:.0f} tok/s before", flush=True)  # fmt: skip
+        for name, t in row["transports"].items():
+            split = ", ".join(f"{k.removesuffix('_s')} {v:.3f}" for k, v in t.items() if k.startswith(("sender_", "engine_")) and k.count("_") > 1)
+            print(f"#   {name:20s} {t['seconds']:.3f} s = {t['over_bound']:.2f}x bound (sender "
+                  f"{t['sender_s']:.3f} s, engine {t['engine_s']:.3f} s; {split}), "
+                  f"{t['tokens_per_s_after']:.0f} tok/s after", flush=True)  # fmt: skip
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    root = Path(args.cache)
-    root.mkdir(parents=True, exist_ok=True)
-    rows = []
-    try:
-        for size in args.sizes:
-            row = run_size(size, root, args.repeats, args.transports)
-            rows.append(row)
-            print(f"# {size}: {row['params'] / 1e6:.1f}M params, {row['bytes'] / 1e6:.0f} MB, copy bound "
-                  f"{row['copy_bound_s']:.3f} s (copy into allocated memory {row['copy_into_s']:.3f} s), "
-                  f"{row['tokens_per_s_before']:.0f} tok/s before", flush=True)  # fmt: skip
-            for name, t in row["transports"].items():
-                split = ", ".join(f"{k.removesuffix('_s')} {v:.3f}" for k, v in t.items() if k.startswith(("sender_", "engine_")) and k.count("_") > 1)
-                print(f"#   {name:20s} {t['seconds']:.3f} s = {t['over_bound']:.2f}x bound (sender "
-                      f"{t['sender_s']:.3f} s, engine {t['engine_s']:.3f} s; {split}), "
-                      f"{t['tokens_per_s_after']:.0f} tok/s after", flush=True)  # fmt: skip
-    finally:
-        ray.shutdown()
+    rows = sized_rows(args, lambda size, root: run_size(size, root, args.repeats, args.transports), report)
     last = rows[-1]
     print(json.dumps({
         "bytes": last["bytes"], "params": last["params"], "copy_bound_s": last["copy_bound_s"],
