@@ -21,6 +21,7 @@ archives (see `store.py`).
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import math
 import os
@@ -56,24 +57,30 @@ def event_key(row: dict[str, Any]) -> tuple[int, int]:
     return entry_key(str(row["id"]))
 
 
+def _parse(line: bytes) -> dict[str, Any]:
+    """One line of a history file as a dict; ValueError if it is not a JSON object (UTF-8, json.loads)."""
+    value = json.loads(line.decode("utf-8"))
+    if not isinstance(value, dict):
+        raise ValueError(f"a JSON {type(value).__name__}, not an object")
+    return value
+
+
 def read_rows(path: Path) -> list[dict[str, Any]]:
     """Every complete line of a history file, parsed, in file order; [] if there is no file. A last line
-    without its newline (a write cut short) is left out; a line that is not strict JSON is logged and left
+    without its newline (a write cut short) is left out; a line that is not a JSON object is logged and left
     out (the rest of the history is still served)."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         return []
-    end = data.rfind(b"\n") + 1  # complete lines only
-    problems: list[str] = []
-    try:
-        lines = jsonl.decode_lines(data[:end])
-    except jsonl.JSONLDecodeError as err:
-        logger.warning("history file %s is not UTF-8 (%s); serving none of it", path, err)
-        return []
-    rows = [value for _, value in jsonl.json_lines(lines, problems) if isinstance(value, dict)]
-    for problem in problems:
-        logger.warning("history file %s: %s (line left out)", path, problem)
+    rows = []
+    for n, line in enumerate(data[: data.rfind(b"\n") + 1].split(b"\n")[:-1], start=1):  # complete lines only
+        if not line.strip():
+            continue
+        try:
+            rows.append(_parse(line))
+        except ValueError as err:  # UnicodeDecodeError and json.JSONDecodeError are ValueErrors
+            logger.warning("history file %s: line %d is not a JSON object (%s); left out", path, n, err)
     return rows
 
 
@@ -94,14 +101,12 @@ def _last_row(f: Any) -> dict[str, Any] | None:
     start = _complete_end(f, end - 1)
     f.seek(start)
     line = f.read(end - start)
-    problems: list[str] = []
-    rows = list(jsonl.json_lines(jsonl.decode_lines(line), problems))
-    if problems or not rows or not isinstance(rows[0][1], dict):
-        # appending after a line that cannot be read could duplicate rows: a person has to look first
+    try:
+        return _parse(line)
+    except ValueError as err:  # appending after a line that cannot be read could duplicate rows: look first
         raise ValueError(
-            f"history file {f.name}: its last line is not a JSON object ({problems or line[:80]!r})"
-        )
-    return dict(rows[0][1])
+            f"history file {f.name}: its last line is not a JSON object ({err}): {line[:80]!r}"
+        ) from None
 
 
 def _complete_end(f: Any, size: int) -> int:
@@ -147,7 +152,7 @@ def append_rows(path: Path, rows: Iterable[dict[str, Any]], key: Callable[[dict[
                     raise ValueError(
                         f"history rows for {path.name} are not in increasing order: {k!r} after {previous!r}"
                     )
-                out.append(jsonl.dumps(row, default=str, ensure_ascii=False) + "\n")
+                out.append(jsonl.dumps(row, default=str) + "\n")  # ASCII: a lone surrogate is escaped
                 previous = k
             if out:
                 f.seek(0, os.SEEK_END)

@@ -193,6 +193,13 @@ def test_the_disk_writer_never_duplicates_an_iteration(run, redis_client) -> Non
             history.iteration_key,
         )
     assert history.last_row(path)["iteration"] == 39
+    # a complete last line that is not JSON: readers leave it out, the writer refuses to guess what it held
+    with path.open("ab") as f:
+        f.write(b"garbage\n")
+    assert [r["iteration"] for r in history.read_rows(path)] == list(range(1, 40))
+    store.put_iteration(record(run_id, 40))
+    with pytest.raises(ValueError, match="iterations.jsonl: its last line is not a JSON object"):
+        store.archive(run_id)
 
 
 def test_trimming_archives_first_and_keeps_the_newest_iterations(run, redis_client) -> None:
