@@ -8,7 +8,8 @@ driven by `RunController` in this process. After every recorded iteration the be
 (psutil) the resident set size of every process of the run: this one (the driver and controller), its
 redis-server, Ray's own processes (gcs_server, raylet, ...) and every actor process with its children (a
 vLLM engine's EngineCore), named by the actor's class (`ray::GeneratorWorker`), and Redis `used_memory`
-(INFO memory) and the Ray object store's used bytes. It prints a table of each process's RSS at the two
+(INFO memory), each Redis key's exact `MEMORY USAGE` (to tell which key grows) and the Ray object store's
+used bytes. It prints a table of each process's RSS at the two
 iterations of `--at` (default 10 and 50) with their ratio (iteration 10 is the baseline: start-up and the
 first iterations' allocations are over by then), writes every iteration's numbers to `--out` (JSON) and
 prints one JSON object as its last line: `max_ratio` over the processes and Redis, and `within_10pct`.
@@ -104,6 +105,17 @@ def breakdown(driver_pid: int) -> dict[str, dict[str, float]]:
     return out
 
 
+def redis_key_bytes(client: Any) -> dict[str, int]:
+    """Every key of the (private) Redis with its exact `MEMORY USAGE ... SAMPLES 0`
+    in bytes (every stream node and consumer-group entry counted, not the 5-node sample of the default)."""
+    out = {}
+    for key in sorted(client.scan_iter(match="*", count=1000)):
+        size = client.memory_usage(key, samples=0)
+        if size is not None:
+            out[key.decode()] = int(size)
+    return out
+
+
 def object_store_mb() -> float:
     """Bytes of Ray's object store in use (plasma), from the raylet's memory summary, in MB."""
     import ray
@@ -176,6 +188,7 @@ def main() -> None:
                     "rss_mb": snapshot(os.getpid()),
                     "rss_parts": breakdown(os.getpid()),
                     "redis_used_mb": int(client.info("memory")["used_memory"]) / MB,
+                    "redis_key_bytes": redis_key_bytes(client),
                     "object_store_mb": object_store_mb(),
                 }
                 per_iter.append(row)

@@ -871,6 +871,13 @@ class StorageConfig(Section):
         "seen-set); None keeps every pair (exports and the API see the whole run; Redis grows by one iteration's "
         "pairs per iteration). Prompts and generations are pruned once a newer iteration is recorded",
     )
+    history_window_iterations: int = Field(
+        20,
+        ge=1,
+        description="iteration records and events of the newest N recorded iterations stay in Redis; the run's "
+        "whole history is in its run directory (iterations.jsonl, events.jsonl), where every reader (API, CLI, "
+        "dashboard, summary.json, resume, /metrics) finds the older ones",
+    )
     weight_transport: Literal["memory", "object_store", "safetensors_dir"] = Field(
         "memory",
         description="how new weights reach generators: memory = checksummed buckets in the Ray object store "

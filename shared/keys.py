@@ -12,15 +12,19 @@ Global:
 Per run, all under `run:{run_id}:`:
 - `run:{id}:meta`            hash: run id, config, run_dir, state, reason, labels, timestamps;
                              `RunStore` (create, state transitions) -> `RunStore.get_run` / `list_runs`.
-- `run:{id}:iterations`      hash: iteration number -> msgpack `IterationRecord` (first write wins);
-                             `RunStore.put_iteration` (controller) -> `RunStore` (API, metrics, resume).
+- `run:{id}:iterations`      hash: iteration number -> msgpack `IterationRecord` (first write wins), the newest
+                             `storage.history_window_iterations` only (all are in `<run dir>/iterations.jsonl`,
+                             `history.py`); `RunStore.put_iteration` (controller) -> `RunStore` (API, metrics,
+                             resume), which joins the two.
 - `run:{id}:kv`              hash of small named blobs; `RunStore.set_value` (controller: cached eval
                              samples, `iteration:{t}:progress` of the iteration not yet recorded) and
                              `RunService` (HINCRBY `orphan_restarts:{iteration}`) -> controller (`get_value`),
                              `RunService`.
 - `run:{id}:events`          stream (fields `kind`, `data` = msgpack dict); `RunStore` (run_created, state,
                              iteration) and `shared.events.emit` (controller progress) -> `RunStore.events`
-                             (SSE, CLI). It is also the `events` stage of `StreamQueue` (same key).
+                             (SSE, CLI), which joins it with `<run dir>/events.jsonl`; trimmed to the window's
+                             iterations by `RunStore.trim_history` once archived there, and to `EVENTS_MAXLEN`.
+                             It is also the `events` stage of `StreamQueue` (same key).
 - `run:{id}:control`         string "pause" / "stop"; `RunStore.request_control` (API) -> the controller;
                              cleared by the controller and `RunService`.
 - `run:{id}:requeue`         set of prompt ids whose dead letters were re-queued; `RunStore.requeue_prompts`

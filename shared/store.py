@@ -1,4 +1,7 @@
 """Run state in Redis: runs and their lifecycle state, iteration records, small per-run blobs, run events.
+With the run's history on disk (`history.py`): Redis holds a window of the newest iterations' records and
+events, `<run dir>/iterations.jsonl` and `events.jsonl` hold all of them, and the readers here
+(`iterations`, `last_complete_iteration`, `events`) join the two, so every caller sees the whole run.
 
 Keys (named in `keys.py`, which lists every key with its type and writers): the `runs` index (`keys.RUNS`)
 and per run `keys.meta` (run_id, config JSON, run_dir, state, reason, labels, timestamps), `keys.iterations`
@@ -9,7 +12,7 @@ dashboards) and `keys.control` (a pending "pause" / "stop" request for the run's
 Run states: created -> running -> completed | failed; running -> pausing -> paused -> running (resume);
 running | pausing | paused -> stopping -> stopped (a paused run has no controller and stops at once).
 
-Knows: these keys and the run states. Does not know: how a run is executed, the work streams and their
+Knows: these keys, the run states and when history moves to disk. Does not know: how a run is executed, the work streams and their
 seen-sets (see `queue.py`), or checkpoints (which live on disk / fsspec, referenced by path only).
 """
 
@@ -18,13 +21,14 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 import msgpack
 import redis
 
-from . import keys
+from . import history, keys
 from .events import EVENTS_MAXLEN
 from .records import IterationRecord, decode, encode
 
@@ -225,7 +229,8 @@ class RunStore:
         return [self._parse_meta(raw) for raw in pipe.execute() if raw]
 
     def delete_run(self, run_id: str) -> None:
-        """Forget the run's metadata, iterations, blobs and events (not its work streams: see StreamQueue)."""
+        """Forget the run's metadata, iterations, blobs and events in Redis (not its work streams: see
+        StreamQueue; nor its run directory, where its history files stay with its checkpoints)."""
         pipe = self.client.pipeline(transaction=True)
         pipe.delete(
             *(key(run_id) for key in (keys.meta, keys.iterations, keys.kv, keys.events, keys.control, keys.requeue))
@@ -258,15 +263,111 @@ class RunStore:
         return bool(new)
 
     def iterations(self, run_id: str) -> list[IterationRecord]:
-        """Every recorded iteration of the run, by iteration number."""
+        """Every recorded iteration of the run, by iteration number: the window in Redis and the older ones
+        from `<run dir>/iterations.jsonl` (Redis is read first, so a record trimmed meanwhile is on disk)."""
         raw = self.client.hgetall(keys.iterations(run_id))
-        recs = [decode(IterationRecord, v) for v in raw.values()]
-        return sorted(recs, key=lambda r: r.iteration)
+        recent = {r.iteration: r for r in (decode(IterationRecord, v) for v in raw.values())}
+        floor = min(recent, default=None)
+        path = self._history_path(run_id, history.ITERATIONS_FILE)
+        rows = history.read_rows(path) if path is not None else []
+        older = history.records_from_rows([r for r in rows if floor is None or int(r["iteration"]) < floor])
+        return sorted([*older, *recent.values()], key=lambda r: r.iteration)
 
     def last_complete_iteration(self, run_id: str) -> int:
-        """Highest recorded iteration number, 0 if none."""
+        """Highest recorded iteration number, 0 if none (the newest record is always in Redis; the iterations
+        file answers only when Redis holds none of the run's records)."""
         numbers = self.client.hkeys(keys.iterations(run_id))
-        return max((int(k) for k in numbers), default=0)
+        if numbers:
+            return max(int(k) for k in numbers)
+        path = self._history_path(run_id, history.ITERATIONS_FILE)
+        last = history.last_row(path) if path is not None else None
+        return int(last["iteration"]) if last else 0
+
+    # ------------------------------------------------------------------------------------------------
+    # history on disk
+
+    def _history_path(self, run_id: str, name: str) -> Path | None:
+        """`<run dir>/<name>`, or None if the run (or its run_dir) is unknown."""
+        run_dir = self.client.hget(keys.meta(run_id), "run_dir")
+        return Path(_s(run_dir)) / name if run_dir else None
+
+    def archive(self, run_id: str) -> tuple[int, int]:
+        """Append to the run's history files every record and event Redis holds that they do not (the
+        records above the file's last iteration, the events after its last entry id): idempotent, so a
+        restarted controller calls it to finish what a crash cut short. Returns (records, events) appended.
+        Raises `RunNotFound`, OSError if the run directory cannot be written."""
+        if not self.client.exists(keys.meta(run_id)):
+            raise RunNotFound(run_id)
+        it_path = self._history_path(run_id, history.ITERATIONS_FILE)
+        ev_path = self._history_path(run_id, history.EVENTS_FILE)
+        assert it_path is not None and ev_path is not None  # the run exists
+        raw = self.client.hgetall(keys.iterations(run_id))
+        records = sorted((decode(IterationRecord, v) for v in raw.values()), key=lambda r: r.iteration)
+        n_records = history.append_rows(it_path, (r.model_dump(mode="json") for r in records), history.iteration_key)
+        last = history.last_row(ev_path)
+        after = str(last["id"]) if last else "0-0"
+        n_events = 0
+        while True:
+            batch = self.events(run_id, after=after, count=1000, archived=False)
+            if not batch:
+                break
+            n_events += history.append_rows(
+                ev_path, ({"id": eid, "kind": kind, "data": data} for eid, kind, data in batch), history.event_key
+            )
+            after = batch[-1][0]
+        return n_records, n_events
+
+    def trim_history(self, run_id: str, keep_iterations: int) -> tuple[int, int]:
+        """Archive (`archive`), then keep in Redis only the records of the newest `keep_iterations` recorded
+        iterations and the events after the last `iteration` / `iteration_done` event of an older iteration
+        (XTRIM MINID; the entry cap `EVENTS_MAXLEN` still applies). Returns (records, events) removed from
+        Redis; nothing that is not in the history files is removed. Raises ValueError if keep_iterations < 1."""
+        if keep_iterations < 1:
+            raise ValueError(f"keep_iterations must be >= 1, got {keep_iterations}")
+        self.archive(run_id)
+        numbers = sorted(int(k) for k in self.client.hkeys(keys.iterations(run_id)))
+        if not numbers:
+            return 0, 0
+        keep_from = numbers[-1] - keep_iterations + 1
+        old = [n for n in numbers if n < keep_from]
+        removed = int(self.client.hdel(keys.iterations(run_id), *old)) if old else 0
+        cut = self._events_cut(run_id, keep_from)
+        trimmed = 0
+        if cut is not None:
+            trimmed = int(self.client.xtrim(keys.events(run_id), minid=f"{cut[0]}-{cut[1] + 1}", approximate=False))
+        if removed or trimmed:
+            logger.info("run %s: %d record(s) and %d event(s) left Redis (on disk in its run directory)",
+                        run_id, removed, trimmed)  # fmt: skip
+        return removed, trimmed
+
+    _BOUNDARY_KINDS = (b"iteration", b"iteration_done")
+
+    def _events_cut(self, run_id: str, keep_from: int) -> tuple[int, int] | None:
+        """Id of the last event that closes an iteration before `keep_from` (its `iteration` or
+        `iteration_done` event), scanning from the stream's head; None if there is none. Never past the last
+        archived event."""
+        path = self._history_path(run_id, history.EVENTS_FILE)
+        last = history.last_row(path) if path is not None else None
+        if last is None:
+            return None
+        archived = history.event_key(last)
+        cut: tuple[int, int] | None = None
+        cursor = "-"
+        while True:
+            batch = self.client.xrange(keys.events(run_id), min=cursor, max="+", count=500)
+            for eid, fields in batch:
+                at = history.entry_key(_s(eid))
+                if at > archived:
+                    return cut
+                if fields.get(b"kind") not in self._BOUNDARY_KINDS:
+                    continue
+                iteration = msgpack.unpackb(fields[b"data"], raw=False).get("iteration")
+                if isinstance(iteration, int) and iteration >= keep_from:
+                    return cut
+                cut = at
+            if len(batch) < 500:
+                return cut
+            cursor = f"({_s(batch[-1][0])}"
 
     # ------------------------------------------------------------------------------------------------
     # small blobs and events
@@ -279,15 +380,42 @@ class RunStore:
         return None if v is None else bytes(v)
 
     def events(
-        self, run_id: str, after: str = "0-0", count: int = 1000
+        self, run_id: str, after: str = "0-0", count: int = 1000, archived: bool = True
     ) -> list[tuple[str, str, dict[str, Any]]]:
-        """Up to `count` events after stream id `after`, as (entry id, kind, data)."""
-        rows = self.client.xrange(
-            keys.events(run_id), min=f"({after}" if after != "0-0" else "-", max="+", count=count
-        )
+        """Up to `count` events after stream id `after`, as (entry id, kind, data), oldest first: those that
+        have left Redis from `<run dir>/events.jsonl` (with `archived`), then the stream's. Raises ValueError
+        if `after` is not an entry id."""
+        history.entry_key(after)
+        key = keys.events(run_id)
+        pipe = self.client.pipeline(transaction=True)  # one snapshot: a trim cannot fall between the reads
+        pipe.xrange(key, min=f"({after}" if after != "0-0" else "-", max="+", count=count)
+        pipe.xrange(key, min="-", max="+", count=1)
+        rows, head = pipe.execute()
         out: list[tuple[str, str, dict[str, Any]]] = []
+        first = history.entry_key(_s(head[0][0])) if head else None
+        if archived and (first is None or history.entry_key(after) < first):
+            out.extend(self._archived_events(run_id, after, first, count))
         for eid, fields in rows:
+            if len(out) >= count:
+                break
             if b"kind" not in fields:
                 continue  # an entry written by someone else (e.g. StreamQueue.put on the events stage)
             out.append((_s(eid), _s(fields[b"kind"]), msgpack.unpackb(fields[b"data"], raw=False)))
         return out
+
+    def _archived_events(
+        self, run_id: str, after: str, before: tuple[int, int] | None, count: int
+    ) -> Iterator[tuple[str, str, dict[str, Any]]]:
+        """Events of the events file after `after` and before the stream's first entry `before` (None: all)."""
+        path = self._history_path(run_id, history.EVENTS_FILE)
+        if path is None:
+            return
+        low, n = history.entry_key(after), 0
+        for row in history.read_rows(path):
+            at = history.event_key(row)
+            if at <= low:
+                continue
+            if (before is not None and at >= before) or n >= count:
+                return
+            n += 1
+            yield str(row["id"]), str(row["kind"]), dict(row.get("data") or {})

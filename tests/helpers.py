@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import random
 import tempfile
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +19,7 @@ from sparring.shared.tiny import save_tiny_llama, train_tokenizer
 if TYPE_CHECKING:
     from sparring.shared.config import RunConfig
     from sparring.shared.records import PreferencePair
+    from sparring.shared.store import RunStore
 
 _WORDS = (
     "the a cat dog bird fish runs jumps sees eats likes red blue green small big quick slow "
@@ -88,3 +92,47 @@ def random_pairs(seed: int, num_pairs: int = 8) -> list[PreferencePair]:
         )  # fmt: skip
         for k in range(num_pairs)
     ]
+
+
+class EventWatch:
+    """Follow a run's events (`RunStore.events`, from the cursor `after` on) and act at the right moment: the
+    chaos tests' "watch the events, kill when X happens" loop.
+
+    `until(on_event, ...)` hands each new event's (kind, data) to `on_event` in stream order, every `poll_s`
+    seconds, and once per poll calls `on_poll()` (for a condition that is not an event, e.g. a stream's
+    length); it returns True as soon as either returns True, False once `timeout_s` have passed. The cursor
+    (`last`) stops at the event that ended the watch, so a later `until` goes on from the next one.
+    `in_thread` runs `until` in a daemon thread."""
+
+    def __init__(self, store: RunStore, run_id: str, after: str = "0-0") -> None:
+        self.store, self.run_id, self.last = store, run_id, after
+
+    def until(
+        self,
+        on_event: Callable[[str, dict[str, Any]], bool],
+        timeout_s: float,
+        on_poll: Callable[[], bool] | None = None,
+        poll_s: float = 0.02,
+    ) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for eid, kind, data in self.store.events(self.run_id, after=self.last):
+                self.last = eid
+                if on_event(kind, data):
+                    return True
+            if on_poll is not None and on_poll():
+                return True
+            time.sleep(poll_s)
+        return False
+
+    def in_thread(
+        self,
+        on_event: Callable[[str, dict[str, Any]], bool],
+        timeout_s: float,
+        on_poll: Callable[[], bool] | None = None,
+        poll_s: float = 0.02,
+    ) -> threading.Thread:
+        thread = threading.Thread(target=self.until, args=(on_event, timeout_s, on_poll, poll_s), daemon=True)
+        thread.start()
+        return thread
+

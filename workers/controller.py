@@ -487,6 +487,7 @@ class RunController:
 
     def restore(self) -> int:
         """Pick up after the last recorded iteration (0 = a fresh run); returns the next iteration to run."""
+        self.store.archive(self.run_id)  # what a crash kept from the history files
         records = self.store.iterations(self.run_id)
         if not records:
             self.checkpoint = self.base_model_path or self.checkpoint
@@ -617,6 +618,7 @@ class RunController:
         retention and emit `iteration_done`."""
         t = record.iteration
         self.store.put_iteration(record)
+        self.store.archive(self.run_id)  # then on disk (<run dir>/iterations.jsonl), before anything else
         self.trackers.log_iteration(record)  # experiment trackers (workers/trackers.py); never raises
         if self._pending_previous is not None:  # the next iteration's `vs_prev` side, once this one is on record
             self._save_samples("previous", self._pending_previous)
@@ -740,7 +742,8 @@ class RunController:
         """Retention after iteration t is on record (docs/reliability.md): the prompts and generations of the
         iterations before it, finished, leave their streams and seen-sets (the newest recorded iteration's stay
         for inspection); pairs stay for `storage.pairs_retention_iterations` iterations (all by default);
-        re-queued prompts t dispatched leave the re-queue."""
+        re-queued prompts t dispatched leave the re-queue; records and events older than
+        `storage.history_window_iterations` iterations leave Redis for the run's history files."""
         self.queue.prune("prompts", GENERATORS_GROUP, before_iteration=t)
         self.queue.prune("generations", JUDGES_GROUP, before_iteration=t)
         keep = self.cfg.storage.pairs_retention_iterations
@@ -748,6 +751,7 @@ class RunController:
             self.queue.prune("pairs", TRAINER_GROUP, before_iteration=t + 1 - keep)
         self.store.clear_requeued(self.run_id, self._requeued_ids)
         self._requeued_ids = []
+        self.store.trim_history(self.run_id, self.cfg.storage.history_window_iterations)
 
     def generate_and_judge(self, t: int, n_prompts: int) -> GenerationStats:
         """Stages 2-3: run generators and judges until every dispatched prompt is generated and judged."""

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from sparring.shared.queue import StreamQueue
 from sparring.shared.records import GenerationGroup, PreferencePair
 from sparring.shared.store import RunStore
 from tests.chaos.test_trainer_kill import accounting, row
-from tests.helpers import chaos_run_config
+from tests.helpers import EventWatch, chaos_run_config
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration]
 
@@ -46,24 +45,22 @@ def kill_generator_mid_batch(store: RunStore, queue: StreamQueue, run_id: str) -
     batch) and one request of that next batch is written, SIGKILL `gen-0`'s process (`killed_at`, `pid`,
     `groups_before`: the groups written by then)."""
     out: dict[str, Any] = {}
+    started = [False]
 
-    def body() -> None:
-        last, started = "0-0", False
-        deadline = time.monotonic() + 900
-        while time.monotonic() < deadline:
-            for eid, kind, data in store.events(run_id, after=last):
-                last = eid
-                started |= kind == "iteration_started" and data["iteration"] == KILL_ITERATION
-            written = queue.written("generations")
-            if started and KILL_ITERATION * PROMPTS + PER_REQUEST <= written < (KILL_ITERATION + 1) * PROMPTS:
-                out["pid"] = int(heartbeats(store.client, run_id)["gen-0"]["pid"])
-                os.kill(out["pid"], signal.SIGKILL)
-                out["killed_at"], out["groups_before"] = time.time(), written
-                return
-            time.sleep(0.01)
+    def on_event(kind: str, data: dict[str, Any]) -> bool:
+        started[0] |= kind == "iteration_started" and data["iteration"] == KILL_ITERATION
+        return False
 
-    out["thread"] = threading.Thread(target=body, daemon=True)
-    out["thread"].start()
+    def on_poll() -> bool:
+        written = queue.written("generations")
+        if started[0] and KILL_ITERATION * PROMPTS + PER_REQUEST <= written < (KILL_ITERATION + 1) * PROMPTS:
+            out["pid"] = int(heartbeats(store.client, run_id)["gen-0"]["pid"])
+            os.kill(out["pid"], signal.SIGKILL)
+            out["killed_at"], out["groups_before"] = time.time(), written
+            return True
+        return False
+
+    out["thread"] = EventWatch(store, run_id).in_thread(on_event, 900, on_poll, poll_s=0.01)
     return out
 
 

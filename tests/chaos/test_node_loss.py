@@ -17,7 +17,6 @@ Prints one chaos-table row per call (docs/reliability.md); `make chaos` sets CHA
 from __future__ import annotations
 
 import os
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ import pytest
 from sparring.shared.config import RunConfig
 from sparring.shared.store import RunStore
 from tests.chaos.test_trainer_kill import accounting, row
-from tests.helpers import chaos_run_config
+from tests.helpers import EventWatch, chaos_run_config
 from tests.two_nodes import TwoNodes, node_of_actors, two_nodes  # noqa: F401 (fixture)
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration]
@@ -57,25 +56,18 @@ def lose_node_mid_training(
     `rejoin`) start a new `node_b` node `REJOIN_AFTER_S` later (`rejoined_at`)."""
     out: dict[str, Any] = {}
 
-    def body() -> None:
-        last = "0-0"
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            for eid, kind, data in store.events(run_id, after=last):
-                last = eid
-                if (kind == "progress" and data.get("stage") == "train" and data.get("iteration") == iteration
-                        and str(data.get("message", "")).startswith("step")):  # fmt: skip
-                    out["killed_at"] = cluster.kill_worker()
-                    if not rejoin:
-                        return
-                    time.sleep(REJOIN_AFTER_S)
-                    cluster.start_worker()
-                    out["rejoined_at"] = time.time()
-                    return
-            time.sleep(0.02)
+    def on_event(kind: str, data: dict[str, Any]) -> bool:
+        if (kind == "progress" and data.get("stage") == "train" and data.get("iteration") == iteration
+                and str(data.get("message", "")).startswith("step")):  # fmt: skip
+            out["killed_at"] = cluster.kill_worker()
+            if rejoin:
+                time.sleep(REJOIN_AFTER_S)
+                cluster.start_worker()
+                out["rejoined_at"] = time.time()
+            return True
+        return False
 
-    out["thread"] = threading.Thread(target=body, daemon=True)
-    out["thread"].start()
+    out["thread"] = EventWatch(store, run_id).in_thread(on_event, 600)
     return out
 
 

@@ -25,7 +25,7 @@ from sparring.shared.queue import StreamQueue
 from sparring.shared.records import PreferencePair
 from sparring.shared.redis_server import PrivateRedis, connect
 from sparring.shared.store import RunStore
-from tests.helpers import chaos_run_config
+from tests.helpers import EventWatch, chaos_run_config
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration]
 
@@ -55,14 +55,15 @@ def run_with_a_redis_kill(ray: Any, arena_model: str, tmp_path: Path) -> dict[st
         run_dir.mkdir()
         done = launch_controller(run_id, cfg, server.url, str(run_dir), arena_model).run.remote()
         # the CLI's event reader: wait for the kill iteration's generation to be under way
-        last, generated, deadline = "0-0", -1, time.monotonic() + 600
-        while generated < 2:
-            assert time.monotonic() < deadline, "generation of the kill iteration never started"
-            for eid, kind, data in store.events(run_id, after=last):
-                last = eid
-                if kind == "progress" and data.get("stage") == "generate" and data.get("iteration") == KILL_ITERATION:
-                    generated = data["done"]
-            time.sleep(0.02)
+        watch, progress = EventWatch(store, run_id), {"done": -1}
+
+        def under_way(kind: str, data: dict[str, Any]) -> bool:
+            if kind == "progress" and data.get("stage") == "generate" and data.get("iteration") == KILL_ITERATION:
+                progress["done"] = data["done"]
+            return progress["done"] >= 2
+
+        assert watch.until(under_way, 600), "generation of the kill iteration never started"
+        generated = progress["done"]
         assert server.pid is not None
         os.kill(server.pid, signal.SIGKILL)
         killed = time.monotonic()
@@ -71,14 +72,14 @@ def run_with_a_redis_kill(ray: Any, arena_model: str, tmp_path: Path) -> dict[st
         servers.append(PrivateRedis(data_dir, port=port).start())
         restarted = time.monotonic()
         recovery = None
-        while True:  # the first progress written after the restart: the run is moving again
-            for eid, kind, _data in store.events(run_id, after=last):
-                last = eid
-                if recovery is None and kind == "progress":
-                    recovery = time.monotonic() - killed
-            ready, _ = ray.wait([done], timeout=0.2)
-            if ready:
-                break
+
+        def moving(kind: str, _data: dict[str, Any]) -> bool:  # the first progress after the restart
+            nonlocal recovery
+            if recovery is None and kind == "progress":
+                recovery = time.monotonic() - killed
+            return False
+
+        watch.until(moving, 3600, on_poll=lambda: bool(ray.wait([done], timeout=0.2)[0]), poll_s=0)
         ray.get(done)
         queue = StreamQueue(client, run_id)
         records = store.iterations(run_id)

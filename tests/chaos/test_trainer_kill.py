@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -28,7 +27,7 @@ from sparring.shared.queue import StreamQueue
 from sparring.shared.records import PreferencePair
 from sparring.shared.store import RunStore
 from sparring.workers.actors import TRAINER_GROUP
-from tests.helpers import chaos_run_config
+from tests.helpers import EventWatch, chaos_run_config
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration]
 
@@ -68,24 +67,19 @@ def kill_trainer_mid_training(ray: Any, store: RunStore, run_id: str, iteration:
         names = [n["name"] if isinstance(n, dict) else n for n in ray.util.list_named_actors(all_namespaces=False)]
         return ray.get_actor(next(n for n in names if n.startswith(f"{run_id}:trainer:")))
 
-    def body() -> None:
-        last, pid = "0-0", None
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            for eid, kind, data in store.events(run_id, after=last):
-                last = eid
-                if kind == "iteration_done" and data["iteration"] == iteration - 1:
-                    pid = ray.get(trainer_handle().info.remote())["pid"]  # idle between iterations
-                elif (pid is not None and kind == "progress" and data.get("stage") == "train"
-                      and data.get("iteration") == iteration and str(data.get("message", "")).startswith("step")):  # fmt: skip
-                    os.kill(pid, signal.SIGKILL)
-                    out["killed_at"] = time.time()
-                    return
-            time.sleep(0.02)
+    pid: list[int] = []
 
-    thread = threading.Thread(target=body, daemon=True)
-    thread.start()
-    out["thread"] = thread  # type: ignore[assignment]
+    def on_event(kind: str, data: dict[str, Any]) -> bool:
+        if kind == "iteration_done" and data["iteration"] == iteration - 1:
+            pid[:] = [ray.get(trainer_handle().info.remote())["pid"]]  # idle between iterations
+        elif (pid and kind == "progress" and data.get("stage") == "train"
+              and data.get("iteration") == iteration and str(data.get("message", "")).startswith("step")):  # fmt: skip
+            os.kill(pid[0], signal.SIGKILL)
+            out["killed_at"] = time.time()
+            return True
+        return False
+
+    out["thread"] = EventWatch(store, run_id).in_thread(on_event, 600)  # type: ignore[assignment]
     return out
 
 

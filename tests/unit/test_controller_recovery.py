@@ -26,6 +26,7 @@ from sparring.shared.queue import StreamQueue
 from sparring.shared.records import GenerationGroup, PreferencePair
 from sparring.shared.store import RunStore
 from sparring.workers.actors import TRAINER_GROUP
+from tests.helpers import EventWatch
 from tests.unit.test_controller_local import config, controller, models  # noqa: F401 - `models` is a fixture
 
 ITERATIONS = 2
@@ -154,23 +155,16 @@ def test_resume_after_a_respawn_pause_equals_the_uninterrupted_run(
 
 def kill_trainer_while_training(ctrl: Any, store: RunStore, run_id: str, iterations: list[int]) -> threading.Thread:
     """Kill the trainer once in each of `iterations`, when it reports its first optimizer step."""
+    todo = list(iterations)
 
-    def body() -> None:
-        last, todo = "0-0", list(iterations)
-        deadline = time.monotonic() + 300
-        while todo and time.monotonic() < deadline:
-            for eid, kind, data in store.events(run_id, after=last):
-                last = eid
-                if kind == "progress" and data.get("stage") == "train" and data.get("iteration") == todo[0] \
-                        and str(data.get("message", "")).startswith("step"):  # fmt: skip
-                    ctrl.runtime.kill(ctrl.groups["trainer"].workers["trainer"])
-                    todo.pop(0)
-                    break
-            time.sleep(0.01)
+    def on_event(kind: str, data: dict[str, Any]) -> bool:
+        if kind == "progress" and data.get("stage") == "train" and data.get("iteration") == todo[0] \
+                and str(data.get("message", "")).startswith("step"):  # fmt: skip
+            ctrl.runtime.kill(ctrl.groups["trainer"].workers["trainer"])
+            todo.pop(0)
+        return not todo
 
-    thread = threading.Thread(target=body, daemon=True)
-    thread.start()
-    return thread
+    return EventWatch(store, run_id).in_thread(on_event, 300, poll_s=0.01)
 
 
 def test_trainer_killed_restarts_then_fails_past_the_budget_and_resumes(
