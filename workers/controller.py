@@ -430,8 +430,18 @@ class RunController:
             self.stop_workers()
             raise
         finally:
+            self._archive_history()
             if not keep_workers:
                 self.shutdown()
+
+    def _archive_history(self) -> None:
+        """Put the events since the last recorded iteration (`completed`, `failed`, a pause) on disk too, so
+        the run's history files end where the run did; best effort (Redis may be what failed): a restarted
+        controller's `restore` archives whatever this could not."""
+        try:
+            self.store.archive(self.run_id)
+        except Exception as err:  # noqa: BLE001 - the run's outcome is already decided and recorded
+            log.warning("run %s: could not archive its last events: %s", self.run_id, err)
 
     def _log_failure(self, err: BaseException) -> str:
         """Append the full traceback of `err` to `<run_dir>/controller.log`; returns its path ("" if unwritable)."""

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from sparring.shared import history
 from sparring.shared.config import parse_config
 from sparring.shared.queue import StreamQueue
 from sparring.shared.records import GenerationGroup
@@ -133,6 +134,7 @@ def test_pause_resume_and_a_replaced_worker_without_ray(
     second.shutdown()
     assert killed == ["gen-0"] and "interrupted" not in summary
     assert store.get_run(unique_run_id)["state"] == "completed"
+    assert history.last_row(run_dir / history.EVENTS_FILE)["kind"] == "completed"  # the history file ends with the run
 
     records = store.iterations(unique_run_id)
     assert [r.iteration for r in records] == [1, 2, 3]
@@ -235,6 +237,7 @@ def test_an_iteration_without_pairs_fails_the_run_with_the_reason(
     assert reason.startswith("EmptyIteration: iteration 1 has nothing to train on: 8 prompt(s) gave 0 group(s)")
     assert "8 dead letter(s)" in reason and "exceeds generation.max_model_len 16" in reason and "\n" not in reason
     assert "EmptyIteration" in (run_dir / "controller.log").read_text()
+    assert history.last_row(run_dir / history.EVENTS_FILE)["kind"] == "failed"
 
 
 def test_eval_pairs_carry_the_whole_conversation() -> None:
