@@ -157,18 +157,20 @@ def execute(cfg: RunConfig) -> Path:
     """Run `cfg` to completion; returns the path of summary.json."""
     import ray
 
+    from sparring.shared.models import check_config_models
     from sparring.shared.prompts import run_prompts
     from sparring.shared.redis_server import open_redis
     from sparring.shared.store import RunStore
     from sparring.workers.controller import launch_controller
 
+    check_config_models(cfg)  # every local model dir (policy, judges) complete, each problem with its field
+    run_prompts(cfg)  # a bad prompt file, or prompts the run's judges cannot score, fail here, before anything starts
     run_id = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
     run_dir = Path(cfg.storage.run_dir).expanduser().resolve() / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     print(f"run {run_id} in {run_dir}", flush=True)
 
-    run_prompts(cfg)  # a bad prompt file, or prompts the run's judges cannot score, fail here, before anything starts
     # the event reader below rides out a Redis restart like the controller and workers do
     with open_redis(cfg.storage.redis_url, run_dir, outage_s=cfg.resilience.redis_outage_s) as (client, url), RunProgress() as progress:
         progress.step(f"model {cfg.policy.path}: resolving (a task's model is built once, then cached)")
@@ -193,6 +195,10 @@ def execute(cfg: RunConfig) -> Path:
             summary = ray.get(done)
         except BaseException as err:
             settle_orphan(store, run_id, err)
+            if isinstance(err, ray.exceptions.RayError):  # the controller raised or died: one line, not Ray's traceback
+                from sparring.workers.failures import failure_reason
+
+                raise RunFailed(f"run {run_id} failed: {failure_reason(err)} (traceback: {run_dir / 'controller.log'})") from None
             raise
         finally:
             ray.shutdown()
@@ -201,18 +207,25 @@ def execute(cfg: RunConfig) -> Path:
     return run_dir / "summary.json"
 
 
+class RunFailed(Exception):
+    """`sparring run`/`demo`: the run ended as failed (the controller raised, e.g. a `PlacementError`, or its
+    actor died); the message names the run, the reason and where the traceback is."""
+
+
 def settle_orphan(store: Any, run_id: str, err: BaseException) -> None:
     """The run's controller is gone (it died, was interrupted, or gave up on Redis before it could record the
     run's end): a run it left executing is marked failed with the reason, never left `running` with no
     controller (a failed run with an intact checkpoint can be resumed)."""
-    from sparring.shared.store import ACTIVE_STATES
+    from sparring.shared.store import ACTIVE_STATES, InvalidTransition
     from sparring.workers.failures import failure_reason
 
     try:
         store.transition(
             run_id, ACTIVE_STATES, "failed", reason=f"its controller exited without recording an end: {failure_reason(err)}"
         )
-    except Exception:  # noqa: BLE001 - already at rest (the controller recorded it), or Redis is gone for good
+    except InvalidTransition:
+        pass  # already at rest: the controller recorded the run's end (e.g. `failed` with its reason)
+    except Exception:  # noqa: BLE001 - Redis is gone for good
         log.warning("could not settle the state of run %s", run_id, exc_info=True)
 
 
@@ -281,6 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, RedisUnavailable, ModelLoadError, PromptPoolError, DSATError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except RunFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     print(summary)
     return 0
 

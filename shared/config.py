@@ -52,11 +52,12 @@ class ModelConfig(Section):
         "auto", description="weights dtype; auto = float32 on CPU, bfloat16 on GPU"
     )
 
-    @model_validator(mode="after")
-    def _local_dir_exists(self) -> ModelConfig:
-        if looks_local(self.path) and not Path(self.path).expanduser().is_dir():
-            raise ValueError(f"model directory {self.path!r} does not exist")
-        return self
+    @field_validator("path")
+    @classmethod
+    def _local_dir_exists(cls, path: str) -> str:
+        if looks_local(path) and not Path(path).expanduser().is_dir():
+            raise ValueError(f"model directory {path!r} does not exist")
+        return path
 
 
 def _registered(kind: str, name: str, core: tuple[str, ...], field: str) -> str:
@@ -1322,7 +1323,7 @@ def format_validation_error(err: ValidationError, source: str = "config") -> str
     lines = [f"{source}: {err.error_count()} problem(s)"]
     for e in err.errors():
         loc, section = _user_location(e["loc"])
-        msg = e["msg"]
+        msg = e["msg"].removeprefix("Value error, ")  # a validator's own message needs no pydantic prefix
         if e["type"] == "extra_forbidden":
             msg = f"unknown key (not a field of {section})"
         elif e["type"] == "union_tag_invalid":  # a discriminator value no variant has (`algorithm.objective`)
