@@ -259,6 +259,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `sparring` entry point: exit status 0 done, 1 failed, 2 refused input."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # `sparring presets show sppo | head`: the reader left (the recipe of Python's `signal` docs)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when stdout is flushed at exit
+        return 1
+
+
+def _main(argv: list[str] | None = None) -> int:
     from sparring.services import client
 
     args = build_parser().parse_args(argv)

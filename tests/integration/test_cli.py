@@ -109,3 +109,16 @@ def test_incomplete_judge_model_directory_fails_before_ray(tmp_path: Path) -> No
     assert code == 2, out
     assert f"judge.strong_model: model directory '{broken}' cannot be loaded: missing weights" in out
     assert "Traceback" not in out and not (tmp_path / "runs").exists()
+
+
+def test_output_into_a_closed_pipe_is_no_traceback() -> None:
+    """`sparring presets show sppo | head -1`: the reader leaves early; the CLI stops without a traceback."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sparring.services.cli", "presets", "show", "sppo"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ.copy(),
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before the first line is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 1
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
