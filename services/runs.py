@@ -37,6 +37,7 @@ from sparring.services.pools import PoolStore
 from sparring.services.settings import ServiceSettings
 from sparring.shared import keys, tasks
 from sparring.shared.config import ConfigError, RunConfig, looks_local, parse_config
+from sparring.shared.models import config_model_problems
 from sparring.shared.prompts import PromptPoolError, load_run_prompts
 from sparring.shared.queue import StreamQueue
 from sparring.shared.records import IterationRecord, PreferencePair
@@ -54,6 +55,11 @@ MODEL_FIELDS = (
 SERVICE_FIELDS = ("storage.run_dir", "storage.redis_url", "prompts.path", "eval.prompts.path")
 HF_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
 MAX_ORPHAN_RESTARTS = 3
+# A submitted config with neither a pool nor a prompt source: what the API user can do about it.
+NO_PROMPTS = (
+    "prompts: Field required: upload a pool with POST /v1/pools and pass its pool_id, or set prompts.source to a "
+    "task's prompt source (`sparring tasks`)"
+)
 IDEMPOTENCY_TTL_S = 7 * 24 * 3600
 
 
@@ -170,7 +176,10 @@ class RunService:
             cfg = parse_config(data, "config")
         except ConfigError as err:
             lines = str(err).splitlines()
-            raise RequestError(lines[0], [line.strip() for line in lines[1:]] or lines) from None
+            problems = [line.strip() for line in lines[1:]] or lines
+            raise RequestError(lines[0], [NO_PROMPTS if p == "prompts: Field required" else p for p in problems]) from None
+        if problems := config_model_problems(cfg):  # a model dir without weights or tokenizer, before it queues
+            raise RequestError(f"config: {len(problems)} problem(s)", problems)
         try:
             load_run_prompts(cfg)
         except PromptPoolError as err:

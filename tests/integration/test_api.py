@@ -132,7 +132,8 @@ def test_configs_cannot_read_arbitrary_files(api_server) -> None:
         # prompts are required unless a pool supplies them
         no_prompts = {k: v for k, v in valid.items() if k != "prompts"}
         r = c.post("/v1/runs", json={"config": {**no_prompts, "trainer": {**valid["trainer"], "learning_rat": 1}}})
-        assert r.status_code == 422 and "prompts: Field required" in r.json()["problems"]
+        assert r.status_code == 422 and len(r.json()["problems"]) == 2
+        assert any(p.startswith("prompts: Field required: upload a pool with POST /v1/pools") for p in r.json()["problems"])
         r = c.post("/v1/runs", json={"config": {}, "pool_id": "pool-missing"})
         assert r.status_code == 422 and "no pool 'pool-missing'" in r.json()["detail"]
 
