@@ -316,6 +316,13 @@ def _cli(api_server, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def test_cli_pause_and_stop_reach_the_api(api_server) -> None:
+    """`sparring pause|stop RUN_ID` post to the run's lifecycle routes; a refusal prints the API's detail, exit 2."""
+    for action in ("pause", "stop"):
+        out = _cli(api_server, action, "no-such-run")
+        assert out.returncode == 2 and "error: run 'no-such-run' not found" in out.stderr, out.stderr
+
+
 def test_api_restart_mid_run_loses_nothing(api_server, redis_client, tmp_path: Path) -> None:
     """Submit with the CLI, SIGKILL the API after iteration 1, start it again: the same controller finishes
     the run, every iteration is recorded once, and status/export work against the new process."""
