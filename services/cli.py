@@ -109,6 +109,18 @@ def _print_event(kind: str, ev: dict[str, Any]) -> None:
         print(f"run failed: {ev['reason']}", flush=True)
 
 
+def dead_letter_lines(letters: list[Any], iteration: int, shown: int = 5) -> list[str]:
+    """What `sparring run` prints after an iteration whose entries went to `run:{id}:dead` (a prompt longer
+    than generation.max_model_len, say): how many, and each one's stage, item and reason (`shown` at most)."""
+    if not letters:
+        return []
+    lines = [f"  [iter {iteration}] {len(letters)} dead letter(s), left out of this iteration:"]
+    lines += [f"    {d.stage} {d.item_id}: {d.reason}" for d in letters[:shown]]
+    if len(letters) > shown:
+        lines.append(f"    ... and {len(letters) - shown} more (GET /v1/runs/RUN_ID/dead-letters on a service)")
+    return lines
+
+
 def tasks_view() -> dict[str, Any]:
     """`sparring tasks --json`: {task: {description, prompt_sources, models, judges, evaluators}}."""
     from sparring.shared import tasks
@@ -159,6 +171,7 @@ def execute(cfg: RunConfig) -> Path:
 
     from sparring.shared.models import check_config_models
     from sparring.shared.prompts import run_prompts
+    from sparring.shared.queue import StreamQueue
     from sparring.shared.redis_server import open_redis
     from sparring.shared.store import RunStore
     from sparring.workers.controller import launch_controller
@@ -181,12 +194,18 @@ def execute(cfg: RunConfig) -> Path:
         try:
             controller = launch_controller(run_id, cfg, url, str(run_dir), model_path)
             done = controller.run.remote()
-            last = "0-0"
+            last, dead_shown = "0-0", 0
+            queue = StreamQueue(client, run_id)
             while True:
                 finished, _ = ray.wait([done], timeout=0.5)
                 events = store.events(run_id, after=last)
                 for _, kind, data in events:
                     _print_event(kind, data)
+                    if kind == "iteration_done" and data["record"].get("num_dead"):  # say what was left out, and why
+                        letters = queue.dead_letters()
+                        for line in dead_letter_lines(letters[dead_shown:], data["record"]["iteration"]):
+                            print(line, flush=True)
+                        dead_shown = len(letters)
                     progress.event(kind, data)  # the live bar of the current step, in a terminal
                 if events:
                     last = events[-1][0]
