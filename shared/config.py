@@ -1151,9 +1151,22 @@ class RunConfig(Section):
     @model_validator(mode="before")
     @classmethod
     def _preset(cls, data: Any) -> Any:
-        from sparring.shared.presets import apply_preset
+        from sparring.shared.presets import apply_preset, preset_names
 
-        return apply_preset(data, _variant_fields) if isinstance(data, dict) else data
+        if not isinstance(data, dict):
+            return data
+        if data.get("preset") is not None and data["preset"] not in preset_names():
+            return data  # `_known_preset` refuses it at `preset` (not at the top level, as a failed merge would)
+        return apply_preset(data, _variant_fields)
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, name: str | None) -> str | None:
+        from sparring.shared.presets import load_preset
+
+        if name is not None:
+            load_preset(name)  # a ValueError listing the known presets for any other name
+        return name
 
     @property
     def lora_sync(self) -> Literal["adapter", "merged"] | None:

@@ -109,6 +109,13 @@ def test_not_a_mapping_and_bad_yaml(tmp_path: Path) -> None:
         load_config(tmp_path / "nope.yaml")
 
 
+def test_a_preset_typo_is_named_at_preset(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, "preset: sppoo\n"))
+    assert "  preset: unknown preset 'sppoo'; known presets: dpo, drift, inpo" in str(err.value)
+    assert "(top level)" not in str(err.value)
+
+
 def test_a_missing_policy_directory_names_policy_path(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(write(tmp_path, f"policy: {{path: {tmp_path}/nope}}\n"))
