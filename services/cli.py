@@ -109,6 +109,18 @@ def _print_event(kind: str, ev: dict[str, Any]) -> None:
         print(f"run failed: {ev['reason']}", flush=True)
 
 
+def dead_letter_lines(letters: list[Any], iteration: int, shown: int = 5) -> list[str]:
+    """What `sparring run` prints after an iteration whose entries went to `run:{id}:dead` (a prompt longer
+    than generation.max_model_len, say): how many, and each one's stage, item and reason (`shown` at most)."""
+    if not letters:
+        return []
+    lines = [f"  [iter {iteration}] {len(letters)} dead letter(s), left out of this iteration:"]
+    lines += [f"    {d.stage} {d.item_id}: {d.reason}" for d in letters[:shown]]
+    if len(letters) > shown:
+        lines.append(f"    ... and {len(letters) - shown} more (GET /v1/runs/RUN_ID/dead-letters on a service)")
+    return lines
+
+
 def tasks_view() -> dict[str, Any]:
     """`sparring tasks --json`: {task: {description, prompt_sources, models, judges, evaluators}}."""
     from sparring.shared import tasks
@@ -157,18 +169,21 @@ def execute(cfg: RunConfig) -> Path:
     """Run `cfg` to completion; returns the path of summary.json."""
     import ray
 
+    from sparring.shared.models import check_config_models
     from sparring.shared.prompts import run_prompts
+    from sparring.shared.queue import StreamQueue
     from sparring.shared.redis_server import open_redis
     from sparring.shared.store import RunStore
     from sparring.workers.controller import launch_controller
 
+    check_config_models(cfg)  # every local model dir (policy, judges) complete, each problem with its field
+    run_prompts(cfg)  # a bad prompt file, or prompts the run's judges cannot score, fail here, before anything starts
     run_id = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
     run_dir = Path(cfg.storage.run_dir).expanduser().resolve() / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     print(f"run {run_id} in {run_dir}", flush=True)
 
-    run_prompts(cfg)  # a bad prompt file, or prompts the run's judges cannot score, fail here, before anything starts
     # the event reader below rides out a Redis restart like the controller and workers do
     with open_redis(cfg.storage.redis_url, run_dir, outage_s=cfg.resilience.redis_outage_s) as (client, url), RunProgress() as progress:
         progress.step(f"model {cfg.policy.path}: resolving (a task's model is built once, then cached)")
@@ -179,12 +194,18 @@ def execute(cfg: RunConfig) -> Path:
         try:
             controller = launch_controller(run_id, cfg, url, str(run_dir), model_path)
             done = controller.run.remote()
-            last = "0-0"
+            last, dead_shown = "0-0", 0
+            queue = StreamQueue(client, run_id)
             while True:
                 finished, _ = ray.wait([done], timeout=0.5)
                 events = store.events(run_id, after=last)
                 for _, kind, data in events:
                     _print_event(kind, data)
+                    if kind == "iteration_done" and data["record"].get("num_dead"):  # say what was left out, and why
+                        letters = queue.dead_letters()
+                        for line in dead_letter_lines(letters[dead_shown:], data["record"]["iteration"]):
+                            print(line, flush=True)
+                        dead_shown = len(letters)
                     progress.event(kind, data)  # the live bar of the current step, in a terminal
                 if events:
                     last = events[-1][0]
@@ -193,6 +214,10 @@ def execute(cfg: RunConfig) -> Path:
             summary = ray.get(done)
         except BaseException as err:
             settle_orphan(store, run_id, err)
+            if isinstance(err, ray.exceptions.RayError):  # the controller raised or died: one line, not Ray's traceback
+                from sparring.workers.failures import failure_reason
+
+                raise RunFailed(f"run {run_id} failed: {failure_reason(err)} (traceback: {run_dir / 'controller.log'})") from None
             raise
         finally:
             ray.shutdown()
@@ -201,18 +226,25 @@ def execute(cfg: RunConfig) -> Path:
     return run_dir / "summary.json"
 
 
+class RunFailed(Exception):
+    """`sparring run`/`demo`: the run ended as failed (the controller raised, e.g. a `PlacementError`, or its
+    actor died); the message names the run, the reason and where the traceback is."""
+
+
 def settle_orphan(store: Any, run_id: str, err: BaseException) -> None:
     """The run's controller is gone (it died, was interrupted, or gave up on Redis before it could record the
     run's end): a run it left executing is marked failed with the reason, never left `running` with no
     controller (a failed run with an intact checkpoint can be resumed)."""
-    from sparring.shared.store import ACTIVE_STATES
+    from sparring.shared.store import ACTIVE_STATES, InvalidTransition
     from sparring.workers.failures import failure_reason
 
     try:
         store.transition(
             run_id, ACTIVE_STATES, "failed", reason=f"its controller exited without recording an end: {failure_reason(err)}"
         )
-    except Exception:  # noqa: BLE001 - already at rest (the controller recorded it), or Redis is gone for good
+    except InvalidTransition:
+        pass  # already at rest: the controller recorded the run's end (e.g. `failed` with its reason)
+    except Exception:  # noqa: BLE001 - Redis is gone for good
         log.warning("could not settle the state of run %s", run_id, exc_info=True)
 
 
@@ -246,6 +278,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `sparring` entry point: exit status 0 done, 1 failed, 2 refused input."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # `sparring presets show sppo | head`: the reader left (the recipe of Python's `signal` docs)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when stdout is flushed at exit
+        return 1
+
+
+def _main(argv: list[str] | None = None) -> int:
     from sparring.services import client
 
     args = build_parser().parse_args(argv)
@@ -281,6 +322,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, RedisUnavailable, ModelLoadError, PromptPoolError, DSATError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except RunFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     print(summary)
     return 0
 

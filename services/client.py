@@ -1,4 +1,4 @@
-"""`sparring serve` and the commands that talk to a running API: `submit`, `status`, `resume`, `export`,
+"""`sparring serve` and the commands that talk to a running API: `submit`, `status`, `pause`, `stop`, `resume`, `export`,
 `feedback`.
 
 The client commands read the API address from `--api` or SPARRING_API_URL (default http://127.0.0.1:8321)
@@ -212,6 +212,14 @@ def resume(args: argparse.Namespace) -> int:
     return 0
 
 
+def control(args: argparse.Namespace) -> int:
+    """`sparring pause RUN_ID` / `sparring stop RUN_ID` (`POST /v1/runs/{id}/pause|stop`): a running run pauses
+    or stops at its next iteration boundary (`pausing` / `stopping` until then), a queued one at once."""
+    run = _client(args).post(f"/v1/runs/{args.run_id}/{args.command}")
+    print(f"run {run['run_id']}: {run['state']}{' (' + run['reason'] + ')' if run['reason'] else ''}", flush=True)
+    return 0
+
+
 def _print_dead_letters(letters: list[dict[str, Any]]) -> int:
     """`sparring status RUN --dead`: one line per dead letter (entry id, prompt, stage, attempts, reason)."""
     if not letters:
@@ -311,6 +319,13 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--wait", action="store_true", help="follow the run until it is at rest")
     common(p)
     p.set_defaults(handler=resume)
+
+    for action, what in (("pause", "pause a run at its next iteration boundary (resume continues it)"),
+                         ("stop", "stop a run at its next iteration boundary, for good")):  # fmt: skip
+        p = sub.add_parser(action, help=what)
+        p.add_argument("run_id")
+        common(p)
+        p.set_defaults(handler=control)
 
     p = sub.add_parser("feedback", help="post thumbs-up/down labels on single answers (JSONL) to a run")
     p.add_argument("run_id")

@@ -37,6 +37,7 @@ from sparring.services.pools import PoolStore
 from sparring.services.settings import ServiceSettings
 from sparring.shared import keys, tasks
 from sparring.shared.config import ConfigError, RunConfig, looks_local, parse_config
+from sparring.shared.models import config_model_problems
 from sparring.shared.prompts import PromptPoolError, load_run_prompts
 from sparring.shared.queue import StreamQueue
 from sparring.shared.records import IterationRecord, PreferencePair
@@ -54,6 +55,15 @@ MODEL_FIELDS = (
 SERVICE_FIELDS = ("storage.run_dir", "storage.redis_url", "prompts.path", "eval.prompts.path")
 HF_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
 MAX_ORPHAN_RESTARTS = 3
+# The states each lifecycle action applies to (docs/operations.md, "Lifecycle").
+ACTION_STATES = {
+    "pause": ("created", "running"), "resume": ("paused", "failed"), "stop": ("created", "paused", "running", "pausing"),
+}  # fmt: skip
+# A submitted config with neither a pool nor a prompt source: what the API user can do about it.
+NO_PROMPTS = (
+    "prompts: Field required: upload a pool with POST /v1/pools and pass its pool_id, or set prompts.source to a "
+    "task's prompt source (`sparring tasks`)"
+)
 IDEMPOTENCY_TTL_S = 7 * 24 * 3600
 
 
@@ -170,7 +180,10 @@ class RunService:
             cfg = parse_config(data, "config")
         except ConfigError as err:
             lines = str(err).splitlines()
-            raise RequestError(lines[0], [line.strip() for line in lines[1:]] or lines) from None
+            problems = [line.strip() for line in lines[1:]] or lines
+            raise RequestError(lines[0], [NO_PROMPTS if p == "prompts: Field required" else p for p in problems]) from None
+        if problems := config_model_problems(cfg):  # a model dir without weights or tokenizer, before it queues
+            raise RequestError(f"config: {len(problems)} problem(s)", problems)
         try:
             load_run_prompts(cfg)
         except PromptPoolError as err:
@@ -333,12 +346,21 @@ class RunService:
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
+    def _transition(self, action: str, run_id: str, allowed: tuple[str, ...], state: str, reason: str) -> None:
+        """`store.transition`, refused (409) with the action the user asked for and the states it applies to:
+        "run 'x' is created; it cannot become created: resume applies to a paused or failed run"."""
+        try:
+            self.store.transition(run_id, allowed, state, reason=reason)
+        except InvalidTransition as err:
+            *others, last = ACTION_STATES[action]
+            raise Conflict(f"{err}: {action} applies to a {', '.join(others)} or {last} run") from None
+
     def pause(self, run_id: str) -> dict[str, Any]:
         state = self.view(run_id)["state"]
         if state == "created":
-            self.store.transition(run_id, ("created",), "paused", reason="paused before it started")
+            self._transition("pause", run_id, ("created",), "paused", reason="paused before it started")
         else:
-            self.store.transition(run_id, ("running",), "pausing", reason="pause requested")
+            self._transition("pause", run_id, ("running",), "pausing", reason="pause requested")
             self.store.request_control(run_id, "pause")
         return self.view(run_id)
 
@@ -373,16 +395,16 @@ class RunService:
                 )
             done = self.store.last_complete_iteration(run_id)
             reason = f"resume of a failed run ({run['reason']}) requested: continues after iteration {done}"
-        self.store.transition(run_id, ("paused", "failed"), "created", reason=reason)
+        self._transition("resume", run_id, ("paused", "failed"), "created", reason=reason)
         self.reconcile()
         return self.view(run_id)
 
     def stop(self, run_id: str) -> dict[str, Any]:
         state = self.view(run_id)["state"]
         if state in ("created", "paused"):
-            self.store.transition(run_id, ("created", "paused"), "stopped", reason="stopped by request")
+            self._transition("stop", run_id, ("created", "paused"), "stopped", reason="stopped by request")
         else:
-            self.store.transition(run_id, ("running", "pausing"), "stopping", reason="stop requested")
+            self._transition("stop", run_id, ("running", "pausing"), "stopping", reason="stop requested")
             self.store.request_control(run_id, "stop")
         return self.view(run_id)
 

@@ -52,11 +52,12 @@ class ModelConfig(Section):
         "auto", description="weights dtype; auto = float32 on CPU, bfloat16 on GPU"
     )
 
-    @model_validator(mode="after")
-    def _local_dir_exists(self) -> ModelConfig:
-        if looks_local(self.path) and not Path(self.path).expanduser().is_dir():
-            raise ValueError(f"model directory {self.path!r} does not exist")
-        return self
+    @field_validator("path")
+    @classmethod
+    def _local_dir_exists(cls, path: str) -> str:
+        if looks_local(path) and not Path(path).expanduser().is_dir():
+            raise ValueError(f"model directory {path!r} does not exist")
+        return path
 
 
 def _registered(kind: str, name: str, core: tuple[str, ...], field: str) -> str:
@@ -1157,9 +1158,22 @@ class RunConfig(Section):
     @model_validator(mode="before")
     @classmethod
     def _preset(cls, data: Any) -> Any:
-        from sparring.shared.presets import apply_preset
+        from sparring.shared.presets import apply_preset, preset_names
 
-        return apply_preset(data, _variant_fields) if isinstance(data, dict) else data
+        if not isinstance(data, dict):
+            return data
+        if data.get("preset") is not None and data["preset"] not in preset_names():
+            return data  # `_known_preset` refuses it at `preset` (not at the top level, as a failed merge would)
+        return apply_preset(data, _variant_fields)
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, name: str | None) -> str | None:
+        from sparring.shared.presets import load_preset
+
+        if name is not None:
+            load_preset(name)  # a ValueError listing the known presets for any other name
+        return name
 
     @property
     def lora_sync(self) -> Literal["adapter", "merged"] | None:
@@ -1329,7 +1343,7 @@ def format_validation_error(err: ValidationError, source: str = "config") -> str
     lines = [f"{source}: {err.error_count()} problem(s)"]
     for e in err.errors():
         loc, section = _user_location(e["loc"])
-        msg = e["msg"]
+        msg = e["msg"].removeprefix("Value error, ")  # a validator's own message needs no pydantic prefix
         if e["type"] == "extra_forbidden":
             msg = f"unknown key (not a field of {section})"
         elif e["type"] == "union_tag_invalid":  # a discriminator value no variant has (`algorithm.objective`)

@@ -28,7 +28,10 @@ class JSONLDecodeError(ValueError):
 
 
 def decode_lines(data: bytes) -> list[str]:
-    """The lines of a JSONL file's bytes: strict UTF-8, split on "\\n" only. Raises `JSONLDecodeError`."""
+    """The lines of a JSONL file's bytes: strict UTF-8, split on "\\n" only; a leading byte order mark (what
+    Windows editors and Excel write) is ignored, as RFC 8259 section 8.1 lets a parser do. Raises
+    `JSONLDecodeError`."""
+    data = data.removeprefix(b"\xef\xbb\xbf")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:

@@ -107,10 +107,10 @@ def local_model_fields(cfg: RunConfig) -> list[tuple[str, str]]:
     return fields
 
 
-def check_config_models(cfg: RunConfig) -> None:
-    """Check every local model directory a run config names (`check_model_path`) before any worker starts;
-    raises one `ModelLoadError` naming each field and what its directory lacks. Names a task registers are
-    built on first use and hub ids are resolved by transformers, so neither is checked here."""
+def config_model_problems(cfg: RunConfig) -> list[str]:
+    """`field: why` for every local model directory a run config names that cannot be loaded
+    (`check_model_path`). Names a task registers are built on first use and hub ids are resolved by
+    transformers, so neither is checked here."""
     from sparring.shared import tasks
 
     problems = []
@@ -121,6 +121,13 @@ def check_config_models(cfg: RunConfig) -> None:
             check_model_path(path)
         except ModelLoadError as err:
             problems.append(f"{field}: {err}")
+    return problems
+
+
+def check_config_models(cfg: RunConfig) -> None:
+    """Check every local model directory a run config names before any worker starts; raises one
+    `ModelLoadError` naming each field and what its directory lacks (`config_model_problems`)."""
+    problems = config_model_problems(cfg)
     if problems:
         raise ModelLoadError("; ".join(problems))
 

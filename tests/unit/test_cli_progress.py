@@ -50,3 +50,17 @@ def test_tasks_json(capsys) -> None:  # noqa: ANN001
     assert cli.main(["tasks", "--json"]) == 0
     tasks = json.loads(capsys.readouterr().out)
     assert all({"description", "prompt_sources", "models", "judges", "evaluators"} <= set(t) for t in tasks.values())
+
+
+def test_dead_letters_of_an_iteration_are_printed_with_their_reasons() -> None:
+    """`sparring run` used to print only "32 pairs" when a prompt too long for the engine went to the dead
+    letters; the count and each reason are printed after the iteration now."""
+    from sparring.shared.records import DeadLetter
+
+    reason = "prompt of 818 tokens + max_new_tokens 16 exceeds generation.max_model_len 256"
+    letters = [DeadLetter(stage="generate", item_id=f"p{i}@v0", reason=reason) for i in range(7)]
+    lines = cli.dead_letter_lines(letters, iteration=1, shown=5)
+    assert lines[0] == "  [iter 1] 7 dead letter(s), left out of this iteration:"
+    assert lines[1] == f"    generate p0@v0: {reason}" and len(lines) == 7
+    assert lines[-1].startswith("    ... and 2 more")
+    assert cli.dead_letter_lines([], iteration=2) == []

@@ -109,6 +109,20 @@ def test_not_a_mapping_and_bad_yaml(tmp_path: Path) -> None:
         load_config(tmp_path / "nope.yaml")
 
 
+def test_a_preset_typo_is_named_at_preset(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, "preset: sppoo\n"))
+    assert "  preset: unknown preset 'sppoo'; known presets: dpo, drift, inpo" in str(err.value)
+    assert "(top level)" not in str(err.value)
+
+
+def test_a_missing_policy_directory_names_policy_path(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, f"policy: {{path: {tmp_path}/nope}}\n"))
+    assert f"  policy.path: model directory '{tmp_path}/nope' does not exist" in str(err.value)
+    assert "Value error" not in str(err.value)
+
+
 def test_a_task_judge_checks_prompts_from_other_sources(tmp_path: Path) -> None:
     from sparring.shared.prompts import PromptPoolError, load_run_prompts, run_prompts
     from sparring.tasks.arena.rules import arena_prompts
@@ -193,7 +207,7 @@ def test_each_objective_takes_only_its_own_fields(tmp_path: Path) -> None:
         load_config(write(tmp_path, "algorithm: {objective: dpoo}\n"))
     with pytest.raises(ConfigError, match=r"algorithm\.alpha: Field required"):  # R-DPO's alpha has no default
         load_config(write(tmp_path, "algorithm: {objective: length_dpo}\n"))
-    with pytest.raises(ConfigError, match=r"algorithm: Value error, objective=inpo needs reference=initial"):
+    with pytest.raises(ConfigError, match=r"algorithm: objective=inpo needs reference=initial"):
         load_config(write(tmp_path, "algorithm: {objective: inpo}\n"))
     with pytest.raises(ConfigError, match=r"algorithm\.ratio: Input should be less than 1"):
         load_config(write(tmp_path, "algorithm: {objective: inpo, ratio: 1.0, reference: initial}\n"))

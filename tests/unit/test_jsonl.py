@@ -57,6 +57,9 @@ def test_split_on_newline_only() -> None:
     assert split_lines(text) == ["a\u2028b", "c\u0085d\r", "e\x1cf"]
     assert text.splitlines() != split_lines(text)  # what the old loaders did: 6 lines
     assert decode_lines(b"x\ny") == ["x", "y"] and decode_lines(b"") == []
+    # a UTF-8 byte order mark at the start (Windows editors, Excel) is ignored, not "line 1: not valid JSON"
+    assert decode_lines(b'\xef\xbb\xbf{"id": "a"}\n') == ['{"id": "a"}']
+    assert decode_lines("x\n\ufeffy".encode()) == ["x", "\ufeffy"]  # only a leading one
 
 
 def test_raw_line_separators_inside_strings_are_accepted_by_upload_and_run(tmp_path: Path) -> None:

@@ -79,3 +79,19 @@ def test_a_context_longer_than_the_model_is_refused_with_both_numbers(tmp_path: 
     with pytest.raises(ModelLoadError, match="set generation.max_model_len <= 128"):
         check_context_length(str(tmp_path), 256)
     check_context_length("org/some-hub-model", 10**6)  # no local config.json: not checked here
+
+
+def test_a_head_size_vllm_cpu_does_not_serve_is_refused_before_the_engine(tmp_path: Path) -> None:
+    """hidden 64 over 4 heads (head_dim 16): a vLLM-CPU engine would start, then die on its first request with
+    an EngineDeadError; the engine builder refuses the checkpoint first, naming the head size."""
+    from sparring.workers.vllm_llm import check_cpu_head_size
+
+    base = {"model_type": "qwen2", "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "intermediate_size": 128, "num_hidden_layers": 2, "vocab_size": 100}  # fmt: skip
+    (tmp_path / "config.json").write_text(json.dumps(base))
+    with pytest.raises(ModelLoadError, match=r"attention head size 16 .* \(32, 64, 80, .*generation.backend: transformers"):
+        check_cpu_head_size(str(tmp_path))
+    (tmp_path / "config.json").write_text(json.dumps(base | {"hidden_size": 128, "num_attention_heads": 2}))
+    check_cpu_head_size(str(tmp_path))  # head_dim 64: served
+    (tmp_path / "config.json").write_text(json.dumps(base | {"model_type": "llama", "head_dim": 64}))
+    check_cpu_head_size(str(tmp_path))  # an explicit head_dim wins over hidden_size / heads
