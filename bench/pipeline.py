@@ -57,6 +57,8 @@ def mode_config(mode: str, args: argparse.Namespace, run_dir: Path) -> Any:
         "mode": mode,
         "max_staleness": 1 if mode == "async" else 0,
     }
+    if mode in args.pin:  # the engine's processes on core 0, the trainer on core 1 (the judge and the rest: any)
+        data["resources"] = {"generators": {"cpu_cores": [0]}, "trainer": {"cpu_cores": [1]}}
     data["storage"].update(run_dir=str(run_dir))
     data["eval"].update(every=args.eval_every or args.iterations, heldout_pairs=args.heldout_pairs)
     return parse_config(data)
@@ -120,6 +122,9 @@ def main() -> None:
                         help="eval.every in both modes (default 0: only after the last iteration, whose gold is compared)")
     parser.add_argument("--heldout-pairs", type=int, default=0,
                         help="eval.heldout_pairs in both modes (default 0: every judged pair trains, as before the diagnostics)")
+    parser.add_argument("--pin", type=lambda v: [m for m in v.split(",") if m], default=[],
+                        help="modes (comma-separated: sync,async) whose engine runs on core 0 and trainer on core 1 "
+                        "(resources.<role>.cpu_cores); default none")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
