@@ -12,7 +12,8 @@ trainer with one torch thread (on a 2-core machine the overlapped stages then ho
 (`--eval-every`: evaluation samples on the engines and is serial in both modes; the gold compared is the last
 iteration's) and no held-out diagnostic pairs (`--heldout-pairs`: withheld pairs would be up to a quarter of
 each of these small iterations' training pairs). Workers are Ray actors (a local Ray started here),
-Redis is a private server started here.
+Redis is a private server started here. `--pin sync,async` (default none) also pins, in the modes named, the
+engine's processes to core 0 and the trainer to core 1 (`resources.<role>.cpu_cores`).
 
 Measured per mode: `loop_s`, the wall time from the end of start-up (workers up, version-0 held-out samples
 taken) to the last record; the busy seconds of each stage summed over iterations (`generate_judge`, `train`,
@@ -57,6 +58,8 @@ def mode_config(mode: str, args: argparse.Namespace, run_dir: Path) -> Any:
         "mode": mode,
         "max_staleness": 1 if mode == "async" else 0,
     }
+    if mode in args.pin:  # the engine's processes on core 0, the trainer on core 1 (the judge and the rest: any)
+        data["resources"] = {"generators": {"cpu_cores": [0]}, "trainer": {"cpu_cores": [1]}}
     data["storage"].update(run_dir=str(run_dir))
     data["eval"].update(every=args.eval_every or args.iterations, heldout_pairs=args.heldout_pairs)
     return parse_config(data)
@@ -103,6 +106,9 @@ def run_mode(mode: str, args: argparse.Namespace, redis_url: str, root: Path) ->
         "busy_s": {s: round(v, 1) for s, v in busy.items()},
         "busy_fraction": {s: round(v / loop_s, 2) for s, v in busy.items()},
         "pairs": sum(r.num_pairs for r in records),
+        # iteration 1 is the same in both modes (version 0's samples); async samples each later batch one version
+        # earlier, and the less-trained policy's groups are tied (no best-vs-worst pair) less often
+        "pairs_per_iteration": [r.num_pairs for r in records],
         "versions": records[-1].policy_version_out,
         "gold": records[-1].eval[GOLD],
         "version_violations": sum(r.metrics["version/violations"] for r in records),
@@ -120,6 +126,9 @@ def main() -> None:
                         help="eval.every in both modes (default 0: only after the last iteration, whose gold is compared)")
     parser.add_argument("--heldout-pairs", type=int, default=0,
                         help="eval.heldout_pairs in both modes (default 0: every judged pair trains, as before the diagnostics)")
+    parser.add_argument("--pin", type=lambda v: [m for m in v.split(",") if m], default=[],
+                        help="modes (comma-separated: sync,async) whose engine runs on core 0 and trainer on core 1 "
+                        "(resources.<role>.cpu_cores); default none")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 

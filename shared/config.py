@@ -1051,11 +1051,20 @@ class RoleResources(Section):
         description="Ray custom resources per worker, e.g. {trainer_node: 1} to land on nodes started with "
         "`ray start --resources '{\"trainer_node\": 1}'` (node labels for placement)",
     )
+    cpu_cores: list[int] | None = Field(
+        None,
+        description="CPU core ids (of the worker's node) every worker of the role runs on, its child processes "
+        "(a vLLM engine's) included: `os.sched_setaffinity` when it starts; None = any core. Ray schedules "
+        "logical CPUs and pins nothing: on a small node where overlapped stages share the cores (async mode), "
+        "give the engine and the trainer disjoint cores, e.g. generators [0] and trainer [1]",
+    )
 
     @model_validator(mode="after")
     def _whole_gpus(self) -> RoleResources:
         if self.num_gpus > 1 and not float(self.num_gpus).is_integer():
             raise ValueError(f"num_gpus {self.num_gpus}: above 1 a worker takes whole GPUs (Ray's rule)")
+        if self.cpu_cores is not None and (not self.cpu_cores or min(self.cpu_cores) < 0 or len(set(self.cpu_cores)) < len(self.cpu_cores)):
+            raise ValueError(f"cpu_cores {self.cpu_cores}: a non-empty list of distinct core ids >= 0 (or null: any core)")
         bad = {k: v for k, v in self.custom.items() if v <= 0 or k in ("CPU", "GPU", "memory")}
         if bad:
             raise ValueError(f"custom resources {bad}: amounts must be > 0 and CPU/GPU/memory have their own fields")
@@ -1076,6 +1085,8 @@ class TrainerResources(RoleResources):
 
     @model_validator(mode="after")
     def _one_device_per_rank(self) -> TrainerResources:
+        if self.cpu_cores is not None and self.num_ranks > 1:
+            raise ValueError(f"cpu_cores {self.cpu_cores} with num_ranks {self.num_ranks}: cores pin a one-rank trainer only")
         if self.num_gpus > 1:
             raise ValueError(
                 f"num_gpus {self.num_gpus}: a trainer rank uses one device; for more GPUs raise num_ranks"

@@ -30,7 +30,7 @@ from sparring.shared.models import load_tokenizer, prompt_token_ids, text_token_
 from sparring.shared.queue import Entry, StreamQueue
 from sparring.shared.records import Completion, GenerationGroup, LabelledAnswer, PreferencePair, PromptTask
 from sparring.shared.redis_server import connect
-from sparring.workers.groups import Resources, VersionMismatch, current_node
+from sparring.workers.groups import Resources, VersionMismatch, current_node, pin_to_cores
 from sparring.workers.health import Heartbeat
 
 log = logging.getLogger(__name__)
@@ -79,14 +79,22 @@ def _drain(
     idle_rounds: int,
     stopped: Callable[[], bool] = lambda: False,
     beat: Callable[[], None] = lambda: None,
+    finished: Callable[[], bool] = lambda: False,
 ) -> int:
     """Process batches until the input is idle for `idle_rounds` reads (or `stopped()`); returns entries
-    processed. `beat()` (the worker's heartbeat) runs before every read and after every batch."""
+    processed. `beat()` (the worker's heartbeat) runs before every read and after every batch.
+
+    `finished()` says that no more input can come (the stage and the stages before it have nothing
+    outstanding); a read that finds nothing then ends the drain at once instead of waiting out the idle
+    reads (each blocks up to 100 ms): the last batch of an iteration is not followed by `idle_rounds` empty
+    reads in every worker before the controller learns that the stage is done."""
     done, idle = 0, 0
     while idle < idle_rounds and not stopped():
         beat()
         entries = read() or claim()
         if not entries:
+            if finished():
+                break
             idle += 1
             continue
         idle = 0
@@ -137,6 +145,8 @@ class GeneratorWorker:
         from sparring.workers.weight_sync import read_adapter_dir
 
         self.cfg = RunConfig.model_validate_json(config_json)
+        # before the engine starts: its processes inherit the cores
+        pin_to_cores(self.cfg.resources.generators.cpu_cores, "resources.generators.cpu_cores")
         self.run_id, self.consumer = run_id, consumer
         self.staging_root = staging_root
         self.queue = _queue(run_id, redis_url, self.cfg)
@@ -195,6 +205,7 @@ class GeneratorWorker:
             idle_rounds,
             self._stopped.is_set,
             self.heartbeat.beat,
+            lambda: self.queue.outstanding("prompts", GENERATORS_GROUP) == 0,
         )
         return {
             "groups": n,
@@ -329,6 +340,7 @@ class JudgeWorker:
         from sparring.workers.recipes.winrate import BASELINE
 
         self.cfg = RunConfig.model_validate_json(config_json)
+        pin_to_cores(self.cfg.resources.judges.cpu_cores, "resources.judges.cpu_cores")
         self.run_id, self.consumer = run_id, consumer
         self.queue = _queue(run_id, redis_url, self.cfg)
         self.judge = judge if judge is not None else build_judge(self.cfg.judge, self.cfg)
@@ -362,6 +374,10 @@ class JudgeWorker:
             idle_rounds,
             self._stopped.is_set,
             self.heartbeat.beat,
+            # every prompt is generated (a generation is written and its prompt acknowledged in one script) and
+            # every generation judged: nothing more can arrive until the controller dispatches again
+            lambda: (self.queue.outstanding("prompts", GENERATORS_GROUP) == 0
+                     and self.queue.outstanding("generations", JUDGES_GROUP) == 0),
         )
         out: dict[str, float] = {"groups": n, "pairs": self.pairs_written - pairs0, "seconds": self.judge_seconds - secs0}
         if self.pool is not None:
@@ -511,6 +527,7 @@ class TrainerWorker:
         from sparring.workers.trainer_group import ShardedTrainer, TrainerArgs
 
         self.cfg = RunConfig.model_validate_json(config_json)
+        pin_to_cores(self.cfg.resources.trainer.cpu_cores, "resources.trainer.cpu_cores")  # before torch's threads start
         self.run_id = run_id
         self.client = connect(redis_url, outage_s=self.cfg.resilience.redis_outage_s, wait_s=self.cfg.resilience.redis_outage_s)
         self.queue = StreamQueue(self.client, run_id, self.cfg.storage.stream_maxlen)

@@ -992,13 +992,19 @@ class RunController:
         previous = [c for _, c in self.eval_samples["previous"]]
         # iteration 1 (or a resume before any recorded evaluation): the previous samples are version 0's
         first = self.eval_samples["previous"] is self.eval_samples["baseline"]
+        # the KL's reference log-probs (trainer) while the evaluator judges: two workers, one at a time no more
+        kl_ref = self.groups["trainer"].submit("trainer", "initial_logps", prompt_ids, now) if self.cfg.eval.kl else None
         out = self.groups["evaluator"].call(
             "eval", "evaluate", self.prompts.heldout, self.version, now, baseline, None if first else previous,
             retry_dead=True, timeout_s=self.cfg.resilience.stage_timeout_s.eval,
         )
         out.update(length_metrics(now, previous))
-        if self.cfg.eval.kl:
-            initial = self.call_trainer(t, "initial_logps", prompt_ids, now)
+        if kl_ref is not None:
+            try:
+                initial = self.groups["trainer"].result("trainer", kl_ref, "initial_logps", self.cfg.resilience.stage_timeout_s.eval)
+            except WorkerDied as err:  # restarted and asked again, as `call_trainer` does
+                self.restart_trainer(t, f"initial_logps of iteration {t}", err)
+                initial = self.call_trainer(t, "initial_logps", prompt_ids, now)
             out[f"{PREFIX}kl_vs_iter0"] = kl_estimate(now, initial)
         self._pending_previous = current
         return out

@@ -23,6 +23,7 @@ makes the worker's pending and later calls fail with `WorkerDied`, as a killed a
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import logging
 import threading
 import time
@@ -67,6 +68,25 @@ def current_node() -> str | None:
         return str(ray.get_runtime_context().get_node_id()) if ray.is_initialized() else None
     except Exception:  # no Ray, or a process Ray does not know
         return None
+
+
+def pin_to_cores(cores: list[int] | None, field: str) -> None:
+    """Restrict this process (every thread it has: Linux pins threads, `/proc/self/task`), and the threads and
+    processes it starts from now on (they inherit it), to CPU `cores` (`os.sched_setaffinity`); None leaves it
+    on any core. `field` names the config field in the error: ValueError when a core does not exist here or the
+    platform cannot pin (the allowed cores are named)."""
+    import os
+
+    if cores is None:
+        return
+    try:
+        os.sched_setaffinity(0, cores)  # this thread first: a bad core list fails here, before any other thread moved
+        for tid in os.listdir("/proc/self/task"):
+            with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
+                os.sched_setaffinity(int(tid), cores)
+    except (OSError, ValueError, AttributeError) as err:  # AttributeError: no sched_setaffinity (macOS)
+        allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else "unknown"
+        raise ValueError(f"{field}={cores}: cannot pin this worker to those cores ({err}); this node allows {allowed}") from err
 
 
 class VersionMismatch(RuntimeError):

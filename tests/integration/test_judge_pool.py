@@ -131,6 +131,29 @@ def test_judge_that_outlives_the_timeout_is_dead_lettered(
     assert worker.queue.outstanding("generations", JUDGES_GROUP) == 0
 
 
+def test_a_drain_ends_once_nothing_more_can_come_but_waits_while_prompts_are_open(
+    redis_url: str, redis_client: redis.Redis, unique_run_id: str
+) -> None:
+    """The end of an iteration's stage: with every prompt generated and every group judged, a drain returns at
+    its first empty read instead of waiting out `idle_rounds` reads of up to 100 ms each (40 here: 4 s);
+    while a prompt is still open at a generator, more groups can come and it keeps waiting."""
+    from sparring.shared.records import PromptTask
+    from sparring.workers.actors import GENERATORS_GROUP
+
+    worker = JudgeWorker(unique_run_id, redis_url, config_json(), "judge-0")
+    _put(worker.queue, [arena_group(i, run_id=unique_run_id) for i in range(3)])
+    t0 = time.perf_counter()
+    out = worker.drain(idle_rounds=40)
+    assert out["groups"] == 3 and time.perf_counter() - t0 < 2.0
+
+    worker.queue.ensure_group("prompts", GENERATORS_GROUP)
+    task = PromptTask(run_id=unique_run_id, iteration=2, policy_version=0, prompt_id="p", prompt="x", num_samples=4, seed=0)
+    assert worker.queue.put("prompts", task) is not None  # not generated yet
+    t0 = time.perf_counter()
+    assert worker.drain(idle_rounds=5)["groups"] == 0
+    assert time.perf_counter() - t0 >= 0.45  # five idle reads of 100 ms: the open prompt may still produce a group
+
+
 # --------------------------------------------------------------------------------------------------
 # cache, position bias, metrics
 

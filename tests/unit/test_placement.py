@@ -10,7 +10,7 @@ import pytest
 
 from sparring.shared.config import ConfigError, RunConfig, parse_config
 from sparring.workers.controller import check_placement, colocated_bundle, role_resources, sleep_level
-from sparring.workers.groups import PlacementError, Resources
+from sparring.workers.groups import PlacementError, Resources, pin_to_cores
 
 
 def config(**sections: Any) -> RunConfig:
@@ -116,6 +116,10 @@ def test_colocated_refuses_what_cannot_share_a_gpu(sections: dict[str, Any], mes
         ({"resources": {"trainer": {"num_ranks": 0}}}, "greater than or equal to 1"),
         ({"generation": {"tensor_parallel_size": 2}}, "resources.generators.num_gpus must be 2, got 0"),
         ({"generation": {"gpu_memory_utilization": 1.5}}, "less than or equal to 1"),
+        ({"resources": {"generators": {"cpu_cores": []}}}, r"cpu_cores \[\]: a non-empty list of distinct core ids"),
+        ({"resources": {"trainer": {"cpu_cores": [1, 1]}}}, r"cpu_cores \[1, 1\]: a non-empty list of distinct"),
+        ({"resources": {"judges": {"cpu_cores": [-1]}}}, "distinct core ids >= 0"),
+        ({"resources": {"trainer": {"cpu_cores": [1], "num_ranks": 2}}}, "cores pin a one-rank trainer only"),
     ],
 )
 def test_resources_config_refuses_what_cannot_work(sections: dict[str, Any], message: str) -> None:
@@ -159,3 +163,41 @@ def test_the_old_cpu_fields_name_their_new_place() -> None:
         parse_config({**base, "generation": {"cpus_per_generator": 1.0}})
     with pytest.raises(ConfigError, match="trainer.cpus moved to resources.trainer.num_cpus"):
         parse_config({**base, "trainer": {"cpus": 2.0}})
+
+
+def test_cpu_cores_pin_every_thread_and_a_child_process_inherits_them() -> None:
+    """`resources.<role>.cpu_cores` (`pin_to_cores`, run by each worker when it starts): every thread of the
+    process moves, a process started afterwards (a vLLM engine's) inherits the cores, and a core the node
+    does not have is refused with the field's name."""
+    import os
+    import subprocess
+    import sys
+    import threading
+
+    allowed = sorted(os.sched_getaffinity(0))
+    started, stop = threading.Event(), threading.Event()
+    tids: list[int] = []
+
+    def idle() -> None:
+        tids.append(threading.get_native_id())
+        started.set()
+        stop.wait()
+
+    thread = threading.Thread(target=idle)
+    thread.start()
+    started.wait()
+    try:
+        pin_to_cores([allowed[-1]], "resources.trainer.cpu_cores")
+        assert os.sched_getaffinity(0) == {allowed[-1]}
+        assert os.sched_getaffinity(tids[0]) == {allowed[-1]}  # a thread that existed before
+        child = subprocess.run([sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)))"],
+                               capture_output=True, text=True, check=True)  # fmt: skip
+        assert child.stdout.strip() == str([allowed[-1]])
+        with pytest.raises(ValueError, match=r"resources.trainer.cpu_cores=\[4096\]: cannot pin"):
+            pin_to_cores([4096], "resources.trainer.cpu_cores")
+        pin_to_cores(None, "resources.trainer.cpu_cores")  # None: unchanged
+        assert os.sched_getaffinity(0) == {allowed[-1]}
+    finally:
+        stop.set()
+        thread.join()
+        pin_to_cores(allowed, "restore")
