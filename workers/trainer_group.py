@@ -117,6 +117,12 @@ class ShardedTrainer:
     def sync_tensors(self) -> dict[str, Tensor]:
         return self._collective("sync_tensors")  # type: ignore[no-any-return]
 
+    def send_weights(self, sender: Any, version: int, dtype: Any = None) -> Any:
+        """Rank 0's `MemorySender` update, the tensors gathered bucket by bucket from every rank
+        (`PolicyTrainer.send_weights`: a collective; the followers drop what they gather)."""
+        refs = [self.runtime.submit(f, "call", "send_weights", None, version, dtype) for f in self.followers]
+        return self._wait(refs, self._pool.submit(self.local.send_weights, sender, version, dtype))
+
     @property
     def policy_version(self) -> int:
         return int(self.local.policy_version)
