@@ -2,9 +2,12 @@
 
 One control message per engine per sync, never one per tensor. Three transports:
 
-- `memory` (the default) — tensors never touch a disk. The trainer (`MemorySender`) splits its state (HF
-  names, the engines' dtype) into buckets of about `storage.sync_bucket_mb` (a transformer block is never
-  split across buckets, so no fused vLLM layer straddles two), computes one blake3 checksum per bucket
+- `memory` (the default) — tensors never touch a disk. The trainer (`MemorySender`) reads its state (HF
+  names, cast to the engines' dtype) as a stream into buckets of about `storage.sync_bucket_mb` (a
+  transformer block is never split across buckets, so no fused vLLM layer straddles two) and puts each bucket
+  as soon as it is full, so it holds one bucket at a time (a sharded trainer gathers its FSDP2 shards one
+  tensor at a time, `sparring.workers.distributed.iter_full_tensors`: rank 0 never holds a whole state),
+  computes one blake3 checksum per bucket
   (multi-threaded; over each tensor's name, shape, dtype and bytes) and `ray.put`s each bucket once as a
   list of uint8 numpy views (Ray hands every reader zero-copy views of the object store). The control
   message carries the version, the bucket refs, their checksums and the manifest. The engine side fetches
