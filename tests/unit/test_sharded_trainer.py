@@ -253,7 +253,7 @@ def test_sharded_memory_sync_gathers_bucket_by_bucket(tmp_path: Path) -> None:
     """Issue 12: a 2-rank trainer's memory sync gathers the FSDP2 shards one tensor at a time into rank 0's
     sender, which puts each bucket as soon as it is full. The torch storages rank 0 allocates during the sync
     (traced) peak within one bucket + the largest block + 4x the largest tensor (gloo's all-gather holds
-    about 4 copies of the tensor it gathers: measured 921,600 B for the 230,400 B embedding), well under the
+    about 3 copies of the tensor it gathers: a 691,200 B peak for the 230,400 B embedding; 4x for margin), well under the
     state; gathering the whole state first holds all of it. An engine loading the update ends with exactly
     the gathered (unsharded) state."""
     from sparring.workers.generation import TransformersEngine
