@@ -631,7 +631,8 @@ class LoraConfig(Section):
         description="what a weight sync sends: adapter = the adapter tensors only (memory transport; vLLM engines "
         "serve them as versioned LoRA requests, other targets merge them onto the base weights); merged = the "
         "merged weights like a full-parameter run (where `storage.sync_delta` applies; an adapter sync is never a "
-        "delta); auto = adapter with the memory transport, else merged",
+        "delta); auto = adapter with the memory transport, else merged (and merged, logged, where vLLM has no LoRA "
+        "for the model's architecture: decided at run start, `workers.actors.resolve_lora_sync`)",
     )
 
 

@@ -107,6 +107,38 @@ def _drain(
 # --------------------------------------------------------------------------------------------------
 
 
+def _engine_dtype(policy_dtype: str) -> Any:
+    """The torch dtype the engines serve `policy.dtype` in (`auto`: float32 on CPU, bfloat16 on GPU, as
+    `sparring.workers.vllm_llm.resolve_dtype`): what a memory sync casts the trainer's tensors to."""
+    import torch
+
+    from sparring.workers.vllm_llm import resolve_dtype
+
+    return getattr(torch, resolve_dtype(policy_dtype))
+
+
+def resolve_lora_sync(cfg: RunConfig, model_path: str) -> RunConfig:
+    """`cfg` with `trainer.lora.sync` settled for the model vLLM engines will serve (`model_path`), before any
+    worker starts: `auto`, which picks the adapter sync with the memory transport, becomes `merged` with a
+    logged reason when vLLM cannot serve LoRA on the model's architecture (`vllm_llm.lora_unsupported`); an
+    explicit `adapter` there raises ValueError naming the architecture. Unchanged without LoRA, with the
+    transformers backend (it merges adapters itself) or when the adapter sync is not in play."""
+    lora = cfg.trainer.lora
+    if lora is None or cfg.lora_sync != "adapter" or cfg.generation.backend != "vllm":
+        return cfg
+    from sparring.workers.vllm_llm import lora_unsupported
+
+    reason = lora_unsupported(model_path)
+    if reason is None:
+        return cfg
+    if lora.sync == "adapter":
+        raise ValueError(f"trainer.lora.sync=adapter: {reason}, so its engines cannot load adapters; set "
+                         "trainer.lora.sync to merged (or auto)")  # fmt: skip
+    log.warning("trainer.lora.sync=auto: %s; syncing merged weights instead of the adapter", reason)
+    merged = lora.model_copy(update={"sync": "merged"})
+    return cfg.model_copy(update={"trainer": cfg.trainer.model_copy(update={"lora": merged})})
+
+
 def generator_weights(cfg: RunConfig, model_path: str) -> tuple[str, str, Path | None]:
     """(what the generator's engine starts from, the base model later adapter syncs apply to, the adapter dir
     the engine then loads or None) for a generator started on checkpoint `model_path`.
@@ -841,8 +873,8 @@ class TrainerWorker:
             if self.cfg.lora_sync == "adapter":  # the adapter tensors only (vLLM LoRA requests on the engines)
                 tensors, adapter_config = self.trainer.adapter_for_sync()
                 update = self._sender.update(tensors, new_version, adapter_config=adapter_config)
-            else:
-                update = self._sender.update(self.trainer.sync_tensors(), new_version)
+            else:  # gathered bucket by bucket from a sharded trainer's ranks; cast to the engines' dtype
+                update = self.trainer.send_weights(self._sender, new_version, _engine_dtype(self.cfg.policy.dtype))
             result.metrics["sync/bytes"] = float(update.nbytes)  # a delta or an adapter sends fewer
             result.metrics["sync/sender_s"] = sum(self._sender.last_seconds.values())
         elif storage.weight_transport == "object_store":

@@ -50,6 +50,7 @@ from sparring.workers.actors import (
     GeneratorWorker,
     JudgeWorker,
     TrainerWorker,
+    resolve_lora_sync,
 )
 from sparring.workers.failures import failure_reason, format_failure
 from sparring.workers.groups import (
@@ -494,6 +495,10 @@ class RunController:
         from sparring.shared.models import check_context_length
 
         check_context_length(self.base_model_path, self.cfg.generation.max_model_len)
+        resolved = resolve_lora_sync(self.cfg, self.base_model_path)  # `auto` on a model vLLM cannot serve LoRA for
+        if resolved is not self.cfg:
+            self._emit("progress", stage="startup", message="trainer.lora.sync=auto: merged weights (vLLM has no LoRA for this model)")
+            self.cfg, self.config_json = resolved, resolved.model_dump_json()
 
     def restore(self) -> int:
         """Pick up after the last recorded iteration (0 = a fresh run); returns the next iteration to run."""

@@ -43,7 +43,7 @@ import shutil
 import socket
 import tempfile
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -250,6 +250,55 @@ def full_state_dict(model: nn.Module) -> dict[str, Tensor]:
     return full
 
 
+def _state_tensors(model: nn.Module) -> dict[str, Tensor]:
+    """`model.state_dict()`'s names and tensors (parameters, then persistent buffers, module by module in the
+    same pre-order) as the live objects (DTensor shards under FSDP2), without calling `state_dict()`:
+    FSDP2's state-dict hooks allocate a copy the size of the whole model on every rank (measured: the tiny
+    Qwen2 of the tests, 1.41 MB of new storages per call)."""
+    out: dict[str, Tensor] = {}
+    for prefix, module in model.named_modules(remove_duplicate=False):
+        dot = f"{prefix}." if prefix else ""
+        for name, p in module._parameters.items():
+            if p is not None:
+                out[dot + name] = p
+        for name, b in module._buffers.items():
+            if b is not None and name not in module._non_persistent_buffers_set:
+                out[dot + name] = b
+    return out
+
+
+def sync_names(model: nn.Module, hf_model: nn.Module) -> list[str]:
+    """The state-dict names a weight sync sends, in state-dict order: every tensor `save_pretrained` writes
+    (a tied alias such as Qwen2's `lm_head.weight` left out), found from the local shards without gathering
+    anything (a tied parameter is one DTensor, so its local shards share storage)."""
+    from torch.distributed.tensor import DTensor
+    from transformers.modeling_utils import remove_tied_weights_from_state_dict
+
+    local = {k: v.to_local() if isinstance(v, DTensor) else v for k, v in _state_tensors(model).items()}
+    return list(remove_tied_weights_from_state_dict(local, hf_model))  # type: ignore[arg-type]
+
+
+def iter_full_tensors(
+    model: nn.Module, names: Sequence[str], dtype: torch.dtype | None = None
+) -> Iterator[tuple[str, Tensor]]:
+    """(name, whole tensor on the CPU) for each of `names` of `model`'s state dict, gathered from the FSDP2
+    shards one at a time (`DTensor.full_tensor()`, an all-gather: a collective, so every rank iterates the
+    same names to the end), each shard cast to `dtype` before the gather (bf16 engines: half the bytes over
+    the wire). A rank holds one gathered tensor at a time for as long as its consumer keeps it: rank 0's
+    `MemorySender` keeps one bucket, the other ranks drop each at once."""
+    from torch.distributed.tensor import DTensor
+
+    state = _state_tensors(model)  # DTensor shards: nothing is gathered or copied here
+    with torch.no_grad():
+        for name in names:
+            t = state[name].detach()
+            if dtype is not None and t.dtype != dtype:
+                t = t.to(dtype)
+            if isinstance(t, DTensor):
+                t = t.full_tensor()
+            yield name, t.to("cpu")
+
+
 def save_sharded(
     out_dir: Path,
     model: nn.Module,
@@ -358,6 +407,7 @@ __all__ = [
     "full_state_dict",
     "init_process_group",
     "is_sharded_checkpoint",
+    "iter_full_tensors",
     "load_full",
     "load_plain_optimizer",
     "load_sharded",
@@ -365,5 +415,6 @@ __all__ = [
     "reduce_sum",
     "save_sharded",
     "shard_model",
+    "sync_names",
     "training_device",
 ]

@@ -81,6 +81,7 @@ from sparring.workers.distributed import (
     clip_grad_norm,
     full_state_dict,
     is_sharded_checkpoint,
+    iter_full_tensors,
     load_full,
     load_plain_optimizer,
     load_sharded,
@@ -88,6 +89,7 @@ from sparring.workers.distributed import (
     reduce_sum,
     save_sharded,
     shard_model,
+    sync_names,
 )
 from sparring.workers.logps import SequenceBatch, collate_sequences, sequence_logps
 from sparring.workers.objectives.base import LossInputs, LossOutput, Objective
@@ -104,6 +106,8 @@ from sparring.workers.trainer_state import (
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from sparring.workers.weight_sync import MemorySender, WeightUpdate
 
 log = logging.getLogger(__name__)
 
@@ -648,6 +652,27 @@ class PolicyTrainer:
 
         state = remove_tied_weights_from_state_dict(self._model_state(), self._hf_model())
         return {name: tensor.detach() for name, tensor in state.items()}
+
+    def send_weights(
+        self, sender: MemorySender, version: int, dtype: torch.dtype | None = None
+    ) -> WeightUpdate | None:
+        """The memory transport's update of the current weights (`sender.update`, cast to the engines' `dtype`).
+
+        One rank: `sync_tensors` (views of the live weights). Sharded: a collective (every rank calls it,
+        `ShardedTrainer.send_weights`): the tensors are gathered from the FSDP2 shards one at a time
+        (`iter_full_tensors`) and rank 0's sender puts each bucket as soon as it is full, so rank 0 holds about
+        one bucket plus the largest tensor, never the whole state; the other ranks drop each gathered tensor
+        and return None."""
+        if self.ranks is None:
+            return sender.update(self.sync_tensors(), version, dtype=dtype)
+        if self.lora is not None:
+            raise ValueError("trainer.lora trains on one rank only")
+        stream = iter_full_tensors(self.model, sync_names(self.model, self._hf_model()), dtype)
+        if self.ranks.rank != 0:
+            for _ in stream:
+                pass
+            return None
+        return sender.update(stream, version)
 
     def adapter_for_sync(self) -> tuple[dict[str, Tensor], str]:
         """With `trainer.lora`: (the adapter tensors, peft names as in `adapter_model.safetensors`, detached

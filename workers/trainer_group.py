@@ -117,6 +117,14 @@ class ShardedTrainer:
     def sync_tensors(self) -> dict[str, Tensor]:
         return self._collective("sync_tensors")  # type: ignore[no-any-return]
 
+    def send_weights(self, sender: Any, version: int, dtype: Any = None) -> Any:
+        """Rank 0's `MemorySender` update, the tensors gathered bucket by bucket from every rank
+        (`PolicyTrainer.send_weights`: a collective; the followers drop what they gather). If rank 0's send fails
+        part-way (a `put` error), the followers wait in their next all-gather: rank 0's error is raised here at
+        once and, as for any failed collective, the controller restarts the whole group."""
+        refs = [self.runtime.submit(f, "call", "send_weights", None, version, dtype) for f in self.followers]
+        return self._wait(refs, self._pool.submit(self.local.send_weights, sender, version, dtype))
+
     @property
     def policy_version(self) -> int:
         return int(self.local.policy_version)

@@ -183,6 +183,26 @@ def check_cpu_head_size(model_path: str) -> None:
         )
 
 
+def lora_unsupported(model_path: str) -> str | None:
+    """Why vLLM cannot serve LoRA adapters on the checkpoint at `model_path`, or None when it can: the
+    `architectures` of its config.json resolved in vLLM's model registry to a class without `SupportsLoRA`
+    (`vllm/model_executor/models/interfaces.py::supports_lora`; e.g. GPT2LMHeadModel, BloomForCausalLM in vLLM
+    0.32), where `LLM(enable_lora=True)` fails at build. None too when vLLM has no native class for them (its
+    Transformers backend, which supports LoRA, or an error at build that names the architecture)."""
+    import json
+    from pathlib import Path
+
+    from vllm.model_executor.models import ModelRegistry
+    from vllm.model_executor.models.interfaces import supports_lora
+
+    archs = json.loads((Path(model_path) / "config.json").read_text()).get("architectures") or []
+    for arch in archs:
+        cls = ModelRegistry._try_load_model_cls(arch)  # the class `LLM` would build; None: not a native one
+        if cls is not None:
+            return None if supports_lora(cls) else f"vLLM's {cls.__name__} (architecture {arch}) has no LoRA support"
+    return None
+
+
 def shutdown_vllm_llm(llm: Any, label: str) -> None:
     """Stop an `LLM`'s engine-core and worker processes; errors are logged, never raised (shutting down a
     dead engine must not mask the error that killed it)."""

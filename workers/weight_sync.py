@@ -2,9 +2,12 @@
 
 One control message per engine per sync, never one per tensor. Three transports:
 
-- `memory` (the default) — tensors never touch a disk. The trainer (`MemorySender`) splits its state (HF
-  names, the engines' dtype) into buckets of about `storage.sync_bucket_mb` (a transformer block is never
-  split across buckets, so no fused vLLM layer straddles two), computes one blake3 checksum per bucket
+- `memory` (the default) — tensors never touch a disk. The trainer (`MemorySender`) reads its state (HF
+  names, cast to the engines' dtype) as a stream into buckets of about `storage.sync_bucket_mb` (a
+  transformer block is never split across buckets, so no fused vLLM layer straddles two) and puts each bucket
+  as soon as it is full, so it holds one bucket at a time (a sharded trainer gathers its FSDP2 shards one
+  tensor at a time, `sparring.workers.distributed.iter_full_tensors`: rank 0 never holds a whole state),
+  computes one blake3 checksum per bucket
   (multi-threaded; over each tensor's name, shape, dtype and bytes) and `ray.put`s each bucket once as a
   list of uint8 numpy views (Ray hands every reader zero-copy views of the object store). The control
   message carries the version, the bucket refs, their checksums and the manifest. The engine side fetches
@@ -257,33 +260,55 @@ def block_key(name: str) -> str:
     return m.group(1) if m else name
 
 
-def _bucketize(items: list[tuple[str, torch.Tensor]], bucket_bytes: int) -> list[list[tuple[str, torch.Tensor]]]:
-    """Consecutive buckets of about `bucket_bytes`, whole blocks each (a block larger than that is a bucket
-    of its own)."""
-    blocks: dict[str, list[tuple[str, torch.Tensor]]] = {}
+def _blocks(
+    items: Iterable[tuple[str, torch.Tensor]], ordered: bool
+) -> Iterator[list[tuple[str, torch.Tensor]]]:
+    """`items` as whole blocks (see `block_key`), one list per block, in order of first appearance.
+
+    `ordered=False` (a mapping, already in memory): a block's tensors may be scattered; they are grouped.
+    `ordered=True` (a lazy stream, e.g. tensors gathered from FSDP shards one at a time): each block's tensors
+    must be consecutive, and a block is yielded as soon as the next one starts, so at most one block is held
+    here; a block that reappears later raises `WeightSyncError` (a Hugging Face state dict lists each block's
+    tensors together)."""
+    if not ordered:
+        grouped: dict[str, list[tuple[str, torch.Tensor]]] = {}
+        for name, t in items:
+            grouped.setdefault(block_key(name), []).append((name, t))
+        yield from grouped.values()
+        return
+    done: set[str] = set()
+    key: str | None = None
+    block: list[tuple[str, torch.Tensor]] = []
     for name, t in items:
-        blocks.setdefault(block_key(name), []).append((name, t))
-    buckets: list[list[tuple[str, torch.Tensor]]] = []
-    current: list[tuple[str, torch.Tensor]] = []
-    size = 0
-    for block in blocks.values():
-        nbytes = sum(t.numel() * t.element_size() for _, t in block)
-        if current and size + nbytes > bucket_bytes:
-            buckets.append(current)
-            current, size = [], 0
-        current.extend(block)
-        size += nbytes
-    if current:
-        buckets.append(current)
-    return buckets
+        k = block_key(name)
+        if k != key:
+            if block:
+                yield block
+            if k in done:
+                raise WeightSyncError(f"tensor {name!r}: block {k!r} appeared earlier in the stream, not consecutively")
+            done.add(k)
+            key, block = k, []
+        block.append((name, t))
+    if block:
+        yield block
+
+
+def _nbytes(group: list[tuple[str, torch.Tensor]]) -> int:
+    return sum(t.numel() * t.element_size() for _, t in group)
 
 
 class MemorySender:
     """Trainer side of the `memory` transport: one `WeightUpdate` per sync, buckets in the object store.
 
-    `delta=True`: after a full sync, send only the blocks (see `block_key`) holding a tensor whose blake3
-    digest changed since the previous update, as a delta on that update's version; every `full_every`
-    versions a full sync. The sender keeps one 32-byte digest per tensor between syncs, never a copy.
+    The tensors are taken as a stream: whole blocks (see `block_key`) fill a bucket of about `bucket_bytes`,
+    and a full bucket is checksummed and `put` before the next tensors are read, so the sender holds at most
+    one bucket plus one block of tensors it did not already hold (`last_peak_bytes`; with tensors gathered
+    from FSDP shards one at a time, `sparring.workers.distributed.iter_full_tensors`, rank 0 never holds a
+    whole state).
+
+    `delta=True`: after a full sync, send only the blocks holding a tensor whose blake3 digest changed since
+    the previous update, as a delta on that update's version; every `full_every` versions a full sync. The
+    sender keeps one 32-byte digest per tensor between syncs, never a copy.
     """
 
     def __init__(
@@ -308,6 +333,7 @@ class MemorySender:
         self._version: int | None = None
         self._full_version: int | None = None
         self.last_seconds: dict[str, float] = {}
+        self.last_peak_bytes = 0  # the most tensor bytes the last update held at once (the open bucket + block)
 
     def update(
         self,
@@ -318,54 +344,92 @@ class MemorySender:
         full: bool = False,
         adapter_config: str | None = None,
     ) -> WeightUpdate:
-        """Bucket, checksum and `ray.put` `tensors` (HF names; cast to `dtype` if given, else as they are);
-        `full=True` forces a full update even in delta mode. `adapter_config` (an `adapter_config.json` text):
-        `tensors` are a LoRA adapter's (peft names); always a full update."""
+        """Bucket, checksum and `put` `tensors` (HF names; a mapping, or a stream of (name, tensor) pairs read
+        once, each block's tensors consecutive; cast to `dtype` if given, else as they are); `full=True` forces
+        a full update even in delta mode. `adapter_config` (an `adapter_config.json` text): `tensors` are a
+        LoRA adapter's (peft names); always a full update. A delta whose stream names a tensor the previous
+        update did not have raises `WeightSyncError` (the next update is then a full one)."""
         full = full or adapter_config is not None
         if self._put is None:
             import ray
 
             self._put = ray.put
+        put = self._put
         t0 = time.perf_counter()
+        ordered = not isinstance(tensors, Mapping)
         items = tensors.items() if isinstance(tensors, Mapping) else tensors
-        prepared: list[tuple[str, torch.Tensor]] = []
-        for name, t in items:
-            t = t.detach()
-            if dtype is not None and t.dtype != dtype:
-                t = t.to(dtype)
-            prepared.append((name, t.to("cpu").contiguous()))
-        def digest_all() -> dict[str, bytes]:
-            return {name: tensor_digest(_raw_tensor(t).numpy()) for name, t in prepared}
-
-        base: int | None = None
-        send = prepared
-        t1 = t0
-        if (
+        delta = (
             self.delta
             and not full
             and self._version is not None
             and self._full_version is not None
             and version - self._full_version < self.full_every
-            and [n for n, _ in prepared] == list(self._digests)
-        ):  # a delta: the digests decide what is sent
-            digests = digest_all()
-            t1 = time.perf_counter()
-            changed = {block_key(n) for n, d in digests.items() if self._digests[n] != d}
-            send = [(n, t) for n, t in prepared if block_key(n) in changed]
-            base = self._version
-            refs = [self._put([_raw_tensor(t).numpy() for _, t in group]) for group in _bucketize(send, self.bucket_bytes)]
-        else:  # a full update: hash (blake3's threads) while ray.put copies the buckets into the object store
-            self._full_version = version
-            with ThreadPoolExecutor(1, thread_name_prefix="sync-hash") as pool:
-                pending = pool.submit(digest_all)
-                refs = [self._put([_raw_tensor(t).numpy() for _, t in g]) for g in _bucketize(send, self.bucket_bytes)]
-                digests = pending.result()
+            and (ordered or list(tensors) == list(self._digests))  # type: ignore[arg-type]
+        )
+        previous, previous_version, digests = self._digests, self._version, {}
         buckets: list[Bucket] = []
-        for group, ref in zip(_bucketize(send, self.bucket_bytes), refs, strict=True):
-            entries = tuple(TensorEntry(n, tuple(t.shape), str(t.dtype).removeprefix("torch.")) for n, t in group)
-            buckets.append(Bucket(ref=ref, checksum=bucket_checksum(entries, [digests[n] for n, _ in group]), tensors=entries))
+        current: list[tuple[str, torch.Tensor]] = []
+        hash_s = 0.0
+        peak = 0
+
+        def flush(pool: ThreadPoolExecutor) -> None:
+            arrays = [_raw_tensor(t).numpy() for _, t in current]
+            if delta:  # digested already (they decided what is sent)
+                ref = put(arrays)
+            else:  # blake3's threads hash while `put` copies the bucket into the object store
+                pending = pool.submit(lambda: [tensor_digest(a) for a in arrays])
+                ref = put(arrays)
+                for (name, _), d in zip(current, pending.result(), strict=True):
+                    digests[name] = d
+            entries = tuple(TensorEntry(n, tuple(t.shape), str(t.dtype).removeprefix("torch.")) for n, t in current)
+            buckets.append(Bucket(ref=ref, checksum=bucket_checksum(entries, [digests[n] for n, _ in current]), tensors=entries))
+            current.clear()
+
+        try:
+            with ThreadPoolExecutor(1, thread_name_prefix="sync-hash") as pool:
+                for raw_block in _blocks(items, ordered):
+                    block = []
+                    for name, t in raw_block:
+                        t = t.detach()
+                        if dtype is not None and t.dtype != dtype:
+                            t = t.to(dtype)
+                        block.append((name, t.to("cpu").contiguous()))
+                    del raw_block
+                    if delta:
+                        t1 = time.perf_counter()
+                        for name, t in block:
+                            if name not in previous:
+                                raise WeightSyncError(
+                                    f"v{version}: delta on v{previous_version}: tensor {name!r} was not in that update"
+                                )
+                            digests[name] = tensor_digest(_raw_tensor(t).numpy())
+                        hash_s += time.perf_counter() - t1
+                        if all(previous[n] == digests[n] for n, _ in block):
+                            continue  # unchanged: not sent, not held
+                    size = _nbytes(block)
+                    if current and _nbytes(current) + size > self.bucket_bytes:
+                        peak = max(peak, _nbytes(current) + size)
+                        flush(pool)
+                    current.extend(block)
+                    del block
+                    peak = max(peak, _nbytes(current))
+                    if _nbytes(current) >= self.bucket_bytes:
+                        flush(pool)
+                if current:
+                    flush(pool)
+            if delta and list(digests) != list(previous):
+                raise WeightSyncError(
+                    f"v{version}: delta on v{previous_version}: the stream's tensors differ from that update's "
+                    f"({len(digests)} vs {len(previous)})"
+                )
+        except BaseException:
+            self._version = None  # the next update is a full one
+            raise
+        if not delta:
+            self._full_version = version
         self._digests, self._version = digests, version
-        self.last_seconds = {"hash": t1 - t0, "put": time.perf_counter() - t1}
+        self.last_peak_bytes = peak
+        self.last_seconds = {"hash": hash_s, "put": time.perf_counter() - t0 - hash_s}  # they sum to the update's seconds
         return WeightUpdate(
             version=version,
             transport=TRANSPORT_MEMORY,
@@ -373,7 +437,7 @@ class MemorySender:
             state_ref=None,
             checksum=",".join(b.checksum for b in buckets),
             buckets=tuple(buckets),
-            base_version=base,
+            base_version=previous_version if delta else None,
             adapter_config=adapter_config,
         )
 

@@ -11,11 +11,13 @@ the interpreter and whatever the 2-core box is doing, and tracemalloc cannot see
 from __future__ import annotations
 
 import weakref
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from torch.distributed.tensor import DTensor
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
@@ -33,19 +35,22 @@ TEKKEN_VOCAB = 131_072  # Mistral-Nemo's tekken.json default_vocab_size (tests/f
 
 
 class LiveTensorBytes(TorchDispatchMode):
-    """Running total and peak of the bytes of live tensor storages created while the mode is active."""
+    """Running total and peak of the bytes of live tensor storages created while the mode is active (a storage
+    is counted when an op first returns a tensor on it: `existing` tensors' storages, e.g. the model's own
+    weights that views and detaches return, are never counted; a DTensor is a wrapper, its local tensor is
+    what holds memory)."""
 
-    def __init__(self) -> None:
+    def __init__(self, existing: Iterable[torch.Tensor] = ()) -> None:
         super().__init__()
         self.live = 0
         self.peak = 0
         self.largest = 0  # the largest single storage, bytes
-        self._seen: set[int] = set()
+        self._seen: set[int] = {t.untyped_storage()._cdata for t in existing}
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         out = func(*args, **(kwargs or {}))
         for t in tree_flatten(out)[0]:
-            if not isinstance(t, torch.Tensor):
+            if not isinstance(t, torch.Tensor) or isinstance(t, DTensor):  # a DTensor wraps a local tensor, owns nothing
                 continue
             storage = t.untyped_storage()
             key = storage._cdata

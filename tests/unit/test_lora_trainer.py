@@ -246,3 +246,30 @@ def test_a_generator_started_on_a_lora_checkpoint_adapts_the_base(ckpt: Path, tm
     assert generator_weights(hf, str(out)) == (str(out), str(ckpt), None)  # merged start, later merges on the base
     merged = RunConfig.model_validate({**base, "trainer": {"lora": {**LORA, "sync": "merged"}}})
     assert generator_weights(merged, str(out)) == (str(out), str(out), None)
+
+
+def test_lora_sync_auto_falls_back_to_merged_where_vllm_has_no_lora(tmp_path: Path) -> None:
+    """`auto` (the adapter sync with the memory transport) on a model whose vLLM class lacks LoRA support (a
+    tiny local GPT-2: vLLM's GPT2LMHeadModel has no SupportsLoRA) becomes `merged` before any worker starts;
+    an explicit `adapter` is refused naming the architecture; a Llama keeps the adapter sync; the transformers
+    backend (it merges adapters itself) keeps it too."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from sparring.workers.actors import resolve_lora_sync
+
+    gpt2 = tmp_path / "gpt2"
+    GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=64, n_positions=32)).save_pretrained(gpt2)
+    base = {"policy": {"path": "arena"}, "judge": {"kind": "arena_oracle"}, "prompts": {"source": "arena"},
+            "generation": {"backend": "vllm"}, "trainer": {"lora": {"rank": 4}}}  # fmt: skip
+    auto = RunConfig.model_validate(base)
+    assert auto.lora_sync == "adapter"
+    resolved = resolve_lora_sync(auto, str(gpt2))
+    assert resolved.lora_sync == "merged" and resolved.trainer.lora.sync == "merged"  # type: ignore[union-attr]
+    assert RunConfig.model_validate_json(resolved.model_dump_json()).lora_sync == "merged"  # what workers get
+    explicit = RunConfig.model_validate({**base, "trainer": {"lora": {"rank": 4, "sync": "adapter"}}})
+    with pytest.raises(ValueError, match=r"GPT2LMHeadModel \(architecture GPT2LMHeadModel\) has no LoRA support"):
+        resolve_lora_sync(explicit, str(gpt2))
+    llama = make_tiny_checkpoint(tmp_path / "llama", seed=0)
+    assert resolve_lora_sync(auto, str(llama)) is auto
+    hf = RunConfig.model_validate({**base, "generation": {"backend": "transformers"}})
+    assert resolve_lora_sync(hf, str(gpt2)) is hf

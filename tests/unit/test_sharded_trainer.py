@@ -66,6 +66,8 @@ def _rank_main(rank: int, world: int, port: int, job: dict[str, Any]) -> None:
         for it, pairs in enumerate(job["pairs"], start=job.get("first_iteration", 1)):
             result = trainer.train_iteration([PreferencePair.model_validate_json(p) for p in pairs], it)
             metrics.append(result.metrics)
+        if job.get("sync_bucket"):  # the memory transport's send, gathered bucket by bucket (a collective)
+            sync_job(trainer, job)
         weights = trainer.state_dict_for_sync()  # a collective: every rank calls it
         if job.get("save"):
             trainer.save_checkpoint(Path(job["save"]), trainer.policy_version, len(job["pairs"]))
@@ -76,6 +78,28 @@ def _rank_main(rank: int, world: int, port: int, job: dict[str, Any]) -> None:
         torch.distributed.barrier()
     finally:
         destroy_process_group()
+
+
+def sync_job(trainer: PolicyTrainer, job: dict[str, Any]) -> None:
+    """Rank 0: one full memory sync (`send_weights`) with the bytes of live torch storages traced (the gathered
+    tensors, their casts), its buckets copied out (numpy, as the object store would hold them), then the same
+    trace around gathering the whole state at once (`state_dict_for_sync`, the old path) for contrast."""
+    from sparring.workers.weight_sync import MemorySender
+    from tests.unit.test_logps_chunks import LiveTensorBytes
+
+    from torch.distributed.tensor import DTensor
+
+    sender = MemorySender(job["sync_bucket"], put=lambda arrays: [a.copy() for a in arrays])
+    rank0 = trainer.ranks is None or trainer.ranks.rank == 0
+    own = [t.to_local() if isinstance(t, DTensor) else t for t in [*trainer.model.parameters(), *trainer.model.buffers()]]
+    with LiveTensorBytes(existing=own) as streamed:
+        update = trainer.send_weights(sender, 7)
+    with LiveTensorBytes(existing=own) as whole:
+        trainer.state_dict_for_sync()
+    if rank0:
+        job["sync_out"] = {"update": update, "peak": streamed.peak, "largest": streamed.largest,
+                           "sender_peak": sender.last_peak_bytes, "whole_peak": whole.peak}  # fmt: skip
+        torch.save(job["sync_out"], job["sync_file"])
 
 
 def _run_ranks(world: int, job: dict[str, Any]) -> dict[str, Any]:
@@ -223,3 +247,38 @@ def test_two_ranks_with_the_initial_policy_as_reference(qwen2: Path, tmp_path: P
         _assert_same_metrics(got, want)
     assert metrics[1]["rewards/margins"] != 0.0  # iteration 2 starts away from the reference
     _assert_same_weights(ranked["weights"], single.state_dict_for_sync())
+
+
+def test_sharded_memory_sync_gathers_bucket_by_bucket(tmp_path: Path) -> None:
+    """Issue 12: a 2-rank trainer's memory sync gathers the FSDP2 shards one tensor at a time into rank 0's
+    sender, which puts each bucket as soon as it is full. The torch storages rank 0 allocates during the sync
+    (traced) peak within one bucket + the largest block + 4x the largest tensor (gloo's all-gather holds
+    about 3 copies of the tensor it gathers: a 691,200 B peak for the 230,400 B embedding; 4x for margin), well under the
+    state; gathering the whole state first holds all of it. An engine loading the update ends with exactly
+    the gathered (unsharded) state."""
+    from sparring.workers.generation import TransformersEngine
+    from sparring.workers.weight_sync import apply_update, block_key
+
+    model = build_family_checkpoint("qwen2", tmp_path / "policy", seed=0, num_hidden_layers=8)
+    bucket = 96 << 10
+    ranked = _run_ranks(2, {"model": str(model), "cfg": _cfg().model_dump_json(), "pairs": [],
+                            "out": str(tmp_path / "out.pt"), "sync_bucket": bucket,
+                            "sync_file": str(tmp_path / "sync.pt")})  # fmt: skip
+    sync = torch.load(tmp_path / "sync.pt", weights_only=False)
+    weights, update = ranked["weights"], sync["update"]
+    total = sum(t.numel() * t.element_size() for t in weights.values())
+    blocks: dict[str, int] = {}
+    for name, t in weights.items():
+        blocks[block_key(name)] = blocks.get(block_key(name), 0) + t.numel() * t.element_size()
+    largest = max(t.numel() * t.element_size() for t in weights.values())
+    assert len(update.buckets) >= 8 and update.nbytes == total, (len(update.buckets), update.nbytes, total)
+    assert sync["sender_peak"] <= bucket + max(blocks.values()), (sync["sender_peak"], bucket, blocks)
+    assert sync["peak"] <= bucket + max(blocks.values()) + 4 * largest, (sync["peak"], bucket, blocks, largest)
+    assert sync["peak"] < total / 2 <= sync["whole_peak"], (sync["peak"], total, sync["whole_peak"])
+
+    engine = TransformersEngine(str(model))
+    apply_update(engine, update, model, tmp_path / "staging", current_version=0)
+    live = engine.model.state_dict()
+    for name, tensor in weights.items():
+        assert torch.equal(live[name], tensor), name
+    engine.close()
