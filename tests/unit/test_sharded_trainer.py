@@ -84,10 +84,10 @@ def sync_job(trainer: PolicyTrainer, job: dict[str, Any]) -> None:
     """Rank 0: one full memory sync (`send_weights`) with the bytes of live torch storages traced (the gathered
     tensors, their casts), its buckets copied out (numpy, as the object store would hold them), then the same
     trace around gathering the whole state at once (`state_dict_for_sync`, the old path) for contrast."""
+    from torch.distributed.tensor import DTensor
+
     from sparring.workers.weight_sync import MemorySender
     from tests.unit.test_logps_chunks import LiveTensorBytes
-
-    from torch.distributed.tensor import DTensor
 
     sender = MemorySender(job["sync_bucket"], put=lambda arrays: [a.copy() for a in arrays])
     rank0 = trainer.ranks is None or trainer.ranks.rank == 0
