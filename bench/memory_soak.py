@@ -135,7 +135,7 @@ def main() -> None:
     ap.add_argument("--backend", default="vllm", choices=["vllm", "transformers"])
     ap.add_argument("--max-new-tokens", type=int, default=24)
     ap.add_argument("--pairs-retention", type=int, default=2,
-                    help="storage.pairs_retention_iterations (0: keep every pair, the default of a run)")  # fmt: skip
+                    help="storage.pairs_retention_iterations (2, a run's default; 0: every pair kept in Redis)")  # fmt: skip
     ap.add_argument("--out", default=None, help="JSON file for every iteration's numbers")
     args = ap.parse_args()
     base, final = (int(x) for x in args.at.split(","))

@@ -35,7 +35,7 @@ import yaml
 
 from sparring.services.pools import PoolStore
 from sparring.services.settings import ServiceSettings
-from sparring.shared import keys, tasks
+from sparring.shared import history, keys, tasks
 from sparring.shared.config import ConfigError, RunConfig, looks_local, parse_config
 from sparring.shared.models import config_model_problems
 from sparring.shared.prompts import PromptPoolError, load_run_prompts
@@ -278,8 +278,15 @@ class RunService:
         out["dead"] = q.length("dead")
         return out
 
+    def pair_records(self, run_id: str, newest_first: bool = False) -> Iterator[tuple[str, PreferencePair]]:
+        """(entry id, pair) of every judged pair of the run, oldest first (or newest first): those the
+        retention moved to `<run dir>/archived_pairs.jsonl`, then those still in the pairs stream."""
+        run = self.store.get_run(run_id)
+        archive = Path(run["run_dir"]) / history.PAIRS_FILE if run and run.get("run_dir") else None
+        return self.queue(run_id).iter_records("pairs", PreferencePair, newest_first, archive=archive)
+
     def _pair_entries(self, run_id: str, newest_first: bool = False) -> Iterator[PreferencePair]:
-        return (pair for _, pair in self.queue(run_id).iter_records("pairs", PreferencePair, newest_first))
+        return (pair for _, pair in self.pair_records(run_id, newest_first))
 
     def recent_pairs(self, run_id: str, limit: int, iteration: int | None = None) -> list[dict[str, Any]]:
         out = []

@@ -867,11 +867,13 @@ class StorageConfig(Section):
         "(validated): producers wait for room below it (backpressure) instead of overfilling a stream",
     )
     pairs_retention_iterations: int | None = Field(
-        None,
+        2,
         ge=1,
         description="keep the judged pairs of the newest N recorded iterations in Redis (pairs stream and its "
-        "seen-set); None keeps every pair (exports and the API see the whole run; Redis grows by one iteration's "
-        "pairs per iteration). Prompts and generations are pruned once a newer iteration is recorded",
+        "seen-set); older pairs move to the run directory's archived_pairs.jsonl, which exports and the API read with "
+        "the stream (they see the whole run either way). None keeps every pair in Redis (Redis then grows by "
+        "one iteration's pairs per iteration). Prompts and generations are pruned once a newer iteration is "
+        "recorded",
     )
     history_window_iterations: int = Field(
         20,

@@ -14,7 +14,12 @@ duplicates one. A crash in the middle of a write leaves a last line without its 
 the next append cuts it off before writing. Lines are strict JSON (`shared/jsonl.py` `dumps`): a NaN or
 infinite float is written as null (`records_from_rows` reads a null metric back as NaN).
 
-Knows: the two file names, the line format and the append protocol. Does not know: Redis, or when a run
+The judged pairs a run prunes from its Redis pairs stream (`storage.pairs_retention_iterations`) go to
+`<run dir>/archived_pairs.jsonl` the same way (one `{"id", "data"}` per line: the stream entry id and the
+record as the stream holds it, msgpack-decoded), written by `StreamQueue.prune` before it trims them, read back by
+`StreamQueue.iter_records(..., archive=...)`.
+
+Knows: the file names, the line format and the append protocol. Does not know: Redis, or when a run
 archives (see `store.py`).
 """
 
@@ -36,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 ITERATIONS_FILE = "iterations.jsonl"
 EVENTS_FILE = "events.jsonl"
+PAIRS_FILE = "archived_pairs.jsonl"  # judged pairs pruned from the pairs stream: {"id": entry id, "data": the pair}
 _TAIL_CHUNK = 1 << 16
 
 K = TypeVar("K")

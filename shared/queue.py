@@ -23,12 +23,13 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Generic, Literal
 
 import msgpack
 import redis
 
-from . import keys
+from . import history, keys
 from .records import DeadLetter, R, Record, decode, encode
 
 logger = logging.getLogger(__name__)
@@ -98,6 +99,23 @@ def _before(key: tuple[int, int]) -> tuple[int, int]:
     """The largest entry id below `key` (entry ids are (ms, seq) pairs)."""
     ms, seq = key
     return (ms, seq - 1) if seq > 0 else (ms - 1, 2**64 - 1)
+
+
+def _unpacked(fields: dict[bytes, bytes]) -> Any:
+    """An entry's record as plain data (msgpack-decoded, not validated); None for undecodable junk."""
+    try:
+        return msgpack.unpackb(fields[b"data"], raw=False)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _archived_records(rows: list[dict[str, Any]], cls: type[R], archive: Path | None) -> Iterator[tuple[str, R]]:
+    """(entry id, record) of archive rows; a row that does not validate as `cls` is skipped (logged)."""
+    for row in rows:
+        try:
+            yield str(row["id"]), cls.model_validate(row["data"])
+        except Exception as exc:  # noqa: BLE001
+            logger.warning("skipping undecodable row %s of %s: %s", row.get("id"), archive, exc)
 
 
 def _iteration(fields: dict[bytes, bytes]) -> int:
@@ -615,15 +633,34 @@ class StreamQueue:
                 )
             time.sleep(poll_s)
 
-    def read_all(self, stage: str, cls: type[R]) -> list[tuple[str, R]]:
-        """Every (entry id, record) still in the stream, oldest first; undecodable entries are skipped (logged)."""
-        return list(self.iter_records(stage, cls))
+    def read_all(self, stage: str, cls: type[R], archive: Path | None = None) -> list[tuple[str, R]]:
+        """Every (entry id, record) of the stage, oldest first: those `prune` moved to `archive` (when given),
+        then those still in the stream; undecodable entries are skipped (logged)."""
+        return list(self.iter_records(stage, cls, archive=archive))
 
     def iter_records(
-        self, stage: str, cls: type[R], newest_first: bool = False, page: int = 1000
+        self, stage: str, cls: type[R], newest_first: bool = False, page: int = 1000, archive: Path | None = None
     ) -> Iterator[tuple[str, R]]:
-        """(entry id, record) of every entry still in the stream, a page at a time (for exports of any size);
-        undecodable entries are skipped (logged)."""
+        """(entry id, record) of every entry of the stage, a page at a time (for exports of any size): with
+        `archive` (the history file `prune` wrote the stage's pruned head to, `shared/history.py`), the archived
+        entries first and then the stream's entries after the last archived id (an entry archived but not yet
+        trimmed, by a prune a crash cut short, is read once); `newest_first` reverses the whole order.
+        Undecodable entries are skipped (logged)."""
+        rows = history.read_rows(archive) if archive is not None else []
+        after = rows[-1]["id"] if rows else None
+        archived = _archived_records(rows[::-1] if newest_first else rows, cls, archive)
+        if not newest_first:
+            yield from archived
+        for eid, record in self._stream_records(stage, cls, newest_first, page):
+            if after is not None and entry_key(eid) <= entry_key(after):
+                if newest_first:
+                    break
+                continue
+            yield eid, record
+        if newest_first:
+            yield from archived
+
+    def _stream_records(self, stage: str, cls: type[R], newest_first: bool, page: int) -> Iterator[tuple[str, R]]:
         key = self.stream(stage)
         cursor = "+" if newest_first else "-"
         while True:
@@ -654,10 +691,15 @@ class StreamQueue:
     # ------------------------------------------------------------------------------------------------
     # retention
 
-    def prune(self, stage: str, group: str, before_iteration: int, page: int = 500) -> int:
+    def prune(
+        self, stage: str, group: str, before_iteration: int, page: int = 500, archive: Path | None = None
+    ) -> int:
         """Remove the finished head of `stage`: oldest first, every entry `group` has been delivered and has
         acknowledged whose record's `iteration` is below `before_iteration`, stopping at the first entry that
         is not; the removed records' ids leave the stage's seen-set. Returns how many entries were removed.
+        With `archive`, the head is first appended to that history file (`{"id", "data"}` lines,
+        `shared/history.py`; idempotent by entry id), so `iter_records(..., archive=...)` still reads it; an
+        OSError writing it leaves the stream untouched.
 
         This is the per-iteration retention that keeps Redis flat over a long run (docs/reliability.md): a
         finished entry is never read again, and its record id can never be written again (ids carry the
@@ -672,6 +714,7 @@ class StreamQueue:
         if summary["pending"]:
             bound = min(bound, _before(entry_key(_s(summary["min"]))))  # nor acknowledged from here on
         ids: list[bytes] = []
+        rows: list[dict[str, Any]] = []
         last: tuple[int, int] | None = None
         cursor = "-"
         while True:
@@ -679,16 +722,23 @@ class StreamQueue:
             for eid, fields in batch:
                 at = entry_key(_s(eid))
                 if at > bound or _iteration(fields) >= before_iteration:
-                    return self._drop_head(stage, ids, last)
+                    return self._drop_head(stage, ids, last, archive, rows)
                 ids.append(fields.get(b"id", b""))
+                if archive is not None and (data := _unpacked(fields)) is not None:  # junk is not kept
+                    rows.append({"id": _s(eid), "data": data})
                 last = at
             if len(batch) < page:
-                return self._drop_head(stage, ids, last)
+                return self._drop_head(stage, ids, last, archive, rows)
             cursor = f"({_s(batch[-1][0])}"
 
-    def _drop_head(self, stage: str, ids: list[bytes], last: tuple[int, int] | None) -> int:
+    def _drop_head(
+        self, stage: str, ids: list[bytes], last: tuple[int, int] | None, archive: Path | None,
+        rows: list[dict[str, Any]],
+    ) -> int:  # fmt: skip
         if last is None:
             return 0
+        if archive is not None:
+            history.append_rows(archive, rows, history.event_key)  # before the trim: nothing leaves unarchived
         seen = [i for i in ids if i]
         for start in range(0, len(seen), 1000):
             self.client.srem(self._seen(stage), *seen[start : start + 1000])

@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from sparring.shared import jsonl, keys
+from sparring.shared import history, jsonl, keys
 from sparring.shared.config import UNPAIRED_OBJECTIVES, RunConfig
 from sparring.shared.events import emit, heartbeats
 from sparring.shared.prompts import PromptItem, RunPrompts, iteration_prompt_indices, run_prompts
@@ -285,6 +285,7 @@ class RunController:
         self.cfg = RunConfig.model_validate_json(config_json)
         self.redis_url = redis_url
         self.run_dir = Path(run_dir)
+        self.pairs_archive = self.run_dir / history.PAIRS_FILE  # pairs pruned from Redis (retain_streams)
         self.base_model_path = model_path
         self.runtime = runtime or RayRuntime()
         self.client = connect(redis_url, outage_s=self.cfg.resilience.redis_outage_s, wait_s=self.cfg.resilience.redis_outage_s)
@@ -756,14 +757,15 @@ class RunController:
     def retain_streams(self, t: int) -> None:
         """Retention after iteration t is on record (docs/reliability.md): the prompts and generations of the
         iterations before it, finished, leave their streams and seen-sets (the newest recorded iteration's stay
-        for inspection); pairs stay for `storage.pairs_retention_iterations` iterations (all by default);
+        for inspection); pairs stay for `storage.pairs_retention_iterations` iterations (2 by default; older ones move to
+        `<run dir>/archived_pairs.jsonl`);
         re-queued prompts t dispatched leave the re-queue; records and events older than
         `storage.history_window_iterations` iterations leave Redis for the run's history files."""
         self.queue.prune("prompts", GENERATORS_GROUP, before_iteration=t)
         self.queue.prune("generations", JUDGES_GROUP, before_iteration=t)
         keep = self.cfg.storage.pairs_retention_iterations
-        if keep is not None:
-            self.queue.prune("pairs", TRAINER_GROUP, before_iteration=t + 1 - keep)
+        if keep is not None:  # older pairs leave Redis for <run dir>/archived_pairs.jsonl (exports read both)
+            self.queue.prune("pairs", TRAINER_GROUP, before_iteration=t + 1 - keep, archive=self.pairs_archive)
         self.store.clear_requeued(self.run_id, self._requeued_ids)
         self._requeued_ids = []
         self.store.trim_history(self.run_id, self.cfg.storage.history_window_iterations)

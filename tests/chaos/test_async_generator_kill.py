@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from sparring.shared import history
 from sparring.shared.events import heartbeats
 from sparring.shared.queue import StreamQueue
 from sparring.shared.records import GenerationGroup, PreferencePair
@@ -106,7 +107,8 @@ def test_async_run_survives_a_generator_sigkilled_mid_batch(
         assert all(r.metrics["staleness/lag_1"] == r.num_pairs > 0 for r in records[1:])
 
         # from the streams: every answer of a group or pair from its own version, every trained pair within the bound
-        pairs = [p for _, p in queue.read_all("pairs", PreferencePair)]
+        pairs = [p for _, p in queue.read_all("pairs", PreferencePair, archive=run_dir / history.PAIRS_FILE)]
+        assert {p.iteration for p in pairs} == {r.iteration for r in records}  # the archived ones too
         version_in = {r.iteration: r.policy_version_in for r in records}
         assert pairs and all({p.chosen.policy_version, p.rejected.policy_version} == {p.policy_version} for p in pairs)
         assert all(0 <= version_in[p.iteration] - p.policy_version <= cfg.schedule.max_staleness for p in pairs)

@@ -6,12 +6,13 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import msgpack
 import pytest
 import redis
 
-from sparring.shared import keys
+from sparring.shared import history, keys
 from sparring.shared.queue import Entry, StreamQueue
 from sparring.shared.records import Completion, DeadLetter, GenerationGroup, PromptTask, decode
 
@@ -462,5 +463,43 @@ def test_prune_removes_finished_iterations_and_keeps_memory_flat(redis_client: r
         q.complete("prompts", G, first.entry_id, None, [])
         assert q.prune("prompts", G, before_iteration=12) == 3
         assert [t.prompt_id for _, t in q.read_all("prompts", PromptTask)] == ["p200"]
+    finally:
+        q.delete_run()
+
+
+def test_prune_with_an_archive_keeps_every_entry_readable_once(
+    redis_client: redis.Redis, unique_run_id: str, tmp_path: Path
+) -> None:
+    """Issue 14 item 4 for pairs: a pruned head goes to the history file first, and `iter_records` with that
+    archive reads the whole stage once, oldest first or newest first, also when a prune crashed between its
+    archive write and its trim (the rows are then in both places) and when the file has a row that does not
+    validate (skipped, the rest still read)."""
+    archive = tmp_path / history.PAIRS_FILE
+    q = StreamQueue(redis_client, unique_run_id, maxlen=1000)
+    q.ensure_group("prompts", G)
+    try:
+        for it in (1, 2, 3):
+            for i in range(4):
+                q.put("prompts", task(unique_run_id, 10 * it + i, version=it - 1).model_copy(update={"iteration": it}))
+        for e in q.read("prompts", G, "c", PromptTask, count=100):
+            q.complete("prompts", G, e.entry_id, None, [])
+        every = [(eid, t.prompt_id) for eid, t in q.read_all("prompts", PromptTask)]
+        assert q.prune("prompts", G, before_iteration=3, archive=archive) == 8
+        assert q.length("prompts") == 4 and [r["id"] for r in history.read_rows(archive)] == [e for e, _ in every[:8]]
+        joined = [(eid, t.prompt_id) for eid, t in q.read_all("prompts", PromptTask, archive=archive)]
+        assert joined == every
+        newest = [(eid, t.prompt_id) for eid, t in q.iter_records("prompts", PromptTask, newest_first=True, archive=archive)]
+        assert newest == every[::-1]
+        # a prune cut short after its archive write: the next entry is archived but still in the stream
+        data = msgpack.unpackb(redis_client.xrange(q.stream("prompts"), count=1)[0][1][b"data"], raw=False)
+        history.append_rows(archive, [{"id": every[8][0], "data": data}], history.event_key)
+        assert [(eid, t.prompt_id) for eid, t in q.read_all("prompts", PromptTask, archive=archive)] == every
+        # the same prune again writes no row twice
+        assert q.prune("prompts", G, before_iteration=4, archive=archive) == 4
+        assert [r["id"] for r in history.read_rows(archive)] == [e for e, _ in every]
+        # a damaged row is skipped, not fatal
+        with archive.open("a") as f:
+            f.write('{"id": "9999999999999-0", "data": {"iteration": "not a number"}}\n')
+        assert [(eid, t.prompt_id) for eid, t in q.read_all("prompts", PromptTask, archive=archive)] == every
     finally:
         q.delete_run()

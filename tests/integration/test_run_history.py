@@ -27,7 +27,7 @@ from sparring.services.settings import ServiceSettings
 from sparring.shared import history, keys
 from sparring.shared.config import parse_config
 from sparring.shared.events import emit
-from sparring.shared.records import IterationRecord
+from sparring.shared.records import IterationRecord, PreferencePair
 from sparring.shared.store import RunStore
 from sparring.workers.controller import RunController
 from sparring.workers.groups import LocalRuntime
@@ -216,3 +216,34 @@ def test_trimming_archives_first_and_keeps_the_newest_iterations(run, redis_clie
     assert {e.decode() for e, _ in redis_client.xrange(keys.events(run_id))} <= on_disk
     last = store.events(run_id, count=10_000)[-1]
     assert last[1] == "progress" and last[2]["iteration"] == 9 and last[2]["ts"] >= before
+
+
+def test_exports_and_recent_pairs_include_the_pairs_pruned_from_redis(run, redis_client, redis_url, tmp_path) -> None:
+    """The pairs stream keeps `storage.pairs_retention_iterations` iterations; the pruned ones are in
+    `<run dir>/archived_pairs.jsonl`, and `GET /pairs/export` (all, one iteration, a sample) and `GET /pairs`
+    still see every pair of the run, once each."""
+    from sparring.shared.queue import StreamQueue
+    from sparring.workers.actors import TRAINER_GROUP
+    from tests.helpers import random_pairs
+
+    store, run_id, run_dir = run
+    queue = StreamQueue(redis_client, run_id)
+    queue.ensure_group("pairs", TRAINER_GROUP)
+    for t in (1, 2, 3):
+        for p in random_pairs(t, 4):
+            queue.put("pairs", p.model_copy(update={"run_id": run_id, "iteration": t, "prompt_id": f"{p.prompt_id}-{t}"}))
+    for e in queue.read("pairs", TRAINER_GROUP, "trainer", PreferencePair, count=100):
+        queue.complete("pairs", TRAINER_GROUP, e.entry_id, None, [])
+    assert queue.prune("pairs", TRAINER_GROUP, before_iteration=3, archive=run_dir / history.PAIRS_FILE) == 8
+    assert queue.length("pairs") == 4  # iteration 3's; 1 and 2 are on disk only
+
+    settings = ServiceSettings(api_tokens=["adm"], data_dir=str(tmp_path / "svc"))
+    with TestClient(create_app(settings, redis_client, redis_url, scheduler=False)) as c:
+        c.headers["Authorization"] = "Bearer adm"
+        rows = [json.loads(line) for line in c.get(f"/v1/runs/{run_id}/pairs/export").text.splitlines()]
+        assert len(rows) == 12
+        assert len([json.loads(x) for x in c.get(f"/v1/runs/{run_id}/pairs/export", params={"iteration": 1}).text.splitlines()]) == 4
+        sample = c.get(f"/v1/runs/{run_id}/pairs/export", params={"sample": 6, "seed": 1}).text.splitlines()
+        assert len(sample) == 6
+        recent = c.get(f"/v1/runs/{run_id}/pairs", params={"limit": 100}).json()["pairs"]
+        assert [p["iteration"] for p in recent] == [3] * 4 + [2] * 4 + [1] * 4  # newest first, across the boundary

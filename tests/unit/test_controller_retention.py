@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from sparring.shared import history
 from sparring.shared.prompts import iteration_prompt_indices, run_prompts
 from sparring.shared.queue import StreamQueue
 from sparring.shared.records import GenerationGroup, PreferencePair, PromptTask
@@ -67,3 +68,12 @@ def test_requeued_prompt_is_dispatched_next_iteration_and_streams_are_pruned(
     sizes = [s["bytes"] for s in seen]
     print("work-stream bytes after each iteration:", sizes)  # noqa: T201
     assert max(sizes) <= 1.5 * min(sizes), sizes
+    # the pruned pairs are in <run dir>/archived_pairs.jsonl: the joined read sees every pair of the run once, in order
+    archive = run_dir / history.PAIRS_FILE
+    assert {row["data"]["iteration"] for row in history.read_rows(archive)} == {1, 2}
+    joined = queue.read_all("pairs", PreferencePair, archive=archive)
+    assert [p.iteration for _, p in joined] == sorted(p.iteration for _, p in joined)
+    assert len(joined) == len({p.record_id for _, p in joined}) == sum(r.num_pairs for r in records)
+    assert [eid for eid, _ in queue.iter_records("pairs", PreferencePair, newest_first=True, archive=archive)] == [
+        eid for eid, _ in reversed(joined)
+    ]

@@ -51,24 +51,18 @@ PAIRS = [
 ]
 
 
-class FakeQueue:
+class FakeService:
+    """The one `RunService` method the export reads (`pair_records`: the run's pairs with their entry ids)."""
+
     def __init__(self, pairs: list[PreferencePair]) -> None:
         self.pairs = pairs
-
-    def iter_records(self, stage: str, cls: type, newest_first: bool = False) -> Any:
-        assert stage == "pairs" and cls is PreferencePair
-        return ((f"{1000 + i}-0", p) for i, p in enumerate(self.pairs))
-
-
-class FakeService:
-    def __init__(self, pairs: list[PreferencePair]) -> None:
-        self.q = FakeQueue(pairs)
 
     def view(self, run_id: str) -> dict[str, Any]:
         return {"run_id": run_id}
 
-    def queue(self, run_id: str) -> FakeQueue:
-        return self.q
+    def pair_records(self, run_id: str, newest_first: bool = False) -> Any:
+        assert not newest_first
+        return ((f"{1000 + i}-0", p) for i, p in enumerate(self.pairs))
 
 
 def export(pairs: list[PreferencePair], **params: Any) -> tuple[list[dict[str, Any]], dict[str, str]]:

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from sparring.shared import history
 from sparring.shared.config import parse_config
 from sparring.shared.queue import StreamQueue
 from sparring.shared.records import Completion, GenerationGroup, PreferencePair
@@ -155,8 +156,9 @@ def test_async_run_versions_bound_resume_and_a_killed_generator(
     dropped = [d for d in queue.dead_letters() if d.stage == "train"]
     assert len(dropped) == 1 and dropped[0].item_id == planted.record_id and dropped[0].reason.startswith("over_bound")
 
-    # every pair's answers come from its own version; each pair trained once, and all are acknowledged
-    pairs = [p for _, p in queue.read_all("pairs", PreferencePair)]
+    # every pair's answers come from its own version; each pair trained once, and all are acknowledged (the
+    # pairs of iterations before the retention's 2 left Redis for the run's archive)
+    pairs = [p for _, p in queue.read_all("pairs", PreferencePair, archive=run_dir / history.PAIRS_FILE)]
     assert all({p.chosen.policy_version, p.rejected.policy_version} == {p.policy_version} for p in pairs if p.prompt_id != "planted")
     by_iteration = {r.iteration: r for r in records}
     trained = [p for p in pairs if p.prompt_id != "planted"]

@@ -145,18 +145,19 @@ def trl_row(pair: PreferencePair, conversational: bool) -> dict[str, Any]:
 
 class PairExport:
     """The pairs an export streams. The response headers (counts) go out before the body, so a first pass
-    over the pairs stream counts them and notes its last entry; the body is then read again up to that entry
-    (or, for a sample, is the reservoir the first pass kept), so the counts describe the rows sent."""
+    over the run's pairs (`RunService.pair_records`: the archived_pairs.jsonl file, then the stream) counts them
+    and notes its last entry; the body is then read again up to that entry (or, for a sample, is the
+    reservoir the first pass kept), so the counts describe the rows sent."""
 
     def __init__(self, service: RunService, run_id: str, iteration: int | None, include_truncated: bool) -> None:
-        self.queue = service.queue(run_id)
+        self.service, self.run_id = service, run_id
         self.iteration, self.include_truncated = iteration, include_truncated
         self.kept = self.left_out = 0
         self.last: tuple[int, int] | None = None
         self._sample: tuple[int, random.Random, list[PreferencePair]] | None = None
 
     def _selected(self, until: tuple[int, int] | None) -> Iterator[tuple[str, PreferencePair]]:
-        for entry_id, pair in self.queue.iter_records("pairs", PreferencePair):
+        for entry_id, pair in self.service.pair_records(self.run_id):
             if until is not None and entry_key(entry_id) > until:
                 return
             if self.iteration is None or pair.iteration == self.iteration:
