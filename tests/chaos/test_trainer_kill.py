@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from sparring.shared import history
 from sparring.shared.config import RunConfig
 from sparring.shared.queue import StreamQueue
 from sparring.shared.records import PreferencePair
@@ -85,11 +86,11 @@ def kill_trainer_mid_training(ray: Any, store: RunStore, run_id: str, iteration:
 
 def accounting(redis_client: Any, run_id: str) -> dict[str, int]:
     """Lost prompts (dispatched without a group), duplicate pairs (a pair id written or trained twice) and
-    unacknowledged pairs, from the records and the pairs stream."""
+    unacknowledged pairs, from the records and the run's pairs (those the retention archived, then the stream)."""
     store = RunStore(redis_client)
     records = store.iterations(run_id)
     queue = StreamQueue(redis_client, run_id)
-    pairs = queue.read_all("pairs", PreferencePair)
+    pairs = queue.read_all("pairs", PreferencePair, archive=Path(store.get_run(run_id)["run_dir"]) / history.PAIRS_FILE)
     ids = Counter(p.record_id for _, p in pairs)
     by_iteration = Counter(p.iteration for _, p in pairs)
     trained_twice = sum(max(r.num_pairs - by_iteration[r.iteration], 0) for r in records)
