@@ -109,6 +109,16 @@ def _unpacked(fields: dict[bytes, bytes]) -> Any:
         return None
 
 
+def _last_archived_id(archive: Path) -> str | None:
+    """The entry id of an archive's last row (its tail only), None for no file or no rows."""
+    try:
+        last = history.last_row(archive)
+    except ValueError:  # a damaged last line: the last row that reads
+        rows = history.read_rows(archive)
+        last = rows[-1] if rows else None
+    return str(last["id"]) if last else None
+
+
 def _archived_records(rows: list[dict[str, Any]], cls: type[R], archive: Path | None) -> Iterator[tuple[str, R]]:
     """(entry id, record) of archive rows; a row that does not validate as `cls` is skipped (logged)."""
     for row in rows:
@@ -646,19 +656,17 @@ class StreamQueue:
         entries first and then the stream's entries after the last archived id (an entry archived but not yet
         trimmed, by a prune a crash cut short, is read once); `newest_first` reverses the whole order.
         Undecodable entries are skipped (logged)."""
-        rows = history.read_rows(archive) if archive is not None else []
-        after = rows[-1]["id"] if rows else None
-        archived = _archived_records(rows[::-1] if newest_first else rows, cls, archive)
-        if not newest_first:
-            yield from archived
+        after = _last_archived_id(archive) if archive is not None else None  # the file's tail only
+        if not newest_first and archive is not None:
+            yield from _archived_records(history.read_rows(archive), cls, archive)
         for eid, record in self._stream_records(stage, cls, newest_first, page):
             if after is not None and entry_key(eid) <= entry_key(after):
                 if newest_first:
                     break
                 continue
             yield eid, record
-        if newest_first:
-            yield from archived
+        if newest_first and archive is not None:  # read only when a reader gets past the stream (e.g. /pairs)
+            yield from _archived_records(history.read_rows(archive)[::-1], cls, archive)
 
     def _stream_records(self, stage: str, cls: type[R], newest_first: bool, page: int) -> Iterator[tuple[str, R]]:
         key = self.stream(stage)
