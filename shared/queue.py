@@ -30,6 +30,7 @@ import msgpack
 import redis
 
 from . import history, keys
+from .history import entry_key  # an entry id as (ms, seq), which orders like the stream
 from .records import DeadLetter, R, Record, decode, encode
 
 logger = logging.getLogger(__name__)
@@ -87,12 +88,6 @@ return n
 
 def _s(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-def entry_key(entry_id: str) -> tuple[int, int]:
-    """A stream entry id ("ms-seq") as a tuple that orders like the stream."""
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
 
 
 def _before(key: tuple[int, int]) -> tuple[int, int]:
