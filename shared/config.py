@@ -105,6 +105,13 @@ class GenerationConfig(Section):
         1, ge=1, description="compute threads per engine on CPU (None = the backend's own binding)"
     )
     max_model_len: int = Field(256, ge=16)
+    engine_in_process: bool | None = Field(
+        None,
+        description="vLLM: run the engine core and its worker in the generator's own process (one process per "
+        "engine: no spawned EngineCore/Worker, no busy-polling between them, weight updates handed over by "
+        "reference) instead of vLLM's two processes; None = in-process on CPU with tensor_parallel_size 1, "
+        "vLLM's processes on GPU (where they overlap scheduling with the GPU's work). workers/vllm_llm.py",
+    )
     # vLLM engine options for GPUs (`vllm.LLM` keyword arguments of the same names; workers/vllm_llm.py)
     gpu_memory_utilization: float | None = Field(
         None,
@@ -125,6 +132,15 @@ class GenerationConfig(Section):
         description="vLLM: no CUDA graphs / torch.compile warm-up (tiny and CPU models do not repay it); set false "
         "on GPUs for throughput",
     )
+
+    @model_validator(mode="after")
+    def _in_process_fits(self) -> GenerationConfig:
+        if self.engine_in_process and self.tensor_parallel_size > 1:
+            raise ValueError(
+                f"generation.engine_in_process: true runs one worker; tensor_parallel_size {self.tensor_parallel_size} "
+                "needs vLLM's own processes (engine_in_process: false or null)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _budget_fits(self) -> GenerationConfig:

@@ -31,7 +31,9 @@ Conventions shared by both backends (the trainer and the judges rely on them):
   takes tensors in memory, bucket by bucket (the `memory` weight transport; `partial` = a delta, the other
   tensors keep their values). vLLM: `SyncWorkerExtension` runs vLLM's layerwise reload inside the worker
   process (begin / one `collective_rpc` per bucket / finish), each bucket crossing into that process through
-  a reused shared-memory buffer (`SharedBuffer`, one bucket large), so peak extra memory is one bucket.
+  a reused shared-memory buffer (`SharedBuffer`, one bucket large), so peak extra memory is one bucket; an
+  in-process engine (`in_process=True`, the default on CPU: `engine_in_process`) takes the bucket's tensors
+  by reference instead.
 - **Failed reloads.** A checkpoint (or in-memory manifest) whose tensor names/shapes do not match the serving
   model is refused before anything is touched (`EngineLoadError`, engine keeps serving its old weights). If
   the reload itself fails part-way, the engine is marked unusable: every later `generate` raises
@@ -248,6 +250,18 @@ class SyncWorkerExtension:
         _detach_pending_from(buf)
         return loaded
 
+    def sparring_load_tensors(self, weights: list[tuple[str, Any]]) -> int:
+        """Load one bucket handed over by reference (an in-process engine: `collective_rpc` is a plain call,
+        `vllm_llm.build_vllm_llm(in_process=True)`); the tensors stay alive and unchanged until the update
+        finishes (the caller's zero-copy views of the object store); returns the bytes loaded."""
+        import torch
+        from vllm.config import set_current_vllm_config
+
+        model = self.model_runner.get_model()  # type: ignore[attr-defined]
+        with set_current_vllm_config(self.vllm_config), torch.no_grad():  # type: ignore[attr-defined]
+            model.load_weights(iter(weights))
+        return sum(t.numel() * t.element_size() for _, t in weights)
+
     def sparring_finish_update(self) -> int:
         """Process what is left (layers that got no tensor keep their weights), drop state derived from the
         old weights, refresh aliased layers; returns how many aliased layers were refreshed."""
@@ -394,13 +408,16 @@ class VLLMEngine:
         llm_options: Mapping[str, Any] | None = None,
         sleep_mode: bool = False,
         lora_rank: int | None = None,
+        in_process: bool = False,
     ) -> None:
         """`llm_options`: more `LLM(...)` arguments, e.g. the config's GPU options (`vllm_llm.engine_options`).
         `sleep_mode` (placement colocated): the engine is built with vLLM's `enable_sleep_mode=True` where the
         platform has it (`current_platform.is_sleep_mode_available()`: CUDA, ROCm, XPU); vLLM refuses the flag
         elsewhere ("Sleep mode is not supported on current platform", vllm/config/model.py), so on CPU it is
         left out and `sleep` / `wake_up` free nothing (`sleep_frees_memory` False).
-        `lora_rank`: serve LoRA adapters up to this rank (`enable_lora`; `load_adapter`); None = no LoRA."""
+        `lora_rank`: serve LoRA adapters up to this rank (`enable_lora`; `load_adapter`); None = no LoRA.
+        `in_process`: vLLM's engine core and worker run in this process (`vllm_llm.build_vllm_llm`); weight
+        updates then hand the worker the tensors themselves instead of copying them through `SharedBuffer`."""
         from sparring.shared.models import check_model_path
 
         self.engine_id = engine_id or f"vllm-{uuid.uuid4().hex[:8]}"
@@ -451,7 +468,9 @@ class VLLMEngine:
             seed=seed,
             cpu_threads=cpu_threads,
             extra=extra,
+            in_process=in_process,
         )
+        self.in_process = in_process
         self._tokenizer: Any = self._llm.get_tokenizer()
         self.start_seconds = time.perf_counter() - t0
         log.info("vLLM engine %s started in %.1f s from %s", self.engine_id, self.start_seconds, model_path)
@@ -596,7 +615,9 @@ class VLLMEngine:
         tensors (a delta sync: the others keep their values). Names and shapes are checked against the
         serving checkpoint first (`EngineLoadError`, engine usable); a failure after that marks the engine
         unusable. Each bucket is copied once into a shared-memory buffer (`SharedBuffer`, reused across
-        buckets and syncs) that the vLLM worker process maps: peak extra memory is one bucket."""
+        buckets and syncs) that the vLLM worker process maps: peak extra memory is one bucket. An in-process
+        engine's worker takes the bucket's tensors themselves (no copy; they must stay unchanged until this
+        returns: the memory transport's are read-only views of the object store)."""
         with self._lock:
             self._check_usable()
             self._check_awake("load weights", {"weights"})
@@ -612,6 +633,9 @@ class VLLMEngine:
                 self._drop_adapter()  # the new weights are the whole policy
                 self._llm.collective_rpc("sparring_begin_update")
                 for bucket in buckets:
+                    if self.in_process:  # the worker is in this process: hand it the tensors, no copy
+                        self._llm.collective_rpc("sparring_load_tensors", args=(list(bucket),))
+                        continue
                     entries = []
                     offsets = []
                     size = 0
@@ -975,6 +999,16 @@ class TransformersEngine:
 # --------------------------------------------------------------------------------------------------
 
 
+def engine_in_process(cfg: GenerationConfig) -> bool:
+    """Whether a vLLM engine of `cfg` runs in its owner's process: `cfg.engine_in_process`, or when None,
+    on CPU with one tensor-parallel rank (`vllm_llm.build_vllm_llm` says why)."""
+    if cfg.engine_in_process is not None:
+        return cfg.engine_in_process
+    import torch
+
+    return cfg.tensor_parallel_size == 1 and not torch.cuda.is_available()
+
+
 def make_engine(
     backend: Literal["vllm", "transformers"],
     model_path: str,
@@ -987,9 +1021,11 @@ def make_engine(
     extra: Mapping[str, Any] | None = None,
 ) -> GenerationEngine:
     """Build the configured backend. `cpu_threads` is the engine's thread budget (None = backend default:
-    vLLM's own binding; for transformers, one thread)."""
+    vLLM's own binding; for transformers, one thread). A vLLM engine runs in this process when
+    `engine_in_process(cfg)` says so."""
     kwargs = dict(extra or {})
     if backend == "vllm":
+        kwargs.setdefault("in_process", engine_in_process(cfg))
         return VLLMEngine(
             model_path,
             max_model_len=cfg.max_model_len,

