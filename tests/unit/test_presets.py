@@ -11,7 +11,7 @@ import pytest
 
 from sparring.services.cli import main
 from sparring.shared.config import RunConfig, parse_config
-from sparring.shared.presets import flatten, load_preset, preset_names, preset_sources
+from sparring.shared.presets import flatten, load_preset, preset_names, preset_sources, preset_summary
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "algorithms.md"
 
@@ -73,3 +73,13 @@ def test_presets_show_prints_every_value_with_its_source(capsys: pytest.CaptureF
     assert all(name in listed for name in preset_names())
     assert main(["presets", "show", "spo"]) == 2
     assert "unknown preset 'spo'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", preset_names())
+def test_preset_summary_is_a_whole_sentence_and_heads_its_docs_section(name: str) -> None:
+    """`sparring presets` and the docs' section intro show the header comment's first sentence whole (they
+    showed its first line, cut mid-sentence: "... (the published ones are `iterative_dpo` and")."""
+    summary = preset_summary(name)
+    assert summary.endswith(".") and "  " not in summary and "#" not in summary, summary
+    section = DOCS.read_text().split(f"### `{name}`\n", 1)[1]
+    assert section.lstrip("\n").split("\n", 1)[0] == summary
