@@ -90,10 +90,10 @@ def _item(obj: Any, run_id: str) -> tuple[LabelledAnswer | None, str | None]:
     if not isinstance(label, bool):
         return None, f"field 'label' must be true, false, 'up' or 'down', got {obj['label']!r:.80}"
     weight = obj.get("weight", 1.0)
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or isinstance(weight, float) and not math.isfinite(weight):
         return None, f"field 'weight' must be a number, got {weight!r:.80}"
-    if not 0.0 < weight <= MAX_WEIGHT:
-        return None, f"field 'weight' must be in (0, {MAX_WEIGHT:g}], got {weight!r}"
+    if not 0.0 < weight <= MAX_WEIGHT:  # compared exactly: a JSON integer may be too large for a float
+        return None, f"field 'weight' must be in (0, {MAX_WEIGHT:g}], got {weight!r:.80}"
     record = LabelledAnswer(
         run_id=run_id,
         prompt_id=conversation_id(prompt, messages),

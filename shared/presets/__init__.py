@@ -44,10 +44,18 @@ def load_preset(name: str) -> dict[str, Any]:
 
 
 def preset_summary(name: str) -> str:
-    """The first line of the preset file's header comment (what it is and where it comes from)."""
+    """The first sentence of the preset file's header comment (what it is and where it comes from): its
+    leading `#` lines joined, up to the first ". " (a period ending a word), or the whole comment."""
     _read_preset(name)
     text = resources.files(__name__).joinpath(f"{name}.yaml").read_text()
-    return next((line.lstrip("# ").rstrip() for line in text.splitlines() if line.startswith("#")), "")
+    header: list[str] = []
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        header.append(line[1:].strip())
+    joined = " ".join(part for part in header if part)
+    head, dot, _ = joined.partition(". ")
+    return head + dot.strip() if dot else joined
 
 
 def preset_sources(name: str) -> dict[str, str]:

@@ -75,6 +75,10 @@ def test_feedback_is_validated_whole_and_stored_once(api_server, redis_client, f
             "item 2: field 'label' must be true, false, 'up' or 'down', got None",
             "item 3: needs exactly one of 'prompt' (a string) or 'messages' (a conversation)",
         ]
+        huge = "1" + "0" * 400  # a JSON integer past any float: refused by field, not a 500
+        r = c.post(url, content=b'{"prompt": "ok", "answer": "a", "label": true, "weight": ' + huge.encode() + b"}\n",
+                   headers=jsonl)  # fmt: skip
+        assert r.status_code == 422 and r.json()["problems"] == [f"line 1: field 'weight' must be in (0, 1000], got {huge[:80]}"]
         r = c.post(url, json=GOOD)  # a bare list, not {"items": [...]}
         assert r.status_code == 422 and "exactly one field 'items'" in r.json()["problems"][0]
         assert redis_client.xlen(stream) == 0

@@ -47,6 +47,19 @@ def test_items_accept_up_down_and_refuse_everything_else_by_field() -> None:
     ]
 
 
+def test_a_weight_too_large_for_a_float_is_refused_by_field_not_raised() -> None:
+    """JSON integers are unbounded: a 400-digit weight overflowed `math.isfinite` (OverflowError, a 500 from the
+    route) instead of being refused as out of range, with the line named and nothing stored."""
+    huge = "1" + "0" * 400
+    data = b'{"prompt": "q", "answer": "a", "label": true}\n' + (
+        '{"prompt": "q", "answer": "a", "label": true, "weight": ' + huge + "}\n"
+    ).encode()
+    with pytest.raises(FeedbackError) as err:
+        parse_feedback_jsonl(data, "r")
+    assert err.value.problems == [f"line 2: field 'weight' must be in (0, 1000], got {huge[:80]}"]
+    assert parse_feedback([(1, {"prompt": "q", "answer": "a", "label": True, "weight": 1000})], "r")[0].weight == 1000.0
+
+
 def test_jsonl_reports_json_and_item_problems_in_line_order() -> None:
     data = b'{"prompt": "q", "answer": "a"}\n\n{"prompt": "q", "answer": "a", "label": NaN}\n\xff\n'
     with pytest.raises(FeedbackError, match="not UTF-8"):

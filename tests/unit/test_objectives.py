@@ -156,6 +156,34 @@ VECTORS: dict[str, Vector] = {
         3.1209570478,
         metrics={"rpo/nll": 2.5},
     ),
+    # issue 13's objectives (hand-worked in their tests below)
+    "hinge": Vector("hinge", {"beta": 0.1}, BASE, 0.85, rewards=(0.1, -0.05)),
+    "nca_pair": Vector("nca_pair", {"beta": 0.1}, BASE, 1.3508248141, rewards=(0.1, -0.05)),
+    "apo_zero": Vector("apo_zero", {"beta": 0.1}, BASE, 0.9625234160, rewards=(0.1, -0.05)),
+    "apo_down": Vector("apo_down", {"beta": 0.1}, BASE, 0.9875493421, rewards=(0.1, -0.05)),
+    "dpop": Vector(
+        "dpop",
+        {"beta": 0.1, "dpop_lambda": 0.5},
+        {"pc": [-12.0], "pr": [-14.0], "rc": [-11.0], "rr": [-11.5]},
+        0.6443966601,
+        rewards=(-0.1, -0.25),
+        metrics={"dpop/penalty": 1.0},
+    ),
+    "length_dpo": Vector(
+        "length_dpo",
+        {"beta": 0.1, "alpha": 0.05},
+        {**BASE, "chosen_lengths": [20.0], "rejected_lengths": [25.0]},
+        0.7443966601,
+        rewards=(0.1, -0.05),
+    ),
+    "orpo": Vector(
+        "orpo",
+        {"beta": 0.1},
+        {"pc": [-10.0], "pr": [-12.0], "chosen_lengths": [20.0], "rejected_lengths": [25.0]},
+        0.5719298126,
+        rewards=(-0.05, -0.048),
+        metrics={"orpo/log_odds_ratio": -0.0516354104, "orpo/nll": 0.5},
+    ),
 }
 
 
@@ -314,6 +342,68 @@ def test_rpo_vector() -> None:
     NLL = -logp(y_w) / |y_w| = 10 / 4 = 2.5;  loss = DPO 0.6209570478 + 1 * 2.5 = 3.1209570478
     """
     check_vector("rpo")
+
+
+def test_hinge_vector() -> None:
+    """Hinge (SLiC/RSO, TRL `hinge`), beta = 0.1: loss = max(0, 1 - 0.1 * 1.5) = 0.85;
+    rewards 0.1 * 1.0 = 0.1, 0.1 * -0.5 = -0.05
+    """
+    check_vector("hinge")
+    beyond_margin = build_objective(algo("hinge", beta=1.0))(pair_inputs(**BASE))  # 1 - 1.5 < 0: no loss
+    torch.testing.assert_close(beyond_margin.losses, torch.tensor([0.0]), atol=0, rtol=0)
+
+
+def test_nca_pair_vector() -> None:
+    """NCA pair (TRL `nca_pair`), beta = 0.1: r_w = 0.1, r_l = -0.05
+    loss = -logsigmoid(0.1) - 0.5 * logsigmoid(-0.1) - 0.5 * logsigmoid(0.05)
+         = softplus(-0.1) + 0.5 * softplus(0.1) + 0.5 * softplus(-0.05)
+         = 0.6443966601 + 0.5 * 0.7443966601 + 0.5 * 0.6684596481 = 0.6443966601 + 0.3721983300 + 0.3342298240
+         = 1.3508248141
+    """
+    check_vector("nca_pair")
+
+
+def test_apo_zero_vector() -> None:
+    """APO-zero (arXiv 2408.06266 Eq. 7), beta = 0.1:
+    loss = (1 - sigmoid(0.1 * 1.0)) + sigmoid(0.1 * -0.5) = (1 - 0.5249791875) + 0.4875026035 = 0.9625234160
+    """
+    check_vector("apo_zero")
+
+
+def test_apo_down_vector() -> None:
+    """APO-down (arXiv 2408.06266 Eq. 8), beta = 0.1:
+    loss = sigmoid(0.1 * 1.0) + (1 - sigmoid(0.1 * 1.5)) = 0.5249791875 + (1 - 0.5374298453) = 0.9875493421
+    """
+    check_vector("apo_down")
+
+
+def test_dpop_vector() -> None:
+    """DPO-Positive (arXiv 2402.13228 Eq. 3), beta = 0.1, lambda = 0.5, the chosen answer below the reference:
+    lc = -12 - (-11) = -1.0, lr = -14 - (-11.5) = -2.5, h = 1.5;  penalty = max(0, -lc) = 1.0
+    loss = -logsigmoid(0.1 * (1.5 - 0.5 * 1.0)) = softplus(-0.1) = 0.6443966601  (DPO alone: softplus(-0.15))
+    rewards 0.1 * -1.0 = -0.1, 0.1 * -2.5 = -0.25. Above the reference (the base pair, lc = 1) it is DPO.
+    """
+    check_vector("dpop")
+    above = build_objective(algo("dpop", dpop_lambda=0.5))(pair_inputs(**BASE))
+    torch.testing.assert_close(above.losses, torch.tensor([VECTORS["dpo"].loss]), atol=1e-6, rtol=0)
+
+
+def test_length_dpo_vector() -> None:
+    """R-DPO (arXiv 2403.19159), beta = 0.1, alpha = 0.05 nats/token, |y_w| = 20, |y_l| = 25:
+    loss = -logsigmoid(0.1 * 1.5 + 0.05 * (20 - 25)) = -logsigmoid(0.15 - 0.25) = softplus(0.1) = 0.7443966601
+    """
+    check_vector("length_dpo")
+
+
+def test_orpo_vector() -> None:
+    """ORPO (arXiv 2403.07691 Eqs. 4-7, TRL `odds_ratio_loss`), beta (lambda) = 0.1, no reference,
+    |y_w| = 20, |y_l| = 25:  m_w = -10/20 = -0.5, m_l = -12/25 = -0.48
+    log(1 - e^-0.5) = log(0.3934693403) = -0.9327521296;  log(1 - e^-0.48) = log(0.3812166082) = -0.9643875400
+    log odds ratio = (-0.5 + 0.48) - (-0.9327521296 + 0.9643875400) = -0.02 - 0.0316354104 = -0.0516354104
+    L_OR = softplus(0.0516354104) = 0.7192981257;  NLL = 10 / 20 = 0.5
+    loss = 0.5 + 0.1 * 0.7192981257 = 0.5719298126;  rewards 0.1 * m: -0.05, -0.048
+    """
+    check_vector("orpo")
 
 
 def test_rpo_nll_is_a_token_mean_over_the_batch() -> None:

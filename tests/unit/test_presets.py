@@ -11,17 +11,21 @@ import pytest
 
 from sparring.services.cli import main
 from sparring.shared.config import RunConfig, parse_config
-from sparring.shared.presets import flatten, load_preset, preset_names, preset_sources
+from sparring.shared.presets import flatten, load_preset, preset_names, preset_sources, preset_summary
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "algorithms.md"
 
 
-def documented(name: str) -> dict[str, object]:
-    """The `### \\`name\\`` table of docs/algorithms.md as {setting: value}."""
+def documented_rows(name: str) -> list[tuple[str, str, str]]:
+    """The `### \\`name\\`` table of docs/algorithms.md as (setting, value as JSON, source) rows."""
     text = DOCS.read_text()
     section = text.split(f"### `{name}`\n", 1)[1].split("\n#", 1)[0]
-    rows = re.findall(r"^\| `([^`]+)` \| `([^`]+)` \| (.+) \|$", section, flags=re.M)
-    return {key: json.loads(value) for key, value, _ in rows}
+    return re.findall(r"^\| `([^`]+)` \| `([^`]+)` \| (.+) \|$", section, flags=re.M)
+
+
+def documented(name: str) -> dict[str, object]:
+    """The `### \\`name\\`` table of docs/algorithms.md as {setting: value}."""
+    return {key: json.loads(value) for key, value, _ in documented_rows(name)}
 
 
 def resolved(name: str) -> RunConfig:
@@ -47,6 +51,7 @@ def test_preset_values_match_their_sources_docs_and_resolved_config(name: str) -
     assert set(values) == set(sources), "every value needs a source and every source a value"
     assert all(s.strip() for s in sources.values())
     assert documented(name) == values
+    assert {key: source for key, _, source in documented_rows(name)} == sources  # the docs cite what the file does
     cfg = resolved(name)
     for key, value in values.items():
         assert value_at(cfg, key) == value, key
@@ -73,3 +78,13 @@ def test_presets_show_prints_every_value_with_its_source(capsys: pytest.CaptureF
     assert all(name in listed for name in preset_names())
     assert main(["presets", "show", "spo"]) == 2
     assert "unknown preset 'spo'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", preset_names())
+def test_preset_summary_is_a_whole_sentence_and_heads_its_docs_section(name: str) -> None:
+    """`sparring presets` and the docs' section intro show the header comment's first sentence whole (they
+    showed its first line, cut mid-sentence: "... (the published ones are `iterative_dpo` and")."""
+    summary = preset_summary(name)
+    assert summary.endswith(".") and "  " not in summary and "#" not in summary, summary
+    section = DOCS.read_text().split(f"### `{name}`\n", 1)[1]
+    assert section.lstrip("\n").split("\n", 1)[0] == summary
