@@ -109,6 +109,8 @@ class PoolStore:
         try:
             items = [dsat_item(log) for log in parse_dsat_jsonl(lines, source)] if kind == "dsat" else parse_jsonl_prompts(lines, source)
         except (PromptPoolError, DSATError) as err:
+            if "\n" not in str(err):  # not a list of bad lines: the file as a whole (no prompts at all)
+                raise PoolRejected(f"{err}; nothing was stored", [str(err)]) from None
             problems = _problems(err)
             raise PoolRejected(f"{source}: {len(problems)} bad line(s); nothing was stored", problems) from None
         return self._store(name, kind, data, items, None)

@@ -95,7 +95,7 @@ def parse_jsonl_prompts(lines: list[str], source: str = "prompts") -> list[Promp
     if problems:
         raise PromptPoolError(f"{source}: {len(problems)} bad line(s)\n  " + "\n  ".join(problems))
     if not pool:
-        raise PromptPoolError(f"{source}: no prompts")
+        raise PromptPoolError(f"{source}: no prompts (the file has no non-empty line)")
     return pool
 
 

@@ -130,3 +130,16 @@ def test_dumps_writes_strict_json_with_null_for_nan_and_inf() -> None:
     with pytest.raises(ValueError):
         strict_loads(json.dumps(value))  # what the standard module writes by default
     assert strict_loads(dumps({"a": 1}, indent=2)) == {"a": 1}
+
+
+def test_an_empty_upload_is_refused_as_empty_not_as_a_bad_line(tmp_path: Path) -> None:
+    """An upload with no non-empty line has no bad line to name: the refusal says the file has no prompts
+    (it said "1 bad line(s)" before), for a prompt pool and a DSAT pool alike, and nothing is stored."""
+    store = PoolStore(FakeRedis(), tmp_path / "pools")  # type: ignore[arg-type]
+    for kind, data in (("prompts", b""), ("prompts", b"\n  \n"), ("dsat", b"\n")):
+        with pytest.raises(PoolRejected) as info:
+            store.add("empty", kind, data)  # type: ignore[arg-type]
+        assert "bad line" not in str(info.value)
+        assert "no prompts" in str(info.value) or "no DSAT logs" in str(info.value)
+        assert "nothing was stored" in str(info.value)
+    assert not (tmp_path / "pools").exists() or not any((tmp_path / "pools").iterdir())
