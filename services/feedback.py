@@ -40,10 +40,22 @@ def parse_body(run_id: str, content_type: str, data: bytes) -> list[LabelledAnsw
     return parse_feedback(enumerate(body["items"], start=1), run_id, unit="item")
 
 
+FEEDBACK_CLOSED_STATES = ("completed", "stopped")
+
+
 def store_feedback(service: RunService, run_id: str, content_type: str, data: bytes) -> dict[str, Any]:
-    """Validate and store; {"run_id", "items", "stored", "duplicates"}. Raises `RunNotFound` (before reading
-    the body) and `FeedbackError` (nothing stored)."""
-    queue = service.queue(run_id)  # raises RunNotFound
+    """Validate and store; {"run_id", "items", "stored", "duplicates"}. Raises `RunNotFound` and `Conflict`
+    (a completed or stopped run, which will never train again: before reading the body) and `FeedbackError`
+    (nothing stored). A failed run takes feedback: it can resume."""
+    from sparring.services.runs import Conflict
+
+    state = service.view(run_id)["state"]  # raises RunNotFound
+    if state in FEEDBACK_CLOSED_STATES:
+        raise Conflict(
+            f"run {run_id!r} is {state}: it will not train again, so feedback would never be used (feedback "
+            "applies to a created, running, pausing, paused or failed run)"
+        )
+    queue = service.queue(run_id)
     records = parse_body(run_id, content_type, data)
     stored = queue.put_many("feedback", records)
     return {"run_id": run_id, "items": len(records), "stored": stored, "duplicates": len(records) - stored}

@@ -101,6 +101,14 @@ def test_feedback_is_validated_whole_and_stored_once(api_server, redis_client, f
     assert records[2].prompt == "Hi" and records[2].messages == GOOD[2]["messages"]
     assert records[0].prompt_id == records[1].prompt_id != records[2].prompt_id  # one id per conversation
 
+    # a completed run never trains again: feedback to it is refused (409), not stored unused
+    RunStore(redis_client).set_state(feedback_run, "completed", reason="test")
+    with api_server.admin as c:
+        r = c.post(url, json={"items": [{**GOOD[1], "answer": "another answer"}]})
+        assert r.status_code == 409, r.text
+        assert r.json()["detail"].startswith(f"run '{feedback_run}' is completed: it will not train again")
+    assert redis_client.xlen(stream) == 4
+
 
 def test_cli_posts_a_file_and_prints_every_bad_line(api_server, redis_client, feedback_run: str, tmp_path: Path) -> None:
     env = {**api_server.env, "SPARRING_API_URL": api_server.url, "SPARRING_TOKEN": api_server.admin_token}

@@ -35,6 +35,7 @@ ITEMS_EXAMPLE = {
     responses={
         **ERRORS,
         **NOT_FOUND,
+        409: {"model": Problem, "description": "the run is completed or stopped: it will not train on feedback"},
         413: {"model": Problem, "description": "over the upload size limit"},
         422: {"model": Problem, "description": "bad items, each named with its line (or item) and field; nothing stored"},
     },
