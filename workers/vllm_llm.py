@@ -33,7 +33,7 @@ engine: the generator actor's cores are the engine's, start-up skips two process
 hands the worker its tensors by reference (`collective_rpc` is a plain call). The calling process's thread
 budget becomes the engine's (`torch.set_num_threads(cpu_threads)`; a core list cannot bind an in-process
 engine's threads: pin the process, `resources.generators.cpu_cores`), and `CPU_ENGINE_ENV` is applied to the
-process itself (oneDNN reads its variable at its first primitive; glibc's arena limit is set by `mallopt`).
+process itself (oneDNN reads its variable at its first primitive; glibc's malloc arena count is set by `mallopt`).
 vLLM also seeds the process's global random state with the engine's seed. One tensor-parallel rank only.
 
 Build engines inside a function or actor, never at module import (vLLM's spawn pitfall).
@@ -206,8 +206,8 @@ def build_vllm_llm(
 def apply_cpu_engine_env() -> None:
     """`CPU_ENGINE_ENV` for an engine in this (already running) process: oneDNN's primitive-cache variable is
     set in the environment (unless set already), which oneDNN reads when it creates its first primitive, and
-    glibc's `MALLOC_ARENA_MAX` is applied with `mallopt(M_ARENA_MAX, 1)` (glibc reads the variable only at
-    start-up). Not on glibc: the environment only."""
+    glibc's `MALLOC_ARENA_MAX` is applied with `mallopt(-8, n)` (malloc.h's option for the malloc arena
+    count; glibc reads the variable only at start-up). Not on glibc: the environment only."""
     import ctypes
     import ctypes.util
 
@@ -220,8 +220,8 @@ def apply_cpu_engine_env() -> None:
         mallopt = ctypes.CDLL(libc_name).mallopt
     except (OSError, AttributeError):
         return
-    m_arena_max = -8  # glibc malloc.h
-    mallopt(m_arena_max, int(os.environ.get("MALLOC_ARENA_MAX", CPU_ENGINE_ENV["MALLOC_ARENA_MAX"])))
+    count = int(os.environ.get("MALLOC_ARENA_MAX", CPU_ENGINE_ENV["MALLOC_ARENA_MAX"]))
+    mallopt(-8, count)  # -8: the malloc arena count option
 
 
 def check_cpu_head_size(model_path: str) -> None:
