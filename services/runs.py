@@ -281,8 +281,7 @@ class RunService:
     def pair_records(self, run_id: str, newest_first: bool = False) -> Iterator[tuple[str, PreferencePair]]:
         """(entry id, pair) of every judged pair of the run, oldest first (or newest first): those the
         retention moved to `<run dir>/archived_pairs.jsonl`, then those still in the pairs stream."""
-        run = self.store.get_run(run_id)
-        archive = Path(run["run_dir"]) / history.PAIRS_FILE if run and run.get("run_dir") else None
+        archive = self.store.history_path(run_id, history.PAIRS_FILE)
         return self.queue(run_id).iter_records("pairs", PreferencePair, newest_first, archive=archive)
 
     def _pair_entries(self, run_id: str, newest_first: bool = False) -> Iterator[PreferencePair]:

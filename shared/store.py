@@ -268,7 +268,7 @@ class RunStore:
         raw = self.client.hgetall(keys.iterations(run_id))
         recent = {r.iteration: r for r in (decode(IterationRecord, v) for v in raw.values())}
         floor = min(recent, default=None)
-        path = self._history_path(run_id, history.ITERATIONS_FILE)
+        path = self.history_path(run_id, history.ITERATIONS_FILE)
         rows = history.read_rows(path) if path is not None else []
         older = history.records_from_rows([r for r in rows if floor is None or int(r["iteration"]) < floor])
         return sorted([*older, *recent.values()], key=lambda r: r.iteration)
@@ -279,14 +279,14 @@ class RunStore:
         numbers = self.client.hkeys(keys.iterations(run_id))
         if numbers:
             return max(int(k) for k in numbers)
-        path = self._history_path(run_id, history.ITERATIONS_FILE)
+        path = self.history_path(run_id, history.ITERATIONS_FILE)
         last = history.last_row(path) if path is not None else None
         return int(last["iteration"]) if last else 0
 
     # ------------------------------------------------------------------------------------------------
     # history on disk
 
-    def _history_path(self, run_id: str, name: str) -> Path | None:
+    def history_path(self, run_id: str, name: str) -> Path | None:
         """`<run dir>/<name>`, or None if the run (or its run_dir) is unknown."""
         run_dir = self.client.hget(keys.meta(run_id), "run_dir")
         return Path(_s(run_dir)) / name if run_dir else None
@@ -298,8 +298,8 @@ class RunStore:
         Raises `RunNotFound`, OSError if the run directory cannot be written."""
         if not self.client.exists(keys.meta(run_id)):
             raise RunNotFound(run_id)
-        it_path = self._history_path(run_id, history.ITERATIONS_FILE)
-        ev_path = self._history_path(run_id, history.EVENTS_FILE)
+        it_path = self.history_path(run_id, history.ITERATIONS_FILE)
+        ev_path = self.history_path(run_id, history.EVENTS_FILE)
         assert it_path is not None and ev_path is not None  # the run exists
         raw = self.client.hgetall(keys.iterations(run_id))
         records = sorted((decode(IterationRecord, v) for v in raw.values()), key=lambda r: r.iteration)
@@ -346,7 +346,7 @@ class RunStore:
         """Id of the last event that closes an iteration before `keep_from` (its `iteration` or
         `iteration_done` event), scanning from the stream's head; None if there is none. Never past the last
         archived event."""
-        path = self._history_path(run_id, history.EVENTS_FILE)
+        path = self.history_path(run_id, history.EVENTS_FILE)
         last = history.last_row(path) if path is not None else None
         if last is None:
             return None
@@ -407,7 +407,7 @@ class RunStore:
         self, run_id: str, after: str, before: tuple[int, int] | None, count: int
     ) -> Iterator[tuple[str, str, dict[str, Any]]]:
         """Events of the events file after `after` and before the stream's first entry `before` (None: all)."""
-        path = self._history_path(run_id, history.EVENTS_FILE)
+        path = self.history_path(run_id, history.EVENTS_FILE)
         if path is None:
             return
         low, n = history.entry_key(after), 0
